@@ -1,0 +1,67 @@
+"""ONNX models: read inputs/outputs, fix dynamic dims, run the FP32 reference with onnxruntime."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeopt.errors import UsageError
+
+_DT = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 9: "bool"}
+
+
+def load(path: str):
+    import onnx
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+    if not model.graph.output:
+        raise UsageError(f"{path}: ONNX model has no outputs")
+    return model
+
+
+def io_specs(model) -> tuple[list[dict], list[dict]]:
+    """[{name, shape (None for dynamic), dtype}] for the graph's real inputs (initializers excluded) and outputs."""
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v):
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+        return {"name": v.name, "shape": shape, "dtype": _DT.get(t.elem_type, "float32")}
+
+    return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
+
+
+def fix_shapes(model, shapes: dict[str, list[int]]):
+    """Set every input to its static shape (in place) and re-infer the outputs."""
+    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed, fix_output_shapes
+    for name, shape in shapes.items():
+        make_input_shape_fixed(model.graph, name, list(shape))
+    try:
+        fix_output_shapes(model)
+    except Exception:  # outputs whose shape inference fails keep their symbolic dims
+        pass
+    return model
+
+
+class Reference:
+    """The FP32 source model in onnxruntime (CPU): list of arrays in -> list of outputs out."""
+
+    def __init__(self, model_or_path, outputs: list[str]):
+        import onnxruntime as ort
+        data = model_or_path if isinstance(model_or_path, str) else model_or_path.SerializeToString()
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.sess = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+        self.in_names = [i.name for i in self.sess.get_inputs()]
+        self.outputs = outputs
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.sess.run(self.outputs, dict(zip(self.in_names, arrays)))
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}

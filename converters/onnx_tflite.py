@@ -1,0 +1,117 @@
+"""ONNX -> full-integer INT8 TFLite: onnx2tf builds the TensorFlow graph (NCHW turned into NHWC), then
+:mod:`edgeopt.converters.tf_tflite` quantizes it with the user's calibration data.
+
+onnx2tf downloads a sample image file from the internet for 4D RGB inputs; edgeopt hands it the user's
+own calibration samples instead, and the whole call runs inside :func:`edgeopt.hermetic.offline`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from edgeopt.errors import UsageError
+from edgeopt.hermetic import offline
+
+
+def nhwc_perm(rank: int) -> list[int] | None:
+    """onnx2tf's layout rule: channels-first 3D/4D/5D tensors become channels-last."""
+    return [0] + list(range(2, rank)) + [1] if rank >= 3 else None
+
+
+def layout_perm(source_shape: list, artifact_shape: list) -> list[int] | None:
+    """perm such that artifact = source.transpose(perm), or None when the layout is unchanged."""
+    if list(source_shape) == list(artifact_shape):
+        return None
+    perm = nhwc_perm(len(source_shape))
+    if perm and [source_shape[i] for i in perm] == list(artifact_shape):
+        return perm
+    return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnx2tf prints banners on stdout; keep stdout clean for --json (send it to stderr)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None):
+    """Run onnx2tf on a static-shape ONNX file; returns its tf_keras model (NHWC inputs)."""
+    import onnx2tf
+    import onnx2tf.onnx2tf as o2t_main
+    import onnx2tf.utils.common_functions as o2t_common
+
+    def local_samples():
+        if sample_nhwc is None:
+            raise UsageError("onnx2tf asked for sample image data and none was given (edgeopt never downloads it)")
+        return np.asarray(sample_nhwc, dtype=np.float32)
+
+    patched = [(m, getattr(m, "download_test_image_data")) for m in (o2t_main, o2t_common)]
+    for m, _ in patched:
+        m.download_test_image_data = local_samples
+    cwd = os.getcwd()
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeopt-onnx2tf-") as tmp, offline(), _quiet():
+            os.chdir(tmp)  # onnx2tf writes helper files into the working directory
+            model = onnx2tf.convert(
+                input_onnx_file_path=os.path.abspath(onnx_path) if not os.path.isabs(onnx_path) else onnx_path,
+                output_folder_path=os.path.join(tmp, "saved_model"),
+                disable_model_save=True,
+                non_verbose=True,
+                verbosity="error",
+            )
+    except UsageError:
+        raise
+    except SystemExit as e:  # onnx2tf calls sys.exit(1) on unsupported graphs
+        raise UsageError(f"{os.path.basename(onnx_path)}: onnx2tf could not convert this model (exit {e.code})",
+                         hint="run with --debug to see onnx2tf's log") from None
+    except Exception as e:
+        raise UsageError(f"{os.path.basename(onnx_path)}: onnx2tf failed: {str(e).strip()[:300]}") from None
+    finally:
+        os.chdir(cwd)
+        for m, fn in patched:
+            m.download_test_image_data = fn
+    if model is None:
+        raise UsageError(f"{os.path.basename(onnx_path)}: onnx2tf produced no model")
+    return model
+
+
+def convert(job) -> list[dict]:
+    """Job -> [artifact dict] with one full-integer INT8 TFLite file (see edgeopt.pipeline.Job)."""
+    from edgeopt.converters import tf_tflite
+
+    src_inputs = job.inputs
+    samples = job.calib_samples()  # list of [arrays in source layout, batch 1]
+    perms = [nhwc_perm(len(s["shape"])) if s["dtype"].startswith("float") else None for s in src_inputs]
+    sample_nhwc = None
+    if len(src_inputs) == 1 and perms[0] and len(src_inputs[0]["shape"]) == 4:
+        sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
+    keras_model = to_keras(job.static_onnx_path(), sample_nhwc)
+    graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
+    real_perms = [layout_perm(s["shape"], g["shape"][:1] and [1] + g["shape"][1:])
+                  for s, g in zip(src_inputs, graph.inputs)]
+    calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
+    data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name)
+    art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
+           "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
+           "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}
+    if info.get("float_ops"):
+        art["float_ops"] = info["float_ops"]
+    return [art]
+
+
+def versions() -> dict:
+    import onnx2tf
+    return {"onnx2tf": onnx2tf.__version__}

@@ -1,0 +1,206 @@
+"""Keras / SavedModel / tf_keras graphs -> full-integer INT8 TFLite with tf.lite.TFLiteConverter.
+
+The one module of edgeopt that imports TensorFlow. Everything TensorFlow does for edgeopt goes through
+here: reading Keras and SavedModel inputs, running them as the FP32 reference, and quantizing (also the
+tf_keras model that onnx2tf builds from an ONNX file).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN reorders float sums: results differ run to run
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from edgeopt.errors import UsageError  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+
+
+def versions() -> dict:
+    return {"tensorflow": tf.__version__}
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+class Graph:
+    """A TensorFlow model as an ordered-input, named-output callable with its I/O specs."""
+
+    def __init__(self, fn, inputs: list[dict], outputs: list[str], keep=None):
+        self.fn = fn                # positional float tensors (source order) -> dict name -> tensor
+        self.inputs = inputs        # [{"name", "shape", "dtype"}]
+        self.outputs = outputs      # output names, source order
+        self.keep = keep            # trackable object that owns the variables
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        out = self.fn(*[tf.constant(a) for a in arrays])
+        return [np.asarray(out[n]) for n in self.outputs]
+
+
+def _shape(s) -> list:
+    return [None if d is None else int(d) for d in s]
+
+
+def from_keras_model(model, names_hint: list[str] | None = None) -> Graph:
+    """A Keras 3 or tf_keras model object."""
+    ins = model.inputs
+    outs = model.outputs
+    in_names = [getattr(t, "name", f"input_{i}").split(":")[0] for i, t in enumerate(ins)]
+    out_names = names_hint or [getattr(t, "name", f"output_{i}").split(":")[0] for i, t in enumerate(outs)]
+    out_names = [n if n else f"output_{i}" for i, n in enumerate(out_names)]
+    if len(set(out_names)) != len(out_names):
+        out_names = [f"output_{i}" for i in range(len(outs))]
+    inputs = [{"name": n, "shape": _shape(t.shape), "dtype": tf.as_dtype(t.dtype).name}
+              for n, t in zip(in_names, ins)]
+
+    def fn(*xs):
+        y = model(list(xs) if len(xs) > 1 else xs[0], training=False)
+        ys = y if isinstance(y, (list, tuple)) else [y]
+        if isinstance(y, dict):
+            ys = list(y.values())
+        return {n: t for n, t in zip(out_names, ys)}
+
+    return Graph(fn, inputs, out_names, keep=model)
+
+
+def load(path: str, fmt: str) -> Graph:
+    """Load a Keras file or SavedModel directory. Bad files raise UsageError (exit 2)."""
+    try:
+        if fmt == "keras":
+            import keras  # Keras 3, as TensorFlow 2.19 ships it
+            try:
+                model = keras.models.load_model(path, compile=False)
+            except Exception:
+                import tf_keras  # legacy .h5 files written by tf.keras 2.x
+                model = tf_keras.models.load_model(path, compile=False)
+            return from_keras_model(model)
+        if fmt == "saved_model":
+            obj = tf.saved_model.load(path)
+            if "serving_default" not in obj.signatures:
+                raise UsageError(f"{path}: SavedModel has no 'serving_default' signature",
+                                 hint="export it with a serving signature (model.export(path) in Keras)")
+            sig = obj.signatures["serving_default"]
+            _, kw = sig.structured_input_signature
+            names = sorted(kw)
+            inputs = [{"name": n, "shape": _shape(kw[n].shape), "dtype": kw[n].dtype.name} for n in names]
+            out_names = sorted(sig.structured_outputs)
+
+            def fn(*xs):
+                return sig(**dict(zip(names, xs)))
+
+            return Graph(fn, inputs, out_names, keep=obj)
+    except UsageError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: cannot load as {fmt}: {first[:300]}") from None
+    raise UsageError(f"{path}: unsupported format {fmt}")
+
+
+# -------------------------------------------------------------------------------------- quantization
+
+_OP_PATTERNS = [
+    re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op"),
+    re.compile(r"Quantization not yet supported for op: '?(\w+)'?"),
+    re.compile(r"op '?(\w+)'? is not supported", re.I),
+    re.compile(r"tfl\.(\w+)'? op .*(?:quantiz|int8)", re.I),
+]
+
+
+def _failing_ops(msg: str) -> list[str]:
+    ops = []
+    for p in _OP_PATTERNS:
+        ops += p.findall(msg)
+    return sorted(set(ops))
+
+
+def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_float_fallback: bool = False,
+             source: str = "model") -> tuple[bytes, dict]:
+    """Full-integer INT8 TFLite (per-channel weights) from a Graph with static batch-1 input shapes.
+
+    calib: list of samples, each a list of arrays (batch 1) in the graph's input order and layout.
+    Returns (tflite bytes, info) where info has the signature's tensor indices and any float ops kept.
+    """
+    specs = [tf.TensorSpec([1] + [d for d in s["shape"][1:]], tf.as_dtype(s["dtype"]), name=_sig_name(s["name"], i))
+             for i, s in enumerate(graph.inputs)]
+    if any(d is None for sp in specs for d in sp.shape):
+        raise UsageError(f"{source}: input shapes {[_shape(sp.shape) for sp in specs]} are not static",
+                         hint="fix them with --input-shape NAME=1,H,W,C")
+
+    @tf.function(input_signature=specs)
+    def serve(*xs):
+        return graph.fn(*xs)
+
+    cf = serve.get_concrete_function()
+
+    def representative():
+        for sample in calib:
+            yield [np.asarray(a, dtype=np.float32) for a in sample]
+
+    io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
+
+    def make(ops):
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], graph.keep)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = ops
+        conv.inference_input_type = io
+        conv.inference_output_type = io
+        return conv
+
+    float_ops: list[str] = []
+    try:
+        data = make([tf.lite.OpsSet.TFLITE_BUILTINS_INT8]).convert()
+    except Exception as e:
+        msg = str(e)
+        ops = _failing_ops(msg)
+        if not allow_float_fallback:
+            what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else ""
+            raise UsageError(f"{source}: full-integer INT8 conversion failed:{what or ' ' + msg.strip().splitlines()[-1][:300]}",
+                             hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)") from None
+        data = make([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]).convert()
+        float_ops = ops or ["(unnamed)"]
+    info = signature_map(data, [s["name"] for s in graph.inputs], graph.outputs, [sp.name for sp in specs])
+    if float_ops:  # the fallback was used: record which ops really compute in float
+        info["float_ops"] = float_ops_of(data) or float_ops
+    return data, info
+
+
+def _sig_name(name: str, i: int) -> str:
+    n = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return n if n and (n[0].isalpha()) else f"input_{i}"
+
+
+def signature_map(data: bytes, in_names: list[str], out_names: list[str], sig_in_names: list[str]) -> dict:
+    """Tensor indices of the TFLite file's inputs/outputs in source order, from its serving signature."""
+    interp = tf.lite.Interpreter(model_content=data)
+    sigs = interp._get_full_signature_list()
+    sig = sigs.get("serving_default") or next(iter(sigs.values()))
+    s_in, s_out = sig["inputs"], sig["outputs"]
+    inputs = [int(s_in[n]) if n in s_in else int(list(s_in.values())[i]) for i, n in enumerate(sig_in_names)]
+    outputs = []
+    for i, n in enumerate(out_names):
+        if n in s_out:
+            outputs.append(int(s_out[n]))
+        elif f"output_{i}" in s_out:
+            outputs.append(int(s_out[f"output_{i}"]))
+        else:
+            outputs.append(int(list(s_out.values())[i]))
+    return {"input_index": inputs, "output_index": outputs}
+
+
+def float_ops_of(data: bytes) -> list[str]:
+    """Ops of a TFLite model that compute in float (any float32 input/output tensor)."""
+    interp = tf.lite.Interpreter(model_content=data)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    res = []
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        idx = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
+        if any(tensors[i]["dtype"] == np.float32 for i in idx):
+            res.append(op["op_name"])
+    return sorted(set(res))

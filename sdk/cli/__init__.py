@@ -1,0 +1,98 @@
+"""The ``edgeopt`` command line.
+
+Each command lives in its own module and imports the SDK inside its body, so ``edgeopt --help`` stays
+fast and never imports TensorFlow, onnx or onnxruntime. Errors become one ``error:`` line (and a
+``hint:`` line) with the documented exit code; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="edgeopt",
+    help="Take a trained model to edge hardware (Raspberry Pi, Jetson, Coral) and prove how fast it runs there.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Command modules register themselves on `app` when imported (one module per command or group).
+_COMMAND_MODULES = ["targets_cmd", "convert_cmd", "devices_cmd", "bench_cmd", "deploy_cmd",
+                    "results_cmd", "explain_cmd", "bundle_cmd"]
+
+
+def _version(value: bool):
+    if value:
+        from edgeopt import __version__
+        typer.echo(f"edgeopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """edgeopt: convert, deploy, benchmark."""
+
+
+def _register():
+    import importlib
+    for name in _COMMAND_MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+
+
+def error_exit(err, debug: bool = False):
+    """Print an EdgeoptError as `error:` / `hint:` lines on stderr and exit with its code."""
+    if debug:
+        import traceback
+        traceback.print_exc()
+    msg = str(err).strip() or type(err).__name__
+    lines = msg.splitlines()
+    sys.stderr.write(f"error: {lines[0]}\n")
+    for line in lines[1:]:
+        sys.stderr.write(f"  {line}\n")
+    hint = getattr(err, "hint", None)
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    sys.stderr.flush()
+    raise SystemExit(getattr(err, "exit_code", 2))
+
+
+def main(argv=None):
+    """Console entry point."""
+    from edgeopt.errors import EdgeoptError
+
+    _register()
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("EDGEOPT_DEBUG") == "1"
+    try:
+        app(args=args, prog_name="edgeopt", standalone_mode=False)
+    except EdgeoptError as e:
+        error_exit(e, debug)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        raise SystemExit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and anything unexpected: one line, exit 2 / 1
+        kind = type(e).__name__  # click's classes (typer may vendor click), matched by name
+        if kind == "Exit":
+            raise SystemExit(getattr(e, "exit_code", 0))
+        if hasattr(e, "format_message"):  # click.ClickException: usage errors
+            sys.stderr.write(f"error: {e.format_message()}\n")
+            raise SystemExit(2)
+        if kind == "Abort":
+            sys.stderr.write("error: aborted\n")
+            raise SystemExit(130)
+        if debug:
+            raise
+        sys.stderr.write(f"error: internal error: {type(e).__name__}: {str(e)[:500]}\n"
+                         "hint: rerun with --debug for the traceback and report it\n")
+        raise SystemExit(1)

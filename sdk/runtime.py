@@ -1,0 +1,508 @@
+"""edgeopt.runtime: load an edgeopt artifact and run it with float inputs in the source model's layout.
+
+    import edgeopt.runtime
+    model = edgeopt.runtime.load("build/model")      # a directory with manifest.json, or one artifact file
+    outputs = model(x)                               # dict: output name -> float32 array (source layout)
+
+This file is self-contained on purpose: it needs only the standard library, numpy and one runtime
+(ai_edge_litert, tflite_runtime, tensorflow.lite, onnxruntime). It never imports edgeopt or TensorFlow
+(unless TensorFlow is the only TFLite runtime present). The same file is the on-device benchmark runner:
+the host pipes it over SSH and runs ``python3 - bench ARTIFACT ...``, so what is benchmarked is what runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["load", "Model", "IOSpec", "RuntimeMissing", "InputError", "bench", "latency_stats"]
+
+MANIFEST = "manifest.json"
+
+
+class RuntimeMissing(RuntimeError):
+    """No runtime that can run this artifact is installed (the runner exits 3 with an install hint)."""
+
+
+class InputError(ValueError):
+    """Inputs that do not fit the model: names the input, the expected and the found shape/dtype."""
+
+
+class IOSpec:
+    """One input or output of an artifact, as the manifest describes it.
+
+    name         source model's tensor name
+    shape        artifact tensor shape (batch included)
+    dtype        artifact tensor dtype (int8, uint8, float32, float16)
+    scale/zero_point  quantization of the artifact tensor (None for float)
+    perm         artifact = source.transpose(perm) (onnx2tf turns NCHW into NHWC); None = same layout
+    index        tensor index in the artifact (TFLite) or None
+    """
+
+    def __init__(self, d: dict):
+        self.name = d["name"]
+        self.shape = [int(s) if s is not None and int(s) >= 0 else None for s in d.get("shape") or []]
+        self.dtype = d.get("dtype", "float32")
+        self.scale = d.get("scale")
+        self.zero_point = d.get("zero_point")
+        self.perm = d.get("perm")
+        self.index = d.get("index")
+        self.source_shape = d.get("source_shape") or (
+            _unpermute_shape(self.shape, self.perm) if self.perm else list(self.shape))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": self.shape, "dtype": self.dtype, "scale": self.scale,
+                "zero_point": self.zero_point, "perm": self.perm, "index": self.index,
+                "source_shape": self.source_shape}
+
+    def __repr__(self) -> str:
+        return f"IOSpec({self.name!r}, shape={self.source_shape}, dtype={self.dtype})"
+
+
+def _unpermute_shape(shape, perm):
+    inv = np.argsort(perm)
+    return [shape[i] for i in inv]
+
+
+def _quantize(x: np.ndarray, spec: IOSpec) -> np.ndarray:
+    dt = np.dtype(spec.dtype)
+    if spec.scale and dt.kind in "iu":
+        info = np.iinfo(dt)
+        q = np.round(x.astype(np.float32) / np.float32(spec.scale)) + int(spec.zero_point or 0)
+        return np.clip(q, info.min, info.max).astype(dt)
+    return x.astype(dt, copy=False)
+
+
+def _dequantize(q: np.ndarray, spec: IOSpec) -> np.ndarray:
+    if spec.scale and q.dtype.kind in "iu":
+        return ((q.astype(np.float32) - np.float32(spec.zero_point or 0)) * np.float32(spec.scale))
+    return q.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+def _import_tflite_interpreter():
+    """(Interpreter class, load_delegate, runtime name, version): ai_edge_litert, then tflite_runtime, then TF."""
+    try:
+        from ai_edge_litert import interpreter as m  # type: ignore
+        return m.Interpreter, m.load_delegate, "ai_edge_litert", _dist_version("ai-edge-litert")
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as m  # type: ignore
+        return m.Interpreter, m.load_delegate, "tflite_runtime", _dist_version("tflite-runtime")
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf  # type: ignore  # last resort only: heavy
+        return (tf.lite.Interpreter, tf.lite.experimental.load_delegate, "tensorflow.lite", tf.__version__)
+    except ImportError:
+        pass
+    raise RuntimeMissing("no TFLite runtime found (tried ai_edge_litert, tflite_runtime, tensorflow.lite); "
+                         "install one: pip install ai-edge-litert")
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:
+        return None
+
+
+EDGETPU_LIBS = ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll")
+
+
+class _TFLiteBackend:
+    def __init__(self, path: str, threads: int | None, delegate: str | None):
+        Interpreter, load_delegate, self.name, self.version = _import_tflite_interpreter()
+        self.delegate = None
+        self.note = None
+        delegates = []
+        if delegate == "edgetpu" or path.endswith("_edgetpu.tflite"):
+            err = None
+            for lib in EDGETPU_LIBS:
+                try:
+                    delegates.append(load_delegate(lib))
+                    self.delegate = "edgetpu"
+                    break
+                except (ValueError, OSError) as e:  # library absent
+                    err = e
+            if not delegates:
+                raise RuntimeMissing(f"Edge TPU delegate (libedgetpu) not found: {err}; install libedgetpu1-std "
+                                     "from the Coral apt repository")
+        kwargs = {"model_path": path, "experimental_delegates": delegates or None}
+        if threads:
+            kwargs["num_threads"] = int(threads)
+        self.interp = Interpreter(**kwargs)
+        self.interp.allocate_tensors()
+        if self.delegate is None:
+            # XNNPACK is applied by default for float and int8 models in LiteRT/TFLite >= 2.10 CPU builds.
+            self.delegate = "xnnpack"
+        self.input_details = self.interp.get_input_details()
+        self.output_details = self.interp.get_output_details()
+
+    def describe_io(self):
+        def spec(d):
+            scale, zp = d.get("quantization", (0.0, 0))
+            return {"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                    "scale": float(scale) if scale else None, "zero_point": int(zp) if scale else None,
+                    "perm": None, "index": int(d["index"])}
+        return [spec(d) for d in self.input_details], [spec(d) for d in self.output_details]
+
+    def set_inputs(self, arrays: list[np.ndarray], specs: list[IOSpec]):
+        for a, s in zip(arrays, specs):
+            self.interp.set_tensor(s.index, a)
+
+    def invoke(self):
+        self.interp.invoke()
+
+    def get_outputs(self, specs: list[IOSpec]) -> list[np.ndarray]:
+        return [self.interp.get_tensor(s.index) for s in specs]
+
+
+class _OnnxBackend:
+    PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+    def __init__(self, path: str, threads: int | None, provider: str | None):
+        try:
+            import onnxruntime as ort  # type: ignore
+        except ImportError:
+            raise RuntimeMissing("onnxruntime not found; install it: pip install onnxruntime "
+                                 "(on a Jetson: the onnxruntime-gpu wheel for your JetPack)") from None
+        self.name, self.version, self.delegate = "onnxruntime", ort.__version__, None
+        available = ort.get_available_providers()
+        if provider:
+            if provider not in available:
+                raise RuntimeMissing(f"onnxruntime provider {provider} not available (have {', '.join(available)})")
+            providers = [provider]
+        else:
+            providers = [p for p in self.PREFERRED if p in available] or available
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.sess = ort.InferenceSession(path, sess_options=so, providers=providers)
+        self.provider = self.sess.get_providers()[0]
+        self.note = None
+        self._feed = {}
+        self._out = None
+
+    def describe_io(self):
+        def spec(a):
+            t = a.type  # 'tensor(float)'
+            dt = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+                  "tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(int32)": "int32"}.get(t, "float32")
+            shape = [int(s) if isinstance(s, int) else None for s in a.shape]
+            return {"name": a.name, "shape": shape, "dtype": dt, "scale": None, "zero_point": None,
+                    "perm": None, "index": None}
+        return [spec(a) for a in self.sess.get_inputs()], [spec(a) for a in self.sess.get_outputs()]
+
+    def set_inputs(self, arrays, specs):
+        self._feed = {s.name: a for a, s in zip(arrays, specs)}
+
+    def invoke(self):
+        self._out = self.sess.run(None, self._feed)
+        self._names = [o.name for o in self.sess.get_outputs()]
+
+    def get_outputs(self, specs):
+        by_name = dict(zip(self._names, self._out))
+        return [by_name[s.name] for s in specs]
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+class Model:
+    """A loaded artifact. Call it with float arrays in the source model's layout; get float arrays back.
+
+    Accepts one array (single-input models), a list/tuple in input order, or a dict by input name.
+    Inputs whose leading (batch) dimension exceeds the artifact's batch of 1 are run sample by sample.
+    """
+
+    def __init__(self, path: str, manifest: dict | None = None, artifact: dict | None = None,
+                 threads: int | None = None, delegate: str | None = None, provider: str | None = None):
+        self.path = path
+        self.manifest = manifest
+        self.artifact = artifact or {}
+        fmt = self.artifact.get("format") or ("onnx" if path.endswith(".onnx") else "tflite")
+        self.format = fmt
+        if fmt == "tflite":
+            self._backend = _TFLiteBackend(path, threads, delegate)
+        elif fmt == "onnx":
+            self._backend = _OnnxBackend(path, threads, provider)
+        else:
+            raise ValueError(f"{path}: unknown artifact format {fmt!r}")
+        ins, outs = self._backend.describe_io()
+        if self.artifact.get("inputs"):
+            self.inputs = [IOSpec(d) for d in self.artifact["inputs"]]
+            self.outputs = [IOSpec(d) for d in self.artifact["outputs"]]
+        else:  # a bare artifact: what the file itself says, in its own layout
+            self.inputs = [IOSpec(d) for d in ins]
+            self.outputs = [IOSpec(d) for d in outs]
+        self.threads = threads
+
+    # -- facts
+    @property
+    def runtime(self) -> dict:
+        """The runtime that really runs this model: name, version, delegate, provider."""
+        b = self._backend
+        return {"name": b.name, "version": b.version, "delegate": getattr(b, "delegate", None),
+                "provider": getattr(b, "provider", None)}
+
+    def __repr__(self) -> str:
+        return f"<edgeopt.runtime.Model {os.path.basename(self.path)} {self.runtime['name']} inputs={self.inputs}>"
+
+    # -- running
+    def _normalize(self, inputs) -> list[np.ndarray]:
+        if isinstance(inputs, dict):
+            missing = [s.name for s in self.inputs if s.name not in inputs]
+            if missing:
+                raise InputError(f"missing input(s) {missing}; the model takes {[s.name for s in self.inputs]}")
+            arrays = [inputs[s.name] for s in self.inputs]
+        elif isinstance(inputs, (list, tuple)):
+            arrays = list(inputs)
+        else:
+            arrays = [inputs]
+        if len(arrays) != len(self.inputs):
+            raise InputError(f"the model takes {len(self.inputs)} input(s) {[s.name for s in self.inputs]}, "
+                             f"got {len(arrays)}")
+        out = []
+        for a, s in zip(arrays, self.inputs):
+            a = np.asarray(a)
+            if a.dtype.kind not in "fiub":
+                raise InputError(f"input {s.name!r}: dtype {a.dtype} is not numeric")
+            exp = s.source_shape
+            if len(exp) == len(a.shape) + 1 and exp[0] == 1:
+                a = a[None]  # one sample without its batch dimension
+            if len(exp) != a.ndim or any(e is not None and e != f for e, f in zip(exp[1:], a.shape[1:])):
+                raise InputError(f"input {s.name!r}: expected shape {_fmt_shape(exp)} (source layout), "
+                                 f"got {list(a.shape)}")
+            out.append(a)
+        return out
+
+    def _prepare(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Source-layout float arrays -> artifact tensors (transposed and quantized)."""
+        res = []
+        for a, s in zip(arrays, self.inputs):
+            if s.perm:
+                a = np.transpose(a, s.perm)
+            res.append(np.ascontiguousarray(_quantize(a, s)))
+        return res
+
+    def _finish(self, outs: list[np.ndarray]) -> list[np.ndarray]:
+        res = []
+        for q, s in zip(outs, self.outputs):
+            a = _dequantize(np.asarray(q), s)
+            if s.perm:
+                a = np.transpose(a, np.argsort(s.perm))
+            res.append(a)
+        return res
+
+    def _batch_of_artifact(self) -> int | None:
+        b = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
+        return b
+
+    def run(self, inputs) -> list[np.ndarray]:
+        """Like calling the model, but returns the outputs as a list in manifest order."""
+        arrays = self._normalize(inputs)
+        n = arrays[0].shape[0] if arrays[0].ndim else 1
+        fixed = self._batch_of_artifact()
+        if fixed is not None and n != fixed:
+            if fixed != 1:
+                raise InputError(f"input {self.inputs[0].name!r}: batch {n} does not fit the artifact's batch {fixed}")
+            parts = [self._run_once([a[i:i + 1] for a in arrays]) for i in range(n)]
+            return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(self.outputs))]
+        return self._run_once(arrays)
+
+    def _run_once(self, arrays):
+        self._backend.set_inputs(self._prepare(arrays), self.inputs)
+        self._backend.invoke()
+        return self._finish(self._backend.get_outputs(self.outputs))
+
+    def __call__(self, inputs) -> dict:
+        """Run on float inputs in the source layout; returns {output name: float32 array} in source layout."""
+        return {s.name: a for s, a in zip(self.outputs, self.run(inputs))}
+
+    def predict(self, inputs, batch_size: int = 256) -> list[np.ndarray]:
+        """Run a large set in chunks; returns the outputs as a list in manifest order."""
+        arrays = self._normalize(inputs)
+        n = arrays[0].shape[0]
+        chunks = [self.run([a[i:i + batch_size] for a in arrays]) for i in range(0, n, batch_size)]
+        return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(self.outputs))]
+
+    # -- benchmarking: time only the runtime's invoke on fixed, already-prepared inputs
+    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
+        """Deterministic inputs in the source layout (batch 1), from the artifact's input specs."""
+        rng = np.random.default_rng(seed)
+        res = []
+        for s in self.inputs:
+            shape = [d if d is not None else 1 for d in s.source_shape]
+            res.append(rng.standard_normal(shape).astype(np.float32))
+        return res
+
+    def set_inputs(self, arrays):
+        self._backend.set_inputs(self._prepare(self._normalize(arrays)), self.inputs)
+
+    def invoke(self):
+        self._backend.invoke()
+
+
+def _fmt_shape(shape) -> list:
+    return [d if d is not None else "N" for d in shape]
+
+
+def load(path: str, threads: int | None = None, artifact: str | int | None = None,
+         delegate: str | None = None, provider: str | None = None) -> Model:
+    """Load an artifact directory (with manifest.json) or a single artifact file.
+
+    artifact: which artifact of the manifest (its file name or index; default: the primary, artifacts[0]).
+    threads:  CPU threads for the runtime; delegate/provider override the runtime's choice.
+    """
+    path = os.fspath(path)
+    manifest, entry = None, None
+    if os.path.isdir(path):
+        mpath = os.path.join(path, MANIFEST)
+        if not os.path.exists(mpath):
+            raise FileNotFoundError(f"{path}: no {MANIFEST} (pass an artifact file or an edgeopt output dir)")
+        with open(mpath) as f:
+            manifest = json.load(f)
+        arts = manifest.get("artifacts") or []
+        if not arts:
+            raise ValueError(f"{mpath}: no artifacts")
+        if artifact is None:
+            entry = arts[0]
+        elif isinstance(artifact, int):
+            entry = arts[artifact]
+        else:
+            matches = [a for a in arts if a["file"] == os.path.basename(str(artifact))]
+            if not matches:
+                raise ValueError(f"{mpath}: no artifact {artifact!r} (have {[a['file'] for a in arts]})")
+            entry = matches[0]
+        file = os.path.join(path, entry["file"])
+    else:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file")
+        file = path
+        mpath = os.path.join(os.path.dirname(path) or ".", MANIFEST)
+        if os.path.exists(mpath):  # an artifact next to its manifest: use what the manifest says of it
+            with open(mpath) as f:
+                m = json.load(f)
+            for a in m.get("artifacts") or []:
+                if a.get("file") == os.path.basename(path):
+                    manifest, entry = m, a
+    if delegate is None and manifest:
+        delegate = (manifest.get("target") or {}).get("delegate")
+        if delegate == "xnnpack":
+            delegate = None
+    return Model(file, manifest, entry, threads=threads, delegate=delegate, provider=provider)
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+
+def latency_stats(samples_ms) -> dict:
+    """min/p50/p90/p95/p99/mean/std/max/cv of latency samples in milliseconds (numpy's linear percentiles)."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    p = np.percentile(a, [50, 90, 95, 99])
+    mean = float(a.mean())
+    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return {"min": float(a.min()), "p50": float(p[0]), "p90": float(p[1]), "p95": float(p[2]),
+            "p99": float(p[3]), "mean": mean, "std": std, "max": float(a.max()),
+            "cv": (std / mean) if mean > 0 else 0.0}
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r / 1024.0 if sys.platform != "darwin" else r / (1024.0 * 1024.0)
+    except Exception:
+        return None
+
+
+def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0, threads: int | None = None,
+          seed: int = 0, inputs=None, artifact=None, delegate=None, provider=None, keep_samples: bool = True) -> dict:
+    """Load, warm up, then time ``invoke`` until both ``runs`` and ``min_seconds`` are met.
+
+    Returns the bench JSON of the interface spec (less the device and transfer fields, which the host adds).
+    """
+    t0 = time.perf_counter()
+    model = load(path, threads=threads, artifact=artifact, delegate=delegate, provider=provider)
+    init_ms = (time.perf_counter() - t0) * 1e3
+    arrays = model.example_inputs(seed) if inputs is None else inputs
+    model.set_inputs(arrays)
+    for _ in range(max(0, int(warmup))):
+        model.invoke()
+    samples = []
+    clock = time.perf_counter
+    start = clock()
+    while len(samples) < runs or (clock() - start) < min_seconds:
+        t = clock()
+        model.invoke()
+        samples.append((clock() - t) * 1e3)
+    res = {
+        "artifact": {"file": os.path.basename(model.path), "sha256": _sha256(model.path)},
+        "runtime": model.runtime,
+        "config": {"warmup": int(warmup), "runs": int(runs), "min_seconds": float(min_seconds), "threads": threads},
+        "latency_ms": latency_stats(samples),
+        "runs": len(samples),
+        "init_ms": init_ms,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if getattr(model._backend, "note", None):
+        res["note"] = model._backend.note
+    if keep_samples:
+        res["samples_ms"] = samples
+    return res
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv=None) -> int:
+    """Runner entry point: ``python3 runtime.py bench ARTIFACT [--warmup N] [--runs N] ...`` prints JSON."""
+    import argparse
+    p = argparse.ArgumentParser(prog="edgeopt-runner", description="edgeopt on-device runner")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="benchmark an artifact, print JSON")
+    b.add_argument("artifact")
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--runs", type=int, default=100)
+    b.add_argument("--min-seconds", type=float, default=1.0)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--input", default=None, help=".npy/.npz file with inputs in the source layout")
+    b.add_argument("--delegate", default=None)
+    b.add_argument("--provider", default=None)
+    args = p.parse_args(argv)
+    inputs = None
+    try:
+        if args.input:
+            data = np.load(args.input)
+            inputs = dict(data) if hasattr(data, "files") else data
+        res = bench(args.artifact, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
+                    threads=args.threads, seed=args.seed, inputs=inputs, delegate=args.delegate,
+                    provider=args.provider)
+    except RuntimeMissing as e:
+        print(json.dumps({"error": str(e), "kind": "runtime_missing"}))
+        return 3
+    except Exception as e:  # the host turns this into one clear error line naming the device
+        print(json.dumps({"error": f"{type(e).__name__}: {e}", "kind": "run_failed"}))
+        return 4
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
