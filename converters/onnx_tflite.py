@@ -100,8 +100,7 @@ def convert(job) -> list[dict]:
         sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
     keras_model = to_keras(job.static_onnx_path(), sample_nhwc)
     graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
-    real_perms = [layout_perm(s["shape"], g["shape"][:1] and [1] + g["shape"][1:])
-                  for s, g in zip(src_inputs, graph.inputs)]
+    real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:]) for s, g in zip(src_inputs, graph.inputs)]
     calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
     data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name)
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",

@@ -18,6 +18,12 @@ import tensorflow as tf  # noqa: E402
 from edgeopt.errors import UsageError  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
+import warnings  # noqa: E402
+
+import absl.logging  # noqa: E402
+
+absl.logging.set_verbosity(absl.logging.ERROR)
+warnings.filterwarnings("ignore", module=r"tensorflow\..*")
 
 
 def versions() -> dict:
@@ -132,9 +138,12 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
 
     @tf.function(input_signature=specs)
     def serve(*xs):
-        return graph.fn(*xs)
+        out = graph.fn(*xs)
+        return tuple(out[n] for n in graph.outputs)  # a tuple keeps the source output order in the TFLite file
 
-    cf = serve.get_concrete_function()
+    # Freeze variables into constants: Keras 3 models otherwise leave READ_VARIABLE ops in the TFLite file.
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    cf = convert_variables_to_constants_v2(serve.get_concrete_function())
 
     def representative():
         for sample in calib:
@@ -143,7 +152,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
 
     def make(ops):
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], graph.keep)
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = ops
@@ -163,7 +172,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
                              hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)") from None
         data = make([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]).convert()
         float_ops = ops or ["(unnamed)"]
-    info = signature_map(data, [s["name"] for s in graph.inputs], graph.outputs, [sp.name for sp in specs])
+    info = io_order(data)
     if float_ops:  # the fallback was used: record which ops really compute in float
         info["float_ops"] = float_ops_of(data) or float_ops
     return data, info
@@ -174,27 +183,25 @@ def _sig_name(name: str, i: int) -> str:
     return n if n and (n[0].isalpha()) else f"input_{i}"
 
 
-def signature_map(data: bytes, in_names: list[str], out_names: list[str], sig_in_names: list[str]) -> dict:
-    """Tensor indices of the TFLite file's inputs/outputs in source order, from its serving signature."""
-    interp = tf.lite.Interpreter(model_content=data)
-    sigs = interp._get_full_signature_list()
-    sig = sigs.get("serving_default") or next(iter(sigs.values()))
-    s_in, s_out = sig["inputs"], sig["outputs"]
-    inputs = [int(s_in[n]) if n in s_in else int(list(s_in.values())[i]) for i, n in enumerate(sig_in_names)]
-    outputs = []
-    for i, n in enumerate(out_names):
-        if n in s_out:
-            outputs.append(int(s_out[n]))
-        elif f"output_{i}" in s_out:
-            outputs.append(int(s_out[f"output_{i}"]))
-        else:
-            outputs.append(int(list(s_out.values())[i]))
-    return {"input_index": inputs, "output_index": outputs}
+def io_order(data: bytes) -> dict:
+    """Tensor indices of the TFLite file's inputs/outputs in source order.
+
+    The converted function takes the inputs positionally and returns a tuple in source output order, and
+    a TFLite subgraph keeps its function's input/output order.
+    """
+    interp = _interpreter(data)
+    return {"input_index": [int(d["index"]) for d in interp.get_input_details()],
+            "output_index": [int(d["index"]) for d in interp.get_output_details()]}
+
+
+def _interpreter(data: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+    return Interpreter(model_content=data)
 
 
 def float_ops_of(data: bytes) -> list[str]:
     """Ops of a TFLite model that compute in float (any float32 input/output tensor)."""
-    interp = tf.lite.Interpreter(model_content=data)
+    interp = _interpreter(data)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     res = []
     for op in interp._get_ops_details():

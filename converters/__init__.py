@@ -1,0 +1,83 @@
+"""Converters, chosen by (source format, artifact kind), imported lazily by dotted path (as Olive does).
+
+Nothing here imports TensorFlow, onnx or onnxruntime: :func:`route` returns the converter function and
+only then is its module imported. ``tests/test_registry.py`` imports every entry.
+"""
+from __future__ import annotations
+
+import importlib
+
+from edgeopt.errors import UsageError
+
+# (source format, artifact kind) -> "module:function"
+ROUTES: dict[tuple[str, str], str] = {
+    ("onnx", "tflite-int8"): "edgeopt.converters.onnx_tflite:convert",
+    ("keras", "tflite-int8"): "edgeopt.converters.keras_tflite:convert",
+    ("saved_model", "tflite-int8"): "edgeopt.converters.keras_tflite:convert",
+    ("onnx", "onnx-qdq-int8"): "edgeopt.converters.onnx_qdq:convert",
+    ("onnx", "onnx-fp16"): "edgeopt.converters.onnx_fp16:convert",
+}
+
+# Routes we refuse on purpose, with the reason users get.
+REFUSED: dict[tuple[str, str], str] = {
+    ("keras", "onnx-qdq-int8"): "Keras/SavedModel models are not converted for Jetson: TensorRT takes ONNX, and "
+                                "TensorFlow-to-ONNX export (tf2onnx) is not part of edgeopt's offline toolchain",
+    ("saved_model", "onnx-qdq-int8"): "Keras/SavedModel models are not converted for Jetson: TensorRT takes ONNX, "
+                                      "and TensorFlow-to-ONNX export (tf2onnx) is not part of edgeopt's toolchain",
+    ("tflite", "onnx-qdq-int8"): "a .tflite file cannot be turned into an ONNX model for TensorRT",
+}
+REFUSE_HINT = {
+    "keras": "export the model to ONNX first (python -m tf2onnx.convert --saved-model DIR --output model.onnx) "
+             "and convert the .onnx file",
+    "saved_model": "export the model to ONNX first (python -m tf2onnx.convert --saved-model DIR --output model.onnx) "
+                   "and convert the .onnx file",
+    "tflite": "convert from the source model (.onnx) instead",
+}
+
+# Modules whose versions() describe the toolchain of a source format.
+TOOL_MODULES: dict[str, tuple[str, ...]] = {
+    "onnx": ("edgeopt.converters.onnx_io", "edgeopt.converters.onnx_tflite", "edgeopt.converters.tf_tflite"),
+    "keras": ("edgeopt.converters.tf_tflite",),
+    "saved_model": ("edgeopt.converters.tf_tflite",),
+    "tflite": (),
+}
+
+# Helper modules (no converter function) that tests import too.
+MODULES = ("edgeopt.converters.onnx_io", "edgeopt.converters.tf_tflite", "edgeopt.converters.edgetpu")
+
+
+def load(dotted: str):
+    """Import a converter module by dotted path; a missing extra becomes a clear UsageError."""
+    try:
+        return importlib.import_module(dotted)
+    except ImportError as e:
+        raise UsageError(f"the converters need {e.name or 'a package'} which is not installed",
+                         hint="pip install 'edgeopt[convert]'") from None
+
+
+def resolve(spec: str):
+    mod, _, fn = spec.partition(":")
+    return getattr(load(mod), fn)
+
+
+def route(fmt: str, kind: str, target=None):
+    """(kind, converter function) for a source format and an artifact kind; UsageError if refused."""
+    if (fmt, kind) in REFUSED:
+        raise UsageError(REFUSED[(fmt, kind)], hint=REFUSE_HINT.get(fmt))
+    if fmt == "tflite":
+        return kind, None  # passthrough: handled by the pipeline
+    spec = ROUTES.get((fmt, kind))
+    if spec is None:
+        name = getattr(target, "name", kind)
+        raise UsageError(f"no converter from {fmt} to {kind} (target {name})")
+    return kind, _Lazy(spec)
+
+
+class _Lazy:
+    """Calls the converter, importing its module only on first use."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+
+    def __call__(self, job):
+        return resolve(self.spec)(job)

@@ -1,0 +1,102 @@
+"""edgeopt convert MODEL --target T [--calib SRC] [--val SRC] [--out DIR] ..."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+from edgeopt.cli import app
+
+
+def progress_reporter(enabled: bool):
+    """A (callback, stop) pair showing a rich spinner with the current step on a terminal; silent otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        return None, (lambda: None)
+    from rich.console import Console
+    console = Console(stderr=True)
+    status = console.status("starting")
+    status.start()
+
+    def step(msg):
+        status.update(msg)
+        console.log(msg)
+    return step, status.stop
+
+
+@app.command("convert")
+def convert(
+    model: str = typer.Argument(..., help="An .onnx, .keras/.h5 or .tflite file, or a SavedModel directory."),
+    target: str = typer.Option(..., "--target", "-t", help="Target profile or family (rpi, jetson, coral, ...)."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data: .npy, .npz, image dir, or 'random'."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation data for the accuracy check (same forms)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory."),
+    input_shape: List[str] = typer.Option([], "--input-shape", help="NAME=1,3,224,224 to fix dynamic dims."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean for image folders, e.g. 0.485,0.456,0.406"),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for image folders."),
+    io: Optional[str] = typer.Option(None, "--io", help="I/O dtype of the artifact: int8, uint8 or float32."),
+    min_sqnr: Optional[float] = typer.Option(None, "--min-sqnr", help="Gate: fail (exit 1) below this SQNR (dB)."),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: fail (exit 1) below this top-1 agreement."),
+    allow_float_fallback: bool = typer.Option(False, "--allow-float-fallback",
+                                              help="Keep ops that cannot be INT8 in float (not for Coral)."),
+    max_samples: int = typer.Option(200, "--max-samples", help="At most this many calibration samples."),
+    max_val_samples: int = typer.Option(1000, "--max-val-samples", help="At most this many validation samples."),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Convert a model into INT8 artifacts for a target, checked against the FP32 model."""
+    from edgeopt.errors import GateError
+    from edgeopt.pipeline import convert as run
+
+    step, stop = progress_reporter(not json_out)
+    try:
+        manifest = run(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shape, mean=mean,
+                       std=std, io=io, min_sqnr=min_sqnr, min_top1=min_top1,
+                       allow_float_fallback=allow_float_fallback, max_samples=max_samples,
+                       max_val_samples=max_val_samples, progress=step)
+    except GateError as e:
+        stop()
+        if json_out and e.result is not None:
+            typer.echo(json.dumps(_public(e.result), indent=2))
+        raise
+    finally:
+        stop()
+    if json_out:
+        typer.echo(json.dumps(_public(manifest), indent=2))
+    else:
+        print_summary(manifest)
+
+
+def _public(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if not k.startswith("_")}
+
+
+def print_summary(manifest: dict):
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    t = Table(title=f"{manifest['source']['file']} -> {manifest['target']['name']}  ({manifest.get('_out', '')})")
+    for col in ("artifact", "precision", "size", "inputs", "cosine", "SQNR dB", "top-1 agr."):
+        t.add_column(col)
+    for a in manifest["artifacts"]:
+        acc = a.get("accuracy") or {}
+        first = next(iter(acc.values()), {}) if acc else {}
+        ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in a["inputs"])
+        t.add_row(a["file"], a["precision"], f"{a['bytes'] / 1024:.1f} KiB", ins,
+                  f"{first.get('cosine', float('nan')):.4f}" if first else "-",
+                  f"{first.get('sqnr_db', float('nan')):.1f}" if first else "-",
+                  f"{first['top1_agreement']:.4f}" if "top1_agreement" in first else "-")
+    c.print(t)
+    cal = manifest.get("calibration") or {}
+    if cal.get("source"):
+        c.print(f"calibration: {cal['source']} ({cal.get('samples')} samples)")
+    acc = manifest.get("accuracy") or {}
+    if acc.get("data", {}).get("note"):
+        c.print(f"validation: {acc['data']['note']}")
+    tpu = manifest.get("edgetpu")
+    if tpu:
+        s = tpu["summary"]
+        c.print(f"Edge TPU pre-flight: {s['tpu_ops']}/{s['ops']} ops on the TPU"
+                + (f", partition ends at {s['partition_end']}" if s["partition_end"] else ""))

@@ -1,0 +1,565 @@
+"""The conversion pipeline behind ``edgeopt convert`` and :func:`edgeopt.convert`.
+
+source file -> (format, inputs/outputs) -> calibration + validation data -> one converter per artifact kind
+of the target (see edgeopt.converters.ROUTES) -> artifacts described and checked against the FP32 model
+-> manifest.json. Everything is staged in a temporary directory beside ``out`` and renamed into place at
+the end, so a failed conversion never leaves half-written files where a user or a device would pick them up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from . import __version__
+from . import data as D
+from .errors import GateError, UsageError
+
+DEFAULT_MAX_CALIB = 200
+DEFAULT_MAX_VAL = 1000
+IO_DTYPES = ("int8", "uint8", "float32")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_tree(path: str) -> str:
+    """Hash of a directory (SavedModel): relative paths and contents, in sorted order."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            h.update(os.path.relpath(p, path).encode() + b"\0")
+            with open(p, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def detect_format(path: str) -> str:
+    """onnx | keras | saved_model | tflite, from the name and the first bytes; UsageError otherwise."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "saved_model.pb")) or os.path.exists(os.path.join(path, "saved_model.pbtxt")):
+            return "saved_model"
+        raise UsageError(f"{path}: a directory but not a TensorFlow SavedModel (no saved_model.pb)")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: not readable")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise UsageError(f"{path}: empty file, not a model")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    low = path.lower()
+    if head[4:8] == b"TFL3" or low.endswith(".tflite"):
+        if head[4:8] != b"TFL3":
+            raise UsageError(f"{path}: not a TFLite model (no TFL3 identifier)")
+        return "tflite"
+    if low.endswith(".keras"):
+        if head[:2] != b"PK":
+            raise UsageError(f"{path}: not a Keras .keras archive")
+        return "keras"
+    if low.endswith((".h5", ".hdf5")):
+        if head[:8] != b"\x89HDF\r\n\x1a\n":
+            raise UsageError(f"{path}: not an HDF5 (.h5) Keras file")
+        return "keras"
+    if low.endswith(".onnx"):
+        return "onnx"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "keras"
+    raise UsageError(f"{path}: unsupported model file (use .onnx, .keras, .h5, .tflite or a SavedModel directory)")
+
+
+def parse_input_shapes(items) -> dict:
+    """['name=1,3,224,224', ...] or a dict -> {name: [ints]}."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return {k: [int(d) for d in v] for k, v in items.items()}
+    res = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--input-shape {item!r}: expected NAME=D1,D2,... (e.g. input=1,3,224,224)")
+        name, dims = item.rsplit("=", 1)
+        try:
+            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            raise UsageError(f"--input-shape {item!r}: dimensions must be integers") from None
+        if not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"--input-shape {item!r}: dimensions must be positive integers")
+        res[name.strip()] = shape
+    return res
+
+
+def _floats(v, what):
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = [float(x) for x in v.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--{what} {v!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    return [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+
+
+class Job:
+    """What a converter needs: source, static I/O specs, calibration samples, target options, a workdir."""
+
+    def __init__(self, source: str, fmt: str, target, inputs, outputs, calib: dict, io_dtype: str,
+                 workdir: str, onnx_model=None, options: dict | None = None):
+        self.source = source
+        self.source_name = os.path.basename(source.rstrip("/"))
+        self.format = fmt
+        self.target = target
+        self.inputs = inputs          # static shapes, batch 1, source layout
+        self.outputs = outputs
+        self.calib = calib
+        self.io_dtype = io_dtype
+        self.workdir = workdir
+        self.onnx_model = onnx_model
+        self.options = options or {}
+        self.allow_float_fallback = bool(self.options.get("allow_float_fallback"))
+        self._static_onnx = None
+        self.graph = None             # TensorFlow Graph for keras/saved_model sources
+
+    def calib_samples(self) -> list[list[np.ndarray]]:
+        n = D.count(self.calib)
+        return [[self.calib[i["name"]][k:k + 1] for i in self.inputs] for k in range(n)]
+
+    def static_onnx_path(self) -> str:
+        """The source ONNX with every input fixed to its static shape (batch 1), saved in the workdir."""
+        if self._static_onnx is None:
+            import onnx
+            from edgeopt.converters import onnx_io
+            m = onnx.ModelProto()
+            m.CopyFrom(self.onnx_model)
+            onnx_io.fix_shapes(m, {i["name"]: i["shape"] for i in self.inputs})
+            self._static_onnx = os.path.join(self.workdir, "source.static.onnx")
+            onnx.save(m, self._static_onnx)
+        return self._static_onnx
+
+
+def _say(progress, msg):
+    if progress:
+        progress(msg)
+
+
+def _warn(msg):
+    sys.stderr.write(f"warning: {msg}\n")
+    sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+def convert(model, target: str, calib=None, val=None, out=None, input_shapes=None, mean=None, std=None,
+            io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
+            allow_float_fallback: bool = False, max_samples: int = DEFAULT_MAX_CALIB,
+            max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, **options) -> dict:
+    """See :func:`edgeopt.convert`."""
+    from edgeopt import converters, targets
+
+    try:
+        tgt = targets.get(target)
+    except KeyError as e:
+        raise UsageError(str(e.args[0]), hint="see `edgeopt targets` for the list") from None
+    model = os.fspath(model)
+    fmt = detect_format(model)
+    io_dtype = (io or tgt.io_dtype).lower()
+    if io_dtype not in IO_DTYPES:
+        raise UsageError(f"--io {io!r}: expected one of {', '.join(IO_DTYPES)}")
+    if tgt.family == "coral" and allow_float_fallback:
+        raise UsageError("--allow-float-fallback is not possible for Coral: the Edge TPU runs only INT8 ops",
+                         hint="convert for rpi to keep float ops on the CPU")
+    mean, std = _floats(mean, "mean"), _floats(std, "std")
+    shapes = parse_input_shapes(input_shapes)
+    routes = [converters.route(fmt, kind, tgt) for kind in tgt.formats]
+    out = os.path.abspath(out or os.path.join("edgeopt-out", f"{_stem(model)}-{tgt.name}"))
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    workdir = tempfile.mkdtemp(prefix="edgeopt-work-")
+    try:
+        manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
+                                      io_dtype, min_sqnr, min_top1, allow_float_fallback, max_samples,
+                                      max_val_samples, progress, warn, options)
+        _commit(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    manifest["_out"] = out  # not written to disk: where the caller finds the files
+    if failures:
+        raise GateError("accuracy gate failed: " + "; ".join(failures),
+                        hint=f"artifacts and report kept in {out}", result=manifest)
+    return manifest
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(path.rstrip("/"))
+    return os.path.splitext(base)[0] if not os.path.isdir(path) else base
+
+
+def _commit(staging: str, out: str):
+    """Move the finished staging dir to `out`, replacing an earlier result atomically."""
+    old = None
+    if os.path.lexists(out):
+        if not os.path.isdir(out) or (os.listdir(out) and not os.path.exists(os.path.join(out, "manifest.json"))):
+            raise UsageError(f"--out {out}: exists and is not an edgeopt output directory; refusing to replace it")
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+        os.rmdir(old)
+        os.rename(out, old)
+    os.rename(staging, out)
+    os.chmod(out, 0o755)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _source_io(model, fmt, progress):
+    """(inputs, outputs, reference-callable factory, extra) of the source model."""
+    from edgeopt import converters
+    if fmt == "onnx":
+        onnx_io = converters.load("edgeopt.converters.onnx_io")
+        m = onnx_io.load(model)
+        ins, outs = onnx_io.io_specs(m)
+        return ins, outs, {"onnx_model": m}
+    if fmt in ("keras", "saved_model"):
+        _say(progress, "loading TensorFlow")
+        tf_tflite = converters.load("edgeopt.converters.tf_tflite")
+        g = tf_tflite.load(model, fmt)
+        return [dict(i) for i in g.inputs], [{"name": n, "shape": None, "dtype": "float32"} for n in g.outputs], {"graph": g}
+    raise AssertionError(fmt)
+
+
+def _static(inputs, shapes, fmt):
+    unknown = [n for n in shapes if n not in {i["name"] for i in inputs}]
+    if unknown:
+        raise UsageError(f"--input-shape: no input named {unknown[0]!r}; the model's inputs are "
+                         f"{[i['name'] for i in inputs]}")
+    res = []
+    for i in inputs:
+        shape = list(shapes.get(i["name"], i["shape"]))
+        if i["name"] in shapes and len(shape) != len(i["shape"]):
+            raise UsageError(f"--input-shape {i['name']}: rank {len(shape)} does not match the model's "
+                             f"{D._fmt(i['shape'])}")
+        if shape and shape[0] is None:
+            shape[0] = 1
+        if any(d is None for d in shape):
+            raise UsageError(f"input {i['name']!r} has dynamic dimensions {D._fmt(i['shape'])}",
+                             hint=f"fix them with --input-shape {i['name']}=1,...")
+        if shape and shape[0] != 1:
+            raise UsageError(f"input {i['name']!r}: batch {shape[0]}; edge artifacts are built for batch 1",
+                             hint=f"--input-shape {i['name']}=1,{','.join(str(d) for d in shape[1:])}")
+        res.append({"name": i["name"], "shape": shape, "dtype": i["dtype"]})
+    return res
+
+
+def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std, io_dtype, min_sqnr,
+             min_top1, allow_float_fallback, max_samples, max_val_samples, progress, warn, options):
+    from edgeopt import converters
+
+    source = {"file": os.path.basename(model.rstrip("/")), "format": fmt,
+              "sha256": sha256_tree(model) if os.path.isdir(model) else sha256_file(model)}
+    if fmt == "tflite":
+        return _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress, warn)
+
+    _say(progress, f"reading {source['file']}")
+    src_in, src_out, extra = _source_io(model, fmt, progress)
+    static_in = _static(src_in, shapes, fmt)
+    data_in = [dict(i, shape=[None] + i["shape"][1:]) for i in static_in]
+
+    if calib is None:
+        raise UsageError("calibration data is required for INT8 conversion",
+                         hint="--calib data.npy | data.npz | images/ (or --calib random, for trying only)")
+    cal, cal_info = D.load(calib, data_in, "calibration", mean, std)
+    if cal_info["source"] == "random":
+        warn(cal_info["warning"])
+    n = D.count(cal)
+    if val is not None:
+        vdata, v_info = D.load(val, data_in, "validation", mean, std)
+        v_info["held_out"] = False
+    elif n >= 5:
+        k = max(1, n // 5)
+        vdata = D.take(cal, slice(n - k, n))
+        cal = D.take(cal, slice(0, n - k))
+        v_info = {"source": cal_info["source"], "held_out": True,
+                  "note": f"no --val given: the last {k} of {n} calibration samples were held out for the check"}
+    else:
+        vdata = cal
+        v_info = {"source": cal_info["source"], "held_out": False,
+                  "note": "no --val given and too few calibration samples to hold any out: checked on calibration data"}
+    if D.count(cal) > max_samples:
+        cal = D.take(cal, slice(0, max_samples))
+    if D.count(vdata) > max_val_samples:
+        vdata = D.take(vdata, slice(0, max_val_samples))
+    cal_info.update(samples=D.count(cal), sha256=D.digest(cal), max_samples=max_samples)
+    v_info.update(samples=D.count(vdata), sha256=D.digest(vdata))
+
+    job = Job(model, fmt, tgt, static_in, src_out, cal, io_dtype, workdir, onnx_model=extra.get("onnx_model"),
+              options=dict(options, allow_float_fallback=allow_float_fallback))
+    job.graph = extra.get("graph")
+
+    arts = []
+    for kind, fn in routes:
+        _say(progress, f"converting to {kind}")
+        arts += fn(job)
+
+    # reference outputs (FP32 source) on the validation samples
+    _say(progress, f"checking against FP32 on {D.count(vdata)} samples")
+    ref = _reference(job, fmt)
+    vlist = [vdata[i["name"]] for i in static_in]
+    ref_out = _run_batched(ref, vlist)
+    out_names = [o["name"] for o in src_out]
+    for o, r in zip(src_out, ref_out):
+        o["shape"] = [None] + list(r.shape[1:])
+
+    entries, by_artifact = [], {}
+    from edgeopt import runtime
+    for a in arts:
+        path = os.path.join(staging, a["file"])
+        with open(path, "wb") as f:
+            f.write(a["data"])
+        entry = _describe(a, path, static_in, src_out)
+        m = runtime.Model(path, None, entry, threads=None)
+        got = m.predict(vlist, batch_size=64)
+        acc = _accuracy(ref_out, got, out_names)
+        entry["accuracy"] = acc
+        by_artifact[a["file"]] = acc
+        entries.append(entry)
+
+    preflight = None
+    if tgt.family == "coral":
+        entries, preflight = _coral(entries, staging, progress, warn)
+
+    for e in entries:
+        _stamp(os.path.join(staging, e["file"]))
+    primary = entries[0]
+    accuracy = {"reference": "fp32 source model (" + ("onnxruntime CPU" if fmt == "onnx" else "TensorFlow") + ")",
+                "data": v_info, "samples": v_info["samples"], "artifact": primary["file"],
+                "outputs": primary["accuracy"], "by_artifact": by_artifact}
+    failures = []
+    if min_sqnr is not None or min_top1 is not None:
+        failures = D_gate(primary["accuracy"], min_sqnr, min_top1)
+        accuracy["gate"] = {"min_sqnr": min_sqnr, "min_top1": min_top1, "passed": not failures,
+                            "failures": failures}
+    manifest = _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt,
+                         options, allow_float_fallback)
+    if preflight is not None:
+        manifest["edgetpu"] = preflight
+    _write_manifest(staging, manifest)
+    return manifest, failures
+
+
+def D_gate(outputs, min_sqnr, min_top1):
+    from .accuracy import gate
+    return gate(outputs, min_sqnr, min_top1)
+
+
+def _accuracy(ref_out, got, names):
+    from .accuracy import compare
+    return compare(ref_out, got, names)
+
+
+def _reference(job, fmt):
+    from edgeopt import converters
+    if fmt == "onnx":
+        onnx_io = converters.load("edgeopt.converters.onnx_io")
+        return onnx_io.Reference(job.static_onnx_path(), [o["name"] for o in job.outputs])
+    return job.graph
+
+
+def _run_batched(fn, arrays, batch=1):
+    n = arrays[0].shape[0]
+    parts = [fn([a[i:i + batch] for a in arrays]) for i in range(0, n, batch)]
+    return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(parts[0]))]
+
+
+def _describe(a: dict, path: str, static_in, src_out) -> dict:
+    """Manifest entry of one artifact: file facts and its I/O in artifact terms, mapped to source names."""
+    from edgeopt import runtime
+    m = runtime.load(path)
+    ins, outs = m.inputs, m.outputs
+    if a["format"] == "tflite":
+        by_index = {s.index: s for s in ins + outs}
+        ins = [by_index[i] for i in a["input_index"]]
+        outs = [by_index[i] for i in a["output_index"]]
+    perms = a.get("input_perm") or [None] * len(ins)
+    inputs, outputs = [], []
+    for s, src, perm in zip(ins, static_in, perms):
+        d = s.to_dict()
+        d.update(name=src["name"], perm=perm, source_shape=src["shape"])
+        inputs.append(d)
+    from edgeopt.converters.onnx_tflite import layout_perm
+    for s, src in zip(outs, src_out):
+        d = s.to_dict()
+        d["name"] = src["name"]
+        if a["format"] == "tflite" and src.get("shape"):
+            sshape = [1] + list(src["shape"][1:])
+            d["perm"] = layout_perm(sshape, d["shape"])
+            d["source_shape"] = sshape
+        else:
+            d["perm"] = None
+            d["source_shape"] = d["shape"]
+        outputs.append(d)
+    for d in inputs + outputs:
+        if a["format"] == "onnx":
+            d.pop("index", None)
+        for k in ("scale",):
+            if d.get(k) is not None:
+                d[k] = float(np.float32(d[k]))
+    entry = {"file": a["file"], "format": a["format"], "precision": a["precision"], "kind": a["kind"],
+             "sha256": sha256_file(path), "bytes": os.path.getsize(path), "inputs": inputs, "outputs": outputs,
+             "layout": _layout_note(inputs), "converter": a.get("converter")}
+    if a.get("float_ops"):
+        entry["float_ops"] = a["float_ops"]
+    return entry
+
+
+def _layout_note(inputs) -> str:
+    notes = []
+    for d in inputs:
+        if d.get("perm"):
+            notes.append(f"{d['name']}: artifact tensor is the source tensor transposed by {d['perm']} "
+                         f"(NCHW -> NHWC); edgeopt.runtime takes source-layout arrays and transposes")
+    return "; ".join(notes) if notes else "same as source"
+
+
+def _coral(entries, staging, progress, warn):
+    from edgeopt.converters import edgetpu
+    _say(progress, "Edge TPU pre-flight")
+    e = entries[0]
+    path = os.path.join(staging, e["file"])
+    report = edgetpu.preflight(path)
+    compiled = edgetpu.compile_if_available(path, staging)
+    report["compiler"] = compiled["compiler"]
+    if compiled.get("file"):
+        tpu = dict(e)
+        tpu.update(file=compiled["file"], kind="tflite-int8-edgetpu", sha256=sha256_file(compiled["path"]),
+                   bytes=os.path.getsize(compiled["path"]), converter="edgetpu_compiler")
+        tpu["accuracy"] = e["accuracy"]  # same quantization; the TPU part cannot run on this host
+        entries = [tpu] + entries
+    else:
+        warn(compiled["compiler"].get("note") or "edgetpu_compiler did not produce a model")
+    if report["summary"]["cpu_ops"]:
+        warn(f"Edge TPU pre-flight: {report['summary']['cpu_ops']} of {report['summary']['ops']} ops would run "
+             f"on the CPU (first unmappable: {report['summary']['first_unmapped']})")
+    return entries, report
+
+
+def _stamp(path):
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        os.utime(path, (int(epoch), int(epoch)))
+
+
+def toolchain(fmt: str) -> dict:
+    from edgeopt import converters
+    tc = {"edgeopt": __version__, "python": ".".join(map(str, sys.version_info[:3])), "numpy": np.__version__}
+    for mod in converters.TOOL_MODULES.get(fmt, ()):
+        try:
+            tc.update(converters.load(mod).versions())
+        except Exception:
+            pass
+    return dict(sorted(tc.items()))
+
+
+def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt, options,
+              allow_float_fallback) -> dict:
+    m = {
+        "schema": 1,
+        "edgeopt": __version__,
+        "source": dict(source, inputs=[{"name": i["name"], "shape": i["shape"], "dtype": i["dtype"]} for i in static_in],
+                       outputs=[{"name": o["name"], "shape": o.get("shape")} for o in src_out]),
+        "target": {"name": tgt.name, "family": tgt.family, "runtime": tgt.runtime, "delegate": tgt.delegate,
+                   "io_dtype": io_dtype, "threads": tgt.threads, "cpu_arch": tgt.cpu_arch},
+        "artifacts": entries,
+        "calibration": dict(cal_info, method=options.get("calibration_method", "minmax"),
+                            mean=mean, std=std),
+        "accuracy": accuracy,
+        "options": {"io": io_dtype, "allow_float_fallback": bool(allow_float_fallback),
+                    "input_shapes": {i["name"]: i["shape"] for i in static_in}},
+        "toolchain": toolchain(fmt),
+    }
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        import datetime
+        m["created"] = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return m
+
+
+def _write_manifest(staging, manifest):
+    path = os.path.join(staging, "manifest.json")
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=2, default=_json_default)
+        f.write("\n")
+    _stamp(path)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+# -------------------------------------------------------------------------------------- .tflite input
+
+def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress, warn):
+    """A .tflite input: validated, described, checked against the target, copied as the artifact."""
+    from edgeopt import runtime
+    try:
+        m = runtime.load(model)
+    except runtime.RuntimeMissing:
+        raise
+    except Exception as e:
+        raise UsageError(f"{model}: not a loadable TFLite model ({str(e).strip().splitlines()[0][:200]})") from None
+    q_in = all(np.dtype(s.dtype).kind in "iu" for s in m.inputs)
+    ops = _tflite_ops(model)
+    float_ops = ops["float_ops"]
+    if tgt.family == "coral" and (float_ops or not q_in):
+        raise UsageError(f"{model}: a float TFLite model cannot run on the Edge TPU "
+                         f"({len(float_ops)} float ops: {', '.join(float_ops[:5]) or 'float inputs'})",
+                         hint="convert from the source model (.onnx/.keras/SavedModel) with --target coral")
+    name = os.path.basename(model)
+    dst = os.path.join(staging, name)
+    shutil.copyfile(model, dst)
+    _stamp(dst)
+    entry = {"file": name, "format": "tflite", "precision": "int8" if not float_ops and q_in else "float32",
+             "kind": "tflite-passthrough", "sha256": sha256_file(dst), "bytes": os.path.getsize(dst),
+             "inputs": [s.to_dict() for s in m.inputs], "outputs": [s.to_dict() for s in m.outputs],
+             "layout": "as in the file", "converter": "passthrough"}
+    if float_ops:
+        entry["float_ops"] = float_ops
+    entries, preflight = [entry], None
+    if tgt.family == "coral":
+        entries, preflight = _coral(entries, staging, progress, warn)
+    manifest = _manifest(source, tgt, entries, {"source": None, "samples": 0, "note": "already converted"},
+                         None, io_dtype, [], [], None, None, "tflite", {}, False)
+    manifest["source"]["inputs"] = entry["inputs"]
+    manifest["source"]["outputs"] = entry["outputs"]
+    if preflight is not None:
+        manifest["edgetpu"] = preflight
+    _write_manifest(staging, manifest)
+    return manifest, []
+
+
+def _tflite_ops(path) -> dict:
+    from edgeopt.converters import edgetpu
+    ops = edgetpu.read_ops(path)
+    return {"ops": [o["op"] for o in ops],
+            "float_ops": sorted({o["op"] for o in ops if o["float"] and o["op"] not in ("QUANTIZE", "DEQUANTIZE")})}

@@ -1,0 +1,258 @@
+"""What a device is and what it can run: one shell command, then pure parsers of its output.
+
+The command prints sections (``@@name`` lines) holding ``uname -m``, ``/proc/device-tree/model``,
+``/etc/nv_tegra_release``, a Python probe (version, runtimes and their versions, onnxruntime providers),
+where ``trtexec`` and ``libedgetpu`` are, and ``df -Pk`` of the workdir (or its nearest existing parent:
+probing writes nothing). :func:`parse` turns that into a dict; :func:`assess` says where the device does
+not fit its declared target. The parsers are tested on recorded real outputs (tests/data/probes/).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from .connection import q
+
+__all__ = ["command", "parse", "parse_sections", "parse_uname", "parse_dt_model", "parse_tegra_release",
+           "parse_python", "parse_df", "parse_lines", "assess", "probe"]
+
+TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
+
+_PY_PROBE = r"""
+import json, platform, sys
+from importlib import util
+try:
+    from importlib import metadata
+except ImportError:
+    metadata = None
+def ver(*dists):
+    for d in dists:
+        try:
+            return metadata.version(d)
+        except Exception:
+            pass
+r = {"python": platform.python_version(), "executable": sys.executable, "machine": platform.machine(), "modules": {}}
+for mod, dists in (("numpy", ("numpy",)), ("ai_edge_litert", ("ai-edge-litert", "ai-edge-litert-nightly")),
+                   ("tflite_runtime", ("tflite-runtime",)), ("tensorrt", ("tensorrt",)),
+                   ("pycoral", ("pycoral",))):
+    try:
+        found = util.find_spec(mod) is not None
+    except Exception:
+        found = False
+    if found:
+        r["modules"][mod] = {"version": ver(*dists)}
+try:
+    import onnxruntime as o
+    r["modules"]["onnxruntime"] = {"version": o.__version__, "providers": list(o.get_available_providers())}
+except Exception:
+    pass
+print(json.dumps(r))
+"""
+
+
+def command(python: str = "python3", workdir: str = "~/.edgeopt", trtexec: str | None = None) -> str:
+    """The probe as one shell command line (every user-given word quoted)."""
+    wd = _shell_path(workdir)
+    trt_candidates = " ".join(q([p]) for p in ([trtexec] if trtexec else []) + list(TRTEXEC_PATHS))
+    return "; ".join([
+        "echo @@uname", "uname -m",
+        "echo @@model", "{ tr -d '\\000' < /proc/device-tree/model; } 2>/dev/null", "echo",
+        "echo @@tegra", "cat /etc/nv_tegra_release 2>/dev/null",
+        "echo @@python", f"{q([python])} -c {q([_PY_PROBE])} 2>&1 || echo \"@@python-failed $?\"",
+        "echo @@trtexec",
+        f"for t in $(command -v trtexec 2>/dev/null) {trt_candidates}; do if [ -x \"$t\" ]; then echo \"$t\"; break; fi; done",
+        "echo @@edgetpu",
+        "{ ldconfig -p 2>/dev/null | grep -o '/[^ ]*libedgetpu[^ ]*'; ls /usr/lib/*/libedgetpu.so.1* "
+        "/usr/lib/libedgetpu.so.1* /usr/local/lib/libedgetpu* 2>/dev/null; } | sort -u",
+        "echo @@df", f"d={wd}; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1",
+        "echo @@end",
+    ])
+
+
+def _shell_path(path: str) -> str:
+    """A quoted path for the shell, with a leading ~ expanded by the remote shell."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + q([path[2:]])
+    return q([path])
+
+
+# --------------------------------------------------------------------------------------------- parsers
+
+def parse_sections(text: str) -> dict[str, str]:
+    out, cur, buf = {}, None, []
+    for line in text.splitlines():
+        m = re.fullmatch(r"@@([a-z]+)", line.strip())
+        if m:
+            if cur:
+                out[cur] = "\n".join(buf).strip("\n")
+            cur, buf = m.group(1), []
+        elif cur:
+            buf.append(line)
+    if cur and cur != "end":
+        out[cur] = "\n".join(buf).strip("\n")
+    return out
+
+
+def parse_uname(text: str) -> str | None:
+    """``uname -m`` -> machine, normalised (arm64 -> aarch64)."""
+    s = (text or "").strip().splitlines()
+    if not s:
+        return None
+    m = s[0].strip()
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(m, m) or None
+
+
+def parse_dt_model(text) -> str | None:
+    """``/proc/device-tree/model`` (NUL-terminated) -> 'Raspberry Pi 5 Model B Rev 1.0'."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    s = (text or "").replace("\x00", "").strip()
+    return s or None
+
+
+# L4T release -> JetPack, from NVIDIA's JetPack archive (developer.nvidia.com/embedded/jetpack-archive).
+_JETPACK = {"36.4.3": "6.2", "36.4.0": "6.1", "36.3.0": "6.0", "35.6.0": "5.1.4", "35.5.0": "5.1.3",
+            "35.4.1": "5.1.2", "35.3.1": "5.1.1", "35.2.1": "5.1", "35.1.0": "5.0.2", "32.7.4": "4.6.4",
+            "32.7.3": "4.6.3", "32.7.2": "4.6.2", "32.7.1": "4.6.1", "32.6.1": "4.6"}
+
+
+def parse_tegra_release(text: str) -> dict | None:
+    """``# R36 (release), REVISION: 3.0, GCID: ..., BOARD: generic, EABI: aarch64, DATE: ...`` -> fields."""
+    for line in (text or "").splitlines():
+        m = re.match(r"#\s*R(\d+)\s*\((\w+)\)\s*,\s*REVISION:\s*([\d.]+)(.*)", line.strip())
+        if not m:
+            continue
+        major, kind, rev, rest = m.groups()
+        fields = dict((k.strip().lower(), v.strip()) for k, v in re.findall(r"([A-Z]+):\s*([^,]+)", rest))
+        parts = rev.split(".")
+        l4t = ".".join([major] + parts + ["0"] * (2 - len(parts)))
+        return {"l4t": l4t, "release": f"R{major}", "kind": kind, "revision": rev, "board": fields.get("board"),
+                "eabi": fields.get("eabi"), "gcid": fields.get("gcid"), "date": fields.get("date"),
+                "jetpack": _JETPACK.get(l4t)}
+    return None
+
+
+def parse_python(text: str) -> dict:
+    """The Python probe's JSON line; ``{"error": ...}`` when the interpreter is missing or broken."""
+    text = (text or "").strip()
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    m = re.search(r"@@python-failed (\d+)", text)
+    rc = int(m.group(1)) if m else None
+    first = next((ln for ln in text.splitlines() if ln and not ln.startswith("@@")), "")
+    if rc == 127:
+        return {"error": f"interpreter not found ({first.strip() or 'exit 127'})"}
+    return {"error": first.strip() or f"python probe failed (exit {rc})"}
+
+
+def parse_df(text: str) -> dict | None:
+    """Last line of ``df -Pk PATH`` -> {'free_bytes', 'total_bytes', 'mount'}."""
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    if not lines:
+        return None
+    parts = lines[-1].split()
+    if len(parts) < 6 or not parts[3].isdigit():
+        return None
+    return {"total_bytes": int(parts[1]) * 1024, "free_bytes": int(parts[3]) * 1024, "mount": parts[5]}
+
+
+def parse_lines(text: str) -> list[str]:
+    return [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+
+
+def parse(text: str) -> dict:
+    """The whole probe output -> {'arch', 'model', 'tegra', 'python', 'runtimes', 'trtexec', 'libedgetpu', 'disk'}."""
+    sec = parse_sections(text)
+    py = parse_python(sec.get("python", ""))
+    mods = py.get("modules", {}) if "error" not in py else {}
+    runtimes = {}
+    for name in ("ai_edge_litert", "tflite_runtime", "onnxruntime", "tensorrt"):
+        if name in mods:
+            runtimes[name] = mods[name]
+    trt = parse_lines(sec.get("trtexec", ""))
+    tpu = parse_lines(sec.get("edgetpu", ""))
+    if trt:
+        runtimes["trtexec"] = {"path": trt[0]}
+    if tpu:
+        runtimes["libedgetpu"] = {"path": tpu[0]}
+    return {
+        "arch": parse_uname(sec.get("uname", "")),
+        "model": parse_dt_model(sec.get("model", "")),
+        "tegra": parse_tegra_release(sec.get("tegra", "")),
+        "python": {k: v for k, v in py.items() if k != "modules"},
+        "numpy": mods.get("numpy", {}).get("version") if "numpy" in mods else None,
+        "runtimes": runtimes,
+        "disk": parse_df(sec.get("df", "")),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- assess
+
+_BOARD_WORDS = {
+    "rpi4": ("Raspberry Pi 4", "Compute Module 4", "Raspberry Pi 400"),
+    "rpi5": ("Raspberry Pi 5", "Compute Module 5", "Raspberry Pi 500"),
+    "jetson-orin-nano": ("Orin Nano",),
+    "jetson-orin-nx": ("Orin NX",),
+    "jetson-agx-orin": ("AGX Orin",),
+}
+
+
+def assess(info: dict, target: str | None) -> list[str]:
+    """Warnings where the probed device does not fit its declared target (empty list: it fits)."""
+    warnings = []
+    py = info.get("python") or {}
+    if py.get("error"):
+        warnings.append(f"python: {py['error']}")
+    elif info.get("numpy") is None:
+        warnings.append("numpy is missing on the device (the runner needs it): pip install numpy")
+    if not target:
+        return warnings
+    from edgeopt import targets as T
+    try:
+        t = T.get(target)
+    except KeyError:
+        return warnings + [f"unknown target {target!r}"]
+    arch, model, rts = info.get("arch"), info.get("model"), info.get("runtimes") or {}
+    if arch and t.cpu_arch and arch != t.cpu_arch and t.name != "coral-usb":
+        warnings.append(f"declared {t.name} ({t.cpu_arch}) but the device is {arch}")
+    if t.family == "rpi":
+        if model and "Raspberry Pi" not in model:
+            warnings.append(f"declared {t.name} but the board is {model!r}")
+        elif model and not any(w in model for w in _BOARD_WORDS[t.name]):
+            warnings.append(f"declared {t.name} but the board is {model!r}")
+        elif not model and arch == t.cpu_arch:
+            warnings.append(f"declared {t.name} but no device-tree model says so")
+    if t.family == "jetson":
+        if info.get("tegra") is None and not (model and "Jetson" in model):
+            warnings.append(f"declared {t.name} but this is not a Jetson (no /etc/nv_tegra_release)")
+        elif model and "Jetson" in model and not any(w in model for w in _BOARD_WORDS.get(t.name, ())):
+            warnings.append(f"declared {t.name} but the board is {model!r}")
+        if "trtexec" not in rts:
+            warnings.append("no TensorRT (trtexec): ONNX artifacts will run on onnxruntime instead")
+        if "onnxruntime" not in rts and "trtexec" not in rts:
+            warnings.append("no ONNX runtime at all: install JetPack's TensorRT or onnxruntime-gpu")
+    if t.formats and t.formats[0].startswith("tflite"):
+        if not ({"ai_edge_litert", "tflite_runtime"} & set(rts)):
+            warnings.append("no TFLite runtime (ai_edge_litert or tflite_runtime): pip install ai-edge-litert")
+    if t.delegate == "edgetpu" and "libedgetpu" not in rts:
+        warnings.append("no libedgetpu: install libedgetpu1-std from the Coral apt repository")
+    disk = info.get("disk")
+    if disk and disk["free_bytes"] < 200 * 1024 * 1024:
+        warnings.append(f"only {disk['free_bytes'] // (1024 * 1024)} MiB free in the workdir's file system")
+    return warnings
+
+
+def probe(conn, python: str | None = None, workdir: str | None = None, target: str | None = None) -> dict:
+    """Run the probe on a connection; returns the parsed info plus ``warnings``."""
+    dev = conn.device
+    res = conn.run(command(python or dev.python, workdir or dev.workdir, dev.trtexec), timeout=60)
+    info = parse(res.out)
+    info["warnings"] = assess(info, target if target is not None else dev.target)
+    return info

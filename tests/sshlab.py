@@ -1,0 +1,329 @@
+"""A lab of real OpenSSH servers for the tests and benchmarks (no mocks).
+
+Each device is Debian's ``/usr/sbin/sshd`` with its own host key, ``authorized_keys`` and workdir, listening
+on 127.0.0.1 at a free port, or inside an ``ip netns`` namespace reached over a veth pair (optionally rate
+limited with ``tc ... tbf``). The client has one key; ``known_hosts`` is written for the devices started with
+``known=True``. Everything started is stopped by :meth:`Lab.stop` (the ``lab`` fixture does it).
+
+Needs root (network namespaces, sshd's privilege separation) and openssh-server + iproute2 installed.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SSHD = "/usr/sbin/sshd"
+_counter = itertools.count()
+
+
+def lab_available() -> str | None:
+    """None when a lab can run here, else why not (used to skip)."""
+    if os.geteuid() != 0:
+        return "needs root (sshd privilege separation, network namespaces)"
+    if not os.path.exists(SSHD):
+        return "needs openssh-server (/usr/sbin/sshd)"
+    if not shutil.which("ssh-keygen"):
+        return "needs ssh-keygen (openssh-client)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_str(s) -> str:
+    return json.dumps(str(s))  # JSON string escapes are valid TOML basic strings
+
+
+def keygen(path: Path, comment: str = "edgeopt-lab") -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return Path(str(path) + ".pub").read_text().strip()
+
+
+@dataclass
+class Netns:
+    name: str
+    host_if: str
+    ns_if: str
+    host_ip: str
+    ns_ip: str
+
+    def exec(self, argv, **kw):
+        return subprocess.run(["ip", "netns", "exec", self.name] + list(argv), **kw)
+
+
+@dataclass
+class LabDevice:
+    name: str
+    host: str
+    port: int
+    root: Path
+    workdir: str
+    host_pub: str
+    proc: subprocess.Popen
+    log: Path
+    netns: Netns | None = None
+    target: str | None = "rpi5"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def known_line(self) -> str:
+        kind, b64 = self.host_pub.split()[:2]
+        return f"[{self.host}]:{self.port} {kind} {b64}"
+
+    def session_pids(self) -> list[int]:
+        """Per-connection sshd processes (children of the listener)."""
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(k) for k in kids]
+
+    def kill_sessions(self):
+        """Drop every open connection to this device, as a cable pull would (SIGKILL the session sshds)."""
+        for pid in self.session_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def files(self) -> list[str]:
+        """Every path under the workdir (relative), to assert what was written on the device."""
+        wd = Path(self.workdir)
+        if not wd.exists():
+            return []
+        return sorted(str(p.relative_to(wd)) for p in wd.rglob("*"))
+
+
+class Lab:
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.client_key = self.base / "client" / "id_ed25519"
+        self.client_key.parent.mkdir(exist_ok=True)
+        self.client_pub = keygen(self.client_key, "edgeopt-client")
+        self.known_hosts = self.base / "client" / "known_hosts"
+        self.known_hosts.write_text("")
+        self.devices: dict[str, LabDevice] = {}
+        self.namespaces: list[Netns] = []
+        self._procs: list[subprocess.Popen] = []
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+
+    # -- network
+    def netns(self, rate: str | None = None, burst: str = "256kb") -> Netns:
+        """A namespace joined to this one by a veth pair; ``rate`` (e.g. '50mbit') limits both directions."""
+        n = next(_counter)
+        tag = f"{os.getpid() % 100000}{n}"
+        ns = Netns(name=f"eolab{tag}", host_if=f"eoh{tag}"[:15], ns_if=f"eon{tag}"[:15],
+                   host_ip=f"10.{200 + n % 50}.{os.getpid() % 250}.1",
+                   ns_ip=f"10.{200 + n % 50}.{os.getpid() % 250}.2")
+        run = lambda *a: subprocess.run(list(a), check=True, capture_output=True)  # noqa: E731
+        run("ip", "netns", "add", ns.name)
+        self.namespaces.append(ns)
+        run("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if)
+        run("ip", "link", "set", ns.ns_if, "netns", ns.name)
+        run("ip", "addr", "add", f"{ns.host_ip}/24", "dev", ns.host_if)
+        run("ip", "link", "set", ns.host_if, "up")
+        run("ip", "netns", "exec", ns.name, "ip", "addr", "add", f"{ns.ns_ip}/24", "dev", ns.ns_if)
+        run("ip", "netns", "exec", ns.name, "ip", "link", "set", ns.ns_if, "up")
+        run("ip", "netns", "exec", ns.name, "ip", "link", "set", "lo", "up")
+        if rate:
+            for pre in ([], ["ip", "netns", "exec", ns.name]):
+                dev = ns.host_if if not pre else ns.ns_if
+                run(*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", burst,
+                    "latency", "50ms")
+        return ns
+
+    # -- devices
+    def start(self, name: str, *, netns: Netns | None = None, listen: str | None = None, workdir: str | None = None,
+              target: str | None = "rpi5", known: bool = True, host_key: Path | None = None,
+              sftp: str = "internal-sftp") -> LabDevice:
+        root = self.base / "devices" / name
+        root.mkdir(parents=True, exist_ok=True)
+        hk = root / "ssh_host_ed25519_key"
+        if host_key:
+            shutil.copy(host_key, hk)
+            shutil.copy(str(host_key) + ".pub", str(hk) + ".pub")
+            os.chmod(hk, 0o600)
+            host_pub = Path(str(hk) + ".pub").read_text().strip()
+        elif hk.exists():
+            host_pub = Path(str(hk) + ".pub").read_text().strip()
+        else:
+            host_pub = keygen(hk, f"host-{name}")
+        (root / "authorized_keys").write_text(self.client_pub + "\n")
+        host = listen or (netns.ns_ip if netns else "127.0.0.1")
+        port = free_port()
+        cfg = root / "sshd_config"
+        cfg.write_text("\n".join([
+            f"Port {port}", f"ListenAddress {host}", f"HostKey {hk}", f"PidFile {root / 'sshd.pid'}",
+            f"AuthorizedKeysFile {root / 'authorized_keys'}", "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", "AllowTcpForwarding yes", "PermitTunnel no", "X11Forwarding no",
+            "PrintMotd no", "UseDNS no", "MaxStartups 64", "MaxSessions 64", "LogLevel INFO",
+            f"Subsystem sftp {sftp}", "",
+        ]))
+        log = root / "sshd.log"
+        argv = [SSHD, "-D", "-e", "-f", str(cfg)]
+        if netns:
+            argv = ["ip", "netns", "exec", netns.name] + argv
+        logf = open(log, "wb")
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        self._procs.append(proc)
+        deadline = time.time() + 10
+        while b"Server listening" not in log.read_bytes():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"sshd for {name} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.01)
+        wd = workdir or str(root / "work")
+        dev = LabDevice(name=name, host=host, port=port, root=root, workdir=wd, host_pub=host_pub, proc=proc,
+                        log=log, netns=netns, target=target)
+        if known:
+            with open(self.known_hosts, "a") as f:
+                f.write(dev.known_line + "\n")
+        self.devices[name] = dev
+        return dev
+
+    def stop_device(self, dev: LabDevice):
+        if dev.proc.poll() is None:
+            dev.kill_sessions()
+            dev.proc.terminate()
+            try:
+                dev.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                dev.proc.kill()
+                dev.proc.wait()
+
+    def inventory(self, devices=None, path: Path | None = None, python: str | None = None, **extra) -> Path:
+        """Write an edgeopt.toml for ``devices`` (default all); ``extra`` adds keys to every device
+        (or pass ``{name: {key: value}}`` as ``per_device``)."""
+        per_device = extra.pop("per_device", {})
+        path = Path(path or self.base / "edgeopt.toml")
+        lines = []
+        for d in (devices or list(self.devices.values())):
+            d = self.devices[d] if isinstance(d, str) else d
+            keys = {"host": d.host, "port": d.port, "user": "root", "identity": str(self.client_key),
+                    "known_hosts": str(self.known_hosts), "python": python or sys.executable,
+                    "workdir": d.workdir}
+            if d.target:
+                keys["target"] = d.target
+            keys.update(extra)
+            keys.update(per_device.get(d.name, {}))
+            lines.append(f"[devices.{toml_str(d.name)}]")
+            for k, v in keys.items():
+                if v is None:
+                    continue
+                lines.append(f"{k} = {v}" if isinstance(v, (int, float)) and not isinstance(v, bool)
+                             else f"{k} = {toml_str(v)}")
+            lines.append("")
+        path.write_text("\n".join(lines))
+        return path
+
+    def stop(self):
+        for dev in self.devices.values():
+            self.stop_device(dev)
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for ns in self.namespaces:
+            subprocess.run(["ip", "link", "del", ns.host_if], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
+        self.namespaces.clear()
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture
+def lab(tmp_path):
+    why = lab_available()
+    if why:
+        pytest.skip(why)
+    lab = Lab(tmp_path / "lab")
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tmp_path_factory) -> Path:
+    """A small real ONNX CNN (Conv-Relu-GAP-Gemm, 1x3x32x32 -> 1x10)."""
+    path = tmp_path_factory.mktemp("onnx") / "tiny cnn.onnx"
+    make_onnx(path)
+    return path
+
+
+def make_onnx(path: Path, size: int = 32, channels: int = 16) -> Path:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32) * 0.2, "w")
+    b = numpy_helper.from_array(np.zeros(channels, np.float32), "b")
+    fw = numpy_helper.from_array(rng.standard_normal((channels, 10)).astype(np.float32) * 0.2, "fw")
+    fb = numpy_helper.from_array(np.zeros(10, np.float32), "fb")
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+                              initializer=[w, b, fw, fb])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tflite_model(tmp_path_factory) -> Path:
+    """A small real INT8 TFLite CNN built with TensorFlow (random representative data)."""
+    path = tmp_path_factory.mktemp("tflite") / "tiny cnn.int8.tflite"
+    make_tflite(path)
+    return path
+
+
+def make_tflite(path: Path, size: int = 32, filters: int = 16) -> Path:
+    """Build with TensorFlow in a subprocess (keeps TF out of the test process; cached by parameters)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeopt-tests"
+    cached = cache / f"cnn-{size}-{filters}.int8.tflite"
+    if not cached.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        script = f"""
+import os; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf
+tf.keras.utils.set_random_seed(0)
+m = tf.keras.Sequential([tf.keras.Input((({size}), ({size}), 3)),
+    tf.keras.layers.Conv2D({filters}, 3, padding="same", activation="relu"),
+    tf.keras.layers.Conv2D({filters}, 3, padding="same", activation="relu"),
+    tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(10)])
+c = tf.lite.TFLiteConverter.from_keras_model(m)
+c.optimizations = [tf.lite.Optimize.DEFAULT]
+rng = np.random.default_rng(0)
+c.representative_dataset = lambda: ([rng.standard_normal((1, {size}, {size}, 3)).astype(np.float32)] for _ in range(8))
+c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+c.inference_input_type = tf.int8; c.inference_output_type = tf.int8
+open({str(cached) + '.tmp'!r}, "wb").write(c.convert())
+"""
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+        os.replace(str(cached) + ".tmp", cached)
+    shutil.copy(cached, path)
+    return path
