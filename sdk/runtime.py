@@ -470,6 +470,211 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------------------------ TensorRT (trtexec)
+
+TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
+
+
+def find_trtexec(explicit: str | None = None) -> str | None:
+    """trtexec: the given path, then PATH, then JetPack's /usr/src/tensorrt/bin."""
+    import shutil
+    for cand in ([explicit] if explicit else []) + [shutil.which("trtexec")] + list(TRTEXEC_PATHS):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def parse_trtexec_version(text: str) -> str | None:
+    """'[TensorRT v100200]' -> '10.2.0', '[TensorRT v8602]' -> '8.6.2', or 'TensorRT version: 8.6.3'."""
+    import re
+    m = re.search(r"TensorRT version:\s*([\d.]+)", text or "")
+    if m:
+        return m.group(1)
+    m = re.search(r"\[TensorRT v(\d+)\]", text or "")
+    if not m:
+        return None
+    v = m.group(1)
+    if len(v) >= 6:   # TensorRT >= 10: MMmmpp
+        return f"{int(v[:-4])}.{int(v[-4:-2])}.{int(v[-2:])}"
+    return f"{int(v[:-3])}.{int(v[-3:-2])}.{int(v[-2:])}"  # TensorRT 8: Mmpp (8602 -> 8.6.2)
+
+
+def parse_trtexec_summary(text: str) -> dict:
+    """The '=== Performance summary ===' of trtexec -> {'latency_ms', 'gpu_compute_ms', 'throughput_qps',
+    'walltime_s', ...}. Latency keys follow the bench JSON: min, p50 (median), p90, p95, p99, mean, max."""
+    import re
+    out = {}
+    names = {"Latency": "latency_ms", "GPU Compute Time": "gpu_compute_ms", "Enqueue Time": "enqueue_ms",
+             "H2D Latency": "h2d_ms", "D2H Latency": "d2h_ms"}
+    keymap = {"min": "min", "max": "max", "mean": "mean", "median": "p50", "percentile(90%)": "p90",
+              "percentile(95%)": "p95", "percentile(99%)": "p99"}
+    in_summary = False
+    for raw in (text or "").splitlines():
+        line = re.sub(r"^\[[^\]]*\]\s*\[\w\]\s*", "", raw.strip())  # '[10/03/2024-10:47:59] [I] '
+        if "=== Performance summary ===" in line:
+            in_summary = True
+            continue
+        if not in_summary:
+            continue
+        if line.startswith("==="):
+            break
+        m = re.match(r"Throughput:\s*([\d.eE+-]+)\s*qps", line)
+        if m:
+            out["throughput_qps"] = float(m.group(1))
+            continue
+        m = re.match(r"Total Host Walltime:\s*([\d.eE+-]+)\s*s", line)
+        if m:
+            out["walltime_s"] = float(m.group(1))
+            continue
+        m = re.match(r"Total GPU Compute Time:\s*([\d.eE+-]+)\s*s", line)
+        if m:
+            out["gpu_total_s"] = float(m.group(1))
+            continue
+        for label, key in names.items():
+            if line.startswith(label + ":"):
+                stats = {}
+                for k, v in re.findall(r"(min|max|mean|median|percentile\(\d+%\))\s*=?\s*([\d.eE+-]+)\s*ms",
+                                       line[len(label) + 1:]):
+                    if k in keymap:
+                        stats[keymap[k]] = float(v)
+                out[key] = stats
+    if "latency_ms" not in out:
+        raise ValueError("no performance summary in the trtexec output")
+    return out
+
+
+def _trtexec_version(trtexec: str) -> str:
+    import subprocess
+    try:
+        import tensorrt  # type: ignore
+        return tensorrt.__version__
+    except Exception:
+        pass
+    try:
+        p = subprocess.run([trtexec, "--help"], capture_output=True, text=True, timeout=60)
+        return parse_trtexec_version(p.stdout + p.stderr) or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def bench_trtexec(path: str, trtexec: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0,
+                  cache_dir: str | None = None, keep_samples: bool = True) -> dict:
+    """Build (once, cached by artifact hash and TensorRT version) and time a TensorRT engine with trtexec."""
+    import subprocess
+    import tempfile
+    sha = _sha256(path)
+    version = _trtexec_version(trtexec)
+    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(path)), "engines")
+    os.makedirs(cache_dir, exist_ok=True)
+    engine = os.path.join(cache_dir, f"{sha}.trt{version}.engine")
+    notes, build_s, cached = [], None, os.path.exists(engine)
+    if not cached:
+        with open(path, "rb") as f:
+            qdq = b"QuantizeLinear" in f.read()
+        tmp = f"{engine}.part-{os.getpid()}"
+        flags = ["--fp16"] + (["--int8"] if qdq else [])
+        t0 = time.perf_counter()
+        p = subprocess.run([trtexec, f"--onnx={path}", f"--saveEngine={tmp}"] + flags, capture_output=True,
+                           text=True)
+        build_s = time.perf_counter() - t0
+        if p.returncode != 0 or not os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            tail = (p.stdout + p.stderr).strip().splitlines()[-3:]
+            raise RuntimeError("trtexec could not build an engine: " + " | ".join(tail))
+        os.replace(tmp, engine)
+        notes.append(f"TensorRT engine built on the device in {build_s:.1f} s ({' '.join(flags)}), cached")
+    with tempfile.TemporaryDirectory() as td:
+        times = os.path.join(td, "times.json")
+        warm_ms = max(200, int(warmup) * 10)
+        t0 = time.perf_counter()
+        p = subprocess.run([trtexec, f"--loadEngine={engine}", f"--warmUp={warm_ms}", f"--iterations={int(runs)}",
+                            f"--duration={max(0.0, float(min_seconds)):g}", "--avgRuns=1",
+                            f"--exportTimes={times}"], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        text = p.stdout + p.stderr
+        if p.returncode != 0:
+            tail = text.strip().splitlines()[-3:]
+            raise RuntimeError("trtexec failed: " + " | ".join(tail))
+        summary = parse_trtexec_summary(text)
+        samples = []
+        try:
+            with open(times) as f:
+                samples = [float(r["latencyMs"]) for r in json.load(f) if isinstance(r, dict) and "latencyMs" in r]
+        except (OSError, ValueError, KeyError, TypeError):
+            samples = []
+    lat = dict(summary["latency_ms"])
+    if samples:
+        stats = latency_stats(samples)
+        lat.setdefault("std", stats["std"])
+        lat.setdefault("p90", stats["p90"])
+        n = len(samples)
+    else:
+        n = int(round(summary.get("throughput_qps", 0) * summary.get("walltime_s", 0))) or int(runs)
+        lat.setdefault("std", None)
+    import re
+    m = re.search(r"Engine deserialized in ([\d.]+) sec", text)
+    init_ms = float(m.group(1)) * 1e3 if m else (wall - summary.get("walltime_s", 0)) * 1e3
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    res = {
+        "artifact": {"file": os.path.basename(path), "sha256": sha},
+        "runtime": {"name": "tensorrt", "version": version, "delegate": None, "provider": "trtexec"},
+        "config": {"warmup": int(warmup), "runs": int(runs), "min_seconds": float(min_seconds), "threads": None},
+        "latency_ms": lat, "runs": n, "init_ms": init_ms, "peak_rss_mb": peak,
+        "trtexec": {k: v for k, v in summary.items() if k != "latency_ms"},
+        "engine": {"path": engine, "cached": cached, "build_s": build_s},
+        "notes": notes + [f"trtexec warm-up {warm_ms} ms; latency is trtexec's host latency (H2D + compute + D2H)"],
+    }
+    if keep_samples and samples:
+        res["samples_ms"] = samples
+    return res
+
+
+class _Busy(RuntimeError):
+    pass
+
+
+class _DeviceLock:
+    """One benchmark at a time on this device: an flock on a file in the workdir (freed if we die)."""
+
+    def __init__(self, path: str | None, timeout: float):
+        self.path, self.timeout, self.fd = path, timeout, None
+
+    def __enter__(self):
+        if not self.path:
+            return self
+        import fcntl
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + max(0.0, self.timeout)
+        said = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                holder = os.pread(self.fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    raise _Busy(f"device busy: another benchmark ({holder}) holds {self.path}; "
+                                f"waited {self.timeout:g} s") from None
+                if not said:
+                    sys.stderr.write(f"waiting for the benchmark lock held by {holder}\n")
+                    sys.stderr.flush()
+                    said = True
+                time.sleep(0.05)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()}".encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
 def main(argv=None) -> int:
     """Runner entry point: ``python3 runtime.py bench ARTIFACT [--warmup N] [--runs N] ...`` prints JSON."""
     import argparse
@@ -485,17 +690,44 @@ def main(argv=None) -> int:
     b.add_argument("--input", default=None, help=".npy/.npz file with inputs in the source layout")
     b.add_argument("--delegate", default=None)
     b.add_argument("--provider", default=None)
+    b.add_argument("--prefer-tensorrt", action="store_true",
+                   help="ONNX: run with TensorRT (trtexec) when present, else onnxruntime with a note")
+    b.add_argument("--trtexec", default=None, help="path of trtexec when not on PATH or in /usr/src/tensorrt/bin")
+    b.add_argument("--engine-cache", default=None, help="where TensorRT engines are cached")
+    b.add_argument("--lock", default=None, help="lock file: one benchmark at a time on this device")
+    b.add_argument("--lock-timeout", type=float, default=600.0)
+    b.add_argument("--no-samples", action="store_true")
     args = p.parse_args(argv)
     inputs = None
     try:
         if args.input:
             data = np.load(args.input)
             inputs = dict(data) if hasattr(data, "files") else data
-        res = bench(args.artifact, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
-                    threads=args.threads, seed=args.seed, inputs=inputs, delegate=args.delegate,
-                    provider=args.provider)
+        with _DeviceLock(args.lock, args.lock_timeout):
+            trt = None
+            if args.prefer_tensorrt and args.artifact.endswith(".onnx"):
+                trt = find_trtexec(args.trtexec)
+            if trt and inputs is None:
+                res = bench_trtexec(args.artifact, trt, warmup=args.warmup, runs=args.runs,
+                                    min_seconds=args.min_seconds, cache_dir=args.engine_cache,
+                                    keep_samples=not args.no_samples)
+            else:
+                res = bench(args.artifact, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
+                            threads=args.threads, seed=args.seed, inputs=inputs, delegate=args.delegate,
+                            provider=args.provider, keep_samples=not args.no_samples)
+                notes = [res.pop("note")] if res.get("note") else []
+                if args.prefer_tensorrt and args.artifact.endswith(".onnx"):
+                    why = ("TensorRT (trtexec) not found on this device" if not trt
+                           else "trtexec cannot take --input data")
+                    notes.append(f"{why}: fell back to onnxruntime with {res['runtime'].get('provider')}")
+                    res["fallback"] = {"wanted": "tensorrt", "used": "onnxruntime"}
+                if notes:
+                    res["notes"] = notes
     except RuntimeMissing as e:
         print(json.dumps({"error": str(e), "kind": "runtime_missing"}))
+        return 3
+    except _Busy as e:
+        print(json.dumps({"error": str(e), "kind": "busy"}))
         return 3
     except Exception as e:  # the host turns this into one clear error line naming the device
         print(json.dumps({"error": f"{type(e).__name__}: {e}", "kind": "run_failed"}))

@@ -1,0 +1,229 @@
+"""Benchmark an artifact on devices: push it (content-addressed), pipe the runner over the connection, collect
+the JSON of the interface spec. Devices run in parallel (one thread each); on a device, one benchmark at a
+time (an flock in the device's workdir, taken by the runner: a second edgeopt waits, then fails clearly).
+
+    import edgeopt.bench, edgeopt.inventory
+    inv = edgeopt.inventory.load()
+    results = edgeopt.bench.bench_devices(inv.select(["pi-01", "pi-02"]), "build/model/model.int8.tflite")
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .connection import Connection, connect, q
+from .errors import DeviceError, EdgeoptError, UsageError
+from .inventory import Device
+from .push import push
+
+__all__ = ["BenchOptions", "bench_device", "bench_devices", "resolve_artifact", "runner_source", "install_hint",
+           "for_each_device"]
+
+SPEC_KEYS = ("min", "p50", "p90", "p99", "mean", "std", "max")
+
+
+@dataclass
+class BenchOptions:
+    warmup: int = 10
+    runs: int = 100
+    min_seconds: float = 1.0
+    threads: int | None = None
+    seed: int = 0
+    input: str | None = None          # .npy/.npz with inputs in the source layout
+    lock_timeout: float = 600.0       # how long to wait for another benchmark on the same device
+    keep_samples: bool = True
+    progress: bool | None = None      # push progress bar (None: on a terminal)
+    extra: dict = field(default_factory=dict)
+
+
+def runner_source() -> bytes:
+    """The on-device runner: edgeopt/runtime.py itself (stdlib + numpy + one runtime)."""
+    import importlib.util
+    spec = importlib.util.find_spec("edgeopt.runtime")
+    with open(spec.origin, "rb") as f:
+        return f.read()
+
+
+def resolve_artifact(path: str) -> tuple[str, dict | None]:
+    """An artifact file, or an edgeopt output dir (its primary artifact) -> (file, manifest entry or None)."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        mpath = os.path.join(p, "manifest.json")
+        if not os.path.isfile(mpath):
+            raise UsageError(f"{p}: a directory without manifest.json",
+                             hint="pass an artifact file or an edgeopt convert output directory")
+        try:
+            with open(mpath) as f:
+                manifest = json.load(f)
+            entry = manifest["artifacts"][0]
+        except (ValueError, KeyError, IndexError) as e:
+            raise UsageError(f"{mpath}: not an edgeopt manifest ({e})") from None
+        return os.path.join(p, entry["file"]), entry
+    if not os.path.isfile(p):
+        raise UsageError(f"{p}: no such file")
+    if not (p.endswith(".tflite") or p.endswith(".onnx")):
+        raise UsageError(f"{p}: not an artifact (expected .tflite or .onnx, or an edgeopt output directory)")
+    return p, None
+
+
+def install_hint(target: str | None, artifact: str) -> str:
+    """How to install the missing runtime, for this kind of device and artifact."""
+    fam = None
+    if target:
+        from edgeopt import targets as T
+        try:
+            fam = T.get(target).family
+        except KeyError:
+            pass
+    if artifact.endswith("_edgetpu.tflite") or fam == "coral":
+        return ("on the device: install libedgetpu1-std from the Coral apt repository "
+                "(coral.ai/docs/accelerator/get-started) and python3 -m pip install ai-edge-litert")
+    if artifact.endswith(".onnx"):
+        if fam == "jetson":
+            return ("on the Jetson: JetPack's TensorRT gives /usr/src/tensorrt/bin/trtexec "
+                    "(sudo apt install nvidia-jetpack), or install the onnxruntime-gpu wheel built for your JetPack")
+        return "on the device: python3 -m pip install onnxruntime"
+    if fam == "rpi":
+        return "on the Pi: python3 -m pip install ai-edge-litert (64-bit Raspberry Pi OS)"
+    return "on the device: python3 -m pip install ai-edge-litert"
+
+
+def _target_runtime(device: Device) -> str | None:
+    if not device.target:
+        return None
+    from edgeopt import targets as T
+    try:
+        return T.get(device.target).runtime
+    except KeyError:
+        return None
+
+
+def _default_threads(device: Device, opts: BenchOptions) -> int | None:
+    if opts.threads:
+        return int(opts.threads)
+    if device.local or not device.target:
+        return None
+    from edgeopt import targets as T
+    try:
+        return T.get(device.target).threads
+    except KeyError:
+        return None
+
+
+def _parse_runner(device: Device, res, artifact: str) -> dict:
+    data = None
+    for line in reversed(res.out.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+                break
+            except ValueError:
+                pass
+    if data is None:
+        tail = (res.err or res.out).strip().splitlines()
+        why = tail[-1] if tail else f"exit {res.rc}"
+        if res.rc == 127:
+            raise DeviceError(f"the device's Python ({device.python}) was not found: {why}", device=device.name,
+                              hint="set python = \"/path/to/python3\" for the device in the inventory")
+        if "No module named 'numpy'" in (res.err or ""):
+            raise DeviceError("numpy is missing on the device (the runner needs it)", device=device.name,
+                              hint="on the device: python3 -m pip install numpy")
+        raise DeviceError(f"remote run failed (exit {res.rc}): {why}", device=device.name)
+    if "error" in data:
+        kind = data.get("kind")
+        if kind == "runtime_missing":
+            raise DeviceError(f"runtime missing: {data['error']}", device=device.name,
+                              hint=install_hint(device.target, artifact))
+        if kind == "busy":
+            raise DeviceError(data["error"], device=device.name,
+                              hint="wait for the other benchmark, or raise --lock-timeout")
+        raise DeviceError(f"remote run failed: {data['error']}", device=device.name)
+    return data
+
+
+def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None, accept_new: bool = False,
+                 conn: Connection | None = None) -> dict:
+    """Push ``artifact`` to ``device`` and benchmark it there; returns the bench JSON of the spec."""
+    opts = opts or BenchOptions()
+    t_start = time.perf_counter()
+    file, _entry = resolve_artifact(artifact)
+    own = conn is None
+    conn = conn or connect(device, accept_new=accept_new)
+    try:
+        t_conn = time.perf_counter()
+        workdir = conn.expand(device.workdir)
+        pushed = push(conn, file, workdir, progress=opts.progress, python=device.python)
+        argv = [device.python, "-", "bench", pushed.path, "--warmup", int(opts.warmup), "--runs", int(opts.runs),
+                "--min-seconds", float(opts.min_seconds), "--seed", int(opts.seed),
+                "--lock", f"{workdir}/bench.lock", "--lock-timeout", float(opts.lock_timeout)]
+        threads = _default_threads(device, opts)
+        if threads:
+            argv += ["--threads", threads]
+        if file.endswith(".onnx") and _target_runtime(device) == "tensorrt":
+            argv += ["--prefer-tensorrt", "--engine-cache", f"{workdir}/engines"]
+            if device.trtexec:
+                argv += ["--trtexec", device.trtexec]
+        if opts.input:
+            if not os.path.isfile(opts.input):
+                raise UsageError(f"--input {opts.input}: no such file")
+            argv += ["--input", push(conn, opts.input, workdir, progress=False, python=device.python).path]
+        if not opts.keep_samples:
+            argv.append("--no-samples")
+        t_run = time.perf_counter()
+        res = conn.run(q(argv), input=runner_source(), timeout=device.command_timeout + opts.lock_timeout)
+        t_done = time.perf_counter()
+        data = _parse_runner(device, res, file)
+    finally:
+        if own:
+            conn.close()
+    lat = data.get("latency_ms") or {}
+    out = {
+        "device": device.name,
+        "target": device.target,
+        "artifact": {"file": os.path.basename(file), "sha256": pushed.sha256},
+        "runtime": {k: data["runtime"].get(k) for k in ("name", "version", "delegate", "provider")},
+        "config": {"warmup": int(opts.warmup), "runs": int(opts.runs), "min_seconds": float(opts.min_seconds),
+                   "threads": threads},
+        "latency_ms": {**{k: lat.get(k) for k in SPEC_KEYS}, **{k: v for k, v in lat.items() if k not in SPEC_KEYS}},
+        "runs": data.get("runs"),
+        "init_ms": data.get("init_ms"),
+        "transfer": pushed.transfer(),
+    }
+    for key in ("peak_rss_mb", "notes", "fallback", "engine", "trtexec"):
+        if data.get(key) is not None:
+            out[key] = data[key]
+    measured_s = sum(data.get("samples_ms") or []) / 1e3 if data.get("samples_ms") else None
+    out["timing"] = {"wall_s": round(time.perf_counter() - t_start, 4), "connect_s": round(t_conn - t_start, 4),
+                     "push_s": round(t_run - t_conn, 4), "remote_s": round(t_done - t_run, 4),
+                     "measured_s": round(measured_s, 4) if measured_s is not None else None}
+    out["host"] = device.describe()
+    if opts.keep_samples and data.get("samples_ms") is not None:
+        out["samples_ms"] = data["samples_ms"]
+    return out
+
+
+def for_each_device(devices: list[Device], fn) -> list:
+    """Run ``fn(device)`` on every device in parallel; a device's EdgeoptError becomes an error entry."""
+    def one(dev):
+        try:
+            return fn(dev)
+        except EdgeoptError as e:
+            return {"device": dev.name, "target": dev.target, "error": e.message, "hint": e.hint,
+                    "exit_code": e.exit_code}
+        except Exception as e:  # never lose the other devices' results to one device's surprise
+            return {"device": dev.name, "target": dev.target, "error": f"{type(e).__name__}: {e}", "hint": None,
+                    "exit_code": 3}
+    if len(devices) == 1:
+        return [one(devices[0])]
+    with ThreadPoolExecutor(max_workers=min(32, len(devices))) as pool:
+        return list(pool.map(one, devices))
+
+
+def bench_devices(devices: list[Device], artifact: str, opts: BenchOptions | None = None,
+                  accept_new: bool = False) -> list[dict]:
+    """:func:`bench_device` on every device in parallel; failures come back as ``{"device", "error", ...}``."""
+    resolve_artifact(artifact)  # bad input fails once, before any device
+    return for_each_device(devices, lambda d: bench_device(d, artifact, opts, accept_new=accept_new))
