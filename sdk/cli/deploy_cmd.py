@@ -1,0 +1,74 @@
+"""edgeopt deploy MODEL --target T [--device NAME[,NAME...] | --all | --local] [convert options] [bench options]"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from edgeopt.cli import app
+
+
+@app.command("deploy")
+def deploy(
+    model: str = typer.Argument(..., help="An .onnx, .keras/.h5 or .tflite file, or a SavedModel directory."),
+    target: str = typer.Option(..., "--target", "-t", help="Target profile or family (rpi, jetson, coral, ...)."),
+    device: Optional[List[str]] = typer.Option(None, "--device", "-d", help="Device name(s): NAME[,NAME...] (default: every inventory device of T's family)."),
+    all_devices: bool = typer.Option(False, "--all", help="Every device in the inventory."),
+    local: bool = typer.Option(False, "--local", help="This machine, through the same code path, without SSH."),
+    inventory: Optional[str] = typer.Option(None, "--inventory", "-i", help="Inventory file."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data: .npy, .npz, image dir, or 'random'."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation data for the accuracy check."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default: a cache under ~/.cache/edgeopt/deploy)."),
+    input_shape: List[str] = typer.Option([], "--input-shape", help="NAME=1,3,224,224 to fix dynamic dims."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean for image folders."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for image folders."),
+    io: Optional[str] = typer.Option(None, "--io", help="I/O dtype of the artifact: int8, uint8 or float32."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs first."),
+    runs: int = typer.Option(100, "--runs", help="At least this many timed runs."),
+    min_seconds: float = typer.Option(1.0, "--min-seconds", help="And at least this long."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the target's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated inputs."),
+    lock_timeout: float = typer.Option(600.0, "--lock-timeout", help="Seconds to wait for another benchmark on a device."),
+    no_bench: bool = typer.Option(False, "--no-bench", help="Convert and push only."),
+    max_p90_ms: Optional[float] = typer.Option(None, "--max-p90-ms", help="Gate: exit 1 when a device's p90 is over this."),
+    samples: bool = typer.Option(False, "--samples/--no-samples", help="Include every latency sample in the JSON."),
+    accept_new: bool = typer.Option(False, "--accept-new", help="Trust unknown host keys on first use (recorded)."),
+    json_out: bool = typer.Option(False, "--json", help="Print {manifest, results} as JSON on stdout, nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Convert MODEL for T (cached), push it to the devices and benchmark it there, in parallel."""
+    from edgeopt import targets as T
+    from edgeopt.bench import BenchOptions
+    from edgeopt.cli._devices import check_p90, echo_json, print_bench_table, public, raise_for_failures, select_devices
+    from edgeopt.deploy import deploy as run
+    from edgeopt.errors import UsageError
+
+    try:
+        t = T.get(target)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+    family = target.strip().lower() if target.strip().lower() in T.FAMILIES else t.name
+    devices, _ = select_devices(inventory, device, all_devices, local, family=family, local_target=t.name,
+                                command="deploy")
+    opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, seed=seed,
+                        lock_timeout=lock_timeout, keep_samples=samples)
+    res = run(model, t.name, devices, out=out, calib=calib, val=val, input_shapes=input_shape or None, mean=mean,
+              std=std, io=io, bench=opts, no_bench=no_bench, accept_new=accept_new)
+    if json_out:
+        echo_json({"manifest": res["manifest"], "results": [public(r, samples) for r in res["results"]]})
+    else:
+        from rich.console import Console
+        m = res["manifest"]
+        a = m["artifacts"][0]
+        Console().print(f"{m['source']['file']} -> {a['file']} ({a['precision']}, {a['bytes'] / 1024:.1f} KiB) "
+                        f"{'converted' if res['converted'] else 'from cache'}: {res['out']}")
+        if no_bench:
+            for r in res["results"]:
+                if "error" not in r:
+                    tr = r["transfer"]
+                    sent = "already there" if tr["skipped"] else f"{tr['bytes']} bytes sent"
+                    Console().print(f"{r['device']}: {r['artifact']['path']} ({sent})")
+        else:
+            print_bench_table(res["results"], title=f"edgeopt deploy --target {t.name}")
+    raise_for_failures(res["results"])
+    check_p90(res["results"], max_p90_ms)
