@@ -1,0 +1,126 @@
+"""The on-device runner (edgeopt/runtime.py piped to ``python3 - bench``): output, the device lock, TensorRT via
+trtexec (parser on a recorded log; a stand-in trtexec replays it), the onnxruntime fallback, missing runtimes."""
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeopt import runtime
+from edgeopt.bench import runner_source
+from sshlab import onnx_model, tflite_model  # noqa: F401  (fixtures)
+
+DATA = Path(__file__).parent / "data"
+LOG = DATA / "trtexec" / "orin-nano-trt10.3-loadEngine.log"
+
+
+def run_runner(*args, python=sys.executable, env=None):
+    p = subprocess.run([python, "-", "bench", *map(str, args)], input=runner_source(), capture_output=True,
+                       env=env, timeout=120)
+    return p.returncode, json.loads(p.stdout.decode().strip().splitlines()[-1]), p.stderr.decode()
+
+
+def test_trtexec_summary_parser():
+    text = LOG.read_text()
+    assert runtime.parse_trtexec_version(text) == "10.3.0"
+    assert runtime.parse_trtexec_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8602] # trtexec") == "8.6.2"
+    s = runtime.parse_trtexec_summary(text)
+    assert s["latency_ms"] == {"min": 0.689453, "max": 1.92871, "mean": 0.716843, "p50": 0.707031, "p90": 0.731445,
+                               "p95": 0.749023, "p99": 0.873047}
+    assert s["gpu_compute_ms"]["p50"] == 0.636719
+    assert s["throughput_qps"] == 1388.97 and s["walltime_s"] == 1.00218
+    with pytest.raises(ValueError):
+        runtime.parse_trtexec_summary("&&&& FAILED TensorRT.trtexec")
+
+
+def test_runner_json_tflite(tflite_model):
+    rc, res, _ = run_runner(tflite_model, "--runs", 30, "--min-seconds", 0, "--warmup", 2)
+    assert rc == 0
+    assert res["runtime"]["name"] == "ai_edge_litert" and res["runtime"]["delegate"] == "xnnpack"
+    assert res["runs"] == 30 and len(res["samples_ms"]) == 30
+    assert res["latency_ms"]["min"] <= res["latency_ms"]["p50"] <= res["latency_ms"]["p90"] <= res["latency_ms"]["max"]
+    assert res["artifact"]["sha256"] == runtime._sha256(str(tflite_model)) and res["peak_rss_mb"] > 10
+
+
+def test_fallback_to_onnxruntime_says_so(onnx_model):
+    rc, res, _ = run_runner(onnx_model, "--runs", 5, "--min-seconds", 0, "--prefer-tensorrt",
+                            "--trtexec", "/nonexistent/trtexec")
+    assert rc == 0
+    assert res["runtime"]["name"] == "onnxruntime" and res["runtime"]["provider"] == "CPUExecutionProvider"
+    assert res["fallback"] == {"wanted": "tensorrt", "used": "onnxruntime"}
+    assert res["notes"] == ["TensorRT (trtexec) not found on this device: fell back to onnxruntime with "
+                            "CPUExecutionProvider"]
+
+
+def fake_trtexec(tmp_path) -> Path:
+    """A stand-in for trtexec: builds a dummy engine, and replays the recorded log when timing one."""
+    exe = tmp_path / "bin" / "trtexec"
+    exe.parent.mkdir()
+    exe.write_text(f"""#!{sys.executable}
+import sys, json
+args = dict(a.lstrip("-").split("=", 1) if "=" in a else (a.lstrip("-"), "") for a in sys.argv[1:])
+open({str(tmp_path / "calls.log")!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+if "help" in args:
+    print("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help")
+elif "saveEngine" in args:
+    open(args["saveEngine"], "wb").write(b"engine")
+elif "loadEngine" in args:
+    sys.stdout.write(open({str(LOG)!r}).read())
+    json.dump([{{"startEnqMs": i, "latencyMs": 0.7 + i * 0.001}} for i in range(200)], open(args["exportTimes"], "w"))
+""")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_tensorrt_path_builds_and_caches_engine(tmp_path, onnx_model):
+    exe = fake_trtexec(tmp_path)
+    cache = tmp_path / "engines"
+    rc, res, _ = run_runner(onnx_model, "--prefer-tensorrt", "--trtexec", exe, "--engine-cache", cache,
+                            "--runs", 100, "--min-seconds", 1)
+    assert rc == 0, res
+    assert res["runtime"] == {"name": "tensorrt", "version": "10.3.0", "delegate": None, "provider": "trtexec"}
+    assert res["latency_ms"]["p50"] == 0.707031 and res["latency_ms"]["p99"] == 0.873047
+    assert res["runs"] == 200 and len(res["samples_ms"]) == 200
+    assert res["init_ms"] == pytest.approx(193.416)
+    sha = runtime._sha256(str(onnx_model))
+    assert (cache / f"{sha}.trt10.3.0.engine").exists() and res["engine"]["cached"] is False
+    assert any("engine built on the device" in n for n in res["notes"])
+    rc, res2, _ = run_runner(onnx_model, "--prefer-tensorrt", "--trtexec", exe, "--engine-cache", cache)
+    assert res2["engine"]["cached"] is True
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert sum("--saveEngine" in c for c in calls) == 1  # built once, then cached
+    assert any("--iterations=100" in c and "--duration=1" in c for c in calls)
+
+
+def test_missing_runtime_is_exit_3(tmp_path, tflite_model):
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('ai_edge_litert', 'tflite_runtime', 'tensorflow'):\n    sys.modules[m] = None\n")
+    env = dict(os.environ, PYTHONPATH=str(block))
+    rc, res, _ = run_runner(tflite_model, "--runs", 1, env=env)
+    assert rc == 3 and res["kind"] == "runtime_missing" and "pip install ai-edge-litert" in res["error"]
+
+
+def test_lock_waits_then_fails_clearly(tmp_path, tflite_model):
+    lock = tmp_path / "bench.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"pid 4242")
+    try:
+        t0 = time.monotonic()
+        rc, res, err = run_runner(tflite_model, "--lock", lock, "--lock-timeout", 0.5, "--runs", 1)
+        assert rc == 3 and res["kind"] == "busy" and "pid 4242" in res["error"]
+        assert time.monotonic() - t0 >= 0.5 and "waiting for the benchmark lock" in err
+        # released while a second runner waits: it goes on
+        threading.Timer(0.5, lambda: fcntl.flock(fd, fcntl.LOCK_UN)).start()
+        rc, res, err = run_runner(tflite_model, "--lock", lock, "--lock-timeout", 30, "--runs", 1,
+                                  "--min-seconds", 0)
+        assert rc == 0 and res["runs"] == 1 and "waiting" in err
+    finally:
+        os.close(fd)
