@@ -243,12 +243,21 @@ class SSHConnection(Connection):
             self.close()
             raise self._err(f"{label}SSH handshake with {dev.address}:{dev.port} failed: {e or type(e).__name__}") from None
         try:
-            self._verify_host_key(dev, t.get_remote_server_key(), known_path, entry, name, label)
+            try:
+                server_key = t.get_remote_server_key()
+            except Exception as e:
+                raise self._err(f"{label}SSH handshake with {dev.address}:{dev.port} failed: "
+                                f"{e or type(e).__name__}") from None
+            self._verify_host_key(dev, server_key, known_path, entry, name, label)
             self._authenticate(t, dev, label)
-        except BaseException:
+        except DeviceError:
             t.close()
             self.close()
             raise
+        except Exception as e:
+            t.close()
+            self.close()
+            raise self._err(f"{label}connection to {dev.address}:{dev.port} failed: {e or type(e).__name__}") from None
         return t
 
     # -- host keys
