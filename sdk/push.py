@@ -3,7 +3,7 @@
 An artifact already at its final path (same hash) is not sent again (0 bytes). Otherwise it goes to a
 hidden temporary name next to the final one, its size and sha256 are checked on the device, and only then
 is it renamed into place (``mv`` within one directory: atomic). After any failure nothing sits at a final
-path; stale temporaries are cleared by the next push of that artifact. A progress bar shows on a terminal.
+path; stale temporaries (untouched for 2 minutes) are cleared by the next push of that artifact. A progress bar shows on a terminal.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def push(conn: Connection, local: str, workdir: str, name: str | None = None, pr
     t0 = time.perf_counter()
     # Already there? (a final path only ever holds a verified file); else make the folder, clear stale temps.
     res = conn.run(f"if [ -f {q([final])} ]; then wc -c < {q([final])}; else mkdir -p {q([folder])} && "
-                   f"find {q([folder])} -maxdepth 1 -name {q(['.' + name + '.part-*'])} -mmin +60 -exec rm -f {{}} + "
+                   f"find {q([folder])} -maxdepth 1 -name {q(['.' + name + '.part-*'])} -mmin +2 -exec rm -f {{}} + "
                    f"2>/dev/null; echo missing; fi", timeout=60)
     if res.rc != 0:
         raise DeviceError(f"cannot prepare {folder}: {(res.err or res.out).strip()}", device=dev.name)

@@ -83,6 +83,9 @@ def echo_json(obj):
 
 
 def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
+    """A rich table of results (nothing when every device failed: the errors go to stderr)."""
+    if not any("error" not in r for r in results):
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -94,8 +97,8 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
     notes = []
     for r in results:
         if "error" in r:
-            t.add_row(r["device"], r.get("target") or "-", "[red]failed[/red]", "-", "-", "-", "-", "-", "-", "-")
-            notes.append(f"[red]{r['error']}[/red]" + (f"\n  hint: {r['hint']}" if r.get("hint") else ""))
+            t.add_row(r["device"], r.get("target") or "-", "[red]failed (see below)[/red]", "-", "-", "-", "-", "-",
+                      "-", "-")
             continue
         rt = r.get("runtime") or {}
         how = rt.get("name") or "?"
