@@ -40,6 +40,7 @@ class IOSpec:
     scale/zero_point  quantization of the artifact tensor (None for float)
     perm         artifact = source.transpose(perm) (onnx2tf turns NCHW into NHWC); None = same layout
     index        tensor index in the artifact (TFLite) or None
+    source_dtype dtype callers give/get (float32 for quantized or float tensors; the artifact's own otherwise)
     """
 
     def __init__(self, d: dict):
@@ -52,6 +53,8 @@ class IOSpec:
         self.index = d.get("index")
         self.source_shape = d.get("source_shape") or (
             _unpermute_shape(self.shape, self.perm) if self.perm else list(self.shape))
+        self.source_dtype = d.get("source_dtype") or (
+            "float32" if self.scale or np.dtype(self.dtype).kind == "f" else self.dtype)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": self.shape, "dtype": self.dtype, "scale": self.scale,
@@ -59,7 +62,7 @@ class IOSpec:
                 "source_shape": self.source_shape}
 
     def __repr__(self) -> str:
-        return f"IOSpec({self.name!r}, shape={self.source_shape}, dtype={self.dtype})"
+        return f"IOSpec({self.name!r}, shape={_fmt_shape(self.source_shape)}, dtype={self.source_dtype})"
 
 
 def _unpermute_shape(shape, perm):
@@ -122,18 +125,30 @@ class _TFLiteBackend:
         self.delegate = None
         self.note = None
         delegates = []
+        if delegate in ("cpu", "none", "xnnpack"):  # the CPU kernels (XNNPACK is built in)
+            delegate = None
         if delegate == "edgetpu" or path.endswith("_edgetpu.tflite"):
             err = None
+            # EDGEOPT_EDGETPU_DEVICE picks one TPU when several are attached: "usb", "usb:0", "pci:0"
+            dev = os.environ.get("EDGEOPT_EDGETPU_DEVICE")
             for lib in EDGETPU_LIBS:
                 try:
-                    delegates.append(load_delegate(lib))
+                    delegates.append(load_delegate(lib, {"device": dev} if dev else {}))
                     self.delegate = "edgetpu"
                     break
-                except (ValueError, OSError) as e:  # library absent
+                except (ValueError, OSError) as e:  # library absent, or no Edge TPU attached
                     err = e
             if not delegates:
-                raise RuntimeMissing(f"Edge TPU delegate (libedgetpu) not found: {err}; install libedgetpu1-std "
-                                     "from the Coral apt repository")
+                raise RuntimeMissing(f"{os.path.basename(path)}: the Edge TPU delegate could not be loaded ({err}): "
+                                     "install libedgetpu1-std from the Coral apt repository and check that the "
+                                     "Edge TPU is attached (lsusb: 'Global Unichip' or '18d1:9302'); to run on the "
+                                     "CPU instead, load the non-_edgetpu artifact (model.int8.tflite)")
+        elif delegate:  # any other TFLite delegate, by its shared library (e.g. libarmnnDelegate.so)
+            try:
+                delegates.append(load_delegate(delegate))
+            except (ValueError, OSError) as e:
+                raise RuntimeMissing(f"TFLite delegate {delegate!r} could not be loaded: {e}") from None
+            self.delegate = os.path.basename(delegate)
         kwargs = {"model_path": path, "experimental_delegates": delegates or None}
         if threads:
             kwargs["num_threads"] = int(threads)
@@ -166,6 +181,8 @@ class _TFLiteBackend:
 
 class _OnnxBackend:
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    SHORT = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+             "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
     def __init__(self, path: str, threads: int | None, provider: str | None):
         try:
@@ -174,23 +191,58 @@ class _OnnxBackend:
             raise RuntimeMissing("onnxruntime not found; install it: pip install onnxruntime "
                                  "(on a Jetson: the onnxruntime-gpu wheel for your JetPack)") from None
         self.name, self.version, self.delegate = "onnxruntime", ort.__version__, None
+        self.note = None
         available = ort.get_available_providers()
         if provider:
+            provider = self.SHORT.get(provider.lower(), provider)
             if provider not in available:
                 raise RuntimeMissing(f"onnxruntime provider {provider} not available (have {', '.join(available)})")
-            providers = [provider]
-        else:
+            providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        else:  # the best one present: TensorRT, then CUDA, then the CPU (never Azure & co.)
             providers = [p for p in self.PREFERRED if p in available] or available
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        self.sess = ort.InferenceSession(path, sess_options=so, providers=providers)
+        opts = [self._provider_options(p, path) for p in providers]
+        try:
+            self.sess = ort.InferenceSession(path, sess_options=so, providers=list(zip(providers, opts)))
+        except Exception as e:
+            if provider or providers[0] == "CPUExecutionProvider":
+                raise
+            # a GPU provider that is listed but cannot start (no GPU, library mismatch): run on the CPU, say so
+            self.sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+            self.note = (f"{providers[0]} failed ({str(e).strip().splitlines()[0][:200] if str(e).strip() else e!r}); "
+                         "ran on CPUExecutionProvider")
         self.provider = self.sess.get_providers()[0]
-        self.note = None
+        self._names = [o.name for o in self.sess.get_outputs()]
+        self._in_names = [i.name for i in self.sess.get_inputs()]
         self._feed = {}
         self._out = None
+
+    @staticmethod
+    def _provider_options(provider: str, path: str) -> dict:
+        """TensorRT: FP16 (+ INT8 for QDQ models, explicit quantization) like trtexec --fp16 --int8, and an
+        engine cache so a device builds each engine once ($EDGEOPT_TRT_CACHE, else ~/.cache/edgeopt/trt)."""
+        if provider != "TensorrtExecutionProvider":
+            return {}
+        opts = {"trt_fp16_enable": "True"}
+        try:
+            with open(path, "rb") as f:
+                if b"QuantizeLinear" in f.read():
+                    opts["trt_int8_enable"] = "True"
+        except OSError:
+            pass
+        cache = os.environ.get("EDGEOPT_TRT_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgeopt", "trt")
+        try:
+            os.makedirs(cache, exist_ok=True)
+            if os.access(cache, os.W_OK):
+                opts.update(trt_engine_cache_enable="True", trt_engine_cache_path=cache)
+        except OSError:  # a read-only root file system: no cache, engines are built at each start
+            pass
+        return opts
 
     def describe_io(self):
         def spec(a):
@@ -203,15 +255,16 @@ class _OnnxBackend:
         return [spec(a) for a in self.sess.get_inputs()], [spec(a) for a in self.sess.get_outputs()]
 
     def set_inputs(self, arrays, specs):
-        self._feed = {s.name: a for a, s in zip(arrays, specs)}
+        # by name; by position when the manifest names the tensors differently from the file
+        names = self._in_names
+        self._feed = {(s.name if s.name in names else names[k]): a for k, (a, s) in enumerate(zip(arrays, specs))}
 
     def invoke(self):
         self._out = self.sess.run(None, self._feed)
-        self._names = [o.name for o in self.sess.get_outputs()]
 
     def get_outputs(self, specs):
         by_name = dict(zip(self._names, self._out))
-        return [by_name[s.name] for s in specs]
+        return [by_name[s.name] if s.name in by_name else self._out[k] for k, s in enumerate(specs)]
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -258,11 +311,15 @@ class Model:
 
     # -- running
     def _normalize(self, inputs) -> list[np.ndarray]:
+        names = [s.name for s in self.inputs]
         if isinstance(inputs, dict):
-            missing = [s.name for s in self.inputs if s.name not in inputs]
-            if missing:
-                raise InputError(f"missing input(s) {missing}; the model takes {[s.name for s in self.inputs]}")
-            arrays = [inputs[s.name] for s in self.inputs]
+            missing = [n for n in names if n not in inputs]
+            unknown = [k for k in inputs if k not in names]
+            if missing or unknown:
+                raise InputError("; ".join(([f"missing input(s) {missing}"] if missing else [])
+                                           + ([f"unknown input(s) {unknown}"] if unknown else []))
+                                 + f"; the model takes {names}")
+            arrays = [inputs[n] for n in names]
         elif isinstance(inputs, (list, tuple)):
             arrays = list(inputs)
         else:
@@ -273,15 +330,28 @@ class Model:
         out = []
         for a, s in zip(arrays, self.inputs):
             a = np.asarray(a)
-            if a.dtype.kind not in "fiub":
-                raise InputError(f"input {s.name!r}: dtype {a.dtype} is not numeric")
             exp = s.source_shape
-            if len(exp) == len(a.shape) + 1 and exp[0] == 1:
+            want = np.dtype(s.source_dtype)
+            if a.dtype.kind not in "fiu" or (want.kind == "f" and a.dtype.kind != "f"):
+                raise InputError(f"input {s.name!r}: expected {want.name} values of shape {_fmt_batch(exp)} "
+                                 f"(source layout), got dtype {a.dtype}"
+                                 + ("; convert (and scale) integer data as in training, e.g. "
+                                    "x.astype(np.float32) / 255" if a.dtype.kind in "iub" and want.kind == "f" else ""))
+            if len(exp) == a.ndim + 1 and exp[0] in (1, None):
                 a = a[None]  # one sample without its batch dimension
             if len(exp) != a.ndim or any(e is not None and e != f for e, f in zip(exp[1:], a.shape[1:])):
-                raise InputError(f"input {s.name!r}: expected shape {_fmt_shape(exp)} (source layout), "
-                                 f"got {list(a.shape)}")
+                msg = (f"input {s.name!r}: expected shape {_fmt_batch(exp)} (source layout, N = batch), "
+                       f"got {list(a.shape)}")
+                if s.perm and a.ndim == len(exp) and list(a.shape[1:]) == list(s.shape[1:]):
+                    msg += (f"; that is the artifact's layout {_fmt_batch(s.shape)}: pass the source model's "
+                            "layout, edgeopt.runtime transposes")
+                raise InputError(msg)
+            if a.shape[0] == 0:
+                raise InputError(f"input {s.name!r}: empty batch (shape {list(a.shape)})")
             out.append(a)
+        if len({a.shape[0] for a in out}) > 1:
+            raise InputError("inputs have different batch sizes: "
+                             + ", ".join(f"{s.name!r} {a.shape[0]}" for s, a in zip(self.inputs, out)))
         return out
 
     def _prepare(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -306,6 +376,11 @@ class Model:
         b = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
         return b
 
+    @property
+    def batch_size(self) -> int | None:
+        """The artifact's own batch (1 for edge artifacts; None = dynamic). Larger batches run sample by sample."""
+        return self._batch_of_artifact()
+
     def run(self, inputs) -> list[np.ndarray]:
         """Like calling the model, but returns the outputs as a list in manifest order."""
         arrays = self._normalize(inputs)
@@ -314,8 +389,15 @@ class Model:
         if fixed is not None and n != fixed:
             if fixed != 1:
                 raise InputError(f"input {self.inputs[0].name!r}: batch {n} does not fit the artifact's batch {fixed}")
-            parts = [self._run_once([a[i:i + 1] for a in arrays]) for i in range(n)]
-            return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(self.outputs))]
+            # transpose and quantize the whole batch once, then feed the artifact one sample at a time
+            prepared = self._prepare(arrays)
+            b = self._backend
+            parts = []
+            for i in range(n):
+                b.set_inputs([p[i:i + 1] for p in prepared], self.inputs)
+                b.invoke()
+                parts.append(b.get_outputs(self.outputs))
+            return self._finish([np.concatenate([p[k] for p in parts], axis=0) for k in range(len(self.outputs))])
         return self._run_once(arrays)
 
     def _run_once(self, arrays):
@@ -329,10 +411,21 @@ class Model:
 
     def predict(self, inputs, batch_size: int = 256) -> list[np.ndarray]:
         """Run a large set in chunks; returns the outputs as a list in manifest order."""
+        chunks = [outs for _, outs in self._chunks(inputs, batch_size)]
+        return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(self.outputs))]
+
+    def batches(self, inputs, batch_size: int = 256):
+        """Yield ``(start, {output name: array})`` chunk by chunk: a large set with bounded memory."""
+        for start, outs in self._chunks(inputs, batch_size):
+            yield start, {s.name: a for s, a in zip(self.outputs, outs)}
+
+    def _chunks(self, inputs, batch_size):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         arrays = self._normalize(inputs)
         n = arrays[0].shape[0]
-        chunks = [self.run([a[i:i + batch_size] for a in arrays]) for i in range(0, n, batch_size)]
-        return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(self.outputs))]
+        for i in range(0, n, int(batch_size)):
+            yield i, self.run([a[i:i + int(batch_size)] for a in arrays])
 
     # -- benchmarking: time only the runtime's invoke on fixed, already-prepared inputs
     def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
@@ -355,13 +448,28 @@ def _fmt_shape(shape) -> list:
     return [d if d is not None else "N" for d in shape]
 
 
-def load(path: str, threads: int | None = None, artifact: str | int | None = None,
+def _fmt_batch(shape) -> str:
+    """[1, 3, 224, 224] -> '[N, 3, 224, 224]' (any batch is taken), other dynamic dims as '?'."""
+    dims = ["N" if i == 0 and d in (1, None) else ("?" if d is None else str(d)) for i, d in enumerate(shape)]
+    return "[" + ", ".join(dims) + "]"
+
+
+def load(path: str | None = None, threads: int | None = None, artifact: str | int | None = None,
          delegate: str | None = None, provider: str | None = None) -> Model:
     """Load an artifact directory (with manifest.json) or a single artifact file.
 
+    path:     default: the bundle this module was unpacked with (`edgeopt bundle`: manifest.json one level up).
     artifact: which artifact of the manifest (its file name or index; default: the primary, artifacts[0]).
-    threads:  CPU threads for the runtime; delegate/provider override the runtime's choice.
+    threads:  CPU threads for the runtime; default $EDGEOPT_THREADS, else the target's thread count from the
+              manifest (at most this machine's CPUs), else the runtime's own default.
+    delegate: TFLite: "edgetpu" (default for *_edgetpu.tflite), "cpu", or a delegate library path.
+    provider: ONNX: an onnxruntime provider ("tensorrt", "cuda", "cpu" or a full name); default the best present.
     """
+    if path is None:
+        path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.exists(os.path.join(path, MANIFEST)):
+            raise FileNotFoundError(f"{path}: no {MANIFEST}; edgeopt.runtime.load() without a path works only "
+                                    "in an unpacked `edgeopt bundle`")
     path = os.fspath(path)
     manifest, entry = None, None
     if os.path.isdir(path):
@@ -398,7 +506,25 @@ def load(path: str, threads: int | None = None, artifact: str | int | None = Non
         delegate = (manifest.get("target") or {}).get("delegate")
         if delegate == "xnnpack":
             delegate = None
-    return Model(file, manifest, entry, threads=threads, delegate=delegate, provider=provider)
+        if delegate == "edgetpu" and not (file.endswith("_edgetpu.tflite")
+                                          or str((entry or {}).get("kind", "")).endswith("edgetpu")):
+            delegate = None  # the CPU artifact of a Coral target (not compiled for the Edge TPU)
+    return Model(file, manifest, entry, threads=_threads(threads, manifest), delegate=delegate, provider=provider)
+
+
+def _threads(threads, manifest) -> int | None:
+    if threads:
+        return int(threads)
+    env = os.environ.get("EDGEOPT_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"EDGEOPT_THREADS={env!r}: expected a whole number of threads") from None
+    want = ((manifest or {}).get("target") or {}).get("threads")
+    if want:
+        return max(1, min(int(want), os.cpu_count() or 1))
+    return None
 
 
 # --------------------------------------------------------------------------------------------- benchmark
@@ -448,7 +574,8 @@ def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0
     res = {
         "artifact": {"file": os.path.basename(model.path), "sha256": _sha256(model.path)},
         "runtime": model.runtime,
-        "config": {"warmup": int(warmup), "runs": int(runs), "min_seconds": float(min_seconds), "threads": threads},
+        "config": {"warmup": int(warmup), "runs": int(runs), "min_seconds": float(min_seconds),
+                   "threads": model.threads},
         "latency_ms": latency_stats(samples),
         "runs": len(samples),
         "init_ms": init_ms,
