@@ -58,7 +58,9 @@ _HASH_PY = ("import hashlib,sys\nh=hashlib.sha256()\nf=open(sys.argv[1],'rb')\n"
 def _verify_and_rename(tmp: str, final: str, python: str, size: int, sha: str) -> str:
     """One round trip: hash + size of the temp file; rename into place only when both match."""
     t, f = q([tmp]), q([final])
-    return (f"if command -v sha256sum >/dev/null 2>&1; then h=$(sha256sum < {t} | cut -d' ' -f1); "
+    # openssl uses the CPU's SHA extensions (3-4x faster than coreutils' sha256sum on x86 and ARMv8)
+    return (f"if command -v openssl >/dev/null 2>&1; then h=$(openssl dgst -sha256 -r < {t} | cut -d' ' -f1); "
+            f"elif command -v sha256sum >/dev/null 2>&1; then h=$(sha256sum < {t} | cut -d' ' -f1); "
             f"else h=$({q([python])} -c {q([_HASH_PY])} {t}); fi; s=$(wc -c < {t} | tr -d ' '); "
             f"if [ \"$s\" = {size} ] && [ \"$h\" = {sha} ]; then mv -f {t} {f} && echo ok; "
             f"else rm -f {t}; echo \"bad $s $h\"; fi")

@@ -126,7 +126,7 @@ class Lab:
         self.quiet_shell = str(rc) if quiet_shell and rc.is_file() and shutil.which("unshare") else None
 
     # -- network
-    def netns(self, rate: str | None = None, burst: str = "256kb") -> Netns:
+    def netns(self, rate: str | None = None, burst: str = "256kb", latency: str = "50ms") -> Netns:
         """A namespace joined to this one by a veth pair; ``rate`` (e.g. '50mbit') limits both directions."""
         n = next(_counter)
         tag = f"{os.getpid() % 100000}{n}"
@@ -147,7 +147,7 @@ class Lab:
             for pre in ([], ["ip", "netns", "exec", ns.name]):
                 dev = ns.host_if if not pre else ns.ns_if
                 run(*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", burst,
-                    "latency", "50ms")
+                    "latency", latency)
         return ns
 
     # -- devices
