@@ -72,7 +72,6 @@ def test_three_devices_in_parallel(lab, tflite_model):
     wall = time.monotonic() - t0
     assert [r["device"] for r in res] == ["pi-a", "pi-b", "pi-c"]
     assert all(r["transfer"]["skipped"] and r["runs"] > 10 for r in res)
-    assert all(r["timing"]["measured_s"] is None or True for r in res)
     assert wall < 3 * 1.5, f"3 x 1.5 s of measuring took {wall:.1f} s: not in parallel"
 
 

@@ -34,7 +34,7 @@ def bench(
 
     devices, single = select_devices(inventory, device, all_devices, local)
     opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, seed=seed, input=input,
-                        lock_timeout=lock_timeout, keep_samples=samples, progress=None if not json_out else None)
+                        lock_timeout=lock_timeout, keep_samples=samples)
     results = bench_devices(devices, artifact, opts, accept_new=accept_new)
     if json_out:
         out = [public(r, samples) for r in results]
