@@ -17,6 +17,7 @@ import _fixtures_firmware as F
 from conftest import edgeopt_cli
 from edgeopt import bundle as B
 
+APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "firmware", "app.py")
 EXPECTED_NAMES = ["SHA256SUMS", "edgeopt", "edgeopt/__init__.py", "edgeopt/runtime.py", "manifest.json", "model.onnx"]
 
 
@@ -261,6 +262,18 @@ def test_rpi_bundle_in_a_litert_only_venv(onnx_cnn, work, fmnist, tmp_path):
     out, man, logits, runtime = _bundle_and_run("litert", "rpi", onnx_cnn, work, fmnist, tmp_path)
     assert runtime["name"] == "ai_edge_litert" and runtime["version"] == "2.1.0"
     _check_accuracy(out, man, logits, onnx_cnn, fmnist)
+    # the example device application, from the same venv and bundle: PGM images in, labels out
+    _, _, xte, _ = fmnist
+    pgms = []
+    for i in range(4):
+        p = tmp_path / f"img{i}.pgm"
+        p.write_bytes(b"P5\n# test\n28 28\n255\n" + (xte[i] * 255).round().astype(np.uint8).tobytes())
+        pgms.append(str(p))
+    r = subprocess.run([F.bare_venv("litert", tmp_path.parent), APP, "--model", str(tmp_path / "installed"), "--json",
+                        *pgms], capture_output=True, text=True, env=F.clean_env(TF_CPP_MIN_LOG_LEVEL="3"))
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line)["class"] for line in r.stdout.splitlines()]
+    assert got == [int(k) for k in logits[:4].argmax(1)]
 
 
 @pytest.mark.slow
