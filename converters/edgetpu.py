@@ -35,15 +35,18 @@ def read_ops(path: str) -> list[dict]:
     Interpreter = _import_tflite_interpreter()[0]
     interp = Interpreter(model_path=path)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    details = interp._get_ops_details()
+    # activations: graph inputs and op outputs; everything else is a constant (weights, biases)
+    act = {d["index"] for d in interp.get_input_details()} | {i for op in details for i in op["outputs"]}
     ops = []
-    for op in interp._get_ops_details():
+    for op in details:
         idx = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
         ts = [tensors[i] for i in idx]
         ops.append({
             "index": int(op["index"]), "op": op["op_name"],
             "dtypes": sorted({np.dtype(t["dtype"]).name for t in ts}),
             "float": any(np.dtype(t["dtype"]).kind == "f" for t in ts),
-            "shapes": [list(map(int, t["shape"])) for t in ts],
+            "shapes": [list(map(int, tensors[i]["shape"])) for i in idx if i in act],
             "dynamic": any(-1 in list(t.get("shape_signature", t["shape"])) for t in ts),
         })
     return ops

