@@ -26,6 +26,28 @@ def out_dir(tmp_path):
     return F.fake_out_dir(tmp_path / "fm-jetson")
 
 
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture()
+def cli(capsys):
+    """`edgeopt ...` in this process (same entry point as the console script, fast); CompletedProcess-like."""
+    from edgeopt.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return _Result(code, out, err)
+    return run
+
+
 def _members(path):
     with tarfile.open(path, "r:gz") as tf:
         return tf.getmembers(), {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
@@ -80,28 +102,28 @@ def test_archive_is_normalised(out_dir, tmp_path, monkeypatch):
     assert B.build(out_dir, str(tmp_path / "z.tar.gz"))["mtime"] == 1700000000
 
 
-def test_verify_catches_a_changed_byte(out_dir, tmp_path):
+def test_verify_catches_a_changed_byte(out_dir, tmp_path, cli):
     arc = str(tmp_path / "b.tar.gz")
-    r = edgeopt_cli("bundle", out_dir, "-o", arc)
+    r = edgeopt_cli("bundle", out_dir, "-o", arc)  # the real command once
     assert r.returncode == 0, r.stderr
     assert arc in r.stdout and "6 files" not in r.stdout and "5 files" in r.stdout
     inst = tmp_path / "usr-share-model"
     with tarfile.open(arc) as tf:
         tf.extractall(inst, filter="data")
-    r = edgeopt_cli("bundle", "--verify", str(inst))
+    r = cli("bundle", "--verify", str(inst))
     assert r.returncode == 0 and r.stdout.strip() == f"ok: {inst}: 4 files match SHA256SUMS", r.stdout + r.stderr
-    assert edgeopt_cli("bundle", "--verify", arc).returncode == 0
-    assert edgeopt_cli("bundle", out_dir, "--verify", str(inst)).returncode == 0  # and it is OUT_DIR's bundle
+    assert cli("bundle", "--verify", arc).returncode == 0
+    assert cli("bundle", out_dir, "--verify", str(inst)).returncode == 0  # and it is OUT_DIR's bundle
     (inst / "edgeopt" / "__pycache__").mkdir()                                   # Python's own files are fine
     (inst / "edgeopt" / "__pycache__" / "runtime.cpython-311.pyc").write_bytes(b"x")
-    assert edgeopt_cli("bundle", "--verify", str(inst)).returncode == 0
+    assert cli("bundle", "--verify", str(inst)).returncode == 0
     # one flipped byte in the artifact
     p = inst / "model.onnx"
     original = p.read_bytes()
     data = bytearray(original)
     data[len(data) // 2] ^= 0x01
     p.write_bytes(bytes(data))
-    r = edgeopt_cli("bundle", "--verify", str(inst))
+    r = edgeopt_cli("bundle", "--verify", str(inst))  # the real command: exit status 1
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()
     assert lines[0] == f"error: bundle {inst}: 2 problem(s) against its SHA256SUMS:"
@@ -109,7 +131,7 @@ def test_verify_catches_a_changed_byte(out_dir, tmp_path):
     assert lines[2] == "  model.onnx: sha256 differs from manifest.json"
     assert r.stdout == ""
     # --json: the result on stdout, still exit 1
-    r = edgeopt_cli("bundle", "--verify", str(inst), "--json")
+    r = cli("bundle", "--verify", str(inst), "--json")
     res = json.loads(r.stdout)
     assert r.returncode == 1 and res["ok"] is False and res["problems"][0].startswith("model.onnx: checksum differs")
     # a changed runtime and a missing file are caught too
@@ -123,7 +145,19 @@ def test_verify_catches_a_changed_byte(out_dir, tmp_path):
     assert res["problems"][1] == "manifest.json: missing"
 
 
-def test_verify_archive_with_a_changed_byte(out_dir, tmp_path):
+def test_bundle_json(out_dir, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    r = cli("bundle", out_dir, "-o", str(tmp_path / "j.tar.gz"), "--json")
+    assert r.returncode == 0 and r.stderr == ""
+    res = json.loads(r.stdout)
+    raw = open(tmp_path / "j.tar.gz", "rb").read()
+    assert res["file"] == str(tmp_path / "j.tar.gz") and res["bytes"] == len(raw)
+    assert res["sha256"] == hashlib.sha256(raw).hexdigest() and res["mtime"] == 1700000000
+    assert res["target"] == "jetson-orin-nano" and res["artifacts"] == ["model.onnx"]
+    assert [e["name"] for e in res["entries"]] == [n for n in EXPECTED_NAMES if n != "edgeopt"]
+
+
+def test_verify_archive_with_a_changed_byte(out_dir, tmp_path, cli):
     arc = tmp_path / "b.tar.gz"
     B.build(out_dir, str(arc))
     members, files = _members(arc)
@@ -134,25 +168,29 @@ def test_verify_archive_with_a_changed_byte(out_dir, tmp_path):
             tf.addfile(m, io.BytesIO(files[m.name]) if m.isfile() else None)
     res = B.verify(str(bad))
     assert not res["ok"] and res["problems"][0].startswith("model.onnx: checksum differs")
-    r = edgeopt_cli("bundle", "--verify", str(bad))
+    r = cli("bundle", "--verify", str(bad))
     assert r.returncode == 1 and "model.onnx: checksum differs" in r.stderr
 
 
-def test_bundle_usage_errors(out_dir, tmp_path):
-    r = edgeopt_cli("bundle", str(tmp_path / "nope"))
+def test_bundle_usage_errors(out_dir, tmp_path, cli):
+    r = edgeopt_cli("bundle", str(tmp_path / "nope"))  # the real command: exit status 2
     assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'nope'}: not a directory")
     (tmp_path / "empty").mkdir()
-    r = edgeopt_cli("bundle", str(tmp_path / "empty"))
+    r = cli("bundle", str(tmp_path / "empty"))
     assert r.returncode == 2 and "no manifest.json" in r.stderr and "hint:" in r.stderr
-    r = edgeopt_cli("bundle")
+    r = cli("bundle")
     assert r.returncode == 2 and r.stderr.startswith("error: missing OUT_DIR")
-    r = edgeopt_cli("bundle", "--verify", str(tmp_path / "empty"))
+    r = cli("bundle", "--verify", str(tmp_path / "empty"))
     assert r.returncode == 2 and "no SHA256SUMS; not an edgeopt bundle" in r.stderr
-    r = edgeopt_cli("bundle", out_dir, "--artifact", "other.onnx")
+    r = cli("bundle", "--verify", out_dir, "-o", str(tmp_path / "x.tar.gz"))
+    assert r.returncode == 2 and "cannot be combined with -o" in r.stderr
+    r = cli("bundle", out_dir, "-o", str(tmp_path / "missing-dir" / "x.tar.gz"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = cli("bundle", out_dir, "--artifact", "other.onnx")
     assert r.returncode == 2 and "--artifact other.onnx: not an artifact of" in r.stderr
     with open(os.path.join(out_dir, "model.onnx"), "ab") as f:
         f.write(b"\0")
-    r = edgeopt_cli("bundle", out_dir)
+    r = cli("bundle", out_dir)
     assert r.returncode == 2 and "model.onnx: sha256 differs from manifest.json" in r.stderr
     assert "Traceback" not in r.stderr
 
