@@ -246,3 +246,12 @@ def test_fmnist_rpi_artifact_in_process(onnx_cnn, work, fmnist):
     with pytest.raises(rt.InputError, match=r"input 'image': expected shape \[N, 1, 28, 28\].*got \[3, 28, 28, 1\]; "
                                             r"that is the artifact's layout"):
         m(x[:3].transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 224, 224), (5, 1, 28, 28), (2, 32, 7, 9)])
+def test_fast_transpose_is_exact(shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y = rt._transpose(x, [0, 2, 3, 1])
+    assert y.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(rt._transpose(x, [0, 3, 1, 2]), x.transpose(0, 3, 1, 2))
