@@ -34,13 +34,29 @@ def io_specs(model) -> tuple[list[dict], list[dict]]:
 
 
 def fix_shapes(model, shapes: dict[str, list[int]]):
-    """Set every input to its static shape (in place) and re-infer the outputs."""
-    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed, fix_output_shapes
-    for name, shape in shapes.items():
-        make_input_shape_fixed(model.graph, name, list(shape))
+    """Set every input to its static shape (in place) and re-infer the outputs' shapes.
+
+    Pure onnx on purpose: onnxruntime.tools imports torch whenever torch is installed (seconds of start-up).
+    """
+    import onnx
+    for inp in model.graph.input:
+        if inp.name in shapes:
+            shape = inp.type.tensor_type.shape
+            shape.ClearField("dim")
+            for v in shapes[inp.name]:
+                shape.dim.add().dim_value = int(v)
+    dynamic = [o for o in model.graph.output
+               if any(not d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
+    for o in dynamic:
+        o.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]  # stale symbolic shapes of intermediate tensors
     try:
-        fix_output_shapes(model)
-    except Exception:  # outputs whose shape inference fails keep their symbolic dims
+        inferred = onnx.shape_inference.infer_shapes(model)
+        by_name = {o.name: o for o in inferred.graph.output}
+        for o in dynamic:
+            if o.name in by_name and by_name[o.name].type.tensor_type.HasField("shape"):
+                o.type.tensor_type.shape.CopyFrom(by_name[o.name].type.tensor_type.shape)
+    except Exception:  # outputs whose shape inference fails keep no static shape; converters cope
         pass
     return model
 

@@ -194,10 +194,12 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     workdir = tempfile.mkdtemp(prefix="edgeopt-work-")
+    from .quiet import native_stderr_captured
     try:
-        manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
-                                      io_dtype, min_sqnr, min_top1, allow_float_fallback, max_samples,
-                                      max_val_samples, progress, warn, options)
+        with native_stderr_captured():
+            manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
+                                          io_dtype, min_sqnr, min_top1, allow_float_fallback, max_samples,
+                                          max_val_samples, progress, warn, options)
         _commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -329,6 +331,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     for o, r in zip(src_out, ref_out):
         o["shape"] = [None] + list(r.shape[1:])
 
+    labels = _labels(val, D.count(vdata)) if val is not None else None
     entries, by_artifact = [], {}
     from edgeopt import runtime
     for a in arts:
@@ -339,6 +342,11 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         m = runtime.Model(path, None, entry, threads=None)
         got = m.predict(vlist, batch_size=64)
         acc = _accuracy(ref_out, got, out_names)
+        if labels is not None:  # real task accuracy when the validation data carries labels
+            for name, r, g in zip(out_names, ref_out, got):
+                if "top1_agreement" in acc[name]:
+                    acc[name]["fp32_top1_accuracy"] = round(float(np.mean(np.argmax(r.reshape(len(r), -1), 1) == labels)), 6)
+                    acc[name]["top1_accuracy"] = round(float(np.mean(np.argmax(g.reshape(len(g), -1), 1) == labels)), 6)
         entry["accuracy"] = acc
         by_artifact[a["file"]] = acc
         entries.append(entry)
@@ -364,6 +372,17 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         manifest["edgetpu"] = preflight
     _write_manifest(staging, manifest)
     return manifest, failures
+
+
+def _labels(val, n):
+    """Integer class labels stored beside the inputs in a validation .npz (key 'labels'), if any."""
+    if not isinstance(val, (str, os.PathLike)) or not os.fspath(val).endswith(".npz"):
+        return None
+    with np.load(val, allow_pickle=False) as z:
+        if "labels" not in z.files:
+            return None
+        lab = np.asarray(z["labels"]).reshape(-1)[:n]
+    return lab.astype(np.int64) if lab.shape[0] == n and lab.dtype.kind in "iu" else None
 
 
 def D_gate(outputs, min_sqnr, min_top1):

@@ -72,6 +72,8 @@ def main(argv=None):
     _register()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("EDGEOPT_DEBUG") == "1"
+    if debug:
+        os.environ["EDGEOPT_DEBUG"] = "1"  # the SDK then shows native logs too
     try:
         app(args=args, prog_name="edgeopt", standalone_mode=False)
     except EdgeoptError as e:
