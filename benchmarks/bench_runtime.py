@@ -56,20 +56,23 @@ def prepare() -> str:
     if os.path.exists(os.path.join(out, "manifest.json")):
         return out
     os.makedirs(WORK, exist_ok=True)
+    onnx_path, calib = os.path.join(WORK, "efficientnet_lite0.onnx"), os.path.join(WORK, "calib200.npy")
+    # export (torch) and conversion (TensorFlow) in separate processes: onnx2tf misbehaves with torch loaded
     code = f"""
 import sys, numpy as np
 sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-import models, edgeopt
-onnx_path = {os.path.join(WORK, 'efficientnet_lite0.onnx')!r}
-models.efficientnet_lite0(onnx_path)
+import models
+models.efficientnet_lite0({onnx_path!r})
 x = (models.sample_photos(200) - 0.5) / 0.5
-np.save({os.path.join(WORK, 'calib200.npy')!r}, x.astype(np.float32))
-edgeopt.convert(onnx_path, target="rpi", calib={os.path.join(WORK, 'calib200.npy')!r}, out={out!r})
+np.save({calib!r}, x.astype(np.float32))
 """
     t = time.time()
-    r = subprocess.run([PY, "-c", code], env=_env(), capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"preparing EfficientNet-Lite0 failed:\n{r.stderr[-3000:]}")
+    for cmd in ([PY, "-c", code],
+                [os.path.join(os.path.dirname(PY), "edgeopt"), "convert", onnx_path, "--target", "rpi", "--calib",
+                 calib, "--out", out, "--json"]):
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"preparing EfficientNet-Lite0 failed:\n{r.stderr[-3000:]}")
     print(f"prepared {out} in {time.time() - t:.0f} s", file=sys.stderr)
     return out
 
