@@ -87,9 +87,19 @@ def load(path: str, fmt: str) -> Graph:
             import keras  # Keras 3, as TensorFlow 2.19 ships it
             try:
                 model = keras.models.load_model(path, compile=False)
-            except Exception:
-                import tf_keras  # legacy .h5 files written by tf.keras 2.x
-                model = tf_keras.models.load_model(path, compile=False)
+            except Exception as first:
+                if not path.lower().endswith((".h5", ".hdf5")):
+                    if "safe_mode" in str(first) or "Lambda" in str(first):
+                        raise UsageError(f"{path}: the model has a Lambda layer, which Keras will not load in "
+                                         "safe mode (it runs code stored in the file)",
+                                         hint="replace the Lambda layer, or export a SavedModel "
+                                              "(model.export(DIR)) and convert that") from None
+                    raise
+                try:
+                    import tf_keras  # legacy .h5 files written by tf.keras 2.x
+                    model = tf_keras.models.load_model(path, compile=False)
+                except Exception:
+                    raise first from None
             return from_keras_model(model)
         if fmt == "saved_model":
             obj = tf.saved_model.load(path)
@@ -181,8 +191,15 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         data = make([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]).convert()
         float_ops = ops or ["(unnamed)"]
     info = io_order(data)
-    if float_ops:  # the fallback was used: record which ops really compute in float
-        info["float_ops"] = float_ops_of(data) or float_ops
+    # The converter may leave an op without an int8 kernel in float (wrapped in DEQUANTIZE/QUANTIZE) even
+    # with TFLITE_BUILTINS_INT8 only: check the result itself.
+    left = float_ops_of(data)
+    if left and not allow_float_fallback:
+        raise UsageError(f"{source}: ops that cannot be quantized to INT8: {', '.join(left)} "
+                         "(they would run in float)",
+                         hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)")
+    if left or float_ops:  # the fallback was used: record which ops really compute in float
+        info["float_ops"] = left or float_ops
     return data, info
 
 

@@ -209,3 +209,29 @@ def test_efficientnet_lite0_offline_all_families(lite0):
         (out,) = model.run(x[:2])
         assert out.shape == (2, 1000) and np.all(np.isfinite(out))
     assert not any(f.startswith("calibration_image_sample_data") for f in os.listdir(d))
+
+
+def test_unquantizable_op_named_then_float_fallback(tmp_path):
+    """An op without an int8 kernel (CUMSUM) is named; --allow-float-fallback keeps it in float, recorded."""
+    import tensorflow as tf
+
+    class M(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.matmul(tf.math.cumsum(tf.matmul(x, self.w), axis=1), self.w)}
+
+    m = M()
+    sm = str(tmp_path / "sm")
+    tf.saved_model.save(m, sm, signatures={"serving_default": m.serve})
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32))
+    r = edgeopt_cli("convert", sm, "--target", "rpi", "--calib", calib, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "cannot be quantized to INT8: CUMSUM" in r.stderr and "--allow-float-fallback" in r.stderr
+    assert not (tmp_path / "o").exists()
+    man = edgeopt.convert(sm, target="rpi", calib=str(calib), out=str(tmp_path / "o"), allow_float_fallback=True)
+    assert man["artifacts"][0]["float_ops"] == ["CUMSUM"] and man["options"]["allow_float_fallback"] is True
+    with pytest.raises(UsageError, match="not possible for Coral"):
+        edgeopt.convert(sm, target="coral", calib=str(calib), out=str(tmp_path / "c"), allow_float_fallback=True)
