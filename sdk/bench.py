@@ -37,6 +37,11 @@ class BenchOptions:
     keep_samples: bool = True
     progress: bool | None = None      # push progress bar (None: on a terminal)
     extra: dict = field(default_factory=dict)
+    warmup_seconds: float = 0.0       # and warm up at least this long
+    sustained: float = 0.0            # measure at least this long, temperature sampled every second
+    conditions: bool = True           # probe device conditions before and after (clean / reasons)
+    cv_threshold: float | None = None  # CV above which a run is flagged unstable (default stats.CV_THRESHOLD)
+    thresholds: object = None         # conditions.Thresholds (default: its defaults)
 
 
 def runner_source() -> bytes:
@@ -159,6 +164,10 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
         argv = [device.python, "-", "bench", pushed.path, "--warmup", int(opts.warmup), "--runs", int(opts.runs),
                 "--min-seconds", float(opts.min_seconds), "--seed", int(opts.seed),
                 "--lock", f"{workdir}/bench.lock", "--lock-timeout", float(opts.lock_timeout)]
+        if opts.warmup_seconds:
+            argv += ["--warmup-seconds", float(opts.warmup_seconds)]
+        if opts.sustained:
+            argv += ["--sustained", float(opts.sustained)]
         threads = _default_threads(device, opts)
         if threads:
             argv += ["--threads", threads]
@@ -170,11 +179,14 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
             if not os.path.isfile(opts.input):
                 raise UsageError(f"--input {opts.input}: no such file")
             argv += ["--input", push(conn, opts.input, workdir, progress=False, python=device.python).path]
-        if not opts.keep_samples:
-            argv.append("--no-samples")
         t_run = time.perf_counter()
-        res = conn.run(q(argv), input=runner_source(), timeout=device.command_timeout + opts.lock_timeout)
+        cmd = _with_conditions(q(argv)) if opts.conditions else q(argv)
+        res = conn.run(cmd, input=runner_source(),
+                       timeout=device.command_timeout + opts.lock_timeout + float(opts.sustained or 0))
         t_done = time.perf_counter()
+        before = after = None
+        if opts.conditions:
+            before, res, after = _split_conditions(res)
         data = _parse_runner(device, res, file)
     finally:
         if own:
@@ -200,9 +212,89 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
                      "push_s": round(t_run - t_conn, 4), "remote_s": round(t_done - t_run, 4),
                      "measured_s": round(measured_s, 4) if measured_s is not None else None}
     out["host"] = device.describe()
+    _add_protocol(out, data, opts)
+    if opts.conditions:
+        from . import conditions as C
+        verdict = C.assess(before, after, data.get("cpu_during"), opts.thresholds)
+        out["conditions"] = {"before": before, "after": after, "cpu_during": data.get("cpu_during"),
+                             "thresholds": (opts.thresholds or C.Thresholds()).to_dict(), **verdict}
+        out["clean"] = verdict["clean"]
+        facts = dict((before or {}).get("facts") or {})
+        if facts:
+            out["device_facts"] = facts
     if opts.keep_samples and data.get("samples_ms") is not None:
         out["samples_ms"] = data["samples_ms"]
+        if data.get("timestamps_s") is not None:
+            out["timestamps_s"] = data["timestamps_s"]
     return out
+
+
+_RUN_MARK, _AFTER_MARK = "@@edgeopt-runner", "@@edgeopt-after"
+
+
+def _with_conditions(runner_cmd: str) -> str:
+    """One remote command: conditions probe, the runner (its exit status kept), conditions probe again.
+    The probes read nothing from stdin (the runner's source arrives there)."""
+    from . import conditions as C
+    probe = f"{{ {C.command()}; }} </dev/null 2>/dev/null"
+    return (f"{probe}; echo {_RUN_MARK}; {runner_cmd}; rc=$?; echo; echo {_AFTER_MARK}; {probe}; exit $rc")
+
+
+def _split_conditions(res):
+    """(before, runner result, after) from the output of :func:`_with_conditions`."""
+    import dataclasses
+    from . import conditions as C
+    out = res.out
+    before = after = None
+    if _RUN_MARK in out:
+        head, out = out.split(_RUN_MARK, 1)
+        before = C.parse(head)
+        before["t"] = time.time() - res.seconds
+    if _AFTER_MARK in out:
+        out, tail = out.rsplit(_AFTER_MARK, 1)
+        after = C.parse(tail)
+        after["t"] = time.time()
+    return before, dataclasses.replace(res, stdout=out.encode("utf-8")), after
+
+
+def _add_protocol(out: dict, data: dict, opts: BenchOptions) -> None:
+    """Host-side statistics from the raw samples: percentiles, CV, bootstrap CIs, unstable, drift."""
+    from . import stats
+    cv_thr = stats.CV_THRESHOLD if opts.cv_threshold is None else float(opts.cv_threshold)
+    out["protocol"] = {"warmup_seconds": float(opts.warmup_seconds), "sustained": float(opts.sustained or 0),
+                       "cv_threshold": cv_thr, "bootstrap": {"n": stats.N_BOOT, "seed": stats.SEED}}
+    if data.get("warmup_done"):
+        out["protocol"]["warmup_done"] = data["warmup_done"]
+    samples = data.get("samples_ms")
+    if samples:
+        s = stats.summarize(samples, data.get("timestamps_s"), cv_threshold=cv_thr)
+        lat = s["latency_ms"]
+        if data.get("trtexec"):  # trtexec's own summary stays authoritative; the samples add what it lacks
+            lat = {**lat, **{k: v for k, v in (out.get("latency_ms") or {}).items() if v is not None}}
+            out["latency_source"] = "trtexec summary; cv, ci95 from its exported times"
+        out["latency_ms"] = {**{k: lat.get(k) for k in SPEC_KEYS}, **{k: v for k, v in lat.items()
+                                                                    if k not in SPEC_KEYS}}
+        out["ci95"] = {"p50": s["ci95"]["p50"], "mean": s["ci95"]["mean"]}
+        out["unstable"] = s["unstable"]
+        if "drift" in s:
+            out["drift"] = s["drift"]
+    else:
+        cv = (out.get("latency_ms") or {}).get("cv")
+        out["unstable"] = bool(cv is not None and cv > cv_thr)
+    if data.get("temperature_trace") is not None:
+        out["temperature_trace"] = data["temperature_trace"]
+
+
+def _prefetch_stats():
+    """Import numpy (for the host-side statistics) while the devices connect and measure."""
+    import threading
+
+    def imp():
+        try:
+            from . import stats  # noqa: F401
+        except Exception:
+            pass
+    threading.Thread(target=imp, daemon=True).start()
 
 
 def for_each_device(devices: list[Device], fn) -> list:
@@ -226,4 +318,5 @@ def bench_devices(devices: list[Device], artifact: str, opts: BenchOptions | Non
                   accept_new: bool = False) -> list[dict]:
     """:func:`bench_device` on every device in parallel; failures come back as ``{"device", "error", ...}``."""
     resolve_artifact(artifact)  # bad input fails once, before any device
+    _prefetch_stats()
     return for_each_device(devices, lambda d: bench_device(d, artifact, opts, accept_new=accept_new))

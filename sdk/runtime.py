@@ -573,40 +573,105 @@ def _peak_rss_mb() -> float | None:
         return None
 
 
-def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0, threads: int | None = None,
-          seed: int = 0, inputs=None, artifact=None, delegate=None, provider=None, keep_samples: bool = True) -> dict:
-    """Load, warm up, then time ``invoke`` until both ``runs`` and ``min_seconds`` are met.
+def _cpu_jiffies():
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)   # idle + iowait
+        total = sum(v[:8])                           # guest time is already in user/nice
+        return total - idle, total
+    except (OSError, ValueError, IndexError):
+        return None
 
-    Returns the bench JSON of the interface spec (less the device and transfer fields, which the host adds).
+
+def _max_temp_c():
+    """Hottest /sys/class/thermal zone in degrees C, or None."""
+    import glob
+    best = None
+    for z in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
+        try:
+            with open(z) as f:
+                t = int(f.read().strip()) / 1000.0
+        except (OSError, ValueError):
+            continue
+        best = t if best is None else max(best, t)
+    return best
+
+
+class _CpuWatch:
+    """CPU used by other processes while we measure: /proc/stat busy time minus our own (os.times)."""
+
+    def __init__(self):
+        self.j0, self.t0, self.w0 = _cpu_jiffies(), os.times(), time.perf_counter()
+
+    def result(self) -> dict | None:
+        j1, t1, w1 = _cpu_jiffies(), os.times(), time.perf_counter()
+        if not self.j0 or not j1 or j1[1] <= self.j0[1]:
+            return None
+        ncpu = os.cpu_count() or 1
+        busy_frac = (j1[0] - self.j0[0]) / (j1[1] - self.j0[1])          # of all CPUs
+        self_s = sum(t1[:4]) - sum(self.t0[:4])
+        wall = max(1e-9, w1 - self.w0)
+        other = max(0.0, busy_frac - self_s / wall / ncpu)
+        return {"busy": round(busy_frac, 4), "self_cores": round(self_s / wall, 4), "other_busy": round(other, 4),
+                "ncpu": ncpu, "seconds": round(wall, 3)}
+
+
+def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0, threads: int | None = None,
+          seed: int = 0, inputs=None, artifact=None, delegate=None, provider=None, keep_samples: bool = True,
+          warmup_seconds: float = 0.0, sustained: float = 0.0) -> dict:
+    """Load, warm up (``warmup`` runs and ``warmup_seconds``), then time ``invoke`` until both ``runs`` and
+    ``min_seconds`` are met (``sustained`` seconds, when given, also samples the temperature every second).
+
+    Returns the bench JSON of the interface spec (less the device and transfer fields, which the host adds),
+    with ``samples_ms`` and ``timestamps_s`` (start of each sample, seconds since the timed loop began).
     """
     t0 = time.perf_counter()
     model = load(path, threads=threads, artifact=artifact, delegate=delegate, provider=provider)
     init_ms = (time.perf_counter() - t0) * 1e3
     arrays = model.example_inputs(seed) if inputs is None else inputs
     model.set_inputs(arrays)
-    for _ in range(max(0, int(warmup))):
-        model.invoke()
-    samples = []
     clock = time.perf_counter
+    w0, n_warm = clock(), 0
+    while n_warm < max(0, int(warmup)) or (clock() - w0) < warmup_seconds:
+        model.invoke()
+        n_warm += 1
+    warm_s = clock() - w0
+    samples, stamps, temps = [], [], []
+    measure_s = max(float(min_seconds), float(sustained or 0))
+    next_temp = 0.0
+    watch = _CpuWatch()
     start = clock()
-    while len(samples) < runs or (clock() - start) < min_seconds:
+    while len(samples) < runs or (clock() - start) < measure_s:
         t = clock()
         model.invoke()
         samples.append((clock() - t) * 1e3)
+        stamps.append(t - start)
+        if sustained and t - start >= next_temp:
+            temps.append([round(t - start, 3), _max_temp_c()])
+            next_temp += 1.0
+    cpu = watch.result()
     res = {
         "artifact": {"file": os.path.basename(model.path), "sha256": _sha256(model.path)},
         "runtime": model.runtime,
         "config": {"warmup": int(warmup), "runs": int(runs), "min_seconds": float(min_seconds),
-                   "threads": model.threads},
+                   "threads": model.threads, "warmup_seconds": float(warmup_seconds),
+                   "sustained": float(sustained or 0)},
         "latency_ms": latency_stats(samples),
         "runs": len(samples),
         "init_ms": init_ms,
         "peak_rss_mb": _peak_rss_mb(),
+        "warmup_done": {"runs": n_warm, "seconds": round(warm_s, 4)},
+        "cpu_during": cpu,
     }
+    if sustained:
+        res["temperature_trace"] = temps
     if getattr(model._backend, "note", None):
         res["note"] = model._backend.note
     if keep_samples:
         res["samples_ms"] = samples
+        res["timestamps_s"] = [round(x, 6) for x in stamps]
     return res
 
 
@@ -707,7 +772,7 @@ def _trtexec_version(trtexec: str) -> str:
 
 
 def bench_trtexec(path: str, trtexec: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0,
-                  cache_dir: str | None = None, keep_samples: bool = True) -> dict:
+                  cache_dir: str | None = None, keep_samples: bool = True, warmup_seconds: float = 0.0) -> dict:
     """Build (once, cached by artifact hash and TensorRT version) and time a TensorRT engine with trtexec."""
     import subprocess
     import tempfile
@@ -737,7 +802,7 @@ def bench_trtexec(path: str, trtexec: str, warmup: int = 10, runs: int = 100, mi
         notes.append(f"TensorRT engine built on the device in {build_s:.1f} s ({' '.join(flags)}), cached")
     with tempfile.TemporaryDirectory() as td:
         times = os.path.join(td, "times.json")
-        warm_ms = max(200, int(warmup) * 10)
+        warm_ms = max(200, int(warmup) * 10, int(float(warmup_seconds) * 1000))
         t0 = time.perf_counter()
         p = subprocess.run([trtexec, f"--loadEngine={engine}", f"--warmUp={warm_ms}", f"--iterations={int(runs)}",
                             f"--duration={max(0.0, float(min_seconds)):g}", "--avgRuns=1",
@@ -846,6 +911,9 @@ def main(argv=None) -> int:
     b.add_argument("--lock", default=None, help="lock file: one benchmark at a time on this device")
     b.add_argument("--lock-timeout", type=float, default=600.0)
     b.add_argument("--no-samples", action="store_true")
+    b.add_argument("--warmup-seconds", type=float, default=0.0, help="and warm up for at least this long")
+    b.add_argument("--sustained", type=float, default=0.0,
+                   help="measure for at least this long, sampling the temperature every second")
     args = p.parse_args(argv)
     inputs = None
     try:
@@ -858,12 +926,13 @@ def main(argv=None) -> int:
                 trt = find_trtexec(args.trtexec)
             if trt and inputs is None:
                 res = bench_trtexec(args.artifact, trt, warmup=args.warmup, runs=args.runs,
-                                    min_seconds=args.min_seconds, cache_dir=args.engine_cache,
-                                    keep_samples=not args.no_samples)
+                                    min_seconds=max(args.min_seconds, args.sustained), cache_dir=args.engine_cache,
+                                    keep_samples=not args.no_samples, warmup_seconds=args.warmup_seconds)
             else:
                 res = bench(args.artifact, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
                             threads=args.threads, seed=args.seed, inputs=inputs, delegate=args.delegate,
-                            provider=args.provider, keep_samples=not args.no_samples)
+                            provider=args.provider, keep_samples=not args.no_samples,
+                            warmup_seconds=args.warmup_seconds, sustained=args.sustained)
                 notes = [res.pop("note")] if res.get("note") else []
                 if args.prefer_tensorrt and args.artifact.endswith(".onnx"):
                     why = ("TensorRT (trtexec) not found on this device" if not trt

@@ -75,7 +75,41 @@ def check_p90(results: list[dict], max_p90_ms: float | None):
 
 
 def public(result: dict, samples: bool = True) -> dict:
-    return {k: v for k, v in result.items() if samples or k != "samples_ms"}
+    return {k: v for k, v in result.items() if samples or k not in ("samples_ms", "timestamps_s")}
+
+
+def store_history(results: list[dict], history: str | None, command: str, manifest: dict | None = None,
+                  artifact: str | None = None, quiet: bool = False) -> None:
+    """Store the successful results in the history DB (sets result['id']); a DB problem is a warning only."""
+    from edgeopt import history as H
+    from edgeopt.errors import EdgeoptError
+    if manifest is None and artifact:
+        manifest = H.manifest_for(artifact)
+    try:
+        H.store(results, history, manifest=manifest, command=command)
+    except EdgeoptError as e:
+        if history:  # asked for explicitly: an error
+            raise
+        sys.stderr.write(f"warning: results not stored: {e.message}\n")
+
+
+def write_junit(path: str | None, results: list[dict], command: str, max_p90_ms: float | None,
+                require_clean: bool = False) -> None:
+    if not path:
+        return
+    from edgeopt import junit as J
+    J.write(path, f"edgeopt {command}", J.bench_cases(results, command, max_p90_ms, require_clean))
+
+
+def check_clean(results: list[dict], require_clean: bool):
+    if not require_clean:
+        return
+    from edgeopt.errors import GateError
+    bad = [r for r in results if "error" not in r and r.get("clean") is False]
+    if bad:
+        raise GateError("device conditions not clean: " + "; ".join(
+            f"{r['device']}: {', '.join((r.get('conditions') or {}).get('reasons') or [])}" for r in bad),
+            hint="let the device cool down / go idle and run again")
 
 
 def echo_json(obj):
@@ -91,14 +125,14 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
 
     c = Console()
     t = Table(title=title)
-    for col in ("device", "target", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "runs", "init ms",
-                "transfer"):
+    for col in ("device", "target", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "runs", "init ms",
+                "transfer", "status"):
         t.add_column(col, justify="right" if col.endswith("ms") or col == "runs" else "left")
     notes = []
     for r in results:
         if "error" in r:
             t.add_row(r["device"], r.get("target") or "-", "[red]failed (see below)[/red]", "-", "-", "-", "-", "-",
-                      "-", "-")
+                      "-", "-", "-", "-")
             continue
         rt = r.get("runtime") or {}
         how = rt.get("name") or "?"
@@ -117,10 +151,18 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
         else:
             mb = tr["bytes"] / 1e6
             trs = f"{mb:.2f} MB in {tr['seconds']:.2f} s"
+        st = {True: "clean", False: "[red]not clean[/red]", None: "-"}[r.get("clean")]
+        if r.get("unstable"):
+            st += " [yellow]unstable[/yellow]"
+        if r.get("id"):
+            st += f" #{r['id']}"
         t.add_row(r["device"], r.get("target") or "-", how, fmt(lat.get("p50")), fmt(lat.get("p90")),
-                  fmt(lat.get("p99")), fmt(lat.get("mean")), str(r.get("runs", "-")), fmt(r.get("init_ms")), trs)
+                  fmt(lat.get("p99")), fmt(lat.get("mean")), "-" if lat.get("cv") is None else f"{lat['cv']:.3f}",
+                  str(r.get("runs", "-")), fmt(r.get("init_ms")), trs, st)
         for n in r.get("notes") or []:
             notes.append(f"{r['device']}: {n}")
+        for n in (r.get("conditions") or {}).get("reasons") or []:
+            notes.append(f"{r['device']}: not clean: {n}")
     c.print(t)
     for n in notes:
         c.print(n)

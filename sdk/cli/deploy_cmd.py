@@ -32,6 +32,12 @@ def deploy(
     no_bench: bool = typer.Option(False, "--no-bench", help="Convert and push only."),
     max_p90_ms: Optional[float] = typer.Option(None, "--max-p90-ms", help="Gate: exit 1 when a device's p90 is over this."),
     samples: bool = typer.Option(False, "--samples/--no-samples", help="Include every latency sample in the JSON."),
+    warmup_seconds: float = typer.Option(0.0, "--warmup-seconds", help="Warm up for at least this long too."),
+    sustained: float = typer.Option(0.0, "--sustained", help="Measure for at least SECONDS, latency and temperature over time (thermal behaviour)."),
+    max_cv: Optional[float] = typer.Option(None, "--max-cv", help="Flag a run unstable above this coefficient of variation (default 0.10)."),
+    require_clean: bool = typer.Option(False, "--require-clean", help="Gate: exit 1 when a device was throttled, hot or loaded."),
+    junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per device)."),
+    history: Optional[str] = typer.Option(None, "--history", help="Store results in this SQLite file (default $EDGEOPT_HISTORY or ~/.local/share/edgeopt/results.sqlite; EDGEOPT_HISTORY=off: do not store)."),
     accept_new: bool = typer.Option(False, "--accept-new", help="Trust unknown host keys on first use (recorded)."),
     json_out: bool = typer.Option(False, "--json", help="Print {manifest, results} as JSON on stdout, nothing else."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -39,7 +45,8 @@ def deploy(
     """Convert MODEL for T (cached), push it to the devices and benchmark it there, in parallel."""
     from edgeopt import targets as T
     from edgeopt.bench import BenchOptions
-    from edgeopt.cli._devices import check_p90, echo_json, print_bench_table, public, raise_for_failures, select_devices
+    from edgeopt.cli._devices import (check_clean, check_p90, echo_json, print_bench_table, public, raise_for_failures,
+                                      select_devices, store_history, write_junit)
     from edgeopt.deploy import deploy as run
     from edgeopt.errors import UsageError
 
@@ -51,9 +58,13 @@ def deploy(
     devices, _ = select_devices(inventory, device, all_devices, local, family=family, local_target=t.name,
                                 command="deploy")
     opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, seed=seed,
-                        lock_timeout=lock_timeout, keep_samples=samples)
+                        lock_timeout=lock_timeout, keep_samples=True, warmup_seconds=warmup_seconds,
+                        sustained=sustained, cv_threshold=max_cv)
     res = run(model, t.name, devices, out=out, calib=calib, val=val, input_shapes=input_shape or None, mean=mean,
               std=std, io=io, bench=opts, no_bench=no_bench, accept_new=accept_new)
+    if not no_bench:
+        store_history(res["results"], history, "deploy", manifest=res["manifest"])
+        write_junit(junit, res["results"], "deploy", max_p90_ms, require_clean)
     if json_out:
         echo_json({"manifest": res["manifest"], "results": [public(r, samples) for r in res["results"]]})
     else:
@@ -72,3 +83,4 @@ def deploy(
             print_bench_table(res["results"], title=f"edgeopt deploy --target {t.name}")
     raise_for_failures(res["results"])
     check_p90(res["results"], max_p90_ms)
+    check_clean(res["results"], require_clean)

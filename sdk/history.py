@@ -1,0 +1,251 @@
+"""Benchmark history: every result in a local SQLite database.
+
+Path: ``--history FILE``, else ``$EDGEOPT_HISTORY``, else ``$XDG_DATA_HOME/edgeopt/results.sqlite``
+(``~/.local/share/edgeopt/results.sqlite``). ``EDGEOPT_HISTORY=off`` turns storing off.
+
+    from edgeopt import history
+    db = history.open_db()
+    rid = db.add(result, manifest=manifest, command="bench")
+    db.list(limit=20); db.get(rid)            # the full result, samples included
+
+A row keeps the artifact hash, the manifest (when known), device facts (name, target, host, board, kernel),
+runtime, config and protocol, the summary numbers, the conditions verdict, and the raw samples (float64
+blobs), so any two results can be compared later with their raw data.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sqlite3
+from array import array
+
+from .errors import UsageError
+
+__all__ = ["default_path", "open_db", "History", "manifest_for", "load_results"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created TEXT NOT NULL,
+    command TEXT,
+    device TEXT,
+    target TEXT,
+    host TEXT,
+    artifact_file TEXT,
+    artifact_sha256 TEXT,
+    runtime TEXT,
+    runtime_version TEXT,
+    p50 REAL, p90 REAL, p99 REAL, mean REAL, cv REAL,
+    runs INTEGER,
+    clean INTEGER,
+    unstable INTEGER,
+    label TEXT,
+    result_json TEXT NOT NULL,
+    manifest_json TEXT,
+    samples BLOB,
+    timestamps BLOB
+);
+CREATE INDEX IF NOT EXISTS results_sha ON results(artifact_sha256);
+CREATE INDEX IF NOT EXISTS results_device ON results(device);
+"""
+
+_SUMMARY = ("id", "created", "command", "device", "target", "host", "artifact_file", "artifact_sha256", "runtime",
+            "runtime_version", "p50", "p90", "p99", "mean", "cv", "runs", "clean", "unstable", "label")
+
+
+def default_path() -> str | None:
+    """The database path from the environment (None: storing is turned off)."""
+    env = os.environ.get("EDGEOPT_HISTORY")
+    if env is not None:
+        if env.strip().lower() in ("", "off", "0", "no", "none"):
+            return None
+        return os.path.expanduser(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "edgeopt", "results.sqlite")
+
+
+def _blob(values) -> bytes | None:
+    if values is None:
+        return None
+    return array("d", [float(v) for v in values]).tobytes()
+
+
+def _unblob(b) -> list[float] | None:
+    if b is None:
+        return None
+    a = array("d")
+    a.frombytes(bytes(b))
+    return a.tolist()
+
+
+class History:
+    def __init__(self, path: str):
+        self.path = path
+        d = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(d, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30)
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise UsageError(f"history database {path}: {e}",
+                             hint="set --history FILE or $EDGEOPT_HISTORY to a writable path") from None
+        self.db.row_factory = sqlite3.Row
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def add(self, result: dict, manifest: dict | None = None, command: str | None = None,
+            label: str | None = None) -> int:
+        """Store one bench result (a device's entry; error entries are not stored). Returns its id."""
+        if "error" in result:
+            raise ValueError("error entries are not stored")
+        lat = result.get("latency_ms") or {}
+        rt = result.get("runtime") or {}
+        art = result.get("artifact") or {}
+        body = {k: v for k, v in result.items() if k not in ("samples_ms", "timestamps_s", "id")}
+        created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        clean = result.get("clean")
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO results (created, command, device, target, host, artifact_file, artifact_sha256, "
+                "runtime, runtime_version, p50, p90, p99, mean, cv, runs, clean, unstable, label, result_json, "
+                "manifest_json, samples, timestamps) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (created, command, result.get("device"), result.get("target"), result.get("host"), art.get("file"),
+                 art.get("sha256"), rt.get("name"), rt.get("version"), lat.get("p50"), lat.get("p90"),
+                 lat.get("p99"), lat.get("mean"), lat.get("cv"), result.get("runs"),
+                 None if clean is None else int(bool(clean)), int(bool(result.get("unstable"))), label,
+                 json.dumps(body, default=str), json.dumps(manifest) if manifest else None,
+                 _blob(result.get("samples_ms")), _blob(result.get("timestamps_s"))))
+        return int(cur.lastrowid)
+
+    def list(self, limit: int = 50, device: str | None = None, sha256: str | None = None) -> list[dict]:
+        """Newest first: one summary dict per result."""
+        where, args = [], []
+        if device:
+            where.append("device = ?")
+            args.append(device)
+        if sha256:
+            where.append("artifact_sha256 LIKE ?")
+            args.append(sha256 + "%")
+        sql = f"SELECT {', '.join(_SUMMARY)} FROM results"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = self.db.execute(sql, args + [int(limit)]).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["clean"] = None if d["clean"] is None else bool(d["clean"])
+            d["unstable"] = bool(d["unstable"])
+            out.append(d)
+        return out
+
+    def get(self, rid: int) -> dict:
+        """The full stored result: the bench JSON plus 'id', 'created', 'command', 'manifest', 'samples_ms'."""
+        r = self.db.execute("SELECT * FROM results WHERE id = ?", (int(rid),)).fetchone()
+        if r is None:
+            n = self.db.execute("SELECT MAX(id) FROM results").fetchone()[0]
+            raise UsageError(f"no result {rid} in {self.path}",
+                             hint=f"results are numbered 1..{n}" if n else "the history is empty")
+        res = json.loads(r["result_json"])
+        res = {"id": r["id"], "created": r["created"], "command": r["command"], **res}
+        if r["label"]:
+            res["label"] = r["label"]
+        if r["manifest_json"]:
+            res["manifest"] = json.loads(r["manifest_json"])
+        if r["samples"] is not None:
+            res["samples_ms"] = _unblob(r["samples"])
+        if r["timestamps"] is not None:
+            res["timestamps_s"] = _unblob(r["timestamps"])
+        return res
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def open_db(path: str | None = None) -> History | None:
+    """The history at ``path`` (or the default); None when storing is turned off."""
+    p = os.path.expanduser(path) if path else default_path()
+    return History(p) if p else None
+
+
+def manifest_for(artifact: str) -> dict | None:
+    """The edgeopt manifest describing ``artifact`` (an output dir, or a file listed in a sibling manifest.json)."""
+    p = os.fspath(artifact)
+    mpath = os.path.join(p, "manifest.json") if os.path.isdir(p) else os.path.join(os.path.dirname(p) or ".",
+                                                                                  "manifest.json")
+    try:
+        with open(mpath) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or not isinstance(m.get("artifacts"), list):
+        return None
+    if os.path.isdir(p):
+        return m
+    name = os.path.basename(p)
+    return m if any(isinstance(a, dict) and a.get("file") == name for a in m["artifacts"]) else None
+
+
+def store(results: list[dict], path: str | None = None, manifest: dict | None = None, command: str | None = None,
+          label: str | None = None) -> list[int | None]:
+    """Store every successful result; sets ``result['id']``. Returns the ids (None for error entries)."""
+    db = open_db(path)
+    if db is None:
+        return [None] * len(results)
+    ids = []
+    with db:
+        for r in results:
+            if "error" in r:
+                ids.append(None)
+                continue
+            rid = db.add(r, manifest=manifest, command=command, label=label)
+            r["id"] = rid
+            ids.append(rid)
+    return ids
+
+
+def load_results(ref: str, path: str | None = None) -> list[dict]:
+    """A result reference -> results: a history id ('12'), or a JSON file written by ``bench --json`` /
+    ``deploy --json`` / ``results ID --json`` (one object, a list, or {"manifest", "results"})."""
+    ref = str(ref)
+    if ref.isdigit():
+        db = open_db(path)
+        if db is None:
+            raise UsageError(f"{ref}: a result id, but the history is turned off (EDGEOPT_HISTORY=off)",
+                             hint="pass --history FILE, or JSON files")
+        with db:
+            return [db.get(int(ref))]
+    if not os.path.isfile(ref):
+        raise UsageError(f"{ref}: neither a result id nor a JSON file",
+                         hint="ids are listed by `edgeopt results`; JSON comes from `bench --json`")
+    try:
+        with open(ref) as f:
+            data = json.load(f)
+    except ValueError as e:
+        raise UsageError(f"{ref}: not JSON ({e})") from None
+    manifest = None
+    if isinstance(data, dict) and "results" in data:
+        manifest = data.get("manifest")
+        data = data["results"]
+    items = data if isinstance(data, list) else [data]
+    out = []
+    for r in items:
+        if not isinstance(r, dict) or "latency_ms" not in r:
+            if isinstance(r, dict) and "error" in r:
+                continue
+            raise UsageError(f"{ref}: not a bench result (no latency_ms)")
+        if manifest and "manifest" not in r:
+            r = dict(r, manifest=manifest)
+        r.setdefault("source", ref)
+        out.append(r)
+    if not out:
+        raise UsageError(f"{ref}: no successful result in it")
+    return out
