@@ -32,22 +32,49 @@ def layout_perm(source_shape: list, artifact_shape: list) -> list[int] | None:
     return None
 
 
+def _first_line(e) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    detail = next((x for x in lines if "must be" in x or "Error" in x), lines[0] if lines else type(e).__name__)
+    return (lines[0] + (" " + detail if detail != lines[0] else ""))[:400]
+
+
 @contextlib.contextmanager
 def _quiet():
-    """onnx2tf prints banners on stdout; keep stdout clean for --json (send it to stderr)."""
+    """onnx2tf prints banners and traces on stdout; keep stdout clean for --json. They go to fd 2 (shown
+    with --debug), or nowhere."""
     sys.stdout.flush()
     saved = os.dup(1)
+    debug = os.environ.get("EDGEOPT_DEBUG") == "1"
+    sink = sys.stderr if debug else open(os.devnull, "w")
     try:
         os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sink):
             yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+        if not debug:
+            sink.close()
 
 
-def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None):
+def simplify(onnx_path: str, name: str) -> str:
+    """onnxsim in this process (onnx2tf would run the `onnxsim` command from PATH, which is missing when the
+    venv is not activated, and then silently converts an unsimplified graph that can fail). Returns a path."""
+    import onnx
+    from onnxsim import simplify as onnxsim_simplify
+    try:
+        model, ok = onnxsim_simplify(onnx.load(onnx_path))
+    except Exception:  # onnxsim cannot handle every graph; onnx2tf copes with the original
+        return onnx_path
+    if not ok:
+        return onnx_path
+    out = os.path.join(os.path.dirname(onnx_path), f"{os.path.splitext(name)[0]}.sim.onnx")
+    onnx.save(model, out)
+    return out
+
+
+def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None, name: str | None = None):
     """Run onnx2tf on a static-shape ONNX file; returns its tf_keras model (NHWC inputs)."""
     import onnx2tf
     import onnx2tf.onnx2tf as o2t_main
@@ -58,6 +85,7 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None):
             raise UsageError("onnx2tf asked for sample image data and none was given (edgeopt never downloads it)")
         return np.asarray(sample_nhwc, dtype=np.float32)
 
+    name = name or os.path.basename(onnx_path)
     patched = [(m, getattr(m, "download_test_image_data")) for m in (o2t_main, o2t_common)]
     for m, _ in patched:
         m.download_test_image_data = local_samples
@@ -69,22 +97,24 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None):
                 input_onnx_file_path=os.path.abspath(onnx_path) if not os.path.isabs(onnx_path) else onnx_path,
                 output_folder_path=os.path.join(tmp, "saved_model"),
                 disable_model_save=True,
+                not_use_onnxsim=True,  # simplified in-process above
                 non_verbose=True,
                 verbosity="error",
             )
     except UsageError:
         raise
     except SystemExit as e:  # onnx2tf calls sys.exit(1) on unsupported graphs
-        raise UsageError(f"{os.path.basename(onnx_path)}: onnx2tf could not convert this model (exit {e.code})",
+        raise UsageError(f"{name}: onnx2tf could not convert this model (exit {e.code})",
                          hint="run with --debug to see onnx2tf's log") from None
     except Exception as e:
-        raise UsageError(f"{os.path.basename(onnx_path)}: onnx2tf failed: {str(e).strip()[:300]}") from None
+        raise UsageError(f"{name}: onnx2tf failed: {_first_line(e)}",
+                         hint="run with --debug to see onnx2tf's log") from None
     finally:
         os.chdir(cwd)
         for m, fn in patched:
             m.download_test_image_data = fn
     if model is None:
-        raise UsageError(f"{os.path.basename(onnx_path)}: onnx2tf produced no model")
+        raise UsageError(f"{name}: onnx2tf produced no model")
     return model
 
 
@@ -98,7 +128,7 @@ def convert(job) -> list[dict]:
     sample_nhwc = None
     if len(src_inputs) == 1 and perms[0] and len(src_inputs[0]["shape"]) == 4:
         sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
-    keras_model = to_keras(job.static_onnx_path(), sample_nhwc)
+    keras_model = to_keras(simplify(job.static_onnx_path(), job.source_name), sample_nhwc, job.source_name)
     graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
     real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:]) for s, g in zip(src_inputs, graph.inputs)]
     calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]

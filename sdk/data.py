@@ -136,7 +136,7 @@ def load(src, inputs: list[dict], what: str = "calibration", mean=None, std=None
             raise UsageError(f"{what} data for input {spec['name']!r} is empty")
         if not np.all(np.isfinite(a)) if a.dtype.kind == "f" else False:
             raise UsageError(f"{what} data for input {spec['name']!r} holds NaN or infinite values")
-        data[spec["name"]] = np.ascontiguousarray(a.astype(np.float32) if spec["dtype"].startswith("float") else a)
+        data[spec["name"]] = np.ascontiguousarray(a.astype(np.float32, copy=False) if spec["dtype"].startswith("float") else a)
     info["samples"] = int(n)
     info["sha256"] = digest(data)
     return data, info
