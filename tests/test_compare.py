@@ -16,8 +16,9 @@ EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
 
 
 def cli(*args, env=None, timeout=600):
-    return subprocess.run([EDGEOPT, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, COLUMNS="200", EDGEOPT_HISTORY="off", **(env or {})))
+    e = dict(os.environ, COLUMNS="200", EDGEOPT_HISTORY="off")
+    e.update(env or {})
+    return subprocess.run([EDGEOPT, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e)
 
 
 def result(samples, device="pi-01", file="m.tflite", sha="aa"):
@@ -103,12 +104,13 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np, tensorflow as tf
 out = sys.argv[1]
 tf.keras.utils.set_random_seed(0)
+# Convolutions alone gain little from INT8 on an x86 CPU without VNNI (XNNPACK: ~1.2x here); a large
+# fully-connected layer is memory-bound, where INT8 weights (4x smaller) make it clearly faster (~2x).
+L = tf.keras.layers
 m = tf.keras.Sequential([tf.keras.Input((64, 64, 16)),
-    tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-    tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-    tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-    tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-    tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(10)])
+    L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+    L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+    L.Flatten(), L.Dense(1024, activation="relu"), L.Dense(10)])
 m.save(f"{out}/cnn.keras")
 open(f"{out}/cnn.fp32.tflite", "wb").write(tf.lite.TFLiteConverter.from_keras_model(m).convert())
 np.save(f"{out}/calib.npy", np.random.default_rng(0).standard_normal((64, 64, 64, 16)).astype(np.float32))
@@ -137,7 +139,7 @@ def test_fp32_vs_int8_on_a_device(lab, tmp_path):
         out[name] = write(tmp_path / f"{name}.json", json.loads(r.stdout))
     res = {k: json.loads(v.read_text()) for k, v in out.items()}
     speedup = res["fp32"]["latency_ms"]["p50"] / res["int8"]["latency_ms"]["p50"]
-    assert speedup > 1.3, f"INT8 only {speedup:.2f}x faster"
+    assert speedup > 1.4, f"INT8 only {speedup:.2f}x faster"
     assert res["int8"]["id"] == 2 and res["fp32"]["id"] == 1
 
     # slow direction: baseline INT8, candidate FP32 -> regression, exit 1 (files and history ids alike)

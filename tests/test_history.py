@@ -121,8 +121,17 @@ def test_bench_and_deploy_store_their_results(lab, tflite_model, tmp_path):
     assert d["manifest"] == dep["manifest"] and len(d["samples_ms"]) == d["runs"]  # samples kept even if not printed
     text = cli("results", "2", env=env).stdout
     assert "result #2" in text and "manifest" in text
+    # a p90 budget that fails: exit 1, JUnit says which device, and the result is stored all the same
+    p = cli("deploy", tflite_model, "--target", "rpi", "--inventory", inv, "--out", tmp_path / "out", "--runs", 20,
+            "--min-seconds", 0, "--threads", 1, "--max-p90-ms", 0.0001, "--junit", tmp_path / "d.xml", env=env)
+    assert p.returncode == 1 and "latency budget exceeded: pi-ns p90" in p.stderr
+    import xml.etree.ElementTree as ET
+    root = ET.parse(tmp_path / "d.xml").getroot()
+    case = root.find("testsuite/testcase")
+    assert root.get("failures") == "1" and case.get("name") == "pi-ns" and case.get("classname") == "edgeopt.deploy"
+    assert "> budget 0.0001 ms" in case.find("failure").text and "history id 3" in case.find("system-out").text
     # EDGEOPT_HISTORY=off stores nothing
     p = cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 5, "--min-seconds", 0,
             "--json", env={"EDGEOPT_HISTORY": "off"})
     assert p.returncode == 0 and "id" not in json.loads(p.stdout)
-    assert len(json.loads(cli("results", "--json", env=env).stdout)) == 2
+    assert len(json.loads(cli("results", "--json", env=env).stdout)) == 3

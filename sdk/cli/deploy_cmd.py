@@ -23,6 +23,8 @@ def deploy(
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean for image folders."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for image folders."),
     io: Optional[str] = typer.Option(None, "--io", help="I/O dtype of the artifact: int8, uint8 or float32."),
+    min_sqnr: Optional[float] = typer.Option(None, "--min-sqnr", help="Gate: fail (exit 1) below this SQNR in dB, before deploying."),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: fail (exit 1) below this top-1 agreement, before deploying."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs first."),
     runs: int = typer.Option(100, "--runs", help="At least this many timed runs."),
     min_seconds: float = typer.Option(1.0, "--min-seconds", help="And at least this long."),
@@ -61,7 +63,8 @@ def deploy(
                         lock_timeout=lock_timeout, keep_samples=True, warmup_seconds=warmup_seconds,
                         sustained=sustained, cv_threshold=max_cv)
     res = run(model, t.name, devices, out=out, calib=calib, val=val, input_shapes=input_shape or None, mean=mean,
-              std=std, io=io, bench=opts, no_bench=no_bench, accept_new=accept_new)
+              std=std, io=io, bench=opts, no_bench=no_bench, accept_new=accept_new,
+              convert_options={k: v for k, v in (("min_sqnr", min_sqnr), ("min_top1", min_top1)) if v is not None})
     if not no_bench:
         store_history(res["results"], history, "deploy", manifest=res["manifest"])
         write_junit(junit, res["results"], "deploy", max_p90_ms, require_clean)
