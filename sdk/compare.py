@@ -20,6 +20,10 @@ DEFAULT_MAX_REGRESSION = 5.0   # percent
 DEFAULT_ALPHA = 0.01
 
 
+def _p(p: float) -> str:
+    return "<1e-16" if p < 1e-16 else f"={p:.2g}"
+
+
 def _label(r: dict) -> str:
     if r.get("id"):
         return f"#{r['id']}"
@@ -71,9 +75,9 @@ def compare_one(ra: dict, rb: dict, max_regression: float = DEFAULT_MAX_REGRESSI
     if regressed and slower_sig is None:
         why = f"{metric} {ch:+.1f}% > {max_regression:g}% (no raw samples: no significance test)"
     elif regressed:
-        why = f"{metric} {ch:+.1f}% > {max_regression:g}%, significant (p={out['test']['p_slower']:.2g})"
+        why = f"{metric} {ch:+.1f}% > {max_regression:g}%, significant (p{_p(out['test']['p_slower'])})"
     elif over:
-        why = f"{metric} {ch:+.1f}% but not significant (p={out['test']['p_slower']:.2g} >= {alpha:g})"
+        why = f"{metric} {ch:+.1f}% but not significant (p{_p(out['test']['p_slower'])} >= {alpha:g})"
     elif slower_sig:
         why = f"{metric} {ch:+.1f}%: slower, significant, within {max_regression:g}%"
     elif faster_sig:

@@ -293,7 +293,8 @@ def markdown(results: list[dict], title: str = "edgeopt benchmark") -> str:
             lines += ["", f"{icon} **{p['verdict']}**: B ({p['b']['ref']}) vs A ({p['a']['ref']}): {p['summary']}"]
         except Exception:
             pass
-    reasons = [(r.get("device"), x) for r in results for x in ((r.get("conditions") or {}).get("reasons") or [])]
+    reasons = [(f"#{r['id']} {r.get('device')}" if r.get("id") else r.get("device"), x) for r in results
+               for x in ((r.get("conditions") or {}).get("reasons") or [])]
     if reasons:
         lines += ["", "<details><summary>Device conditions</summary>", ""]
         lines += [f"- {d}: {x}" for d, x in reasons]
