@@ -44,23 +44,32 @@ def convert(job) -> list[dict]:
     names = [i["name"] for i in job.inputs]
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[job.options.get("calibration_method", "minmax")]
+    job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if job.options.get("calib_percentile") is not None:
+        extra["CalibPercentile"] = float(job.options["calib_percentile"])
+    exclude = list(job.options.get("nodes_to_exclude") or [])
     try:
         quantize_static(
             prep, out, _Reader(names, job.calib_samples()),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=bool(job.options.get("per_channel", True)),
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            nodes_to_exclude=exclude,
+            extra_options=extra,
         )
     except Exception as e:
         raise UsageError(f"{job.source_name}: QDQ quantization failed: {str(e).strip()[:300]}") from None
     with open(out, "rb") as f:
         data = f.read()
     check_symmetric(onnx.load_from_string(data))
-    return [{"file": "model.int8.qdq.onnx", "format": "onnx", "precision": "int8", "kind": "onnx-qdq-int8",
-             "data": data, "converter": "onnxruntime.quantization.quantize_static (QDQ, symmetric, per-channel)"}]
+    art = {"file": "model.int8.qdq.onnx", "format": "onnx", "precision": "int8", "kind": "onnx-qdq-int8",
+           "data": data, "converter": "onnxruntime.quantization.quantize_static (QDQ, symmetric, per-channel)"}
+    if exclude:
+        art["float_nodes"] = exclude
+    return [art]
 
 
 def check_symmetric(model) -> None:

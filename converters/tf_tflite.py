@@ -148,20 +148,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     calib: list of samples, each a list of arrays (batch 1) in the graph's input order and layout.
     Returns (tflite bytes, info) where info has the signature's tensor indices and any float ops kept.
     """
-    specs = [tf.TensorSpec([1] + [d for d in s["shape"][1:]], tf.as_dtype(s["dtype"]), name=_sig_name(s["name"], i))
-             for i, s in enumerate(graph.inputs)]
-    if any(d is None for sp in specs for d in sp.shape):
-        raise UsageError(f"{source}: input shapes {[_shape(sp.shape) for sp in specs]} are not static",
-                         hint="fix them with --input-shape NAME=1,H,W,C")
-
-    @tf.function(input_signature=specs)
-    def serve(*xs):
-        out = graph.fn(*xs)
-        return tuple(out[n] for n in graph.outputs)  # a tuple keeps the source output order in the TFLite file
-
-    # Freeze variables into constants: Keras 3 models otherwise leave READ_VARIABLE ops in the TFLite file.
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    cf = convert_variables_to_constants_v2(serve.get_concrete_function())
+    cf = _frozen(graph, source)
 
     def representative():
         for sample in calib:
@@ -201,6 +188,98 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     if left or float_ops:  # the fallback was used: record which ops really compute in float
         info["float_ops"] = left or float_ops
     return data, info
+
+
+def _frozen(graph: Graph, source: str):
+    """The graph as a frozen concrete function with static batch-1 inputs."""
+    specs = [tf.TensorSpec([1] + [d for d in s["shape"][1:]], tf.as_dtype(s["dtype"]), name=_sig_name(s["name"], i))
+             for i, s in enumerate(graph.inputs)]
+    if any(d is None for sp in specs for d in sp.shape):
+        raise UsageError(f"{source}: input shapes {[_shape(sp.shape) for sp in specs]} are not static",
+                         hint="fix them with --input-shape NAME=1,H,W,C")
+
+    @tf.function(input_signature=specs)
+    def serve(*xs):
+        out = graph.fn(*xs)
+        return tuple(out[n] for n in graph.outputs)  # a tuple keeps the source output order in the TFLite file
+
+    # Freeze variables into constants: Keras 3 models otherwise leave READ_VARIABLE ops in the TFLite file.
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    return convert_variables_to_constants_v2(serve.get_concrete_function())
+
+
+# ------------------------------------------------------------------------- per-layer error, float layers
+
+class Debugger:
+    """Per-layer quantization error and selective quantization, with tf.lite.experimental.QuantizationDebugger.
+
+    Calibrates once (the same min-max calibration as :func:`quantize`); then
+    - :meth:`layers` runs the debug model (a NumericVerify op after every quantized op: the op's INT8 result
+      against the same op computed in float on the same dequantized inputs) and returns the error each
+      quantized tensor adds, ranked by RMSE in units of its quantization step (``rmse/scale``; rounding
+      alone gives 1/sqrt(12) = 0.29);
+    - :meth:`model` quantizes again with some layers (by output tensor name) kept in float (seconds each).
+    """
+
+    def __init__(self, graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, source: str = "model",
+                 per_channel: bool = True):
+        cf = _frozen(graph, source)
+        self.io_dtype = io_dtype
+        self.calib = calib
+
+        def representative():
+            for sample in calib:
+                yield [np.asarray(a, dtype=np.float32) for a in sample]
+
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        conv._experimental_disable_per_channel = not per_channel
+        self._debug_data = None
+        try:
+            self.dbg = tf.lite.experimental.QuantizationDebugger(
+                converter=conv, debug_dataset=lambda: self._data(),
+                debug_options=tf.lite.experimental.QuantizationDebugOptions())
+        except Exception as e:
+            raise UsageError(f"{source}: quantization debugger failed: {str(e).strip().splitlines()[-1][:300]}") from None
+
+    def _data(self):
+        for sample in (self._debug_data if self._debug_data is not None else self.calib):
+            yield [np.asarray(a, dtype=np.float32) for a in sample]
+
+    def layers(self, data: list[list[np.ndarray]] | None = None) -> list[dict]:
+        """[{tensor, op, rmse_scale, rmse, max_abs_err, scale, elements}] worst first (float-I/O model)."""
+        self._debug_data = data
+        self.dbg.run()
+        interp = self.dbg._quant_interpreter
+        rows = []
+        for name, m in self.dbg.layer_statistics.items():
+            tensor, _ = self.dbg._get_operand_name_and_index(name)
+            idx = self.dbg._numeric_verify_op_details[name]["inputs"][0]
+            op = interp._get_op_details(self.dbg._defining_op[idx])["op_name"]
+            q = interp._get_tensor_details(idx, subgraph_index=0)["quantization_parameters"]
+            scale = float(q["scales"][0]) if len(q["scales"]) else 0.0
+            rmse = float(np.sqrt(m["mean_squared_error"]))
+            rows.append({"tensor": tensor, "op": op, "rmse_scale": round(rmse / scale, 4) if scale else None,
+                         "rmse": round(rmse, 6), "max_abs_err": round(float(m["max_abs_error"]), 6),
+                         "scale": round(scale, 8), "elements": int(m["num_elements"])})
+        rows.sort(key=lambda r: -(r["rmse_scale"] or 0.0))
+        return rows
+
+    def model(self, float_layers: list[str] = (), io_dtype: str | None = None) -> bytes:
+        """INT8 TFLite with the given layers (output tensor names, from :meth:`layers`) computed in float."""
+        from tensorflow.lite.python import convert as _convert
+        from tensorflow.lite.python import util as _util
+        io_dtype = io_dtype or self.io_dtype
+        data = _convert.mlir_quantize(self.dbg.calibrated_model,
+                                      disable_per_channel=self.dbg.converter._experimental_disable_per_channel,
+                                      fully_quantize=False, enable_numeric_verify=False,
+                                      denylisted_nodes=list(float_layers) or None)
+        if io_dtype != "float32":
+            io = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
+            data = _util.modify_model_io_type(data, io, io)
+        return data
 
 
 def _sig_name(name: str, i: int) -> str:

@@ -167,9 +167,18 @@ def _warn(msg):
 def convert(model, target: str, calib=None, val=None, out=None, input_shapes=None, mean=None, std=None,
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
             allow_float_fallback: bool = False, max_samples: int = DEFAULT_MAX_CALIB,
-            max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, **options) -> dict:
+            max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, accuracy_target=None,
+            allow_cpu_ops: bool = False, **options) -> dict:
     """See :func:`edgeopt.convert`."""
     from edgeopt import converters, targets
+    from .recover import parse_target
+
+    options = dict(options)
+    target_spec = parse_target(accuracy_target)
+    if target_spec:
+        options["accuracy_target"] = target_spec
+    if allow_cpu_ops:
+        options["allow_cpu_ops"] = True
 
     try:
         tgt = targets.get(target)
@@ -320,7 +329,10 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     arts = []
     for kind, fn in routes:
         _say(progress, f"converting to {kind}")
-        arts += fn(job)
+        got = fn(job)
+        if kind == routes[0][0] and getattr(job, "qdq_prep", None):  # keep the primary's float graph
+            job.primary_prep = job.qdq_prep
+        arts += got
 
     # reference outputs (FP32 source) on the validation samples
     _say(progress, f"checking against FP32 on {D.count(vdata)} samples")
@@ -334,10 +346,9 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     labels = _labels(val, D.count(vdata)) if val is not None else None
     entries, by_artifact = [], {}
     from edgeopt import runtime
-    for a in arts:
-        path = os.path.join(staging, a["file"])
-        with open(path, "wb") as f:
-            f.write(a["data"])
+
+    def check(a, path):
+        """(manifest entry with accuracy) of an artifact written at path."""
         entry = _describe(a, path, static_in, src_out)
         m = runtime.Model(path, None, entry, threads=None)
         got = m.predict(vlist, batch_size=64)
@@ -348,7 +359,19 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
                     acc[name]["fp32_top1_accuracy"] = round(float(np.mean(np.argmax(r.reshape(len(r), -1), 1) == labels)), 6)
                     acc[name]["top1_accuracy"] = round(float(np.mean(np.argmax(g.reshape(len(g), -1), 1) == labels)), 6)
         entry["accuracy"] = acc
-        by_artifact[a["file"]] = acc
+        return entry
+
+    recovery = layer_report = None
+    target_spec = options.get("accuracy_target")
+    if target_spec or options.get("explain"):
+        arts[0], recovery, layer_report = _recover(job, arts[0], check, target_spec, vdata, static_in, progress,
+                                                   bool(options.get("allow_cpu_ops")))
+    for a in arts:
+        path = os.path.join(staging, a["file"])
+        with open(path, "wb") as f:
+            f.write(a["data"])
+        entry = check(a, path)
+        by_artifact[a["file"]] = entry["accuracy"]
         entries.append(entry)
 
     preflight = None
@@ -366,12 +389,65 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         failures = D_gate(primary["accuracy"], min_sqnr, min_top1)
         accuracy["gate"] = {"min_sqnr": min_sqnr, "min_top1": min_top1, "passed": not failures,
                             "failures": failures}
+    if target_spec:
+        from .recover import failures as target_failures, target_str
+        missed = target_failures(primary["accuracy"], target_spec)
+        if missed:
+            failures.append(f"accuracy target {target_str(target_spec)} not met even after recovery ("
+                            + "; ".join(missed) + ")")
     manifest = _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt,
                          options, allow_float_fallback)
+    if recovery is not None:
+        manifest["calibration"]["method"] = recovery["chosen"]["recipe"]["calibration_method"]
+        manifest["calibration"]["recipe"] = recovery["chosen"]["recipe"]
+        if target_spec:
+            manifest["recovery"] = recovery
+            manifest["options"]["accuracy_target"] = target_spec
+    if layer_report is not None:
+        manifest["layers"] = dict(layer_report, layers=layer_report["layers"][:_top_layers()],
+                                  total=len(layer_report["layers"]), artifact=arts[0]["file"])
     if preflight is not None:
         manifest["edgetpu"] = preflight
     _write_manifest(staging, manifest)
     return manifest, failures
+
+
+def _top_layers():
+    from .recover import TOP_LAYERS
+    return TOP_LAYERS
+
+
+def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops):
+    """(artifact, recovery report or None, layer report or None) for the primary artifact."""
+    from . import recover as R
+    counter = [0]
+
+    def evaluate(a, keep=False):
+        counter[0] += 1
+        path = os.path.join(job.workdir, f"candidate-{counter[0]}-{a['file']}")
+        with open(path, "wb") as f:
+            f.write(a["data"])
+        acc = check(a, path)["accuracy"]
+        if not keep:
+            os.remove(path)
+        return acc, path
+
+    samples = [[vdata[i["name"]][k:k + 1] for i in static_in] for k in range(min(D.count(vdata), R.DEBUG_SAMPLES))]
+    if getattr(job, "primary_prep", None):
+        job.qdq_prep = job.primary_prep
+    acc = evaluate(art)[0]
+    if not target:  # explain only: the per-layer report of the plain artifact
+        _say(progress, "per-layer error")
+        return art, {"chosen": {"recipe": R._recipe(job.options, [])}}, R.layers(job, art, samples)
+    if R.meets(acc, target) and not job.options.get("explain"):
+        report = {"target": target, "target_str": R.target_str(target), "met": True,
+                  "steps": [R._step({"recipe": R._recipe(job.options, []), "float": [], "acc": acc}, target)],
+                  "chosen": {"recipe": R._recipe(job.options, []), "float_layers": [], "accuracy": R._brief(acc)},
+                  "note": "the plain recipe meets the target"}
+        return art, report, None
+    new, _, report = R.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops, progress=progress,
+                               samples=samples)
+    return new, report, report.pop("layers", None)
 
 
 def _labels(val, n):

@@ -1,0 +1,303 @@
+"""Accuracy recovery behind ``--accuracy-target``: find the layers that lose accuracy in INT8 and fix it.
+
+1. Calibration recipes, cheapest first, where the backend has them: min-max (the plain recipe), then for
+   ONNX QDQ percentile (99.999) and entropy calibration (onnxruntime's calibrators). The TFLite converter
+   calibrates with min-max only.
+2. Per-layer error of the best recipe (TFLite: tf.lite.experimental.QuantizationDebugger; ONNX: QDQ vs.
+   float intermediate tensors, edgeopt.converters.debug_onnx), ranked.
+3. Keep the worst layers in float, as few as possible: 1, 2, 4, ... of the ranking until the target is met,
+   then bisection between the last miss and the first hit (TFLite: denylisted nodes run as float kernels on
+   the CPU - rpi, or Coral with ``allow_cpu_ops``; ONNX: ``nodes_to_exclude``, which TensorRT runs in FP16).
+
+Layers are ranked on the validation samples, and the target is checked on them too: the number reported is
+what was selected for, not a held-out estimate. Every candidate is run in edgeopt.runtime, like the plain
+artifact; size and 1-thread latency (edgeopt.runtime.bench on this host) of the chosen one are reported.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from .errors import UsageError
+
+TOP_LAYERS = 20          # layers kept in the manifest
+DEBUG_SAMPLES = 32       # samples the per-layer report runs on
+MAX_ATTEMPTS = 12        # candidate artifacts tried in the float-layer search
+
+_KEYS = {"top1": "top1", "top1_agreement": "top1", "sqnr": "sqnr", "sqnr_db": "sqnr"}
+
+
+def parse_target(spec) -> dict | None:
+    """'top1=0.99' / 'sqnr=30' / 'top1=0.98,sqnr=25' (or a dict) -> {'top1': 0.99, 'sqnr': 30.0}."""
+    if spec is None or spec == "" or spec == {}:
+        return None
+    items = spec.items() if isinstance(spec, dict) else [p.split("=", 1) if "=" in p else (p, None)
+                                                          for p in re.split(r"[,\s]+", str(spec).strip()) if p]
+    res = {}
+    for k, v in items:
+        key = _KEYS.get(str(k).strip().lower())
+        try:
+            val = float(v)
+        except (TypeError, ValueError):
+            val = None
+        if key is None or val is None:
+            raise UsageError(f"--accuracy-target {spec!r}: expected top1=FRACTION and/or sqnr=DB, "
+                             "e.g. top1=0.99 or sqnr=30")
+        if key == "top1" and not 0 < val <= 1:
+            raise UsageError(f"--accuracy-target {spec!r}: top1 is a fraction in (0, 1], e.g. top1=0.99")
+        res[key] = val
+    return res
+
+
+def failures(outputs: dict, target: dict) -> list[str]:
+    from .accuracy import gate
+    return gate(outputs, target.get("sqnr"), target.get("top1"))
+
+
+def meets(outputs: dict, target: dict) -> bool:
+    return not failures(outputs, target)
+
+
+def score(outputs: dict, target: dict) -> float:
+    """Smallest margin to the target over outputs and criteria (>= 0: met); for picking the best miss."""
+    margins = []
+    for m in outputs.values():
+        if "top1" in target and "top1_agreement" in m:
+            margins.append(m["top1_agreement"] - target["top1"])
+        if "sqnr" in target:
+            margins.append((m["sqnr_db"] - target["sqnr"]) / 100.0)
+    return min(margins) if margins else 0.0
+
+
+def target_str(target: dict) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in target.items())
+
+
+def _brief(acc: dict) -> dict:
+    return {n: {k: m[k] for k in ("top1_agreement", "sqnr_db", "cosine") if k in m} for n, m in acc.items()}
+
+
+# ------------------------------------------------------------------------------------- per-layer error
+
+def layers(job, art: dict, samples: list[list]) -> dict:
+    """Per-layer error report of an artifact of ``job`` (made by its converter in this process)."""
+    import numpy as np
+    from edgeopt import converters
+    samples = samples[:DEBUG_SAMPLES]
+    if art["format"] == "tflite":
+        dbg = _debugger(job)
+        perms = getattr(job, "tf_perms", None) or [None] * len(samples[0])
+        data = [[np.transpose(a, p) if p else a for a, p in zip(s, perms)] for s in samples]
+        rows = dbg.layers(data)
+        return {"method": "tf.lite.experimental.QuantizationDebugger: each quantized op's INT8 output against "
+                          "the same op in float on the same inputs; rmse_scale = RMSE / quantization step "
+                          "(0.29 is rounding alone)",
+                "metric": "rmse_scale", "samples": len(data), "layers": rows}
+    debug_onnx = converters.load("edgeopt.converters.debug_onnx")
+    names = [i["name"] for i in job.inputs]
+    rows = debug_onnx.layer_errors(job.qdq_prep, art["data"], [dict(zip(names, s)) for s in samples])
+    return {"method": "QDQ model's intermediate tensors against the float model's (onnxruntime); sqnr_db of "
+                      "each node's output, added_db = dB lost at that node",
+            "metric": "added_db", "samples": len(samples), "layers": rows}
+
+
+def _debugger(job):
+    dbg = getattr(job, "_tf_debugger", None)
+    if dbg is None:
+        from edgeopt import converters
+        tf_tflite = converters.load("edgeopt.converters.tf_tflite")
+        dbg = tf_tflite.Debugger(job.tf_graph, job.tf_calib, job.io_dtype, source=job.source_name,
+                                 per_channel=bool(job.options.get("per_channel", True)))
+        job._tf_debugger = dbg
+    return dbg
+
+
+def _candidates(report: dict, fmt: str) -> list[str]:
+    rows = report["layers"]
+    if fmt == "tflite":
+        return [r["tensor"] for r in rows]
+    return [r["node"] for r in rows if r.get("quantized") and r["node"] and r["added_db"] > 0]
+
+
+# ------------------------------------------------------------------------------------------- recovery
+
+def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bool = False,
+            progress=None, samples=None) -> tuple[dict, dict, dict]:
+    """(artifact, accuracy, report). ``evaluate(art) -> (accuracy, path)`` runs a candidate on the validation
+    data. The returned artifact is the first that meets the target with the fewest float layers, or the best
+    one tried when none does (the plain one for Coral without ``allow_cpu_ops``)."""
+    from edgeopt import converters
+
+    say = progress or (lambda m: None)
+    fam = job.target.family
+    steps = []
+    plain = {"art": art, "acc": acc, "recipe": _recipe(job.options, []), "float": []}
+    steps.append(_step(plain, target))
+    best = plain
+    report = {"target": target, "target_str": target_str(target), "steps": steps}
+
+    def better(c):
+        return score(c["acc"], target) > score(best["acc"], target)
+
+    # 1. calibration recipes, in order of cost
+    if art["format"] == "onnx" and not meets(acc, target):
+        for method in ("percentile", "entropy"):
+            say(f"accuracy recovery: {method} calibration")
+            opts = dict(job.options, calibration_method=method)
+            c = _build_onnx(job, opts, [])
+            c["acc"] = evaluate(c["art"])[0]
+            steps.append(_step(c, target))
+            if better(c):
+                best = c
+            if meets(c["acc"], target):
+                break
+
+    if not meets(best["acc"], target) or job.options.get("explain"):
+        # 2. per-layer error of the best recipe so far
+        say("accuracy recovery: per-layer error")
+        base_opts = dict(job.options, **{k: v for k, v in best["recipe"].items() if k in ("calibration_method",)})
+        if art["format"] == "onnx" and best is not plain:
+            _build_onnx(job, base_opts, [])  # job.qdq_prep for that recipe (same float graph)
+        report["layers"] = layers(job, best["art"], samples)
+        ranked = _candidates(report["layers"], art["format"])
+    else:
+        ranked = []
+
+    # 3. float layers, fewest first
+    float_ok = art["format"] == "onnx" or fam == "rpi" or (fam == "coral" and allow_cpu_ops)
+    search_anyway = fam == "coral" and not allow_cpu_ops  # find what it would take, apply nothing
+    if ranked and not meets(best["acc"], target) and (float_ok or search_anyway):
+        found = _search(job, art, best, ranked, target, evaluate, base_opts, say, steps)
+        if found is not None and not float_ok:
+            report["needs_cpu_ops"] = _coral_cost(found, evaluate)
+        elif found is not None and (meets(found["acc"], target) or better(found)):
+            best = found
+
+    report["met"] = meets(best["acc"], target)
+    report["chosen"] = {"recipe": best["recipe"], "float_layers": best["float"],
+                        "accuracy": _brief(best["acc"])}
+    if best is not plain:
+        report["cost"] = _cost(plain, best, evaluate)
+    report["note"] = ("layers are ranked, and the target checked, on the validation samples: the accuracy shown "
+                      "is what was selected for, not a held-out estimate")
+    return best["art"], best["acc"], report
+
+
+def _recipe(options: dict, floats: list) -> dict:
+    r = {"calibration_method": options.get("calibration_method", "minmax"),
+         "per_channel": bool(options.get("per_channel", True)), "float_layers": len(floats)}
+    if r["calibration_method"] == "percentile":
+        r["percentile"] = float(options.get("calib_percentile") or 99.999)
+    return r
+
+
+def _step(c: dict, target: dict) -> dict:
+    return {"recipe": c["recipe"], "float_layers": list(c["float"]), "accuracy": _brief(c["acc"]),
+            "met": meets(c["acc"], target)}
+
+
+def _build_onnx(job, options: dict, exclude: list[str]) -> dict:
+    from edgeopt import converters
+    onnx_qdq = converters.load("edgeopt.converters.onnx_qdq")
+    saved = job.options
+    job.options = dict(options, nodes_to_exclude=list(exclude))
+    try:
+        a = onnx_qdq.convert(job)[0]
+    finally:
+        job.options = saved
+    if exclude:
+        a["converter"] += f"; {len(exclude)} nodes kept in float (nodes_to_exclude)"
+    return {"art": a, "recipe": _recipe(options, exclude), "float": list(exclude)}
+
+
+def _build_tflite(job, art: dict, floats: list[str]) -> dict:
+    from edgeopt import converters
+    tf_tflite = converters.load("edgeopt.converters.tf_tflite")
+    data = _debugger(job).model(floats, job.io_dtype)
+    a = dict(art, data=data)
+    a.update(tf_tflite.io_order(data))
+    if floats:
+        a["converter"] = (art.get("converter", "") + f"; {len(floats)} layers kept in float "
+                          "(QuantizationDebugger denylisted_nodes)")
+        a["float_ops"] = tf_tflite.float_ops_of(data)
+    return {"art": a, "recipe": _recipe(job.options, floats), "float": list(floats)}
+
+
+def _search(job, art, best, ranked, target, evaluate, options, say, steps):
+    tried: dict[int, dict] = {}
+    n = len(ranked)
+
+    def attempt(k):
+        if k in tried:
+            return tried[k]
+        say(f"accuracy recovery: {k} layer{'s' if k > 1 else ''} in float")
+        try:
+            c = (_build_onnx(job, options, ranked[:k]) if art["format"] == "onnx"
+                 else _build_tflite(job, art, ranked[:k]))
+            c["acc"] = evaluate(c["art"])[0]
+        except UsageError:
+            raise
+        except Exception as e:  # a candidate the converter cannot build: note it, go on
+            steps.append({"float_layers": ranked[:k], "error": str(e).strip().splitlines()[-1][:200]})
+            tried[k] = None
+            return None
+        steps.append(_step(c, target))
+        tried[k] = c
+        return c
+
+    ok = lambda c: c is not None and meets(c["acc"], target)  # noqa: E731
+    k, miss, hit = 1, 0, None
+    while len(tried) < MAX_ATTEMPTS:
+        if ok(attempt(k)):
+            hit = k
+            break
+        miss = k
+        if k == n:
+            break
+        k = min(2 * k, n)
+    if hit is not None:
+        lo = miss + 1
+        while lo < hit and len(tried) < MAX_ATTEMPTS:
+            mid = (lo + hit) // 2
+            if ok(attempt(mid)):
+                hit = mid
+            else:
+                lo = mid + 1
+        return tried[hit]
+    done = [c for c in tried.values() if c is not None]
+    return max(done, key=lambda c: score(c["acc"], target)) if done else None
+
+
+def _bench_ms(path: str) -> float:
+    from edgeopt import runtime
+    r = runtime.bench(path, warmup=3, runs=20, min_seconds=0.5, threads=1, keep_samples=False)
+    return round(r["latency_ms"]["p50"], 3), r.get("note")
+
+
+def _cost(plain: dict, best: dict, evaluate) -> dict:
+    p_path = evaluate(plain["art"], keep=True)[1]
+    b_path = evaluate(best["art"], keep=True)[1]
+    (p_ms, note), (b_ms, _) = _bench_ms(p_path), _bench_ms(b_path)
+    res = {"bytes_plain": len(plain["art"]["data"]), "bytes": len(best["art"]["data"]),
+           "size_ratio": round(len(best["art"]["data"]) / max(1, len(plain["art"]["data"])), 3),
+           "latency_ms_plain": p_ms, "latency_ms": b_ms, "latency_ratio": round(b_ms / p_ms, 3) if p_ms else None,
+           "latency_how": "edgeopt.runtime.bench on this host, 1 thread, p50 of >= 20 runs"}
+    if note:
+        res["latency_note"] = note + ": QDQ latency on this host is not representative of TensorRT"
+    for p in (p_path, b_path):
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+    return res
+
+
+def _coral_cost(c: dict, evaluate) -> dict:
+    from edgeopt.converters import edgetpu
+    path = evaluate(c["art"], keep=True)[1]
+    s = edgetpu.preflight(path)["summary"]
+    os.remove(path)
+    return {"float_layers": c["float"], "accuracy": _brief(c["acc"]), "edgetpu_ops": s["tpu_ops"],
+            "cpu_ops": s["cpu_ops"], "ops": s["ops"],
+            "note": f"keeping {len(c['float'])} layers in float would move {s['cpu_ops']} of {s['ops']} ops off the "
+                    "Edge TPU to the CPU; allow it with --allow-cpu-ops"}
