@@ -192,6 +192,12 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     if tgt.family == "coral" and allow_float_fallback:
         raise UsageError("--allow-float-fallback is not possible for Coral: the Edge TPU runs only INT8 ops",
                          hint="convert for rpi to keep float ops on the CPU")
+    method = options.get("calibration_method", "minmax")
+    if method not in ("minmax", "percentile", "entropy"):
+        raise UsageError(f"calibration method {method!r}: expected minmax, percentile or entropy")
+    if method != "minmax" and "onnx-qdq-int8" not in tgt.formats:
+        raise UsageError(f"calibration method {method!r} is not available for {tgt.name}: the TFLite converter "
+                         "calibrates with min-max only", hint="use --accuracy-target to recover accuracy instead")
     mean, std = _floats(mean, "mean"), _floats(std, "std")
     shapes = parse_input_shapes(input_shapes)
     routes = [converters.route(fmt, kind, tgt) for kind in tgt.formats]

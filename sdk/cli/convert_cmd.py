@@ -40,6 +40,16 @@ def convert(
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: fail (exit 1) below this top-1 agreement."),
     allow_float_fallback: bool = typer.Option(False, "--allow-float-fallback",
                                               help="Keep ops that cannot be INT8 in float (not for Coral)."),
+    accuracy_target: Optional[str] = typer.Option(None, "--accuracy-target",
+                                                  help="Recover accuracy until met: top1=0.99 and/or sqnr=30 "
+                                                       "(calibration recipes, then the worst layers in float); "
+                                                       "exit 1 with the best result kept if it cannot be met."),
+    allow_cpu_ops: bool = typer.Option(False, "--allow-cpu-ops",
+                                       help="Coral: let --accuracy-target keep layers in float, on the CPU."),
+    explain: bool = typer.Option(False, "--explain", help="Store the per-layer error report in the manifest."),
+    calibration: Optional[str] = typer.Option(None, "--calibration",
+                                              help="Calibration method: minmax (default), percentile or entropy "
+                                                   "(ONNX QDQ only; TFLite calibrates with min-max)."),
     max_samples: int = typer.Option(200, "--max-samples", help="At most this many calibration samples."),
     max_val_samples: int = typer.Option(1000, "--max-val-samples", help="At most this many validation samples."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
@@ -49,16 +59,27 @@ def convert(
     from edgeopt.errors import GateError
     from edgeopt.pipeline import convert as run
 
+    extra = {}
+    if explain:
+        extra["explain"] = True
+    if calibration:
+        if calibration not in ("minmax", "percentile", "entropy"):
+            from edgeopt.errors import UsageError
+            raise UsageError(f"--calibration {calibration!r}: expected minmax, percentile or entropy")
+        extra["calibration_method"] = calibration
     step, stop = progress_reporter(not json_out)
     try:
         manifest = run(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shape, mean=mean,
                        std=std, io=io, min_sqnr=min_sqnr, min_top1=min_top1,
                        allow_float_fallback=allow_float_fallback, max_samples=max_samples,
-                       max_val_samples=max_val_samples, progress=step)
+                       max_val_samples=max_val_samples, progress=step, accuracy_target=accuracy_target,
+                       allow_cpu_ops=allow_cpu_ops, **extra)
     except GateError as e:
         stop()
         if json_out and e.result is not None:
             typer.echo(json.dumps(_public(e.result), indent=2))
+        elif e.result is not None and e.result.get("recovery"):
+            print_summary(e.result)
         raise
     finally:
         stop()
@@ -100,3 +121,17 @@ def print_summary(manifest: dict):
         s = tpu["summary"]
         c.print(f"Edge TPU pre-flight: {s['tpu_ops']}/{s['ops']} ops on the TPU"
                 + (f", partition ends at {s['partition_end']}" if s["partition_end"] else ""))
+    rec = manifest.get("recovery")
+    if rec:
+        ch = rec["chosen"]
+        n = len(ch.get("float_layers") or [])
+        c.print(f"accuracy target {rec.get('target_str')}: {'met' if rec.get('met') else 'NOT met'} with "
+                f"{ch['recipe']['calibration_method']} calibration" + (f", {n} layers kept in float" if n else ""))
+        cost = rec.get("cost")
+        if cost:
+            c.print(f"  cost: size x{cost['size_ratio']} ({cost['bytes_plain']} -> {cost['bytes']} bytes), latency "
+                    f"x{cost['latency_ratio']} ({cost['latency_ms_plain']} -> {cost['latency_ms']} ms, 1 thread, "
+                    "this host)")
+        if rec.get("needs_cpu_ops"):
+            c.print("  " + rec["needs_cpu_ops"]["note"])
+        c.print("  per-layer report: edgeopt explain " + (manifest.get("_out") or "OUT_DIR"))

@@ -1,0 +1,86 @@
+"""edgeopt explain OUT_DIR [--val SRC] [--model PATH] [--calib SRC] [--top N] [--json]"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import typer
+
+from edgeopt.cli import app
+
+
+@app.command("explain")
+def explain(
+    out_dir: str = typer.Argument(..., help="An `edgeopt convert` output directory (with manifest.json)."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation data to measure the per-layer error on "
+                                                          "(default: the report stored by convert, if any)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The source model (default: the manifest's source "
+                                                              "file, looked up beside OUT_DIR and in the current "
+                                                              "directory, checked by SHA-256)."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data used for the conversion (default: "
+                                                              "the manifest's calibration file, looked up likewise)."),
+    top: int = typer.Option(20, "--top", help="Show this many layers."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout, nothing else."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Per-layer quantization error of a converted model against FP32, worst first."""
+    from edgeopt.explain import explain as run
+
+    report = run(out_dir, val=val, model=model, calib=calib, top=top)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    print_report(report, top)
+
+
+def print_report(report: dict, top: int = 20):
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    lay = report["layers"]
+    metric = lay["metric"]
+    t = Table(title=f"{report['source']} -> {report['target']}: per-layer quantization error "
+                    f"({lay['samples']} samples, {lay.get('total', len(lay['layers']))} layers, worst first)")
+    t.add_column("#", justify="right")
+    t.add_column("op")
+    t.add_column("layer", overflow="fold")
+    if metric == "rmse_scale":
+        for col in ("RMSE/step", "RMSE", "max |err|", "step"):
+            t.add_column(col, justify="right")
+    else:
+        for col in ("dB lost here", "SQNR dB", "in float"):
+            t.add_column(col, justify="right")
+    floats = set(report.get("float_layers") or [])
+    for k, r in enumerate(lay["layers"][:top], 1):
+        if metric == "rmse_scale":
+            name = r["tensor"]
+            t.add_row(str(k), r["op"], _short(name) + (" (float)" if name in floats else ""),
+                      f"{r['rmse_scale']:.3f}" if r["rmse_scale"] is not None else "-", f"{r['rmse']:.4g}",
+                      f"{r['max_abs_err']:.4g}", f"{r['scale']:.4g}")
+        else:
+            t.add_row(str(k), r["op"], r["node"] + (" (float)" if r["node"] in floats else ""),
+                      f"{r['added_db']:.2f}", f"{r['sqnr_db']:.1f}", "yes" if r["node"] in floats else "")
+    c.print(t)
+    c.print(f"method: {lay['method']}")
+    if report.get("note"):
+        c.print(report["note"])
+    rec = report.get("recovery")
+    if rec:
+        ch = rec["chosen"]
+        c.print(f"recovery for {rec.get('target_str')}: {'met' if rec.get('met') else 'NOT met'}; recipe "
+                f"{ch['recipe']['calibration_method']}, {len(ch.get('float_layers') or [])} layers in float")
+        cost = rec.get("cost")
+        if cost:
+            c.print(f"cost: size x{cost['size_ratio']}, latency x{cost['latency_ratio']} "
+                    f"({cost['latency_ms_plain']} -> {cost['latency_ms']} ms, 1 thread, this host)")
+        if rec.get("needs_cpu_ops"):
+            c.print(rec["needs_cpu_ops"]["note"])
+
+
+def _short(name: str, width: int = 90) -> str:
+    first = name.split(";")[0]
+    return first if len(first) <= width else "..." + first[-width:]
+
+

@@ -1,0 +1,99 @@
+"""``edgeopt explain OUT_DIR``: the per-layer quantization error of a converted model, worst first.
+
+Without ``--val`` the report stored by ``convert --accuracy-target`` (manifest["layers"]) is shown. With
+``--val`` (or when none is stored) the primary artifact's conversion is redone from the source model and
+the calibration data, in a temporary directory, and measured on the validation data; the source model and
+calibration file are found by the names the manifest records (beside OUT_DIR, or in the current
+directory) and checked by SHA-256 - the manifest stores no host-specific paths - or given with
+``--model`` / ``--calib``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from .errors import UsageError
+
+
+def _load_manifest(out_dir: str) -> dict:
+    path = os.path.join(out_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise UsageError(f"{out_dir}: no manifest.json (not an `edgeopt convert` output directory)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+
+
+def _find(name: str | None, out_dir: str, sha: str | None, what: str, flag: str) -> str:
+    from .pipeline import sha256_file, sha256_tree
+    if not name:
+        raise UsageError(f"the manifest records no {what} file", hint=f"give it with {flag} PATH")
+    out_dir = os.path.abspath(out_dir)
+    tried = []
+    for d in (out_dir, os.path.dirname(out_dir), os.path.dirname(os.path.dirname(out_dir)), os.getcwd()):
+        p = os.path.join(d, name)
+        if p in tried or not os.path.exists(p):
+            continue
+        tried.append(p)
+        if sha is None or (sha256_tree(p) if os.path.isdir(p) else sha256_file(p)) == sha:
+            return p
+    raise UsageError(f"{what} {name!r} not found beside {out_dir} or in the current directory"
+                     + (" (a file of that name has different contents)" if tried else ""),
+                     hint=f"give it with {flag} PATH")
+
+
+def explain(out_dir: str, val=None, model: str | None = None, calib=None, top: int = 20) -> dict:
+    man = _load_manifest(out_dir)
+    src = man.get("source") or {}
+    res = {"out_dir": os.path.abspath(out_dir), "source": src.get("file"), "target": man["target"]["name"],
+           "artifact": man["artifacts"][0]["file"]}
+    rec = man.get("recovery")
+    if rec:
+        res["recovery"] = rec
+        res["float_layers"] = rec.get("chosen", {}).get("float_layers") or []
+    if val is None and model is None and man.get("layers"):
+        res["layers"] = dict(man["layers"], layers=man["layers"]["layers"][:top])
+        res["note"] = "stored by `edgeopt convert` (measured on its validation data)"
+        return res
+    if src.get("format") == "tflite":
+        raise UsageError(f"{out_dir}: made from a .tflite file; the per-layer report needs the float source model")
+    if model is None:
+        model = _find(src.get("file"), out_dir, src.get("sha256"), "source model", "--model")
+    cal = man.get("calibration") or {}
+    if calib is None:
+        if cal.get("source") == "random":
+            calib = "random"
+        else:
+            calib = _find(cal.get("source"), out_dir, None, "calibration data", "--calib")
+    opts = man.get("options") or {}
+    recipe = cal.get("recipe") or {}
+    kw = {"calibration_method": recipe.get("calibration_method") or cal.get("method") or "minmax"}
+    if recipe.get("calibration_method") == "percentile" and recipe.get("percentile"):
+        kw["calib_percentile"] = recipe["percentile"]
+    if recipe and not recipe.get("per_channel", True):
+        kw["per_channel"] = False
+    import edgeopt
+    tmp = tempfile.mkdtemp(prefix="edgeopt-explain-")
+    try:
+        m = edgeopt.convert(model, target=man["target"]["name"], calib=calib, val=val, out=os.path.join(tmp, "o"),
+                            input_shapes=opts.get("input_shapes") or None, mean=cal.get("mean"), std=cal.get("std"),
+                            io=opts.get("io"), allow_float_fallback=bool(opts.get("allow_float_fallback")),
+                            max_samples=cal.get("max_samples") or 200, explain=True, warn=lambda msg: None, **kw)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lay = m["layers"]
+    res["layers"] = dict(lay, layers=lay["layers"][:top])
+    plain = [a for a in m["artifacts"] if a["file"] == lay["artifact"]]
+    mine = [a for a in man["artifacts"] if a["file"] == lay["artifact"]]
+    same = bool(plain and mine and plain[0]["sha256"] == mine[0]["sha256"])
+    res["rebuilt_identical"] = same
+    res["accuracy"] = m["accuracy"]["outputs"]
+    res["note"] = ("measured on " + (m["accuracy"]["data"].get("source") or "the validation data") + "; "
+                   + ("the rebuilt artifact is byte-identical to the one in OUT_DIR" if same else
+                      "the layers are those of the plain recipe" + (" (OUT_DIR holds a recovered artifact)" if rec
+                                                                    else "; the rebuilt artifact differs from OUT_DIR's")))
+    return res

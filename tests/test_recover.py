@@ -1,0 +1,102 @@
+"""--accuracy-target: parsing and usage errors (fast), and recovery on the real EfficientNet-Lite0 (slow)."""
+import json
+
+import numpy as np
+import pytest
+
+import edgeopt
+import models
+from conftest import edgeopt_cli
+from edgeopt.errors import UsageError
+from edgeopt.recover import meets, parse_target, score
+
+
+def test_parse_target():
+    assert parse_target("top1=0.99") == {"top1": 0.99}
+    assert parse_target("sqnr=30") == {"sqnr": 30.0}
+    assert parse_target("top1=0.98,sqnr=25") == {"top1": 0.98, "sqnr": 25.0}
+    assert parse_target(None) is None
+    for bad in ("top1", "top5=0.9", "top1=1.5", "sqnr=abc"):
+        with pytest.raises(UsageError, match="--accuracy-target"):
+            parse_target(bad)
+
+
+def test_meets_and_score():
+    out = {"logits": {"top1_agreement": 0.97, "sqnr_db": 31.0}}
+    assert meets(out, {"sqnr": 30}) and not meets(out, {"top1": 0.98})
+    assert score(out, {"top1": 0.98}) == pytest.approx(-0.01)
+    assert score(out, {"top1": 0.95, "sqnr": 30}) == pytest.approx(0.01)
+
+
+def test_cli_bad_target_and_method_exit_2(tmp_path, tiny_onnx):
+    r = edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--accuracy-target", "top1=2",
+                    "--out", tmp_path / "o")
+    assert r.returncode == 2 and "error: --accuracy-target" in r.stderr
+    r = edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--calibration", "entropy",
+                    "--out", tmp_path / "o")
+    assert r.returncode == 2 and "min-max only" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ EfficientNet-Lite0, slow
+
+@pytest.fixture(scope="module")
+def lite0_recovered(tmp_path_factory):
+    """One rpi conversion with --accuracy-target top1=0.98 on 64 calibration / 96 validation photo crops."""
+    d = tmp_path_factory.mktemp("lite0rec")
+    onnx_path = models.efficientnet_lite0(str(d / "efficientnet_lite0.onnx"))
+    photos = ((models.sample_photos(160) - 0.5) / 0.5).astype(np.float32)
+    np.save(d / "calib.npy", photos[:64])
+    np.save(d / "val.npy", photos[64:])
+    r = edgeopt_cli("convert", onnx_path, "--target", "rpi", "--calib", d / "calib.npy", "--val", d / "val.npy",
+                    "--out", d / "rpi", "--accuracy-target", "top1=0.98", "--json")
+    return d, onnx_path, r
+
+
+@pytest.mark.slow
+def test_lite0_rpi_recovers_top1(lite0_recovered):
+    d, _, r = lite0_recovered
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout)
+    rec = m["recovery"]
+    plain = rec["steps"][0]
+    print(json.dumps({k: v for k, v in rec.items() if k != "steps"}, indent=1))
+    # the plain min-max recipe misses the target on these photos; the recovered artifact reaches it
+    assert plain["float_layers"] == [] and not plain["met"]
+    assert plain["accuracy"]["logits"]["top1_agreement"] < 0.98
+    assert rec["met"] and m["accuracy"]["outputs"]["logits"]["top1_agreement"] >= 0.98
+    floats = rec["chosen"]["float_layers"]
+    assert 1 <= len(floats) <= m["layers"]["total"]
+    # the float layers are the worst of the ranking, in order
+    assert [r["tensor"] for r in m["layers"]["layers"]][:min(len(floats), 20)] == floats[:20]
+    a = m["artifacts"][0]
+    assert a["float_ops"] and "CONV_2D" in a["float_ops"]  # those layers compute in float on the Pi's CPU
+    cost = rec["cost"]
+    assert cost["bytes"] == a["bytes"] and cost["bytes"] > cost["bytes_plain"]
+    assert cost["latency_ms"] > 0 and cost["latency_ms_plain"] > 0
+    assert m["calibration"]["recipe"]["float_layers"] == len(floats)
+    # the artifact in OUT_DIR is the recovered one and runs in edgeopt.runtime
+    model = edgeopt.runtime.load(str(d / "rpi"))
+    (out,) = model.run(np.load(d / "val.npy")[:2])
+    assert out.shape == (2, 1000)
+
+
+@pytest.mark.slow
+def test_lite0_layers_ranked_in_manifest_and_explain(lite0_recovered):
+    d, _, r = lite0_recovered
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout)
+    lay = m["layers"]
+    vals = [x["rmse_scale"] for x in lay["layers"]]
+    assert vals == sorted(vals, reverse=True) and len(vals) == 20 and lay["total"] > 40
+    # the worst layers add far more than rounding error (0.29 steps); most layers are near it
+    assert vals[0] > 1.0 and vals[-1] < 0.5
+    assert {x["op"] for x in lay["layers"]} <= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD",
+                                               "MEAN", "AVERAGE_POOL_2D", "RESHAPE"}
+    e = edgeopt_cli("explain", d / "rpi", "--json", "--top", "5")
+    assert e.returncode == 0, e.stderr
+    rep = json.loads(e.stdout)
+    assert [x["tensor"] for x in rep["layers"]["layers"]] == [x["tensor"] for x in lay["layers"][:5]]
+    assert rep["recovery"]["met"] is True
+    t = edgeopt_cli("explain", d / "rpi", env={"COLUMNS": "200"})
+    assert t.returncode == 0 and "RMSE/step" in t.stdout and "layers in float" in t.stdout
