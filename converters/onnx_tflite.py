@@ -86,6 +86,10 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None, name: str | None = 
         return np.asarray(sample_nhwc, dtype=np.float32)
 
     name = name or os.path.basename(onnx_path)
+    import tf_keras
+    # onnx2tf builds tf_keras layers whose names carry per-process counters ("tf.math.add_9"); they end up
+    # in the TFLite file. A fresh session makes a second conversion in the same process byte-identical.
+    tf_keras.backend.clear_session()
     patched = [(m, getattr(m, "download_test_image_data")) for m in (o2t_main, o2t_common)]
     for m, _ in patched:
         m.download_test_image_data = local_samples

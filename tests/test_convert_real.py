@@ -99,7 +99,9 @@ def test_qdq_is_symmetric_zero_point(converted):
     qnodes = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qnodes) >= 10
     zps = [inits[n.input[2]] for n in qnodes if len(n.input) > 2]
-    assert zps and all(z.dtype == np.int8 and not np.any(z) for z in zps)
+    assert zps and all(not np.any(z) for z in zps)  # symmetric: every zero point is 0
+    assert {z.dtype for z in zps} <= {np.dtype(np.int8), np.dtype(np.int32)}  # int8 tensors, int32 biases
+    assert any(z.dtype == np.int8 for z in zps)
     per_channel = [n for n in qnodes if len(inits.get(n.input[1], np.zeros(1)).shape) == 1
                    and inits[n.input[1]].size > 1]
     assert per_channel, "weights are quantized per channel"
