@@ -25,6 +25,8 @@ def deploy(
     io: Optional[str] = typer.Option(None, "--io", help="I/O dtype of the artifact: int8, uint8 or float32."),
     min_sqnr: Optional[float] = typer.Option(None, "--min-sqnr", help="Gate: fail (exit 1) below this SQNR in dB, before deploying."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: fail (exit 1) below this top-1 agreement, before deploying."),
+    accuracy_target: Optional[str] = typer.Option(None, "--accuracy-target", help="Recover accuracy until met (top1=0.99 and/or sqnr=30), before deploying; exit 1 if it cannot be met."),
+    allow_cpu_ops: bool = typer.Option(False, "--allow-cpu-ops", help="Coral: let --accuracy-target keep layers in float, on the CPU."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs first."),
     runs: int = typer.Option(100, "--runs", help="At least this many timed runs."),
     min_seconds: float = typer.Option(1.0, "--min-seconds", help="And at least this long."),
@@ -64,7 +66,9 @@ def deploy(
                         sustained=sustained, cv_threshold=max_cv)
     res = run(model, t.name, devices, out=out, calib=calib, val=val, input_shapes=input_shape or None, mean=mean,
               std=std, io=io, bench=opts, no_bench=no_bench, accept_new=accept_new,
-              convert_options={k: v for k, v in (("min_sqnr", min_sqnr), ("min_top1", min_top1)) if v is not None})
+              convert_options={k: v for k, v in (("min_sqnr", min_sqnr), ("min_top1", min_top1),
+                                                 ("accuracy_target", accuracy_target),
+                                                 ("allow_cpu_ops", allow_cpu_ops or None)) if v is not None})
     if not no_bench:
         store_history(res["results"], history, "deploy", manifest=res["manifest"])
         write_junit(junit, res["results"], "deploy", max_p90_ms, require_clean)
