@@ -179,7 +179,7 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
             if not os.path.isfile(opts.input):
                 raise UsageError(f"--input {opts.input}: no such file")
             argv += ["--input", push(conn, opts.input, workdir, progress=False, python=device.python).path]
-        t_run = time.perf_counter()
+        t_run, epoch_run = time.perf_counter(), time.time()
         cmd = _with_conditions(q(argv)) if opts.conditions else q(argv)
         res = conn.run(cmd, input=runner_source(),
                        timeout=device.command_timeout + opts.lock_timeout + float(opts.sustained or 0))
@@ -210,7 +210,9 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     measured_s = sum(data.get("samples_ms") or []) / 1e3 if data.get("samples_ms") else None
     out["timing"] = {"wall_s": round(time.perf_counter() - t_start, 4), "connect_s": round(t_conn - t_start, 4),
                      "push_s": round(t_run - t_conn, 4), "remote_s": round(t_done - t_run, 4),
-                     "measured_s": round(measured_s, 4) if measured_s is not None else None}
+                     "measured_s": round(measured_s, 4) if measured_s is not None else None,
+                     # wall-clock window of the remote run, to see which devices ran at the same time
+                     "run_window": [round(epoch_run, 3), round(epoch_run + (t_done - t_run), 3)]}
     out["host"] = device.describe()
     _add_protocol(out, data, opts)
     if opts.conditions:

@@ -4,12 +4,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# bench/deploy store every result in a history database: keep the tests' results out of the user's one
+os.environ.setdefault("EDGEOPT_HISTORY", os.path.join(tempfile.mkdtemp(prefix="edgeopt-test-history-"),
+                                                      "results.sqlite"))
 
 import models  # noqa: E402
 

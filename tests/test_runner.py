@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -117,10 +116,22 @@ def test_lock_waits_then_fails_clearly(tmp_path, tflite_model):
         rc, res, err = run_runner(tflite_model, "--lock", lock, "--lock-timeout", 0.5, "--runs", 1)
         assert rc == 3 and res["kind"] == "busy" and "pid 4242" in res["error"]
         assert time.monotonic() - t0 >= 0.5 and "waiting for the benchmark lock" in err
-        # released while a second runner waits: it goes on
-        threading.Timer(0.5, lambda: fcntl.flock(fd, fcntl.LOCK_UN)).start()
-        rc, res, err = run_runner(tflite_model, "--lock", lock, "--lock-timeout", 30, "--runs", 1,
-                                  "--min-seconds", 0)
-        assert rc == 0 and res["runs"] == 1 and "waiting" in err
+        # released while a second runner waits (once it says so, however slow its start): it goes on
+        p = subprocess.Popen([sys.executable, "-", "bench", str(tflite_model), "--lock", str(lock),
+                              "--lock-timeout", "60", "--runs", "1", "--min-seconds", "0"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdin.write(runner_source())
+        p.stdin.close()
+        err = b""
+        while b"waiting" not in err:
+            line = p.stderr.readline()
+            assert line, "runner ended without waiting for the lock"
+            err += line
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out = p.stdout.read().decode()
+        err += p.stderr.read()
+        assert p.wait(timeout=120) == 0, err
+        res = json.loads(out.strip().splitlines()[-1])
+        assert res["runs"] == 1 and b"waiting" in err
     finally:
         os.close(fd)
