@@ -39,7 +39,7 @@ def bench(
     from edgeopt.cli._devices import (check_clean, check_p90, echo_json, print_bench_table, public, raise_for_failures,
                                       select_devices, store_history, write_junit)
 
-    devices, single = select_devices(inventory, device, all_devices, local)
+    devices, single = select_devices(inventory, device, all_devices, local, local_target=_manifest_target(artifact))
     opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, seed=seed, input=input,
                         lock_timeout=lock_timeout, keep_samples=True, warmup_seconds=warmup_seconds,
                         sustained=sustained, cv_threshold=max_cv)
@@ -54,3 +54,15 @@ def bench(
     raise_for_failures(results)
     check_p90(results, max_p90_ms)
     check_clean(results, require_clean)
+
+
+def _manifest_target(artifact: str) -> str | None:
+    """The target an edgeopt output dir (or an artifact beside its manifest) was converted for, if any."""
+    import json
+    import os
+    d = artifact if os.path.isdir(artifact) else os.path.dirname(os.path.abspath(artifact))
+    try:
+        with open(os.path.join(d, "manifest.json")) as f:
+            return (json.load(f).get("target") or {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
