@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import edgeopt
+import edgeopt.runtime
 import models
 from conftest import edgeopt_cli
 from edgeopt.errors import UsageError
