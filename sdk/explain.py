@@ -29,7 +29,7 @@ def _load_manifest(out_dir: str) -> dict:
 
 
 def _find(name: str | None, out_dir: str, sha: str | None, what: str, flag: str) -> str:
-    from .pipeline import sha256_file, sha256_tree
+    from .hashing import sha256_file, sha256_tree
     if not name:
         raise UsageError(f"the manifest records no {what} file", hint=f"give it with {flag} PATH")
     out_dir = os.path.abspath(out_dir)

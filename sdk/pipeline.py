@@ -7,7 +7,6 @@ the end, so a failed conversion never leaves half-written files where a user or 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import numpy as np
 from . import __version__
 from . import data as D
 from .errors import GateError, UsageError
+from .hashing import sha256_file, sha256_tree
 
 DEFAULT_MAX_CALIB = 200
 DEFAULT_MAX_VAL = 1000
@@ -26,27 +26,6 @@ IO_DTYPES = ("int8", "uint8", "float32")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_tree(path: str) -> str:
-    """Hash of a directory (SavedModel): relative paths and contents, in sorted order."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            h.update(os.path.relpath(p, path).encode() + b"\0")
-            with open(p, "rb") as fh:
-                h.update(hashlib.sha256(fh.read()).digest())
-    return h.hexdigest()
-
 
 def detect_format(path: str) -> str:
     """onnx | keras | saved_model | tflite, from the name and the first bytes; UsageError otherwise."""
@@ -289,8 +268,6 @@ def _static(inputs, shapes, fmt):
 
 def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std, io_dtype, min_sqnr,
              min_top1, allow_float_fallback, max_samples, max_val_samples, progress, warn, options):
-    from edgeopt import converters
-
     source = {"file": os.path.basename(model.rstrip("/")), "format": fmt,
               "sha256": sha256_tree(model) if os.path.isdir(model) else sha256_file(model)}
     if fmt == "tflite":
@@ -331,6 +308,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     job = Job(model, fmt, tgt, static_in, src_out, cal, io_dtype, workdir, onnx_model=extra.get("onnx_model"),
               options=dict(options, allow_float_fallback=allow_float_fallback))
     job.graph = extra.get("graph")
+    if options.get("accuracy_target") or options.get("explain"):
+        job.calib_cache = {}  # recovery rebuilds with float layers: calibrate once per recipe (onnx_qdq)
 
     arts = []
     for kind, fn in routes:

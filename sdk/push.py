@@ -7,7 +7,6 @@ path; stale temporaries (untouched for 2 minutes) are cleared by the next push o
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import sys
@@ -16,23 +15,9 @@ from dataclasses import dataclass
 
 from .connection import Connection, q
 from .errors import DeviceError
+from .hashing import sha256_file
 
 __all__ = ["PushResult", "push", "sha256_file", "remote_path"]
-
-_HASH_CACHE: dict[tuple, str] = {}
-
-
-def sha256_file(path: str) -> str:
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
-
 
 @dataclass
 class PushResult:
