@@ -48,6 +48,14 @@ def _register():
                 raise
 
 
+def console(stderr: bool = False):
+    """A rich Console for tables: the terminal's width, or 140 columns when output goes to a file or pipe
+    (rich's 80-column default squeezes the wide benchmark tables into unreadable cells)."""
+    from rich.console import Console
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)
+
+
 def error_exit(err, debug: bool = False):
     """Print an EdgeoptError as `error:` / `hint:` lines on stderr and exit with its code."""
     if debug:

@@ -120,10 +120,10 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
     """A rich table of results (nothing when every device failed: the errors go to stderr)."""
     if not any("error" not in r for r in results):
         return
-    from rich.console import Console
+    from edgeopt.cli import console
     from rich.table import Table
 
-    c = Console()
+    c = console()
     t = Table(title=title)
     for col in ("device", "target", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "runs", "init ms",
                 "transfer", "status"):

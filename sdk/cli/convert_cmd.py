@@ -94,10 +94,10 @@ def _public(manifest: dict) -> dict:
 
 
 def print_summary(manifest: dict):
-    from rich.console import Console
+    from edgeopt.cli import console
     from rich.table import Table
 
-    c = Console()
+    c = console()
     t = Table(title=f"{manifest['source']['file']} -> {manifest['target']['name']}  ({manifest.get('_out', '')})")
     for col in ("artifact", "precision", "size", "inputs", "cosine", "SQNR dB", "top-1 agr."):
         t.add_column(col)

@@ -75,17 +75,25 @@ def deploy(
     if json_out:
         echo_json({"manifest": res["manifest"], "results": [public(r, samples) for r in res["results"]]})
     else:
-        from rich.console import Console
+        from edgeopt.cli import console
         m = res["manifest"]
         a = m["artifacts"][0]
-        Console().print(f"{m['source']['file']} -> {a['file']} ({a['precision']}, {a['bytes'] / 1024:.1f} KiB) "
+        console().print(f"{m['source']['file']} -> {a['file']} ({a['precision']}, {a['bytes'] / 1024:.1f} KiB) "
                         f"{'converted' if res['converted'] else 'from cache'}: {res['out']}")
+        acc = m.get("accuracy") or {}
+        for name, o in (acc.get("outputs") or {}).items():
+            parts = [f"cosine {o['cosine']:.4f}", f"SQNR {o['sqnr_db']:.1f} dB"]
+            if "top1_agreement" in o:
+                parts.append(f"top-1 agreement {o['top1_agreement']:.3f}")
+            if "top1_accuracy" in o:
+                parts.append(f"top-1 accuracy {o['top1_accuracy']:.3f} (FP32 {o['fp32_top1_accuracy']:.3f})")
+            console().print(f"accuracy vs FP32 on {acc.get('samples')} samples, {name}: " + ", ".join(parts))
         if no_bench:
             for r in res["results"]:
                 if "error" not in r:
                     tr = r["transfer"]
                     sent = "already there" if tr["skipped"] else f"{tr['bytes']} bytes sent"
-                    Console().print(f"{r['device']}: {r['artifact']['path']} ({sent})")
+                    console().print(f"{r['device']}: {r['artifact']['path']} ({sent})")
         else:
             print_bench_table(res["results"], title=f"edgeopt deploy --target {t.name}")
     raise_for_failures(res["results"])

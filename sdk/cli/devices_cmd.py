@@ -52,10 +52,10 @@ def devices(
 
 
 def _table(results):
-    from rich.console import Console
+    from edgeopt.cli import console
     from rich.table import Table
 
-    c = Console()
+    c = console()
     t = Table(title="edgeopt devices")
     for col in ("device", "target", "address", "status", "arch", "board", "python", "runtimes", "free"):
         t.add_column(col)

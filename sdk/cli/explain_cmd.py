@@ -34,10 +34,10 @@ def explain(
 
 
 def print_report(report: dict, top: int = 20):
-    from rich.console import Console
+    from edgeopt.cli import console
     from rich.table import Table
 
-    c = Console()
+    c = console()
     lay = report["layers"]
     metric = lay["metric"]
     t = Table(title=f"{report['source']} -> {report['target']}: per-layer quantization error "

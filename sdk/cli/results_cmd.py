@@ -41,9 +41,9 @@ def results(
     if json_out:
         echo_json(rows)
         return
-    from rich.console import Console
+    from edgeopt.cli import console
     from rich.table import Table
-    c = Console()
+    c = console()
     if not rows:
         c.print(f"no results in {db.path}")
         return
@@ -63,8 +63,8 @@ def results(
 
 
 def _show(r: dict):
-    from rich.console import Console
-    c = Console()
+    from edgeopt.cli import console
+    c = console()
     lat = r.get("latency_ms") or {}
     art = r.get("artifact") or {}
     rt = r.get("runtime") or {}
@@ -130,9 +130,9 @@ def compare(
     if json_out:
         echo_json(rep)
     else:
-        from rich.console import Console
+        from edgeopt.cli import console
         from rich.table import Table
-        c = Console()
+        c = console()
         t = Table(title=f"edgeopt compare  A={a}  B={b}")
         for col in ("device", "A p50", "B p50", "Δ p50", "A p90", "B p90", "Δ p90", "p (B slower)", "verdict"):
             t.add_column(col, justify="left" if col in ("device", "verdict") else "right")

@@ -18,7 +18,7 @@ def targets(json_out: bool = typer.Option(False, "--json", help="Machine output 
         typer.echo(json.dumps({"targets": [t.to_dict() for t in T.TARGETS.values()], "aliases": T.ALIASES},
                               indent=2))
         return
-    from rich.console import Console
+    from edgeopt.cli import console
     from rich.table import Table
 
     table = Table(title="edgeopt targets")
@@ -28,5 +28,5 @@ def targets(json_out: bool = typer.Option(False, "--json", help="Machine output 
     for t in T.TARGETS.values():
         table.add_row(t.name, t.family, t.cpu, t.accelerator or "-", ", ".join(t.formats), t.runtime, t.io_dtype,
                       t.delegate or "-", str(t.threads), t.host_compiler or "-")
-    Console().print(table)
-    Console().print("aliases: " + ", ".join(f"{a} = {n}" for a, n in T.ALIASES.items()))
+    console().print(table)
+    console().print("aliases: " + ", ".join(f"{a} = {n}" for a, n in T.ALIASES.items()))
