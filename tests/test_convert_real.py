@@ -237,3 +237,14 @@ def test_unquantizable_op_named_then_float_fallback(tmp_path):
     assert man["artifacts"][0]["float_ops"] == ["CUMSUM"] and man["options"]["allow_float_fallback"] is True
     with pytest.raises(UsageError, match="not possible for Coral"):
         edgeopt.convert(sm, target="coral", calib=str(calib), out=str(tmp_path / "c"), allow_float_fallback=True)
+
+
+def test_io_override(tmp_path, onnx_cnn, fm_data, fmnist):
+    """--io int8 on rpi gives int8 I/O tensors; edgeopt.runtime still takes and returns floats."""
+    m = edgeopt.convert(onnx_cnn, target="rpi", calib=fm_data["calib_nchw"], out=str(tmp_path / "o"), io="int8")
+    a = m["artifacts"][0]
+    assert a["inputs"][0]["dtype"] == "int8" and a["outputs"][0]["dtype"] == "int8"
+    assert a["inputs"][0]["scale"] > 0 and m["target"]["io_dtype"] == "int8"
+    _, _, xte, yte = fmnist
+    (logits,) = edgeopt.runtime.load(m["_out"]).predict(xte[:500, None])
+    assert logits.dtype == np.float32 and np.mean(np.argmax(logits, 1) == yte[:500]) > 0.7
