@@ -45,21 +45,27 @@ def convert(job) -> list[dict]:
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[job.options.get("calibration_method", "minmax")]
     job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
+    if job.options.get("bias_correction"):
+        prep = bias_corrected(job, prep, names, set(job.options.get("nodes_to_exclude") or ()))
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
     if job.options.get("calib_percentile") is not None:
         extra["CalibPercentile"] = float(job.options["calib_percentile"])
     exclude = list(job.options.get("nodes_to_exclude") or [])
+    cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
+    key = (job.options.get("calibration_method", "minmax"), extra.get("CalibPercentile"),
+           bool(job.options.get("per_channel", True)))
     try:
-        quantize_static(
-            prep, out, _Reader(names, job.calib_samples()),
-            quant_format=QuantFormat.QDQ,
-            per_channel=bool(job.options.get("per_channel", True)),
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            nodes_to_exclude=exclude,
-            extra_options=extra,
-        )
+        with _reuse_calibration(cache, key):
+            quantize_static(
+                prep, out, _Reader(names, job.calib_samples()),
+                quant_format=QuantFormat.QDQ,
+                per_channel=bool(job.options.get("per_channel", True)),
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                nodes_to_exclude=exclude,
+                extra_options=extra,
+            )
     except Exception as e:
         raise UsageError(f"{job.source_name}: QDQ quantization failed: {str(e).strip()[:300]}") from None
     with open(out, "rb") as f:
@@ -70,6 +76,153 @@ def convert(job) -> list[dict]:
     if exclude:
         art["float_nodes"] = exclude
     return [art]
+
+
+class _CachedCalibrator:
+    """Stands in for onnxruntime's calibrator: no data collected, the ranges of an earlier run returned."""
+
+    def __init__(self, data):
+        self._data = data
+
+    def collect_data(self, reader):
+        pass
+
+    def compute_data(self):
+        import copy
+        return copy.deepcopy(self._data)
+
+
+class _reuse_calibration:
+    """Within quantize_static, calibrate once per recipe key and reuse the ranges (TensorsData) afterwards.
+
+    The ranges do not depend on nodes_to_exclude (the calibrator augments every quantizable tensor), so a
+    candidate with float nodes gets exactly the artifact a fresh quantize_static would make, without running
+    the calibration data through the augmented model again. A no-op when ``cache`` is None (plain path).
+    """
+
+    def __init__(self, cache, key):
+        self.cache, self.key = cache, key
+
+    def __enter__(self):
+        if self.cache is None:
+            return self
+        import importlib
+        q = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
+        self._mod, self._orig = q, q.create_calibrator
+        cache, key, orig = self.cache, self.key, q.create_calibrator
+        if key in cache:
+            q.create_calibrator = lambda *a, **k: _CachedCalibrator(cache[key])
+        else:
+            def create(*a, **k):
+                cal = orig(*a, **k)
+                compute = cal.compute_data
+
+                def compute_and_keep():
+                    import copy
+                    data = compute()
+                    cache[key] = copy.deepcopy(data)
+                    return data
+                cal.compute_data = compute_and_keep
+                return cal
+            q.create_calibrator = create
+        return self
+
+    def __exit__(self, *exc):
+        if self.cache is not None:
+            self._mod.create_calibrator = self._orig
+        return False
+
+
+def bias_corrected(job, prep: str, names: list[str], skip: set) -> str:
+    """The float graph with bias correction (Nagel et al. 2019, empirical variant): a Conv/Gemm whose INT8
+    weights are W + dW gets bias b - dW . E[x], dW read from the QDQ model the plain recipe makes (exact
+    scales and rounding), E[x] the per-channel mean of its input in the float graph on the calibration
+    samples. Nodes in ``skip`` (kept in float) keep their bias. Same node and tensor names as ``prep``."""
+    import onnx
+    from onnx import numpy_helper
+    cache = job.__dict__.setdefault("_bias_cache", {})
+    if prep not in cache:
+        opts = job.options
+        job.options = {k: v for k, v in opts.items() if k not in ("bias_correction", "nodes_to_exclude")}
+        try:
+            qdq = onnx.load_from_string(convert(job)[0]["data"])
+        finally:
+            job.options = opts
+            job.qdq_prep = prep
+        fm = onnx.load(prep)
+        inits = {i.name: i for i in fm.graph.initializer}
+        q_inits = {i.name: i for i in qdq.graph.initializer}
+        dq = {n.output[0]: n for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+        q_nodes = {n.name: n for n in qdq.graph.node}
+        layers = [n for n in fm.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2
+                  and n.input[1] in inits and n.input[2] in inits]
+        import onnxruntime as ort
+        m = onnx.ModelProto()
+        m.CopyFrom(fm)
+        want = sorted({n.input[0] for n in layers})
+        have = {o.name for o in m.graph.output}
+        for t in want:
+            if t not in have:
+                m.graph.output.append(onnx.ValueInfoProto(name=t))
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+        outs = [o.name for o in sess.get_outputs()]
+        sums, k = {}, 0
+        for sample in job.calib_samples():
+            got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
+            k += 1
+            for t in want:
+                v = got[t].astype(np.float64)
+                v = v.mean(axis=tuple(i for i in range(v.ndim) if i != 1)) if v.ndim > 2 else v.mean(0)
+                sums[t] = sums.get(t, 0) + v
+        shifts = {}
+        for n in layers:
+            qn = q_nodes.get(n.name)
+            d = dq.get(qn.input[1]) if qn is not None and len(qn.input) > 1 else None
+            if d is None or d.input[0] not in q_inits or n.input[0] not in sums:
+                continue
+            wq = numpy_helper.to_array(q_inits[d.input[0]]).astype(np.float64)
+            sc = numpy_helper.to_array(q_inits[d.input[1]]).astype(np.float64)
+            zp = numpy_helper.to_array(q_inits[d.input[2]]).astype(np.float64) if len(d.input) > 2 and d.input[2] in q_inits else 0
+            axis = next((a.i for a in d.attribute if a.name == "axis"), 1)
+            shape = [1] * wq.ndim
+            if np.ndim(sc):
+                shape[axis] = -1
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+            if wq.shape != w.shape:
+                continue
+            dw = (wq - np.reshape(zp, shape if np.ndim(zp) else [])) * np.reshape(sc, shape if np.ndim(sc) else []) - w
+            e = sums[n.input[0]] / k
+            if n.op_type == "Gemm":
+                tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
+                dd = dw if tb else dw.T
+                if dd.shape[1] != e.size:
+                    continue
+                shift = dd @ e
+            else:
+                g = next((a.i for a in n.attribute if a.name == "group"), 1)
+                O, ig = dw.shape[:2]
+                if ig * g != e.size or O % g:
+                    continue
+                dsum = dw.reshape(O, ig, -1).sum(2).reshape(g, O // g, ig)
+                shift = np.einsum("gok,gk->go", dsum, e.reshape(g, ig)).reshape(O)
+            b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+            if b.shape != shift.shape:
+                continue
+            shifts[n.name] = (n.input[2], (b - shift).astype(np.float32))
+        cache[prep] = (fm, shifts)
+        job.bias_correction_info = {"layers": len(shifts), "of": len(layers), "calibration_samples": k}
+    fm, shifts = cache[prep]
+    m = onnx.ModelProto()
+    m.CopyFrom(fm)
+    inits = {i.name: i for i in m.graph.initializer}
+    for node, (bname, b) in shifts.items():
+        if node not in skip:
+            inits[bname].CopyFrom(numpy_helper.from_array(b, bname))
+    out = os.path.join(job.workdir, "qdq-prep-bc.onnx")
+    onnx.save(m, out)
+    return out
 
 
 def check_symmetric(model) -> None:

@@ -267,12 +267,14 @@ class Debugger:
         rows.sort(key=lambda r: -(r["rmse_scale"] or 0.0))
         return rows
 
-    def model(self, float_layers: list[str] = (), io_dtype: str | None = None) -> bytes:
-        """INT8 TFLite with the given layers (output tensor names, from :meth:`layers`) computed in float."""
+    def model(self, float_layers: list[str] = (), io_dtype: str | None = None, bias_correction: bool = False) -> bytes:
+        """INT8 TFLite with the given layers (output tensor names, from :meth:`layers`) computed in float;
+        with ``bias_correction``, the biases of the INT8 convolutions corrected (:meth:`bias_corrected`)."""
         from tensorflow.lite.python import convert as _convert
         from tensorflow.lite.python import util as _util
         io_dtype = io_dtype or self.io_dtype
-        data = _convert.mlir_quantize(self.dbg.calibrated_model,
+        src = self.bias_corrected(skip=float_layers) if bias_correction else self.dbg.calibrated_model
+        data = _convert.mlir_quantize(src,
                                       disable_per_channel=self.dbg.converter._experimental_disable_per_channel,
                                       fully_quantize=False, enable_numeric_verify=False,
                                       denylisted_nodes=list(float_layers) or None)
@@ -280,6 +282,112 @@ class Debugger:
             io = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
             data = _util.modify_model_io_type(data, io, io)
         return data
+
+
+    def bias_corrected(self, skip=()) -> bytes:
+        """The calibrated float model with bias correction (Nagel et al. 2019, "Data-Free Quantization",
+        empirical variant): INT8 weights W_q = W + dW shift a layer's output by dW . E[x]; each CONV_2D,
+        DEPTHWISE_CONV_2D and FULLY_CONNECTED bias b becomes b - dW . E[x], with dW read from the INT8 model
+        the quantizer makes (exact rounding and scales) and E[x], the per-channel mean of the layer's input,
+        from the float model on the calibration samples. Weights and activation ranges are unchanged.
+        Layers in ``skip`` (kept in float) keep their bias."""
+        if getattr(self, "_bias_shifts", None) is None:
+            self._bias_shifts, self.bias_correction_info = _bias_shifts(
+                self.dbg.calibrated_model, self.model([], "float32"), self.calib)
+        return _apply_biases(self.dbg.calibrated_model, self._bias_shifts, set(skip or ()))
+
+
+def _apply_biases(calibrated: bytes, shifts: dict, skip: set) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+    fm = fu.convert_bytearray_to_object(bytearray(calibrated))
+    for out, (buf, data) in shifts.items():
+        if out not in skip:
+            fm.buffers[buf].data = data
+    return bytes(fu.convert_object_to_bytearray(fm))
+
+
+def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict]:
+    """{layer output name: (bias buffer index, corrected bias bytes)}, info."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    fm = fu.convert_bytearray_to_object(bytearray(calibrated))
+    sg = fm.subgraphs[0]
+    codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+    kinds = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
+    name = lambda i: sg.tensors[i].name.decode() if isinstance(sg.tensors[i].name, bytes) else sg.tensors[i].name  # noqa: E731
+    layers = []
+    for op in sg.operators:
+        kind = kinds.get(codes[op.opcodeIndex])
+        if kind and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            layers.append((kind, list(op.inputs), name(op.outputs[0])))
+    # INT8 weights as the quantizer made them, by the op's output name
+    qi = Interpreter(model_content=quantized)
+    qi.allocate_tensors()
+    q_ops = {}
+    for op in qi._get_ops_details():
+        if op["op_name"] in kinds.values() and len(op["outputs"]):
+            out = qi._get_tensor_details(op["outputs"][0], subgraph_index=0)["name"]
+            q_ops[out] = int(op["inputs"][1])
+    # per-channel means of the layers' inputs, float model on the calibration samples
+    fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    fi.allocate_tensors()
+    ins = [d["index"] for d in fi.get_input_details()]
+    want = {inputs[0] for _, inputs, _ in layers}
+    sums, n = {}, 0
+    for sample in calib:
+        for i, a in zip(ins, sample):
+            fi.set_tensor(i, np.asarray(a, np.float32))
+        fi.invoke()
+        n += 1
+        for t in want:
+            v = fi.get_tensor(t)
+            v = v.reshape(-1, v.shape[-1]).astype(np.float64).mean(0)
+            sums[t] = sums.get(t, 0) + v
+    done, shifts, res = 0, [], {}
+    buf_users = {}
+    for t in sg.tensors:
+        buf_users[t.buffer] = buf_users.get(t.buffer, 0) + 1
+    for kind, inputs, out in layers:
+        wi = q_ops.get(out)
+        bt = sg.tensors[inputs[2]]
+        if wi is None or buf_users.get(bt.buffer, 0) != 1 or inputs[0] not in sums:
+            continue
+        wt = sg.tensors[inputs[1]]
+        w = np.frombuffer(bytes(fm.buffers[wt.buffer].data), np.float32).reshape(wt.shape).astype(np.float64)
+        d = qi._get_tensor_details(wi, subgraph_index=0)
+        qp = d["quantization_parameters"]
+        wq = qi.get_tensor(wi).astype(np.float64)
+        if wq.shape != w.shape or not len(qp["scales"]):
+            continue
+        shape = [1] * wq.ndim
+        if len(qp["scales"]) > 1:
+            shape[qp["quantized_dimension"]] = -1
+        wq = (wq - np.reshape(qp["zero_points"], shape)) * np.reshape(qp["scales"], shape)
+        dw = wq - w
+        e = sums[inputs[0]] / n
+        if kind == "CONV_2D":          # O,H,W,I
+            if dw.shape[3] != e.size:
+                continue
+            shift = np.einsum("ohwi,i->o", dw, e)
+        elif kind == "DEPTHWISE_CONV_2D":  # 1,H,W,O; O = I * multiplier
+            mult = dw.shape[3] // e.size
+            if mult * e.size != dw.shape[3]:
+                continue
+            shift = np.einsum("hwo,o->o", dw[0], np.repeat(e, mult))
+        else:                          # FULLY_CONNECTED: O,I
+            if dw.shape[1] != e.size:
+                continue
+            shift = dw @ e
+        b = np.frombuffer(bytes(fm.buffers[bt.buffer].data), np.float32)
+        if b.size != shift.size:
+            continue
+        res[out] = (bt.buffer, np.frombuffer((b - shift).astype(np.float32).tobytes(), np.uint8))
+        done += 1
+        shifts.append(float(np.abs(shift).max()))
+    info = {"layers": done, "of": len(layers), "calibration_samples": n,
+            "max_abs_shift": round(max(shifts), 6) if shifts else 0.0}
+    return res, info
 
 
 def _sig_name(name: str, i: int) -> str:

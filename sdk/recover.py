@@ -22,7 +22,8 @@ from .errors import UsageError
 
 TOP_LAYERS = 20          # layers kept in the manifest
 DEBUG_SAMPLES = 32       # samples the per-layer report runs on
-MAX_ATTEMPTS = 12        # candidate artifacts tried in the float-layer search
+MAX_ATTEMPTS = 12        # prefixes of the sensitivity order tried (and as many bisection steps)
+SENS_CANDIDATES = 20     # worst layers of the per-layer ranking whose end-to-end effect is measured
 
 _KEYS = {"top1": "top1", "top1_agreement": "top1", "sqnr": "sqnr", "sqnr_db": "sqnr"}
 
@@ -142,6 +143,12 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     # 1. calibration recipes, in order of cost
     if art["format"] == "onnx" and not meets(acc, target):
         for method in ("percentile", "entropy"):
+            if method == "entropy" and _out_sqnr(steps[-1]["accuracy"]) <= _out_sqnr(acc):
+                # both clip outliers of the activation ranges; when percentile does not help, entropy
+                # (much slower: histograms of every tensor) is not tried
+                steps.append({"recipe": dict(_recipe(dict(job.options, calibration_method=method), [])),
+                              "skipped": "percentile clipping did not raise output SQNR over min-max"})
+                continue
             say(f"accuracy recovery: {method} calibration")
             opts = dict(job.options, calibration_method=method)
             c = _build_onnx(job, opts, [])
@@ -152,10 +159,33 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             if meets(c["acc"], target):
                 break
 
+    if not meets(best["acc"], target):
+        say("accuracy recovery: bias correction")
+        try:
+            if art["format"] == "tflite":
+                c = _build_tflite(job, art, [], bias_correction=True)
+            else:
+                c = _build_onnx(job, dict(job.options, bias_correction=True,
+                                          **{k: v for k, v in best["recipe"].items()
+                                             if k == "calibration_method"}), [])
+            c["acc"] = evaluate(c["art"])[0]
+            st = _step(c, target)
+            st["bias_correction"] = (getattr(_debugger(job), "bias_correction_info", None)
+                                     if art["format"] == "tflite" else getattr(job, "bias_correction_info", None))
+            steps.append(st)
+            if better(c) or meets(c["acc"], target):
+                best = c
+        except UsageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a recipe the model does not take: note it, go on
+            steps.append({"recipe": dict(_recipe(job.options, []), bias_correction=True),
+                          "error": str(e).strip().splitlines()[-1][:200]})
+
     if not meets(best["acc"], target) or job.options.get("explain"):
         # 2. per-layer error of the best recipe so far
         say("accuracy recovery: per-layer error")
-        base_opts = dict(job.options, **{k: v for k, v in best["recipe"].items() if k in ("calibration_method",)})
+        base_opts = dict(job.options, **{k: v for k, v in best["recipe"].items()
+                                         if k in ("calibration_method", "bias_correction")})
         if art["format"] == "onnx" and best is not plain:
             _build_onnx(job, base_opts, [])  # job.qdq_prep for that recipe (same float graph)
         report["layers"] = layers(job, best["art"], samples)
@@ -167,7 +197,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     float_ok = art["format"] == "onnx" or fam == "rpi" or (fam == "coral" and allow_cpu_ops)
     search_anyway = fam == "coral" and not allow_cpu_ops  # find what it would take, apply nothing
     if ranked and not meets(best["acc"], target) and (float_ok or search_anyway):
-        found = _search(job, art, best, ranked, target, evaluate, base_opts, say, steps)
+        found = _search(job, art, best, ranked, target, evaluate, base_opts, say, steps, report)
         if found is not None and not float_ok:
             report["needs_cpu_ops"] = _coral_cost(found, evaluate)
         elif found is not None and (meets(found["acc"], target) or better(found)):
@@ -186,6 +216,8 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
 def _recipe(options: dict, floats: list) -> dict:
     r = {"calibration_method": options.get("calibration_method", "minmax"),
          "per_channel": bool(options.get("per_channel", True)), "float_layers": len(floats)}
+    if options.get("bias_correction"):
+        r["bias_correction"] = True
     if r["calibration_method"] == "percentile":
         r["percentile"] = float(options.get("calib_percentile") or 99.999)
     return r
@@ -210,62 +242,112 @@ def _build_onnx(job, options: dict, exclude: list[str]) -> dict:
     return {"art": a, "recipe": _recipe(options, exclude), "float": list(exclude)}
 
 
-def _build_tflite(job, art: dict, floats: list[str]) -> dict:
+def _build_tflite(job, art: dict, floats: list[str], bias_correction: bool = False) -> dict:
     from edgeopt import converters
     tf_tflite = converters.load("edgeopt.converters.tf_tflite")
-    data = _debugger(job).model(floats, job.io_dtype)
+    data = _debugger(job).model(floats, job.io_dtype, bias_correction=bias_correction)
     a = dict(art, data=data)
     a.update(tf_tflite.io_order(data))
+    if bias_correction:
+        a["converter"] = art.get("converter", "") + "; bias correction (E[x]-weighted INT8 weight error)"
     if floats:
         a["converter"] = (art.get("converter", "") + f"; {len(floats)} layers kept in float "
                           "(QuantizationDebugger denylisted_nodes)")
         a["float_ops"] = tf_tflite.float_ops_of(data)
-    return {"art": a, "recipe": _recipe(job.options, floats), "float": list(floats)}
+    return {"art": a, "recipe": _recipe(dict(job.options, bias_correction=bias_correction), floats),
+            "float": list(floats)}
 
 
-def _search(job, art, best, ranked, target, evaluate, options, say, steps):
-    tried: dict[int, dict] = {}
-    n = len(ranked)
+def _out_sqnr(acc: dict) -> float:
+    """The search signal: the worst output SQNR (dB) against FP32 (finer-grained than top-1 on ~100 samples)."""
+    vals = [m["sqnr_db"] for m in acc.values() if m.get("sqnr_db") is not None]
+    return min(vals) if vals else 0.0
 
-    def attempt(k):
-        if k in tried:
-            return tried[k]
-        say(f"accuracy recovery: {k} layer{'s' if k > 1 else ''} in float")
+
+def _search(job, art, best, ranked, target, evaluate, options, say, steps, report=None):
+    """Fewest float layers that meet the target.
+
+    1. End-to-end sensitivity: each of the first SENS_CANDIDATES layers of the per-layer ranking is kept in
+       float alone, and the gain in output SQNR on the validation samples is measured (the per-layer metric
+       says where error is made, not how much of it reaches the output).
+    2. Prefixes of that order (1, 2, 3, 4, 6, 8, 12, ...) until the target is met, then bisection between the
+       last miss and the first hit; failing that, the rest of the per-layer ranking is added in its order.
+    """
+    tried: dict[tuple, dict] = {}
+    build = ((lambda fl: _build_onnx(job, options, fl)) if art["format"] == "onnx"
+             else (lambda fl: _build_tflite(job, art, fl, bool(options.get("bias_correction")))))
+
+    def attempt(floats, what=None):
+        key = tuple(floats)
+        if key in tried:
+            return tried[key]
+        say(f"accuracy recovery: {what or str(len(floats)) + ' layers in float'}")
         try:
-            c = (_build_onnx(job, options, ranked[:k]) if art["format"] == "onnx"
-                 else _build_tflite(job, art, ranked[:k]))
+            c = build(list(floats))
             c["acc"] = evaluate(c["art"])[0]
         except UsageError:
             raise
         except Exception as e:  # a candidate the converter cannot build: note it, go on
-            steps.append({"float_layers": ranked[:k], "error": str(e).strip().splitlines()[-1][:200]})
-            tried[k] = None
+            steps.append({"float_layers": list(floats), "error": str(e).strip().splitlines()[-1][:200]})
+            tried[key] = None
             return None
-        steps.append(_step(c, target))
-        tried[k] = c
+        st = _step(c, target)
+        if what:
+            st["phase"] = "sensitivity"
+        steps.append(st)
+        tried[key] = c
         return c
 
     ok = lambda c: c is not None and meets(c["acc"], target)  # noqa: E731
-    k, miss, hit = 1, 0, None
-    while len(tried) < MAX_ATTEMPTS:
-        if ok(attempt(k)):
+    base = _out_sqnr(best["acc"])
+    cands = ranked[:SENS_CANDIDATES]
+    sens = []
+    for i, layer in enumerate(cands):
+        c = attempt([layer], f"sensitivity {i + 1}/{len(cands)}: {layer} alone in float")
+        if c is not None:
+            sens.append({"layer": layer, "rank": i, "sqnr_gain_db": round(_out_sqnr(c["acc"]) - base, 3),
+                         "accuracy": _brief(c["acc"])})
+    sens.sort(key=lambda r: (-r["sqnr_gain_db"], r["rank"]))
+    if report is not None:
+        report["sensitivity"] = {
+            "method": f"each of the {len(cands)} worst layers of the per-layer ranking kept in float alone; "
+                      "gain in output SQNR (dB, worst output) on the validation samples; layers then kept in "
+                      "float in this order",
+            "baseline_sqnr_db": round(base, 3), "layers": sens}
+    singles = [tried[(r["layer"],)] for r in sens if ok(tried.get((r["layer"],)))]
+    if singles:  # one layer is enough: the one that gains most
+        return singles[0]
+    order = [r["layer"] for r in sens if r["sqnr_gain_db"] > 0]
+    order += [r["layer"] for r in sens if r["sqnr_gain_db"] <= 0]
+    order += [x for x in ranked if x not in order]
+    n = len(order)
+    ks, k = [], 2
+    while k < n:
+        ks.append(k)
+        k = k + 1 if k < 4 else int(k * 1.5)
+    ks.append(n)
+    miss, hit = 1, None
+    attempts = 0
+    for k in ks:
+        attempts += 1
+        if ok(attempt(order[:k])):
             hit = k
             break
         miss = k
-        if k == n:
+        if attempts >= MAX_ATTEMPTS:
             break
-        k = min(2 * k, n)
     if hit is not None:
         lo = miss + 1
-        while lo < hit and len(tried) < MAX_ATTEMPTS:
+        while lo < hit and attempts < 2 * MAX_ATTEMPTS:
+            attempts += 1
             mid = (lo + hit) // 2
-            if ok(attempt(mid)):
+            if ok(attempt(order[:mid])):
                 hit = mid
             else:
                 lo = mid + 1
-        return tried[hit]
+        return tried[tuple(order[:hit])]
     done = [c for c in tried.values() if c is not None]
-    return max(done, key=lambda c: score(c["acc"], target)) if done else None
+    return max(done, key=lambda c: (score(c["acc"], target), _out_sqnr(c["acc"]))) if done else None
 
 
 def _bench_ms(path: str) -> float:
