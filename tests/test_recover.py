@@ -43,12 +43,12 @@ def test_cli_bad_target_and_method_exit_2(tmp_path, tiny_onnx):
 
 @pytest.fixture(scope="module")
 def lite0_recovered(tmp_path_factory):
-    """One rpi conversion with --accuracy-target top1=0.98 on 64 calibration / 96 validation photo crops."""
+    """One rpi conversion with --accuracy-target top1=0.98: 200 calibration and 200 validation photo crops,
+    drawn with different seeds (separate samples), plus 200 more (a third seed) held out for a final check."""
     d = tmp_path_factory.mktemp("lite0rec")
     onnx_path = models.efficientnet_lite0(str(d / "efficientnet_lite0.onnx"))
-    photos = ((models.sample_photos(160) - 0.5) / 0.5).astype(np.float32)
-    np.save(d / "calib.npy", photos[:64])
-    np.save(d / "val.npy", photos[64:])
+    for name, seed in (("calib", 1), ("val", 2), ("test", 3)):
+        np.save(d / f"{name}.npy", ((models.sample_photos(200, seed=seed) - 0.5) / 0.5).astype(np.float32))
     r = edgeopt_cli("convert", onnx_path, "--target", "rpi", "--calib", d / "calib.npy", "--val", d / "val.npy",
                     "--out", d / "rpi", "--accuracy-target", "top1=0.98", "--json")
     return d, onnx_path, r
@@ -56,7 +56,7 @@ def lite0_recovered(tmp_path_factory):
 
 @pytest.mark.slow
 def test_lite0_rpi_recovers_top1(lite0_recovered):
-    d, _, r = lite0_recovered
+    d, onnx_path, r = lite0_recovered
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(r.stdout)
     rec = m["recovery"]
@@ -66,20 +66,36 @@ def test_lite0_rpi_recovers_top1(lite0_recovered):
     assert plain["float_layers"] == [] and not plain["met"]
     assert plain["accuracy"]["logits"]["top1_agreement"] < 0.98
     assert rec["met"] and m["accuracy"]["outputs"]["logits"]["top1_agreement"] >= 0.98
+    # bias correction is tried before any layer is kept in float, and helps on its own
+    bc = next(s for s in rec["steps"] if s.get("recipe", {}).get("bias_correction") and not s["float_layers"])
+    assert bc["accuracy"]["logits"]["sqnr_db"] > plain["accuracy"]["logits"]["sqnr_db"] + 2
+    assert rec["chosen"]["recipe"]["bias_correction"] is True
+    # a handful of float layers, not all of them (3 of 60 here)
     floats = rec["chosen"]["float_layers"]
-    assert 1 <= len(floats) <= m["layers"]["total"]
-    # the float layers are the worst of the ranking, in order
-    assert [r["tensor"] for r in m["layers"]["layers"]][:min(len(floats), 20)] == floats[:20]
+    total = m["layers"]["total"]
+    assert total > 40 and 1 <= len(floats) <= total // 4
+    # they are the first of the end-to-end sensitivity order (output SQNR gain of each layer alone in float)
+    sens = rec["sensitivity"]["layers"]
+    gains = [x["sqnr_gain_db"] for x in sens]
+    assert gains == sorted(gains, reverse=True) and gains[0] > 0.5
+    assert [x["layer"] for x in sens][:len(floats)] == floats
     a = m["artifacts"][0]
     assert a["float_ops"] and "CONV_2D" in a["float_ops"]  # those layers compute in float on the Pi's CPU
     cost = rec["cost"]
-    assert cost["bytes"] == a["bytes"] and cost["bytes"] > cost["bytes_plain"]
+    assert cost["bytes"] == a["bytes"] and cost["bytes"] < 1.1 * cost["bytes_plain"]
     assert cost["latency_ms"] > 0 and cost["latency_ms_plain"] > 0
     assert m["calibration"]["recipe"]["float_layers"] == len(floats)
-    # the artifact in OUT_DIR is the recovered one and runs in edgeopt.runtime
+    # the artifact in OUT_DIR is the recovered one and runs in edgeopt.runtime; on the held-out crops it
+    # agrees with FP32 far more often than plain INT8 did on the validation crops
+    import onnxruntime as ort
+    x = np.load(d / "test.npy")
+    ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     model = edgeopt.runtime.load(str(d / "rpi"))
-    (out,) = model.run(np.load(d / "val.npy")[:2])
-    assert out.shape == (2, 1000)
+    (out,) = model.run(x)
+    assert out.shape == (200, 1000)
+    held_out = float(np.mean(out.argmax(1) == ref.argmax(1)))
+    print("held-out top-1 agreement", held_out)
+    assert held_out >= 0.95 > plain["accuracy"]["logits"]["top1_agreement"]
 
 
 @pytest.mark.slow
