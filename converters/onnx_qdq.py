@@ -39,21 +39,15 @@ def _stride(n: int, most: int = 16) -> int:
 def convert(job) -> list[dict]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src = job.static_onnx_path()
-    prep = os.path.join(job.workdir, "qdq-prep.onnx")
-    try:
-        # symbolic shape inference + graph optimisation, as onnxruntime recommends before quantizing
-        quant_pre_process(src, prep, skip_symbolic_shape=False)
-    except Exception:
-        prep = src
-    model = onnx.load(prep)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
-    if opset < 13:  # per-channel QuantizeLinear needs opset 13
-        model = onnx.version_converter.convert_version(model, 13)
-        prep = os.path.join(job.workdir, "qdq-prep13.onnx")
-        onnx.save(model, prep)
+    cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
+    if cache is not None and "prep" in cache:  # recovery candidates: the same float graph as the first
+        prep = cache["prep"]
+    else:
+        prep = _prepare(job, src)
+        if cache is not None:
+            cache["prep"] = prep
     out = os.path.join(job.workdir, "model.int8.qdq.onnx")
     names = [i["name"] for i in job.inputs]
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -70,7 +64,6 @@ def convert(job) -> list[dict]:
         # stays bounded (all samples at once, entropy on EfficientNet-Lite0 with 200 samples ran out of it)
         extra["CalibStridedMinMax"] = _stride(len(calib))
     exclude = list(job.options.get("nodes_to_exclude") or [])
-    cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
     key = (job.options.get("calibration_method", "minmax"), extra.get("CalibPercentile"),
            bool(job.options.get("per_channel", True)))
     try:
@@ -95,6 +88,24 @@ def convert(job) -> list[dict]:
     if exclude:
         art["float_nodes"] = exclude
     return [art]
+
+
+def _prepare(job, src: str) -> str:
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    prep = os.path.join(job.workdir, "qdq-prep.onnx")
+    try:
+        # symbolic shape inference + graph optimisation, as onnxruntime recommends before quantizing
+        quant_pre_process(src, prep, skip_symbolic_shape=False)
+    except Exception:
+        prep = src
+    model = onnx.load(prep)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+    if opset < 13:  # per-channel QuantizeLinear needs opset 13
+        model = onnx.version_converter.convert_version(model, 13)
+        prep = os.path.join(job.workdir, "qdq-prep13.onnx")
+        onnx.save(model, prep)
+    return prep
 
 
 class _CachedCalibrator:
@@ -172,7 +183,7 @@ def bias_corrected(job, prep: str, names: list[str], skip: set) -> str:
         inits = {i.name: i for i in fm.graph.initializer}
         q_inits = {i.name: i for i in qdq.graph.initializer}
         dq = {n.output[0]: n for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
-        q_nodes = {n.name: n for n in qdq.graph.node}
+        q_nodes = {n.output[0]: n for n in qdq.graph.node if n.output and n.op_type in ("Conv", "Gemm")}
         layers = [n for n in fm.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2
                   and n.input[1] in inits and n.input[2] in inits]
         import onnxruntime as ort
@@ -197,7 +208,7 @@ def bias_corrected(job, prep: str, names: list[str], skip: set) -> str:
                 sums[t] = sums.get(t, 0) + v
         shifts = {}
         for n in layers:
-            qn = q_nodes.get(n.name)
+            qn = q_nodes.get(n.output[0])  # quantize_static keeps the float graph's tensor names
             d = dq.get(qn.input[1]) if qn is not None and len(qn.input) > 1 else None
             if d is None or d.input[0] not in q_inits or n.input[0] not in sums:
                 continue

@@ -117,3 +117,37 @@ def test_lite0_layers_ranked_in_manifest_and_explain(lite0_recovered):
     assert rep["recovery"]["met"] is True
     t = edgeopt_cli("explain", d / "rpi", env={"COLUMNS": "200"})
     assert t.returncode == 0 and "RMSE/step" in t.stdout and "layers in float" in t.stdout
+
+
+def _tiny_job(tiny_onnx, tmp_path, cache):
+    import onnx
+
+    from edgeopt.pipeline import Job
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((20, 1, 3, 8, 8)) + 0.5).astype(np.float32)
+    import tempfile
+    w = tempfile.mkdtemp(dir=tmp_path)
+    j = Job(tiny_onnx, "onnx", None, [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}], [{"name": "y"}],
+            {"x": x.reshape(20, 3, 8, 8)}, "int8", w, onnx_model=onnx.load(tiny_onnx), options={})
+    if cache is not None:
+        j.calib_cache = cache
+    return j
+
+
+def test_qdq_calibration_reused_across_candidates_is_exact(tiny_onnx, tmp_path):
+    """Recovery calibrates once per recipe; candidates (with float nodes, other recipes) come out byte for byte
+    as a fresh quantize_static makes them."""
+    from edgeopt import converters
+    q = converters.load("edgeopt.converters.onnx_qdq")
+
+    def conv(job, **o):
+        job.options = o
+        return q.convert(job)[0]["data"]
+    cache = {}
+    shared = _tiny_job(tiny_onnx, tmp_path, cache)
+    assert conv(_tiny_job(tiny_onnx, tmp_path, None)) == conv(shared) == conv(shared)
+    assert ("minmax", None, True) in cache
+    assert conv(_tiny_job(tiny_onnx, tmp_path, None), calibration_method="percentile") == \
+        conv(shared, calibration_method="percentile")
+    bc = conv(shared, bias_correction=True)
+    assert bc != conv(shared) and shared.bias_correction_info["layers"] == 1
