@@ -125,7 +125,15 @@ def _candidates(report: dict, fmt: str) -> list[str]:
     rows = report["layers"]
     if fmt == "tflite":
         return [r["tensor"] for r in rows]
-    return [r["node"] for r in rows if r.get("quantized") and r["node"] and r["added_db"] > 0]
+    # activation-only nodes (Clip/Relu after a Conv) share their input's Q/DQ in the QDQ graph, and TensorRT
+    # fuses them into the conv: kept in float, the conv's output is quantized with its own, unclipped range
+    # (EfficientNet-Lite0: -14 dB for the stem's Clip). Data movement ops add no error of their own.
+    return [r["node"] for r in rows if r.get("quantized") and r["node"] and r["added_db"] > 0
+            and r["op"] not in _NOT_FLOAT_CANDIDATES]
+
+
+_NOT_FLOAT_CANDIDATES = {"Clip", "Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                         "Transpose", "Concat", "Split", "Pad", "Gather", "Resize", "Where", "ArgMax"}
 
 
 # ------------------------------------------------------------------------------------------- recovery
