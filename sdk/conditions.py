@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import time
 
+from .probes import parse_sections  # the same @@section output format
+
 __all__ = ["command", "parse", "snapshot", "assess", "Thresholds", "parse_cpufreq", "parse_thermal",
            "parse_loadavg", "parse_stat", "parse_vcgencmd_temp", "parse_throttled", "parse_nvpmodel",
            "parse_jetson_clocks", "parse_tegrastats", "THROTTLED_BITS"]
@@ -73,19 +75,6 @@ def command() -> str:
 
 # --------------------------------------------------------------------------------------------- parsers
 
-def parse_sections(text: str) -> dict[str, str]:
-    out, cur, buf = {}, None, []
-    for line in (text or "").splitlines():
-        m = re.fullmatch(r"@@([a-z_]+)", line.strip())
-        if m:
-            if cur:
-                out[cur] = "\n".join(buf).strip("\n")
-            cur, buf = m.group(1), []
-        elif cur:
-            buf.append(line)
-    if cur and cur != "end":
-        out[cur] = "\n".join(buf).strip("\n")
-    return out
 
 
 def _num(s):

@@ -81,9 +81,10 @@ def _shell_path(path: str) -> str:
 # --------------------------------------------------------------------------------------------- parsers
 
 def parse_sections(text: str) -> dict[str, str]:
+    """Split '@@name' marked output of a probe command into {name: text} (shared with edgeopt.conditions)."""
     out, cur, buf = {}, None, []
-    for line in text.splitlines():
-        m = re.fullmatch(r"@@([a-z]+)", line.strip())
+    for line in (text or "").splitlines():
+        m = re.fullmatch(r"@@([a-z_]+)", line.strip())
         if m:
             if cur:
                 out[cur] = "\n".join(buf).strip("\n")

@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from .runtime import latency_stats
+
 __all__ = ["CV_THRESHOLD", "summarize", "percentiles", "bootstrap_ci", "mann_whitney", "compare_samples",
            "over_time"]
 
@@ -24,15 +26,9 @@ SEED = 0
 
 
 def percentiles(samples_ms) -> dict:
-    """min/p50/p90/p95/p99/mean/std/max/cv of the samples (std with ddof=1; cv = std/mean)."""
-    a = np.asarray(samples_ms, dtype=np.float64)
-    if a.size == 0:
-        return {}
-    p = np.percentile(a, [50, 90, 95, 99])
-    mean = float(a.mean())
-    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
-    return {"min": float(a.min()), "p50": float(p[0]), "p90": float(p[1]), "p95": float(p[2]), "p99": float(p[3]),
-            "mean": mean, "std": std, "max": float(a.max()), "cv": (std / mean) if mean > 0 else 0.0}
+    """min/p50/p90/p95/p99/mean/std/max/cv of the samples (std with ddof=1; cv = std/mean): the runner's own
+    computation, so host and device report the same numbers."""
+    return latency_stats(samples_ms)
 
 
 def _boot_stats(a: np.ndarray, n_boot: int, seed: int, fns) -> list[np.ndarray]:
