@@ -49,6 +49,19 @@ def fingerprint(key) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
+def _copy(src, dst, size: int, callback=None) -> None:
+    """Copy in 1 MiB blocks, reporting (bytes done, total) to ``callback``: the same loop for both twins."""
+    done = 0
+    while True:
+        block = src.read(1 << 20)
+        if not block:
+            break
+        dst.write(block)
+        done += len(block)
+        if callback:
+            callback(done, size)
+
+
 @dataclass
 class Result:
     rc: int
@@ -144,18 +157,9 @@ class LocalConnection(Connection):
         return self._checked(cmd, Result(p.returncode, p.stdout, p.stderr, time.perf_counter() - t0), check)
 
     def put(self, local, remote, callback=None) -> None:
-        size = os.path.getsize(local)
-        done = 0
         try:
             with open(local, "rb") as src, open(remote, "wb") as dst:
-                while True:
-                    block = src.read(1 << 20)
-                    if not block:
-                        break
-                    dst.write(block)
-                    done += len(block)
-                    if callback:
-                        callback(done, size)
+                _copy(src, dst, os.path.getsize(local), callback)
         except OSError as e:
             raise DeviceError(f"cannot write {remote}: {e.strerror or e}", device=self.device.name) from None
 
@@ -415,20 +419,11 @@ class SSHConnection(Connection):
 
     def put(self, local, remote, callback=None) -> None:
         sftp = self.sftp()
-        size = os.path.getsize(local)
-        done = 0
         try:
             with open(local, "rb") as src, sftp.open(remote, "wb") as dst:
                 dst.set_pipelined(True)   # do not wait for each write's ack
                 dst.MAX_REQUEST_SIZE = SFTP_REQUEST_SIZE
-                while True:
-                    block = src.read(1 << 20)
-                    if not block:
-                        break
-                    dst.write(block)
-                    done += len(block)
-                    if callback:
-                        callback(done, size)
+                _copy(src, dst, os.path.getsize(local), callback)
         except DeviceError:
             raise
         except Exception as e:
