@@ -17,6 +17,7 @@ QUANTIZED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu"
                  "GlobalAveragePool", "MaxPool", "Concat", "Sigmoid", "HardSigmoid", "Resize", "Softmax",
                  "LeakyRelu", "Where", "Split", "Pad", "ArgMax", "Squeeze", "Unsqueeze", "Reshape", "Transpose",
                  "Flatten", "Gather", "InstanceNormalization", "LayerNormalization", "Sub", "Div"}
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def _session(model, outputs):
@@ -32,7 +33,9 @@ def _session(model, outputs):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as edgeopt.runtime runs QDQ
     so.log_severity_level = 3
     so.intra_op_num_threads = 1
-    s = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    from edgeopt.runtime import KEEP_FLOAT_OPTIMIZERS  # float nodes stay float, as edgeopt.runtime runs them
+    s = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(KEEP_FLOAT_OPTIMIZERS))
     return s
 
 
@@ -70,6 +73,9 @@ def layer_errors(float_path: str, qdq_path_or_bytes, samples: list[dict]) -> lis
         return 99.0 if noise[t] == 0 else min(99.0, 10 * math.log10(sig[t] / noise[t]))
 
     q_nodes = {n.name for n in qm.graph.node}
+    dq_out = {o for n in qm.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    float_w = {n.name for n in qm.graph.node  # kept in float (nodes_to_exclude): weights not behind a DQ
+               if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] not in dq_out}
     rows = []
     for n in nodes:
         out = sqnr(n.output[0])
@@ -80,6 +86,6 @@ def layer_errors(float_path: str, qdq_path_or_bytes, samples: list[dict]) -> lis
         before = min(ins) if ins else 99.0  # a node that mixes branches is not blamed for the worse one
         rows.append({"node": n.name, "op": n.op_type, "tensor": n.output[0], "sqnr_db": round(out, 2),
                      "added_db": round(max(0.0, before - out), 3),
-                     "quantized": n.op_type in QUANTIZED_OPS and n.name in q_nodes})
+                     "quantized": n.op_type in QUANTIZED_OPS and n.name in q_nodes and n.name not in float_w})
     rows.sort(key=lambda r: (-r["added_db"], r["sqnr_db"]))
     return rows

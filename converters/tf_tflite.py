@@ -330,7 +330,9 @@ def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict
             out = qi._get_tensor_details(op["outputs"][0], subgraph_index=0)["name"]
             q_ops[out] = int(op["inputs"][1])
     # per-channel means of the layers' inputs, float model on the calibration samples
-    fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # "intended for debugging": that is what it is used for here
+        warnings.simplefilter("ignore", UserWarning)
+        fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
     fi.allocate_tensors()
     ins = [d["index"] for d in fi.get_input_details()]
     want = {inputs[0] for _, inputs, _ in layers}

@@ -202,8 +202,10 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
         shutil.rmtree(workdir, ignore_errors=True)
     manifest["_out"] = out  # not written to disk: where the caller finds the files
     if failures:
+        need = (manifest.get("recovery") or {}).get("needs_cpu_ops")
         raise GateError("accuracy gate failed: " + "; ".join(failures),
-                        hint=f"artifacts and report kept in {out}", result=manifest)
+                        hint=(need["note"] + "; " if need else "") + f"artifacts and report kept in {out}",
+                        result=manifest)
     return manifest
 
 
@@ -576,6 +578,8 @@ def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src
                     "input_shapes": {i["name"]: i["shape"] for i in static_in}},
         "toolchain": toolchain(fmt),
     }
+    if options.get("allow_cpu_ops"):
+        m["options"]["allow_cpu_ops"] = True
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch and epoch.isdigit():
         import datetime

@@ -82,6 +82,10 @@ def target_str(target: dict) -> str:
     return ",".join(f"{k}={v:g}" for k, v in target.items())
 
 
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}" + ("" if k == 1 else "s")
+
+
 def _brief(acc: dict) -> dict:
     return {n: {k: m[k] for k in ("top1_agreement", "sqnr_db", "cosine") if k in m} for n, m in acc.items()}
 
@@ -296,7 +300,7 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
         key = tuple(floats)
         if key in tried:
             return tried[key]
-        say(f"accuracy recovery: {what or str(len(floats)) + ' layers in float'}")
+        say(f"accuracy recovery: {what or _n(len(floats), 'layer') + ' in float'}")
         try:
             c = build(list(floats))
             c["acc"] = evaluate(c["art"])[0]
@@ -396,5 +400,5 @@ def _coral_cost(c: dict, evaluate) -> dict:
     os.remove(path)
     return {"float_layers": c["float"], "accuracy": _brief(c["acc"]), "edgetpu_ops": s["tpu_ops"],
             "cpu_ops": s["cpu_ops"], "ops": s["ops"],
-            "note": f"keeping {len(c['float'])} layers in float would move {s['cpu_ops']} of {s['ops']} ops off the "
+            "note": f"keeping {_n(len(c['float']), 'layer')} in float would move {s['cpu_ops']} of {s['ops']} ops off the "
                     "Edge TPU to the CPU; allow it with --allow-cpu-ops"}

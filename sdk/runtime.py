@@ -195,6 +195,14 @@ class _TFLiteBackend:
         return [self.interp.get_tensor(s.index) for s in specs]
 
 
+# onnxruntime (>= 1.20) graph transformers that quantize what a QDQ model keeps in float: WeightBiasQuantization
+# gives a Conv/Gemm with float weights behind a DequantizeLinear input per-tensor INT8 weights. A layer kept in
+# float on purpose (accuracy recovery: nodes_to_exclude) would then run in INT8 with a worse recipe than the
+# rest (EfficientNet-Lite0's first depthwise conv: 18 -> 9 dB); TensorRT runs such a layer in FP16. Names an
+# older onnxruntime does not know are ignored.
+KEEP_FLOAT_OPTIMIZERS = ("WeightBiasQuantization",)
+
+
 class _OnnxBackend:
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     SHORT = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
@@ -227,13 +235,14 @@ class _OnnxBackend:
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
         opts = [self._provider_options(p, path) for p in providers]
+        kw = {"disabled_optimizers": list(KEEP_FLOAT_OPTIMIZERS)} if qdq else {}
         try:
-            self.sess = ort.InferenceSession(path, sess_options=so, providers=list(zip(providers, opts)))
+            self.sess = ort.InferenceSession(path, sess_options=so, providers=list(zip(providers, opts)), **kw)
         except Exception as e:
             if provider or providers[0] == "CPUExecutionProvider":
                 raise
             # a GPU provider that is listed but cannot start (no GPU, library mismatch): run on the CPU, say so
-            self.sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"], **kw)
             self.note = (f"{providers[0]} failed ({str(e).strip().splitlines()[0][:200] if str(e).strip() else e!r}); "
                          "ran on CPUExecutionProvider")
         self.provider = self.sess.get_providers()[0]

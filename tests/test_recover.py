@@ -151,3 +151,119 @@ def test_qdq_calibration_reused_across_candidates_is_exact(tiny_onnx, tmp_path):
         conv(shared, calibration_method="percentile")
     bc = conv(shared, bias_correction=True)
     assert bc != conv(shared) and shared.bias_correction_info["layers"] == 1
+
+
+def test_qdq_float_node_stays_float_in_runtime(tmp_path):
+    """A Conv kept in float (nodes_to_exclude) runs with its float weights in edgeopt.runtime and the per-layer
+    report: onnxruntime's WeightBiasQuantization would otherwise give it per-tensor INT8 weights (a depthwise
+    conv whose channels differ 1000x in scale then loses its small channels)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from edgeopt.converters import debug_onnx
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    dw = (rng.standard_normal((8, 1, 3, 3)) * np.logspace(-3, 0, 8)[:, None, None, None]).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+         helper.make_node("Conv", ["r1", "dw"], ["c2"], pads=[1, 1, 1, 1], group=8, name="dwconv"),
+         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+         helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3")],
+        "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(dw, "dw"),
+         numpy_helper.from_array(np.eye(8, dtype=np.float32)[:, :, None, None], "w3")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src, out = str(tmp_path / "dw.onnx"), str(tmp_path / "dw.int8.qdq.onnx")
+    onnx.save(m, src)
+    xs = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
+
+    class Reader:
+        it = iter([{"x": x} for x in xs])
+
+        def get_next(self):
+            return next(self.it, None)
+    quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=["dwconv"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    assert "dw" in {i.name for i in onnx.load(out).graph.initializer}  # the artifact keeps it in float
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the QDQ graph as written
+    exact = ort.InferenceSession(out, so, providers=["CPUExecutionProvider"])
+    got = edgeopt.runtime.load(out)
+    for x in xs[:3]:
+        want = exact.run(None, {"x": x})[0]
+        (y,) = got.run(x)
+        small = want[:, :4]  # the channels per-tensor INT8 weights would round to (almost) zero
+        assert np.abs(y[:, :4] - small).max() <= 1e-3 * np.abs(small).max()
+    rows = {r["node"]: r for r in debug_onnx.layer_errors(src, out, [{"x": x} for x in xs[:3]])}
+    assert not rows["dwconv"]["quantized"] and rows["conv1"]["quantized"] and rows["conv3"]["quantized"]
+
+
+# ------------------------------------------------------------- Coral: float layers leave the Edge TPU
+
+@pytest.fixture(scope="module")
+def coral_recovery(keras_cnn, fm_data, tmp_path_factory):
+    """The Keras Fashion-MNIST CNN for Coral with an SQNR target plain INT8 misses (plain ~39 dB), without and
+    with --allow-cpu-ops."""
+    d = tmp_path_factory.mktemp("coralrec")
+    args = ["convert", keras_cnn, "--target", "coral", "--calib", fm_data["calib_nhwc"], "--val",
+            fm_data["val_nhwc"], "--accuracy-target", "sqnr=44", "--json"]
+    ask = edgeopt_cli(*args, "--out", d / "ask")
+    allow = edgeopt_cli(*args, "--out", d / "allow", "--allow-cpu-ops")
+    return d, ask, allow
+
+
+@pytest.mark.slow
+def test_coral_float_layers_only_with_allow_cpu_ops(coral_recovery):
+    d, ask, allow = coral_recovery
+    # without --allow-cpu-ops: exit 1, the all-INT8 artifact kept, and what it would take said
+    assert ask.returncode == 1, ask.stderr[-2000:]
+    assert "--allow-cpu-ops" in ask.stderr
+    m = json.loads(ask.stdout)
+    rec = m["recovery"]
+    assert not rec["met"] and rec["chosen"]["float_layers"] == []
+    assert m["accuracy"]["outputs"]["logits"]["sqnr_db"] < 44
+    need = rec["needs_cpu_ops"]
+    assert need["float_layers"] and need["cpu_ops"] > 0 and need["accuracy"]["logits"]["sqnr_db"] >= 44
+    assert not m["artifacts"][0].get("float_ops")
+    assert m["edgetpu"]["summary"]["cpu_ops"] == 0
+    assert json.loads((d / "ask" / "manifest.json").read_text())["recovery"]["needs_cpu_ops"] == need
+    # with it: the same layers kept in float, the target met, and exactly the ops said leave the Edge TPU
+    assert allow.returncode == 0, allow.stderr[-2000:]
+    m2 = json.loads(allow.stdout)
+    rec2 = m2["recovery"]
+    assert rec2["met"] and rec2["chosen"]["float_layers"] == need["float_layers"]
+    assert m2["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 44
+    assert m2["artifacts"][0]["float_ops"]
+    assert m2["edgetpu"]["summary"]["cpu_ops"] == need["cpu_ops"] > 0
+    assert m2["options"].get("allow_cpu_ops") is True
+
+
+@pytest.mark.slow
+def test_explain_with_val_remeasures(coral_recovery, keras_cnn, fm_data, fmnist):
+    """explain --val redoes the plain conversion on other validation data and ranks its layers."""
+    d, _, allow = coral_recovery
+    xte = fmnist[2]
+    other = d / "val-other.npy"
+    np.save(other, xte[2000:2300, :, :, None])
+    r = edgeopt_cli("explain", d / "allow", "--val", other, "--model", keras_cnn, "--calib", fm_data["calib_nhwc"],
+                    "--json", "--top", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    rows = rep["layers"]["layers"]
+    vals = [x["rmse_scale"] for x in rows]
+    assert len(rows) == 4 and vals == sorted(vals, reverse=True) and vals[0] > 0
+    assert rep["rebuilt_identical"] is False and "recovered artifact" in rep["note"]
+    assert "val-other.npy" in rep["note"]  # measured on the data given, not convert's
+    assert 0.9 < rep["accuracy"]["logits"]["top1_agreement"] <= 1.0
+    assert rep["float_layers"] == json.loads(allow.stdout)["recovery"]["chosen"]["float_layers"]
+    # a file that is not validation data: one error line, exit 2
+    bad = d / "bad.npy"
+    np.save(bad, np.zeros((3, 5), np.float32))
+    r = edgeopt_cli("explain", d / "allow", "--val", bad, "--model", keras_cnn, "--calib", fm_data["calib_nhwc"])
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
