@@ -433,7 +433,7 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops)
                   "note": "the plain recipe meets the target"}
         return art, report, None
     new, _, report = R.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops, progress=progress,
-                               samples=samples)
+                               samples=samples, n_val=D.count(vdata))
     return new, report, report.pop("layers", None)
 
 

@@ -32,6 +32,7 @@ TOP_LAYERS = 20          # layers kept in the manifest
 DEBUG_SAMPLES = 32       # samples the per-layer report runs on
 MAX_ATTEMPTS = 12        # prefixes of the sensitivity order tried (and as many bisection steps)
 SENS_CANDIDATES = 20     # worst layers of the per-layer ranking whose end-to-end effect is measured
+ENTROPY_IF_DB = 0.5      # entropy calibration only when percentile gained at least this much output SQNR
 
 _KEYS = {"top1": "top1", "top1_agreement": "top1", "sqnr": "sqnr", "sqnr_db": "sqnr"}
 
@@ -80,6 +81,15 @@ def score(outputs: dict, target: dict) -> float:
 
 def target_str(target: dict) -> str:
     return ",".join(f"{k}={v:g}" for k, v in target.items())
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion p measured on n samples."""
+    import math
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
 
 
 def _n(k: int, word: str) -> str:
@@ -132,8 +142,9 @@ def _candidates(report: dict, fmt: str) -> list[str]:
     # activation-only nodes (Clip/Relu after a Conv) share their input's Q/DQ in the QDQ graph, and TensorRT
     # fuses them into the conv: kept in float, the conv's output is quantized with its own, unclipped range
     # (EfficientNet-Lite0: -14 dB for the stem's Clip). Data movement ops add no error of their own.
-    return [r["node"] for r in rows if r.get("quantized") and r["node"] and r["added_db"] > 0
-            and r["op"] not in _NOT_FLOAT_CANDIDATES]
+    # A node whose output SQNR is above its input's (added_db 0: a conv averages uncorrelated noise) still
+    # adds INT8 error of its own, so it stays a candidate, after the others.
+    return [r["node"] for r in rows if r.get("quantized") and r["node"] and r["op"] not in _NOT_FLOAT_CANDIDATES]
 
 
 _NOT_FLOAT_CANDIDATES = {"Clip", "Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
@@ -143,7 +154,7 @@ _NOT_FLOAT_CANDIDATES = {"Clip", "Relu", "LeakyRelu", "MaxPool", "Reshape", "Fla
 # ------------------------------------------------------------------------------------------- recovery
 
 def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bool = False,
-            progress=None, samples=None) -> tuple[dict, dict, dict]:
+            progress=None, samples=None, n_val: int | None = None) -> tuple[dict, dict, dict]:
     """(artifact, accuracy, report). ``evaluate(art) -> (accuracy, path)`` runs a candidate on the validation
     data. The returned artifact is the first that meets the target with the fewest float layers, or the best
     one tried when none does (the plain one for Coral without ``allow_cpu_ops``)."""
@@ -162,11 +173,12 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     # 1. calibration recipes, in order of cost
     if art["format"] == "onnx" and not meets(acc, target):
         for method in ("percentile", "entropy"):
-            if method == "entropy" and _out_sqnr(steps[-1]["accuracy"]) <= _out_sqnr(acc):
-                # both clip outliers of the activation ranges; when percentile does not help, entropy
-                # (much slower: histograms of every tensor) is not tried
+            if method == "entropy" and _out_sqnr(steps[-1]["accuracy"]) < _out_sqnr(acc) + ENTROPY_IF_DB:
+                # both clip outliers of the activation ranges; when percentile clipping does not help, outliers
+                # are not what is lost and entropy (minutes: histograms of every tensor) is not tried
                 steps.append({"recipe": dict(_recipe(dict(job.options, calibration_method=method), [])),
-                              "skipped": "percentile clipping did not raise output SQNR over min-max"})
+                              "skipped": f"percentile clipping raised output SQNR by less than {ENTROPY_IF_DB} dB "
+                                         "over min-max"})
                 continue
             say(f"accuracy recovery: {method} calibration")
             opts = dict(job.options, calibration_method=method)
@@ -225,10 +237,17 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     report["met"] = meets(best["acc"], target)
     report["chosen"] = {"recipe": best["recipe"], "float_layers": best["float"],
                         "accuracy": _brief(best["acc"])}
+    if n_val:
+        ci = {k: wilson(m["top1_agreement"], n_val) for k, m in best["acc"].items() if "top1_agreement" in m}
+        if ci:
+            report["chosen"]["top1_ci95"] = ci
+            report["chosen"]["validation_samples"] = n_val
     if best is not plain:
         report["cost"] = _cost(plain, best, evaluate)
     report["note"] = ("layers are ranked, and the target checked, on the validation samples: the accuracy shown "
-                      "is what was selected for, not a held-out estimate")
+                      "is what was selected for, not a held-out estimate"
+                      + ("; top1_ci95 is the 95% (Wilson) interval of top-1 agreement on that many samples, "
+                         "selection not included" if "top1_ci95" in report["chosen"] else ""))
     return best["art"], best["acc"], report
 
 

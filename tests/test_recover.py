@@ -27,6 +27,10 @@ def test_meets_and_score():
     assert meets(out, {"sqnr": 30}) and not meets(out, {"top1": 0.98})
     assert score(out, {"top1": 0.98}) == pytest.approx(-0.01)
     assert score(out, {"top1": 0.95, "sqnr": 30}) == pytest.approx(0.01)
+    # Wilson 95% interval (published values: 196/200 -> 0.9497..0.9922; 50/50 -> 0.9287..1)
+    from edgeopt.recover import wilson
+    assert wilson(0.98, 200) == pytest.approx([0.9497, 0.9922], abs=1e-4)
+    assert wilson(1.0, 50) == pytest.approx([0.9287, 1.0], abs=2e-4)
 
 
 def test_cli_bad_target_and_method_exit_2(tmp_path, tiny_onnx):
@@ -267,3 +271,83 @@ def test_explain_with_val_remeasures(coral_recovery, keras_cnn, fm_data, fmnist)
     np.save(bad, np.zeros((3, 5), np.float32))
     r = edgeopt_cli("explain", d / "allow", "--val", bad, "--model", keras_cnn, "--calib", fm_data["calib_nhwc"])
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_qdq_float_nodes_read_float_activations(tmp_path):
+    """A node kept in float reads its input unquantized (the Q/DQ pair before it is bypassed and removed when
+    nothing else reads it), and a Clip/Relu whose only reader is that node joins it; quantized readers of the
+    same tensors keep their pairs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.converters import onnx_qdq
+    from edgeopt.pipeline import Job
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("dw", (8, 1, 3, 3)), ("w3", (8, 8, 1, 1)), ("w4", (8, 8, 1, 1)))]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+         helper.make_node("Conv", ["r1", "dw"], ["c2"], pads=[1, 1, 1, 1], group=8, name="dwconv"),
+         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+         helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
+         helper.make_node("Conv", ["r2", "w4"], ["c4"], name="conv4"),
+         helper.make_node("Add", ["c3", "c4"], ["y"], name="add")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = str(tmp_path / "g.onnx")
+    onnx.save(m, src)
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    j = Job(src, "onnx", None, [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}], [{"name": "y"}],
+            {"x": x}, "int8", str(tmp_path), onnx_model=m, options={})
+
+    def build(exclude):
+        j.options = {"nodes_to_exclude": exclude}
+        q = onnx.load_from_string(onnx_qdq.convert(j)[0]["data"])
+        return {n.name: list(n.input) for n in q.graph.node}, {n.input[0] for n in q.graph.node
+                                                               if n.op_type == "QuantizeLinear"}
+    ins, quantized = build([])
+    assert {"x", "r1", "r2"} <= quantized and "r1" not in ins["dwconv"]  # plain: every activation INT8
+    ins, quantized = build(["dwconv", "conv3"])
+    assert ins["dwconv"][0] == "r1" and ins["relu1"][0] == "c1"  # relu1 joined dwconv: float from conv1 on
+    assert "r1" not in quantized and "c1" not in quantized
+    assert ins["conv3"][0] == "r2" and ins["conv4"][0] != "r2"  # conv4 (INT8) keeps its Q/DQ on r2
+    assert "r2" in quantized and ins["relu2"][0] == "c2"  # relu2 has an INT8 reader: quantized, not joined
+    assert "x" in quantized and ins["conv1"][0] != "x"  # conv1 stays INT8
+
+
+def test_qdq_recovery_fmnist_jetson(onnx_cnn, fm_data, tmp_path):
+    """QDQ (Jetson) recovery end to end on the Fashion-MNIST CNN with an SQNR target plain INT8 misses (plain
+    ~41 dB): the recipes are tried, then layers kept in float, which read float activations."""
+    import onnx
+    r = edgeopt_cli("convert", onnx_cnn, "--target", "jetson", "--calib", fm_data["calib_nchw"], "--val",
+                    fm_data["val_nchw"], "--accuracy-target", "sqnr=45", "--out", tmp_path / "o", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout)
+    rec = m["recovery"]
+    steps = rec["steps"]
+    assert not steps[0]["met"] and steps[0]["accuracy"]["logits"]["sqnr_db"] < 45
+    assert steps[1]["recipe"]["calibration_method"] == "percentile"
+    assert any(s.get("recipe", {}).get("bias_correction") for s in steps)
+    floats = rec["chosen"]["float_layers"]
+    assert rec["met"] and 1 <= len(floats) <= 2 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 45
+    assert m["calibration"]["recipe"]["float_layers"] == len(floats)
+    lo, hi = rec["chosen"]["top1_ci95"]["logits"]
+    assert rec["chosen"]["validation_samples"] == 1000
+    assert lo < m["accuracy"]["outputs"]["logits"]["top1_agreement"] < hi and hi - lo < 0.03
+    # every candidate the sensitivity pass tried is a compute node, not an activation or data movement
+    assert {x["layer"].rsplit("/", 1)[-1] for x in rec["sensitivity"]["layers"]} <= {"Conv", "Gemm"}
+    q = onnx.load(str(tmp_path / "o" / "model.int8.qdq.onnx"))
+    by_out = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        if n.name in floats:  # float weights and float input: TensorRT runs it in FP16
+            assert all(by_out[t].op_type != "DequantizeLinear" for t in n.input if t in by_out)
+    assert rec["cost"]["size_ratio"] < 1.1
+    got = edgeopt.runtime.load(str(tmp_path / "o"))
+    xv = np.load(fm_data["val_nchw"])[:200]
+    import onnxruntime as ort
+    ref = ort.InferenceSession(onnx_cnn, providers=["CPUExecutionProvider"]).run(None, {"image": xv})[0]
+    (y,) = got.run(xv)
+    assert 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - y) ** 2)) > 44  # what the manifest says, in the runtime

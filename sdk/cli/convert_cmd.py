@@ -126,7 +126,13 @@ def print_summary(manifest: dict):
         ch = rec["chosen"]
         n = len(ch.get("float_layers") or [])
         c.print(f"accuracy target {rec.get('target_str')}: {'met' if rec.get('met') else 'NOT met'} with "
-                f"{ch['recipe']['calibration_method']} calibration" + (f", {n} layers kept in float" if n else ""))
+                f"{ch['recipe']['calibration_method']} calibration"
+                + (" + bias correction" if ch["recipe"].get("bias_correction") else "")
+                + (f", {n} layer{'s' if n != 1 else ''} kept in float" if n else ""))
+        for name, (lo, hi) in (ch.get("top1_ci95") or {}).items():
+            top1 = ch["accuracy"][name]["top1_agreement"]
+            c.print(f"  {name}: top-1 agreement {top1:.3f} on {ch['validation_samples']} validation samples "
+                    f"(95% interval {lo:.3f}-{hi:.3f}; selected on them, not held out)")
         cost = rec.get("cost")
         if cost:
             c.print(f"  cost: size x{cost['size_ratio']} ({cost['bytes_plain']} -> {cost['bytes']} bytes), latency "
