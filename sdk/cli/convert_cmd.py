@@ -121,23 +121,29 @@ def print_summary(manifest: dict):
         s = tpu["summary"]
         c.print(f"Edge TPU pre-flight: {s['tpu_ops']}/{s['ops']} ops on the TPU"
                 + (f", partition ends at {s['partition_end']}" if s["partition_end"] else ""))
+    print_recovery(c, manifest)
+
+
+def print_recovery(c, manifest: dict):
+    """What --accuracy-target did: met or not, recipe, float layers, the top-1 interval, cost."""
     rec = manifest.get("recovery")
-    if rec:
-        ch = rec["chosen"]
-        n = len(ch.get("float_layers") or [])
-        c.print(f"accuracy target {rec.get('target_str')}: {'met' if rec.get('met') else 'NOT met'} with "
-                f"{ch['recipe']['calibration_method']} calibration"
-                + (" + bias correction" if ch["recipe"].get("bias_correction") else "")
-                + (f", {n} layer{'s' if n != 1 else ''} kept in float" if n else ""))
-        for name, (lo, hi) in (ch.get("top1_ci95") or {}).items():
-            top1 = ch["accuracy"][name]["top1_agreement"]
-            c.print(f"  {name}: top-1 agreement {top1:.3f} on {ch['validation_samples']} validation samples "
-                    f"(95% interval {lo:.3f}-{hi:.3f}; selected on them, not held out)")
-        cost = rec.get("cost")
-        if cost:
-            c.print(f"  cost: size x{cost['size_ratio']} ({cost['bytes_plain']} -> {cost['bytes']} bytes), latency "
-                    f"x{cost['latency_ratio']} ({cost['latency_ms_plain']} -> {cost['latency_ms']} ms, 1 thread, "
-                    "this host)")
-        if rec.get("needs_cpu_ops"):
-            c.print("  " + rec["needs_cpu_ops"]["note"])
-        c.print("  per-layer report: edgeopt explain " + (manifest.get("_out") or "OUT_DIR"))
+    if not rec:
+        return
+    ch = rec["chosen"]
+    n = len(ch.get("float_layers") or [])
+    c.print(f"accuracy target {rec.get('target_str')}: {'met' if rec.get('met') else 'NOT met'} with "
+            f"{ch['recipe']['calibration_method']} calibration"
+            + (" + bias correction" if ch["recipe"].get("bias_correction") else "")
+            + (f", {n} layer{'s' if n != 1 else ''} kept in float" if n else ""))
+    for name, (lo, hi) in (ch.get("top1_ci95") or {}).items():
+        top1 = ch["accuracy"][name]["top1_agreement"]
+        c.print(f"  {name}: top-1 agreement {top1:.3f} on {ch['validation_samples']} validation samples "
+                f"(95% interval {lo:.3f}-{hi:.3f}; selected on them, not held out)")
+    cost = rec.get("cost")
+    if cost:
+        c.print(f"  cost: size x{cost['size_ratio']} ({cost['bytes_plain']} -> {cost['bytes']} bytes), latency "
+                f"x{cost['latency_ratio']} ({cost['latency_ms_plain']} -> {cost['latency_ms']} ms, 1 thread, "
+                "this host)")
+    if rec.get("needs_cpu_ops"):
+        c.print("  " + rec["needs_cpu_ops"]["note"])
+    c.print("  per-layer report: edgeopt explain " + (manifest.get("_out") or "OUT_DIR"))

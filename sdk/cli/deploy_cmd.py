@@ -88,6 +88,8 @@ def deploy(
             if "top1_accuracy" in o:
                 parts.append(f"top-1 accuracy {o['top1_accuracy']:.3f} (FP32 {o['fp32_top1_accuracy']:.3f})")
             console().print(f"accuracy vs FP32 on {acc.get('samples')} samples, {name}: " + ", ".join(parts))
+        from edgeopt.cli.convert_cmd import print_recovery
+        print_recovery(console(), dict(m, _out=res["out"]))
         if no_bench:
             for r in res["results"]:
                 if "error" not in r:
