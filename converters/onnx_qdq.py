@@ -59,13 +59,16 @@ def convert(job) -> list[dict]:
     if job.options.get("calib_percentile") is not None:
         extra["CalibPercentile"] = float(job.options["calib_percentile"])
     calib = job.calib_samples()
+    if job.options.get("histogram_samples") and job.options.get("calibration_method", "minmax") != "minmax":
+        # recovery: histograms of every tensor are costly (minutes), the first samples give the tails
+        calib = calib[:int(job.options["histogram_samples"])]
     if job.options.get("calibration_method", "minmax") != "minmax" and len(calib) > 16:
         # histogram calibrators keep every sample's tensors until they histogram them: in chunks, memory
         # stays bounded (all samples at once, entropy on EfficientNet-Lite0 with 200 samples ran out of it)
         extra["CalibStridedMinMax"] = _stride(len(calib))
     exclude = list(job.options.get("nodes_to_exclude") or [])
     key = (job.options.get("calibration_method", "minmax"), extra.get("CalibPercentile"),
-           bool(job.options.get("per_channel", True)))
+           bool(job.options.get("per_channel", True)), len(calib))
     try:
         with _reuse_calibration(cache, key), contextlib.redirect_stdout(sys.stderr):  # calibrators print
             quantize_static(

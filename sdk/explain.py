@@ -74,6 +74,8 @@ def explain(out_dir: str, val=None, model: str | None = None, calib=None, top: i
     kw = {"calibration_method": recipe.get("calibration_method") or cal.get("method") or "minmax"}
     if recipe.get("calibration_method") == "percentile" and recipe.get("percentile"):
         kw["calib_percentile"] = recipe["percentile"]
+    if recipe.get("calibration_samples"):
+        kw["histogram_samples"] = recipe["calibration_samples"]
     if recipe and not recipe.get("per_channel", True):
         kw["per_channel"] = False
     import edgeopt

@@ -32,6 +32,7 @@ TOP_LAYERS = 20          # layers kept in the manifest
 DEBUG_SAMPLES = 32       # samples the per-layer report runs on
 MAX_ATTEMPTS = 12        # prefixes of the sensitivity order tried (and as many bisection steps)
 SENS_CANDIDATES = 20     # worst layers of the per-layer ranking whose end-to-end effect is measured
+HISTOGRAM_SAMPLES = 64   # calibration samples percentile/entropy calibration histograms (minutes per recipe)
 ENTROPY_IF_DB = 0.5      # entropy calibration only when percentile gained at least this much output SQNR
 
 _KEYS = {"top1": "top1", "top1_agreement": "top1", "sqnr": "sqnr", "sqnr_db": "sqnr"}
@@ -181,7 +182,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
                                          "over min-max"})
                 continue
             say(f"accuracy recovery: {method} calibration")
-            opts = dict(job.options, calibration_method=method)
+            opts = dict(job.options, calibration_method=method, histogram_samples=HISTOGRAM_SAMPLES)
             c = _build_onnx(job, opts, [])
             c["acc"] = evaluate(c["art"])[0]
             steps.append(_step(c, target))
@@ -197,8 +198,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
                 c = _build_tflite(job, art, [], bias_correction=True)
             else:
                 c = _build_onnx(job, dict(job.options, bias_correction=True,
-                                          **{k: v for k, v in best["recipe"].items()
-                                             if k == "calibration_method"}), [])
+                                          **_recipe_options(dict(best["recipe"], bias_correction=True))), [])
             c["acc"] = evaluate(c["art"])[0]
             st = _step(c, target)
             st["bias_correction"] = (getattr(_debugger(job), "bias_correction_info", None)
@@ -215,8 +215,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     if not meets(best["acc"], target) or job.options.get("explain"):
         # 2. per-layer error of the best recipe so far
         say("accuracy recovery: per-layer error")
-        base_opts = dict(job.options, **{k: v for k, v in best["recipe"].items()
-                                         if k in ("calibration_method", "bias_correction")})
+        base_opts = dict(job.options, **_recipe_options(best["recipe"]))
         if art["format"] == "onnx" and best is not plain:
             _build_onnx(job, base_opts, [])  # job.qdq_prep for that recipe (same float graph)
         report["layers"] = layers(job, best["art"], samples)
@@ -258,7 +257,19 @@ def _recipe(options: dict, floats: list) -> dict:
         r["bias_correction"] = True
     if r["calibration_method"] == "percentile":
         r["percentile"] = float(options.get("calib_percentile") or 99.999)
+    if options.get("histogram_samples") and r["calibration_method"] != "minmax":
+        r["calibration_samples"] = int(options["histogram_samples"])
     return r
+
+
+def _recipe_options(recipe: dict) -> dict:
+    """Converter options that rebuild a recipe (the inverse of _recipe, float layers aside)."""
+    o = {"calibration_method": recipe["calibration_method"]}
+    if recipe.get("bias_correction"):
+        o["bias_correction"] = True
+    if recipe.get("calibration_samples"):
+        o["histogram_samples"] = recipe["calibration_samples"]
+    return o
 
 
 def _step(c: dict, target: dict) -> dict:

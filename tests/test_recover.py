@@ -150,7 +150,7 @@ def test_qdq_calibration_reused_across_candidates_is_exact(tiny_onnx, tmp_path):
     cache = {}
     shared = _tiny_job(tiny_onnx, tmp_path, cache)
     assert conv(_tiny_job(tiny_onnx, tmp_path, None)) == conv(shared) == conv(shared)
-    assert ("minmax", None, True) in cache
+    assert ("minmax", None, True, 20) in cache
     assert conv(_tiny_job(tiny_onnx, tmp_path, None), calibration_method="percentile") == \
         conv(shared, calibration_method="percentile")
     bc = conv(shared, bias_correction=True)
@@ -329,7 +329,7 @@ def test_qdq_recovery_fmnist_jetson(onnx_cnn, fm_data, tmp_path):
     rec = m["recovery"]
     steps = rec["steps"]
     assert not steps[0]["met"] and steps[0]["accuracy"]["logits"]["sqnr_db"] < 45
-    assert steps[1]["recipe"]["calibration_method"] == "percentile"
+    assert steps[1]["recipe"]["calibration_method"] == "percentile" and steps[1]["recipe"]["calibration_samples"] == 64
     assert any(s.get("recipe", {}).get("bias_correction") for s in steps)
     floats = rec["chosen"]["float_layers"]
     assert rec["met"] and 1 <= len(floats) <= 2 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 45
