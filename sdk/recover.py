@@ -241,6 +241,13 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
         if ci:
             report["chosen"]["top1_ci95"] = ci
             report["chosen"]["validation_samples"] = n_val
+    if ranked:
+        report["chosen"]["float_candidates"] = len(ranked)
+    if ranked and len(best["float"]) > len(ranked) // 2:
+        report["advice"] = (f"{len(best['float'])} of {len(ranked)} layers are kept in float: INT8 buys little "
+                            "here; " + ("the FP16 artifact (model.fp16.onnx) is the simpler choice, and TensorRT "
+                                       "runs float layers in FP16 anyway" if art["format"] == "onnx" else
+                                       "consider the float model, or a looser --accuracy-target"))
     if best is not plain:
         report["cost"] = _cost(plain, best, evaluate)
     report["note"] = ("layers are ranked, and the target checked, on the validation samples: the accuracy shown "

@@ -146,4 +146,6 @@ def print_recovery(c, manifest: dict):
                 "this host)")
     if rec.get("needs_cpu_ops"):
         c.print("  " + rec["needs_cpu_ops"]["note"])
+    if rec.get("advice"):
+        c.print("  " + rec["advice"])
     c.print("  per-layer report: edgeopt explain " + (manifest.get("_out") or "OUT_DIR"))
