@@ -6,6 +6,7 @@ TensorRT takes INT8 only as symmetric quantization with zero point 0 (TensorRT D
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 
@@ -70,7 +71,9 @@ def convert(job) -> list[dict]:
     key = (job.options.get("calibration_method", "minmax"), extra.get("CalibPercentile"),
            bool(job.options.get("per_channel", True)), len(calib))
     try:
-        with _reuse_calibration(cache, key), contextlib.redirect_stdout(sys.stderr):  # calibrators print
+        # the histogram calibrators print their progress: on stderr with --debug, else nowhere
+        sink = sys.stderr if os.environ.get("EDGEOPT_DEBUG") == "1" else io.StringIO()
+        with _reuse_calibration(cache, key), contextlib.redirect_stdout(sink):
             quantize_static(
                 prep, out, _Reader(names, calib),
                 quant_format=QuantFormat.QDQ,

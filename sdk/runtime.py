@@ -639,7 +639,15 @@ def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0
     t0 = time.perf_counter()
     model = load(path, threads=threads, artifact=artifact, delegate=delegate, provider=provider)
     init_ms = (time.perf_counter() - t0) * 1e3
-    arrays = model.example_inputs(seed) if inputs is None else inputs
+    input_note = None
+    if inputs is None:
+        arrays = model.example_inputs(seed)
+    else:
+        arrays = model._normalize(inputs)
+        n = arrays[0].shape[0]
+        if n > 1 and all(not s.shape or s.shape[0] in (1, None) for s in model.inputs):
+            arrays = [a[:1] for a in arrays]  # a batch-1 artifact times one sample; a file may hold many
+            input_note = f"the input file holds {n} samples: the first one is timed (the artifact takes a batch of 1)"
     model.set_inputs(arrays)
     clock = time.perf_counter
     w0, n_warm = clock(), 0
@@ -678,6 +686,8 @@ def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0
         res["temperature_trace"] = temps
     if getattr(model._backend, "note", None):
         res["note"] = model._backend.note
+    if input_note:
+        res["input_note"] = input_note
     if keep_samples:
         res["samples_ms"] = samples
         res["timestamps_s"] = [round(x, 6) for x in stamps]
@@ -942,7 +952,7 @@ def main(argv=None) -> int:
                             threads=args.threads, seed=args.seed, inputs=inputs, delegate=args.delegate,
                             provider=args.provider, keep_samples=not args.no_samples,
                             warmup_seconds=args.warmup_seconds, sustained=args.sustained)
-                notes = [res.pop("note")] if res.get("note") else []
+                notes = [res.pop(k) for k in ("note", "input_note") if res.get(k)]
                 if args.prefer_tensorrt and args.artifact.endswith(".onnx"):
                     why = ("TensorRT (trtexec) not found on this device" if not trt
                            else "trtexec cannot take --input data")

@@ -109,3 +109,22 @@ def test_offline_guard_blocks_network():
             socket.getaddrinfo("example.com", 443)
     # restored afterwards
     assert socket.socket.connect.__name__ == "connect" and "offline" not in repr(socket.socket.connect)
+
+
+def test_deploy_takes_every_convert_and_bench_option():
+    """deploy = convert + push + bench: it takes their options, with the same help text (kept in step)."""
+    import typer.main
+
+    import edgeopt.cli as cli
+    cli._register()
+    cmds = typer.main.get_command(cli.app).commands
+
+    def opts(name):
+        return {o: p.help for p in cmds[name].params for o in p.opts if o.startswith("--")}
+    conv, bench, dep = opts("convert"), opts("bench"), opts("deploy")
+    own = {"--out", "--json", "--val", "--target", "--inventory", "--device", "--input", "--samples"}
+    missing = sorted((set(conv) | set(bench)) - set(dep))
+    assert missing == [], f"deploy lacks {missing}"
+    differ = sorted(o for o in (set(conv) | set(bench)) & set(dep) - own
+                    if dep[o] != conv.get(o, bench.get(o)) and dep[o] != bench.get(o, conv.get(o)))
+    assert differ == [], f"help differs for {differ}"

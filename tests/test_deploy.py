@@ -163,3 +163,23 @@ def test_local_deploy_and_bench(tflite_model, tmp_path):
     assert r["device"] == "local" and r["target"] == "rpi5" and r["runs"] == 5
     r = js(cli("bench", tflite_model, "--local", "--runs", 5, "--min-seconds", 0, "--json", env=env, cwd=tmp_path))
     assert r["device"] == "local" and r["transfer"]["skipped"] is True
+
+
+def test_local_deploy_passes_convert_and_bench_options(onnx_model, tmp_path):
+    """deploy's convert options reach the conversion (and its cache key), its --input reaches the benchmark."""
+    import numpy as np
+    env = {"EDGEOPT_LOCAL_WORKDIR": str(tmp_path / "wd"), "EDGEOPT_CACHE": str(tmp_path / "cache")}
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "cal.npy", rng.standard_normal((40, 3, 32, 32)).astype(np.float32))
+    np.save(tmp_path / "in.npy", rng.standard_normal((3, 3, 32, 32)).astype(np.float32))
+    base = ["deploy", onnx_model, "--target", "jetson", "--local", "--calib", tmp_path / "cal.npy", "--runs", 5,
+            "--min-seconds", 0, "--json"]
+    res = js(cli(*base, "--calibration", "percentile", "--max-samples", 24, "--explain",
+                 "--input", tmp_path / "in.npy", env=env, cwd=tmp_path))
+    m = res["manifest"]
+    assert m["calibration"]["method"] == "percentile" and m["calibration"]["samples"] == 24
+    assert m["layers"]["layers"]  # --explain: the per-layer report is in the manifest
+    (r,) = res["results"]
+    assert r["runs"] >= 5 and any("holds 3 samples: the first one is timed" in n for n in r["notes"])
+    bad = cli(*base, "--calibration", "kl", env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "error: --calibration 'kl'" in bad.stderr

@@ -63,10 +63,7 @@ def convert(
     if explain:
         extra["explain"] = True
     if calibration:
-        if calibration not in ("minmax", "percentile", "entropy"):
-            from edgeopt.errors import UsageError
-            raise UsageError(f"--calibration {calibration!r}: expected minmax, percentile or entropy")
-        extra["calibration_method"] = calibration
+        extra["calibration_method"] = calibration_method(calibration)
     step, stop = progress_reporter(not json_out)
     try:
         manifest = run(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shape, mean=mean,
@@ -87,6 +84,14 @@ def convert(
         typer.echo(json.dumps(_public(manifest), indent=2))
     else:
         print_summary(manifest)
+
+
+def calibration_method(name: str | None) -> str | None:
+    """--calibration, checked."""
+    if name and name not in ("minmax", "percentile", "entropy"):
+        from edgeopt.errors import UsageError
+        raise UsageError(f"--calibration {name!r}: expected minmax, percentile or entropy")
+    return name or None
 
 
 def _public(manifest: dict) -> dict:
