@@ -197,8 +197,8 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             if art["format"] == "tflite":
                 c = _build_tflite(job, art, [], bias_correction=True)
             else:
-                c = _build_onnx(job, dict(job.options, bias_correction=True,
-                                          **_recipe_options(dict(best["recipe"], bias_correction=True))), [])
+                c = _build_onnx(job, dict(job.options, **_recipe_options(dict(best["recipe"], bias_correction=True))),
+                                [])
             c["acc"] = evaluate(c["art"])[0]
             st = _step(c, target)
             st["bias_correction"] = (getattr(_debugger(job), "bias_correction_info", None)

@@ -232,6 +232,7 @@ def test_coral_float_layers_only_with_allow_cpu_ops(coral_recovery):
     rec = m["recovery"]
     assert not rec["met"] and rec["chosen"]["float_layers"] == []
     assert m["accuracy"]["outputs"]["logits"]["sqnr_db"] < 44
+    assert [s for s in rec["steps"] if "error" in s] == []
     need = rec["needs_cpu_ops"]
     assert need["float_layers"] and need["cpu_ops"] > 0 and need["accuracy"]["logits"]["sqnr_db"] >= 44
     assert not m["artifacts"][0].get("float_ops")
@@ -330,7 +331,9 @@ def test_qdq_recovery_fmnist_jetson(onnx_cnn, fm_data, tmp_path):
     steps = rec["steps"]
     assert not steps[0]["met"] and steps[0]["accuracy"]["logits"]["sqnr_db"] < 45
     assert steps[1]["recipe"]["calibration_method"] == "percentile" and steps[1]["recipe"]["calibration_samples"] == 64
-    assert any(s.get("recipe", {}).get("bias_correction") for s in steps)
+    assert [s for s in steps if "error" in s] == []  # every recipe and candidate was built and measured
+    bc = [s for s in steps if s.get("recipe", {}).get("bias_correction") and not s.get("float_layers")]
+    assert bc and all("error" not in s and s["accuracy"]["logits"]["sqnr_db"] > 30 for s in bc), bc
     floats = rec["chosen"]["float_layers"]
     assert rec["met"] and 1 <= len(floats) <= 2 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 45
     assert m["calibration"]["recipe"]["float_layers"] == len(floats)
