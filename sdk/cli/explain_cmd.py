@@ -68,12 +68,17 @@ def print_report(report: dict, top: int = 20):
     rec = report.get("recovery")
     if rec:
         ch = rec["chosen"]
+        n = len(ch.get("float_layers") or [])
         c.print(f"recovery for {rec.get('target_str')}: {'met' if rec.get('met') else 'NOT met'}; recipe "
-                f"{ch['recipe']['calibration_method']}, {len(ch.get('float_layers') or [])} layers in float")
+                f"{ch['recipe']['calibration_method']}"
+                + (" + bias correction" if ch["recipe"].get("bias_correction") else "")
+                + f", {n} layer{'' if n == 1 else 's'} in float")
         cost = rec.get("cost")
         if cost:
             c.print(f"cost: size x{cost['size_ratio']}, latency x{cost['latency_ratio']} "
                     f"({cost['latency_ms_plain']} -> {cost['latency_ms']} ms, 1 thread, this host)")
+        if rec.get("advice"):
+            c.print(rec["advice"])
         if rec.get("needs_cpu_ops"):
             c.print(rec["needs_cpu_ops"]["note"])
 
