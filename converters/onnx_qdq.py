@@ -272,8 +272,8 @@ def float_inputs(model, nodes: set) -> int:
 
     quantize_static's nodes_to_exclude only leaves a node's weights in float; its input keeps the Q/DQ its
     producer (a quantized Clip, Add, ...) puts on its output, so the "float" layer still sees INT8 activations
-    - little is gained (EfficientNet-Lite0: 8 float Convs, +0.2 dB) - and TensorRT, which runs a layer without
-    Q/DQ on its inputs in FP16, would get an INT8 input for it. Other consumers of the tensor keep the pair."""
+    (bypassing them: +0.4 dB output SQNR with 8 float Convs in EfficientNet-Lite0), and TensorRT, which runs a
+    layer without Q/DQ on its inputs in FP16, would get an INT8 input for it. Other readers keep the pair."""
     g = model.graph
     inits = {i.name for i in g.initializer}
     by_out = {o: n for n in g.node for o in n.output}
@@ -314,15 +314,10 @@ def float_inputs(model, nodes: set) -> int:
             if f is not None:
                 n.input[k] = f
                 rewired += 1
-    used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
-    changed = True
-    while changed:  # a DQ no one reads, then its Q
-        changed = False
-        for n in list(g.node):
-            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output):
-                g.node.remove(n)
-                used = {t for m in g.node for t in m.input} | {o.name for o in g.output}
-                changed = True
+    for op in ("DequantizeLinear", "QuantizeLinear"):  # a DQ no one reads any more, then the Q behind it
+        used = {t for n in g.node for t in n.input} | graph_outputs
+        for n in [n for n in g.node if n.op_type == op and n.output[0] not in used]:
+            g.node.remove(n)
     used_inits = {t for m in g.node for t in m.input}
     for i in [i for i in g.initializer if i.name not in used_inits and i.name.endswith(("_scale", "_zero_point"))]:
         g.initializer.remove(i)
