@@ -88,11 +88,11 @@ def convert(job) -> list[dict]:
         raise UsageError(f"{job.source_name}: QDQ quantization failed: {str(e).strip()[:300]}") from None
     with open(out, "rb") as f:
         data = f.read()
+    model = onnx.load_from_string(data)
     if exclude:
-        model = onnx.load_from_string(data)
         float_inputs(model, set(exclude))
         data = model.SerializeToString()
-    check_symmetric(onnx.load_from_string(data))
+    check_symmetric(model)
     art = {"file": "model.int8.qdq.onnx", "format": "onnx", "precision": "int8", "kind": "onnx-qdq-int8",
            "data": data, "converter": "onnxruntime.quantization.quantize_static (QDQ, symmetric, per-channel)"}
     if exclude:

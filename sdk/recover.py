@@ -14,8 +14,9 @@
    the gain in output SQNR is measured (the per-layer metric says where error is made, not how much of it
    reaches the output). Then prefixes of that order until the target is met, and bisection (TFLite:
    denylisted nodes run as float kernels on the CPU - rpi, or Coral with ``allow_cpu_ops``; ONNX:
-   ``nodes_to_exclude``, which TensorRT runs in FP16). Output SQNR is the search signal; top-1 on ~100-200
-   samples is too coarse (and dominated by samples FP32 itself nearly ties on), so it only checks the target.
+   ``nodes_to_exclude`` with float inputs (onnx_qdq.float_inputs), which TensorRT runs in FP16). Output
+   SQNR is the search signal; top-1 on ~100-200 samples is too coarse (and dominated by samples FP32 itself
+   nearly ties on), so it only checks the target.
 
 Layers are ranked on the validation samples, and the target is checked on them too: the number reported is
 what was selected for, not a held-out estimate. Every candidate is run in edgeopt.runtime, like the plain
@@ -140,9 +141,9 @@ def _candidates(report: dict, fmt: str) -> list[str]:
     rows = report["layers"]
     if fmt == "tflite":
         return [r["tensor"] for r in rows]
-    # activation-only nodes (Clip/Relu after a Conv) share their input's Q/DQ in the QDQ graph, and TensorRT
-    # fuses them into the conv: kept in float, the conv's output is quantized with its own, unclipped range
-    # (EfficientNet-Lite0: -14 dB for the stem's Clip). Data movement ops add no error of their own.
+    # Activation-only nodes (Clip/Relu after a Conv) add no error of their own (a Clip on its input's INT8 grid
+    # is exact) and join a float layer they feed by themselves (onnx_qdq.float_inputs); TensorRT fuses them
+    # into the conv. Data movement ops add no error of their own either.
     # A node whose output SQNR is above its input's (added_db 0: a conv averages uncorrelated noise) still
     # adds INT8 error of its own, so it stays a candidate, after the others.
     return [r["node"] for r in rows if r.get("quantized") and r["node"] and r["op"] not in _NOT_FLOAT_CANDIDATES]
