@@ -186,8 +186,9 @@ def child_edgeopt(res_path):
     # edgeopt's tf module sets TF_ENABLE_ONEDNN_OPTS=0 before TensorFlow loads; the parent sets it for both.
     imports_s = heavy_imports()
     import edgeopt
-    from edgeopt import data as D
-    from edgeopt import pipeline, runtime
+    from edgeopt.conversion import data as D
+    from edgeopt import runtime
+    from edgeopt.conversion import pipeline
     from edgeopt.converters import onnx_io, onnx_tflite, tf_tflite
 
     timer = Timer()

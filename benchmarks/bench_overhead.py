@@ -17,8 +17,8 @@ import time
 import numpy as np
 from _lab import EDGEOPT, make_tflite, new_lab
 
-from edgeopt import inventory as I
-from edgeopt.bench import BenchOptions, bench_device
+from edgeopt.devices import inventory as I
+from edgeopt.devices.bench import BenchOptions, bench_device
 
 
 def in_process(path, runs, warmup=10):

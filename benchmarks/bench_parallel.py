@@ -12,8 +12,8 @@ import time
 
 from _lab import make_tflite, new_lab
 
-from edgeopt import inventory as I
-from edgeopt.bench import BenchOptions, bench_devices
+from edgeopt.devices import inventory as I
+from edgeopt.devices.bench import BenchOptions, bench_devices
 
 
 def main():

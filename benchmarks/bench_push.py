@@ -14,9 +14,9 @@ import time
 
 from _lab import new_lab
 
-from edgeopt import inventory as I
-from edgeopt.connection import connect
-from edgeopt.push import push
+from edgeopt.devices import inventory as I
+from edgeopt.devices.connection import connect
+from edgeopt.devices.push import push
 
 
 def main():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from _lab import make_tflite, new_lab
 
-from edgeopt import inventory as I
-from edgeopt.bench import BenchOptions, bench_device
+from edgeopt.devices import inventory as I
+from edgeopt.devices.bench import BenchOptions, bench_device
 
 
 def main():

@@ -193,7 +193,7 @@ def import_times(out_dir: str, n: int) -> dict:
     res = {}
     # an unpacked bundle: the minimal edgeopt/__init__.py + runtime.py, nothing of the SDK
     bdir = os.path.join(WORK, "bundle-root")
-    from edgeopt import bundle as B
+    from edgeopt.firmware import bundle as B
     arc = B.build(out_dir, os.path.join(WORK, "lite0-rpi.tar.gz"))
     if os.path.isdir(bdir):
         import shutil

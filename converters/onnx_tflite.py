@@ -2,7 +2,7 @@
 :mod:`edgeopt.converters.tf_tflite` quantizes it with the user's calibration data.
 
 onnx2tf downloads a sample image file from the internet for 4D RGB inputs; edgeopt hands it the user's
-own calibration samples instead, and the whole call runs inside :func:`edgeopt.hermetic.offline`.
+own calibration samples instead, and the whole call runs inside :func:`edgeopt.conversion.hermetic.offline`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 
 from edgeopt.errors import UsageError
-from edgeopt.hermetic import offline
+from edgeopt.conversion.hermetic import offline
 
 
 def nhwc_perm(rank: int) -> list[int] | None:
@@ -123,7 +123,7 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None, name: str | None = 
 
 
 def convert(job) -> list[dict]:
-    """Job -> [artifact dict] with one full-integer INT8 TFLite file (see edgeopt.pipeline.Job)."""
+    """Job -> [artifact dict] with one full-integer INT8 TFLite file (see edgeopt.conversion.pipeline.Job)."""
     from edgeopt.converters import tf_tflite
 
     src_inputs = job.inputs

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "convert", "EdgeoptError"]
 
-from .errors import EdgeoptError  # noqa: E402  (no heavy imports)
+from edgeopt.errors import EdgeoptError  # noqa: E402  (no heavy imports)
 
 
 def convert(model, target: str, calib=None, val=None, out=None, **options):
@@ -26,6 +26,6 @@ def convert(model, target: str, calib=None, val=None, out=None, **options):
     Raises :class:`edgeopt.errors.UsageError` for bad input (exit code 2) and
     :class:`edgeopt.errors.GateError` when an accuracy gate fails (artifacts are kept; exit code 1).
     """
-    from .pipeline import convert as _convert
+    from edgeopt.conversion.pipeline import convert as _convert
 
     return _convert(model, target=target, calib=calib, val=val, out=out, **options)

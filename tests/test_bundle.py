@@ -15,7 +15,7 @@ import pytest
 
 import _fixtures_firmware as F
 from conftest import edgeopt_cli
-from edgeopt import bundle as B
+from edgeopt.firmware import bundle as B
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "firmware", "app.py")
 EXPECTED_NAMES = ["SHA256SUMS", "edgeopt", "edgeopt/__init__.py", "edgeopt/runtime.py", "manifest.json", "model.onnx"]

@@ -101,7 +101,7 @@ def test_keras_for_jetson_refused(tmp_path):
 def test_offline_guard_blocks_network():
     import socket
 
-    from edgeopt.hermetic import NetworkBlocked, offline
+    from edgeopt.conversion.hermetic import NetworkBlocked, offline
     with offline():
         with pytest.raises(NetworkBlocked):
             socket.create_connection(("192.0.2.1", 80), timeout=1)

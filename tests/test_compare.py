@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from edgeopt import compare as C
+from edgeopt.results import compare as C
 from sshlab import lab  # noqa: F401  (fixture)
 
 EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt import conditions as C
+from edgeopt.devices import conditions as C
 from sshlab import lab, tflite_model  # noqa: F401  (fixtures)
 
 DATA = Path(__file__).parent / "data" / "conditions"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeopt import data as D
+from edgeopt.conversion import data as D
 from edgeopt.errors import UsageError
 
 NCHW = [{"name": "image", "shape": [None, 3, 8, 10], "dtype": "float32"}]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edgeopt import history as H
+from edgeopt.results import history as H
 from sshlab import lab, tflite_model  # noqa: F401  (fixtures)
 
 EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from edgeopt import inventory as I
+from edgeopt.devices import inventory as I
 from edgeopt.errors import UsageError
 
 

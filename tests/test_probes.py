@@ -1,7 +1,7 @@
 """Probe parsers on recorded real outputs (tests/data/probes/), and the fit-to-target warnings."""
 from pathlib import Path
 
-from edgeopt import probes
+from edgeopt.devices import probes
 
 DATA = Path(__file__).parent / "data" / "probes"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt import inventory as I
-from edgeopt.connection import connect
+from edgeopt.devices import inventory as I
+from edgeopt.devices.connection import connect
 from edgeopt.errors import DeviceError
-from edgeopt.push import push
+from edgeopt.devices.push import push
 from sshlab import lab  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.ssh

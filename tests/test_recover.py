@@ -9,7 +9,7 @@ import edgeopt.runtime
 import models
 from conftest import edgeopt_cli
 from edgeopt.errors import UsageError
-from edgeopt.recover import meets, parse_target, score
+from edgeopt.conversion.recover import meets, parse_target, score
 
 
 def test_parse_target():
@@ -28,7 +28,7 @@ def test_meets_and_score():
     assert score(out, {"top1": 0.98}) == pytest.approx(-0.01)
     assert score(out, {"top1": 0.95, "sqnr": 30}) == pytest.approx(0.01)
     # Wilson 95% interval (published values: 196/200 -> 0.9497..0.9922; 50/50 -> 0.9287..1)
-    from edgeopt.recover import wilson
+    from edgeopt.conversion.recover import wilson
     assert wilson(0.98, 200) == pytest.approx([0.9497, 0.9922], abs=1e-4)
     assert wilson(1.0, 50) == pytest.approx([0.9287, 1.0], abs=2e-4)
 
@@ -126,7 +126,7 @@ def test_lite0_layers_ranked_in_manifest_and_explain(lite0_recovered):
 def _tiny_job(tiny_onnx, tmp_path, cache):
     import onnx
 
-    from edgeopt.pipeline import Job
+    from edgeopt.conversion.pipeline import Job
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((20, 1, 3, 8, 8)) + 0.5).astype(np.float32)
     import tempfile
@@ -282,7 +282,7 @@ def test_qdq_float_nodes_read_float_activations(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from edgeopt.converters import onnx_qdq
-    from edgeopt.pipeline import Job
+    from edgeopt.conversion.pipeline import Job
     rng = np.random.default_rng(4)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
              for n, s in (("w1", (8, 3, 3, 3)), ("dw", (8, 1, 3, 3)), ("w3", (8, 8, 1, 1)), ("w4", (8, 8, 1, 1)))]
@@ -339,7 +339,7 @@ def test_qdq_recovery_fmnist_jetson(onnx_cnn, fm_data, tmp_path):
     assert m["calibration"]["recipe"]["float_layers"] == len(floats)
     lo, hi = rec["chosen"]["top1_ci95"]["logits"]
     assert rec["chosen"]["validation_samples"] == 1000
-    assert lo < m["accuracy"]["outputs"]["logits"]["top1_agreement"] < hi and hi - lo < 0.03
+    assert lo < m["accuracy"]["outputs"]["logits"]["top1_agreement"] <= hi and hi - lo < 0.03
     # every candidate the sensitivity pass tried is a compute node, not an activation or data movement
     assert {x["layer"].rsplit("/", 1)[-1] for x in rec["sensitivity"]["layers"]} <= {"Conv", "Gemm"}
     q = onnx.load(str(tmp_path / "o" / "model.int8.qdq.onnx"))

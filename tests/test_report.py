@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt import report as R
-from edgeopt import svgplot
+from edgeopt.results import report as R
+from edgeopt.results import svgplot
 
 EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
 DATA = Path(__file__).parent / "data" / "conditions"
 
 
 def fake(device, scale, seed, n=800, file="model.int8.tflite", rid=None, sustained=False):
-    from edgeopt import conditions as C
-    from edgeopt import stats
+    from edgeopt.devices import conditions as C
+    from edgeopt.results import stats
     rng = np.random.default_rng(seed)
     s = rng.lognormal(np.log(scale), 0.06, n)
     s[rng.integers(0, n, 8)] *= 3   # a few preempted runs

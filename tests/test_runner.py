@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeopt import runtime
-from edgeopt.bench import runner_source
+from edgeopt.devices.bench import runner_source
 from sshlab import onnx_model, tflite_model  # noqa: F401  (fixtures)
 
 DATA = Path(__file__).parent / "data"

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from edgeopt import inventory as I
-from edgeopt.connection import connect, fingerprint, q
+from edgeopt.devices import inventory as I
+from edgeopt.devices.connection import connect, fingerprint, q
 from edgeopt.errors import DeviceError
 from sshlab import lab, keygen  # noqa: F401  (fixture)
 

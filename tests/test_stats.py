@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeopt import stats
+from edgeopt.results import stats
 from sshlab import lab, tflite_model  # noqa: F401  (fixtures)
 
 EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")

@@ -10,7 +10,7 @@ import typer
 def select_devices(inventory: str | None, device: list[str] | None, all_devices: bool, local: bool,
                    family: str | None = None, local_target: str | None = None, command: str = "bench"):
     """(devices, single): the devices asked for; ``single`` when exactly one was named (JSON: an object)."""
-    from edgeopt import inventory as I
+    from edgeopt.devices import inventory as I
     from edgeopt.errors import UsageError
 
     chosen = sum(bool(x) for x in (device, all_devices, local))
@@ -81,7 +81,7 @@ def public(result: dict, samples: bool = True) -> dict:
 def store_history(results: list[dict], history: str | None, command: str, manifest: dict | None = None,
                   artifact: str | None = None, quiet: bool = False) -> None:
     """Store the successful results in the history DB (sets result['id']); a DB problem is a warning only."""
-    from edgeopt import history as H
+    from edgeopt.results import history as H
     from edgeopt.errors import EdgeoptError
     if manifest is None and artifact:
         manifest = H.manifest_for(artifact)
@@ -97,7 +97,7 @@ def write_junit(path: str | None, results: list[dict], command: str, max_p90_ms:
                 require_clean: bool = False) -> None:
     if not path:
         return
-    from edgeopt import junit as J
+    from edgeopt.results import junit as J
     J.write(path, f"edgeopt {command}", J.bench_cases(results, command, max_p90_ms, require_clean))
 
 

@@ -35,7 +35,7 @@ def bench(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Benchmark an artifact on devices (in parallel), pushing it first when it is not there yet."""
-    from edgeopt.bench import BenchOptions, bench_devices
+    from edgeopt.devices.bench import BenchOptions, bench_devices
     from edgeopt.cli._devices import (check_clean, check_p90, echo_json, print_bench_table, public, raise_for_failures,
                                       select_devices, store_history, write_junit)
 

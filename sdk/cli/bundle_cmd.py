@@ -22,7 +22,7 @@ def bundle(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Pack artifacts, manifest and the light runtime into a reproducible .tar.gz for firmware images."""
-    from edgeopt import bundle as B
+    from edgeopt.firmware import bundle as B
     from edgeopt.errors import GateError, UsageError
 
     if verify is not None:

@@ -57,7 +57,7 @@ def convert(
 ):
     """Convert a model into INT8 artifacts for a target, checked against the FP32 model."""
     from edgeopt.errors import GateError
-    from edgeopt.pipeline import convert as run
+    from edgeopt.conversion.pipeline import convert as run
 
     extra = {}
     if explain:

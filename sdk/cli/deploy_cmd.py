@@ -54,11 +54,11 @@ def deploy(
 ):
     """Convert MODEL for T (cached), push it to the devices and benchmark it there, in parallel."""
     from edgeopt import targets as T
-    from edgeopt.bench import BenchOptions
+    from edgeopt.devices.bench import BenchOptions
     from edgeopt.cli._devices import (check_clean, check_p90, echo_json, print_bench_table, public, raise_for_failures,
                                       select_devices, store_history, write_junit)
     from edgeopt.cli.convert_cmd import calibration_method
-    from edgeopt.deploy import deploy as run
+    from edgeopt.devices.deploy import deploy as run
     from edgeopt.errors import UsageError
 
     try:

@@ -9,8 +9,8 @@ from edgeopt.cli import app
 
 
 def probe_device(dev, accept_new: bool) -> dict:
-    from edgeopt import probes
-    from edgeopt.connection import connect
+    from edgeopt.devices import probes
+    from edgeopt.devices.connection import connect
 
     with connect(dev, accept_new=accept_new) as conn:
         info = probes.probe(conn)
@@ -27,8 +27,8 @@ def devices(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Probe each device: reachable or why not, CPU, board, Python, runtimes, free space, fit to its target."""
-    from edgeopt import inventory as I
-    from edgeopt.bench import for_each_device
+    from edgeopt.devices import inventory as I
+    from edgeopt.devices.bench import for_each_device
     from edgeopt.cli._devices import echo_json, raise_for_failures
 
     if local:

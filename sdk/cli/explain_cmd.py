@@ -24,7 +24,7 @@ def explain(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Per-layer quantization error of a converted model against FP32, worst first."""
-    from edgeopt.explain import explain as run
+    from edgeopt.conversion.explain import explain as run
 
     report = run(out_dir, val=val, model=model, calib=calib, top=top)
     if json_out:

@@ -22,7 +22,7 @@ def results(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """List stored benchmark results, or show one."""
-    from edgeopt import history as H
+    from edgeopt.results import history as H
     from edgeopt.cli._devices import echo_json
     from edgeopt.errors import UsageError
 
@@ -110,15 +110,15 @@ def compare(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Compare two results: change in p50/p90 with a significance test; exit 1 on a regression."""
-    from edgeopt import compare as C
-    from edgeopt import history as H
+    from edgeopt.results import compare as C
+    from edgeopt.results import history as H
     from edgeopt.cli._devices import echo_json
     from edgeopt.errors import GateError
 
     rep = C.compare(H.load_results(a, history), H.load_results(b, history), max_regression=max_regression,
                     metric=metric, alpha=alpha)
     if junit:
-        from edgeopt import junit as J
+        from edgeopt.results import junit as J
         cases = []
         for p in rep["pairs"]:
             out = (f"A {p['a']['ref']} ({p['a']['artifact']}): {metric} {p['latency_a'][metric]:.3f} ms\n"
@@ -166,8 +166,8 @@ def report(
     """Write a self-contained HTML report (plots embedded) and optionally a Markdown summary."""
     import os
 
-    from edgeopt import history as H
-    from edgeopt import report as R
+    from edgeopt.results import history as H
+    from edgeopt.results import report as R
     from edgeopt.cli._devices import echo_json
 
     results = [r for ref in refs for r in H.load_results(ref, history)]

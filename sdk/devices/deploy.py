@@ -1,8 +1,8 @@
 """``deploy``: convert when needed (cached by source hash, target and options), push, bench.
 
-    import edgeopt.deploy, edgeopt.inventory
-    inv = edgeopt.inventory.load()
-    out = edgeopt.deploy.deploy("model.onnx", "jetson", inv.select(family="jetson"), calib="calib.npy")
+    import edgeopt.devices.deploy, edgeopt.devices.inventory
+    inv = edgeopt.devices.inventory.load()
+    out = edgeopt.devices.deploy.deploy("model.onnx", "jetson", inv.select(family="jetson"), calib="calib.npy")
     out["manifest"], out["results"]
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import json
 import os
 from pathlib import Path
 
-from .bench import BenchOptions, bench_device, for_each_device
-from .connection import connect
-from .errors import UsageError
-from .inventory import Device
-from .push import push, sha256_file
+from edgeopt.devices.bench import BenchOptions, bench_device, for_each_device
+from edgeopt.devices.connection import connect
+from edgeopt.errors import UsageError
+from edgeopt.devices.inventory import Device
+from edgeopt.devices.push import push, sha256_file
 
 __all__ = ["convert_cached", "deploy", "cache_key"]
 

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .errors import UsageError
+from edgeopt.errors import UsageError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp")
 

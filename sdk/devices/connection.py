@@ -25,8 +25,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .errors import DeviceError
-from .inventory import Device
+from edgeopt.errors import DeviceError
+from edgeopt.devices.inventory import Device
 
 __all__ = ["Connection", "SSHConnection", "LocalConnection", "Result", "connect", "q", "fingerprint",
            "WINDOW_SIZE", "MAX_PACKET_SIZE"]

@@ -1,6 +1,6 @@
 """JUnit XML for CI systems (GitHub Actions, GitLab, Jenkins): one testcase per device / gate.
 
-    from edgeopt import junit
+    from edgeopt.results import junit
     cases = [junit.Case("pi-01", "edgeopt.bench", time=1.2, failure="p90 12.1 ms > 10 ms", out="...")]
     junit.write("report.xml", "edgeopt bench", cases)
 """

@@ -1,12 +1,12 @@
 """Reports of benchmark results: one self-contained HTML page, and a Markdown summary for pull requests.
 
-    from edgeopt import report, history
+    from edgeopt.results import report, history
     results = history.load_results("12") + history.load_results("13")
     open("report.html", "w").write(report.html(results))
     open("summary.md", "w").write(report.markdown(results))
 
 The page needs nothing but itself: CSS inline, plots as embedded SVG images (drawn by
-:mod:`edgeopt.svgplot`, no matplotlib), no scripts, no network.
+:mod:`edgeopt.results.svgplot`, no matplotlib), no scripts, no network.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from html import escape
 
 import numpy as np
 
-from . import svgplot
+from edgeopt.results import svgplot
 
 __all__ = ["html", "markdown", "label_of"]
 
@@ -200,7 +200,7 @@ def _manifest_html(r: dict) -> str:
 
 
 def _comparison_html(results: list[dict]) -> str:
-    from .compare import compare
+    from edgeopt.results.compare import compare
     try:
         rep = compare([results[0]], [results[1]])
     except Exception as e:  # a report never fails on the comparison
@@ -286,7 +286,7 @@ def markdown(results: list[dict], title: str = "edgeopt benchmark") -> str:
                      f"{_f(lat.get('p90'))} | {_f(lat.get('p99'))} | {_f(lat.get('cv'))} | {r.get('runs') or '–'} | "
                      f"{st} |")
     if len(results) == 2:
-        from .compare import compare
+        from edgeopt.results.compare import compare
         try:
             p = compare([results[0]], [results[1]])["pairs"][0]
             icon = {"regression": "🔴", "slower": "🟡", "faster": "🟢", "same": "⚪"}[p["verdict"]]

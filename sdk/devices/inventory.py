@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import UsageError
+from edgeopt.errors import UsageError
 
 __all__ = ["Device", "Inventory", "load", "find", "local_device", "parse_jump", "ssh_config_lookup"]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import UsageError
+from edgeopt.errors import UsageError
 
 TOP_LAYERS = 20          # layers kept in the manifest
 DEBUG_SAMPLES = 32       # samples the per-layer report runs on
@@ -62,7 +62,7 @@ def parse_target(spec) -> dict | None:
 
 
 def failures(outputs: dict, target: dict) -> list[str]:
-    from .accuracy import gate
+    from edgeopt.conversion.accuracy import gate
     return gate(outputs, target.get("sqnr"), target.get("top1"))
 
 

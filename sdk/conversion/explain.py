@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from .errors import UsageError
+from edgeopt.errors import UsageError
 
 
 def _load_manifest(out_dir: str) -> dict:
@@ -29,7 +29,7 @@ def _load_manifest(out_dir: str) -> dict:
 
 
 def _find(name: str | None, out_dir: str, sha: str | None, what: str, flag: str) -> str:
-    from .hashing import sha256_file, sha256_tree
+    from edgeopt.hashing import sha256_file, sha256_tree
     if not name:
         raise UsageError(f"the manifest records no {what} file", hint=f"give it with {flag} PATH")
     out_dir = os.path.abspath(out_dir)

@@ -16,7 +16,7 @@ The archive is deterministic: entries sorted by name, mtime ``SOURCE_DATE_EPOCH`
 gzip header with mtime 0 and no file name. The same inputs give a byte-identical archive (with the same
 Python zlib; ``gzip -dc`` output is identical everywhere).
 
-Only numpy-free standard library here: ``import edgeopt.bundle`` is light.
+Only numpy-free standard library here: ``import edgeopt.firmware.bundle`` is light.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import os
 import tarfile
 import tempfile
 
-from . import __version__
-from .errors import GateError, UsageError
+from edgeopt import __version__
+from edgeopt.errors import GateError, UsageError
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -59,8 +59,8 @@ def _read(path: str) -> bytes:
 
 def _runtime_source() -> bytes:
     """The runtime module as shipped with this edgeopt (works for editable and regular installs)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return _read(os.path.join(here, "runtime.py"))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # edgeopt/, above edgeopt/firmware/
+    return _read(os.path.join(package, "runtime.py"))
 
 
 def _epoch(manifest: dict) -> int:

@@ -15,10 +15,10 @@ import tempfile
 
 import numpy as np
 
-from . import __version__
-from . import data as D
-from .errors import GateError, UsageError
-from .hashing import sha256_file, sha256_tree
+from edgeopt import __version__
+from edgeopt.conversion import data as D
+from edgeopt.errors import GateError, UsageError
+from edgeopt.hashing import sha256_file, sha256_tree
 
 DEFAULT_MAX_CALIB = 200
 DEFAULT_MAX_VAL = 1000
@@ -150,7 +150,7 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
             allow_cpu_ops: bool = False, **options) -> dict:
     """See :func:`edgeopt.convert`."""
     from edgeopt import converters, targets
-    from .recover import parse_target
+    from edgeopt.conversion.recover import parse_target
 
     options = dict(options)
     target_spec = parse_target(accuracy_target)
@@ -188,7 +188,7 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     workdir = tempfile.mkdtemp(prefix="edgeopt-work-")
-    from .quiet import native_stderr_captured
+    from edgeopt.conversion.quiet import native_stderr_captured
     try:
         with native_stderr_captured():
             manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
@@ -377,7 +377,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         accuracy["gate"] = {"min_sqnr": min_sqnr, "min_top1": min_top1, "passed": not failures,
                             "failures": failures}
     if target_spec:
-        from .recover import failures as target_failures, target_str
+        from edgeopt.conversion.recover import failures as target_failures, target_str
         missed = target_failures(primary["accuracy"], target_spec)
         if missed:
             failures.append(f"accuracy target {target_str(target_spec)} not met even after recovery ("
@@ -400,13 +400,13 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
 
 
 def _top_layers():
-    from .recover import TOP_LAYERS
+    from edgeopt.conversion.recover import TOP_LAYERS
     return TOP_LAYERS
 
 
 def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops):
     """(artifact, recovery report or None, layer report or None) for the primary artifact."""
-    from . import recover as R
+    from edgeopt.conversion import recover as R
     counter = [0]
 
     def evaluate(a, keep=False):
@@ -449,12 +449,12 @@ def _labels(val, n):
 
 
 def D_gate(outputs, min_sqnr, min_top1):
-    from .accuracy import gate
+    from edgeopt.conversion.accuracy import gate
     return gate(outputs, min_sqnr, min_top1)
 
 
 def _accuracy(ref_out, got, names):
-    from .accuracy import compare
+    from edgeopt.conversion.accuracy import compare
     return compare(ref_out, got, names)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 
-from .probes import parse_sections  # the same @@section output format
+from edgeopt.devices.probes import parse_sections  # the same @@section output format
 
 __all__ = ["command", "parse", "snapshot", "assess", "Thresholds", "parse_cpufreq", "parse_thermal",
            "parse_loadavg", "parse_stat", "parse_vcgencmd_temp", "parse_throttled", "parse_nvpmodel",

@@ -3,7 +3,7 @@
 Path: ``--history FILE``, else ``$EDGEOPT_HISTORY``, else ``$XDG_DATA_HOME/edgeopt/results.sqlite``
 (``~/.local/share/edgeopt/results.sqlite``). ``EDGEOPT_HISTORY=off`` turns storing off.
 
-    from edgeopt import history
+    from edgeopt.results import history
     db = history.open_db()
     rid = db.add(result, manifest=manifest, command="bench")
     db.list(limit=20); db.get(rid)            # the full result, samples included
@@ -20,7 +20,7 @@ import os
 import sqlite3
 from array import array
 
-from .errors import UsageError
+from edgeopt.errors import UsageError
 
 __all__ = ["default_path", "open_db", "History", "manifest_for", "load_results"]
 

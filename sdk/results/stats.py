@@ -1,6 +1,6 @@
 """Latency statistics on the host, from the raw samples the runner returns (numpy only).
 
-    from edgeopt import stats
+    from edgeopt.results import stats
     s = stats.summarize(samples_ms)            # percentiles, mean, std, cv, ci95, unstable
     t = stats.mann_whitney(a_ms, b_ms)         # U test, normal approximation, tie corrected
 
@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .runtime import latency_stats
+from edgeopt.runtime import latency_stats
 
 __all__ = ["CV_THRESHOLD", "summarize", "percentiles", "bootstrap_ci", "mann_whitney", "compare_samples",
            "over_time"]

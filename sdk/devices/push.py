@@ -13,9 +13,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .connection import Connection, q
-from .errors import DeviceError
-from .hashing import sha256_file
+from edgeopt.devices.connection import Connection, q
+from edgeopt.errors import DeviceError
+from edgeopt.hashing import sha256_file
 
 __all__ = ["PushResult", "push", "sha256_file", "remote_path"]
 
@@ -57,7 +57,7 @@ def push(conn: Connection, local: str, workdir: str, name: str | None = None, pr
     ``Connection.expand``). Returns where it is and what was sent."""
     dev = conn.device
     if not os.path.isfile(local):
-        from .errors import UsageError
+        from edgeopt.errors import UsageError
         raise UsageError(f"{local}: no such file")
     size = os.path.getsize(local)
     sha = sha256_file(local)

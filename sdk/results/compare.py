@@ -1,6 +1,6 @@
 """Compare two benchmark results (A = baseline, B = candidate): change in p50/p90 and a significance test.
 
-    from edgeopt import compare, history
+    from edgeopt.results import compare, history
     rep = compare.compare(history.load_results("12"), history.load_results("new.json"), max_regression=5.0)
     rep["regressed"]   # True: B is slower than A by more than 5 % on p50 and the U test says it is not noise
 
@@ -11,8 +11,8 @@ says so.
 """
 from __future__ import annotations
 
-from . import stats
-from .errors import UsageError
+from edgeopt.results import stats
+from edgeopt.errors import UsageError
 
 __all__ = ["compare", "pair", "DEFAULT_MAX_REGRESSION", "DEFAULT_ALPHA"]
 

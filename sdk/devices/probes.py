@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from .connection import q
+from edgeopt.devices.connection import q
 
 __all__ = ["command", "parse", "parse_sections", "parse_uname", "parse_dt_model", "parse_tegra_release",
            "parse_python", "parse_df", "parse_lines", "assess", "probe"]
@@ -81,7 +81,7 @@ def _shell_path(path: str) -> str:
 # --------------------------------------------------------------------------------------------- parsers
 
 def parse_sections(text: str) -> dict[str, str]:
-    """Split '@@name' marked output of a probe command into {name: text} (shared with edgeopt.conditions)."""
+    """Split '@@name' marked output of a probe command into {name: text} (shared with edgeopt.devices.conditions)."""
     out, cur, buf = {}, None, []
     for line in (text or "").splitlines():
         m = re.fullmatch(r"@@([a-z_]+)", line.strip())

@@ -2,9 +2,9 @@
 the JSON of the interface spec. Devices run in parallel (one thread each); on a device, one benchmark at a
 time (an flock in the device's workdir, taken by the runner: a second edgeopt waits, then fails clearly).
 
-    import edgeopt.bench, edgeopt.inventory
-    inv = edgeopt.inventory.load()
-    results = edgeopt.bench.bench_devices(inv.select(["pi-01", "pi-02"]), "build/model/model.int8.tflite")
+    import edgeopt.devices.bench, edgeopt.devices.inventory
+    inv = edgeopt.devices.inventory.load()
+    results = edgeopt.devices.bench.bench_devices(inv.select(["pi-01", "pi-02"]), "build/model/model.int8.tflite")
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .connection import Connection, connect, q
-from .errors import DeviceError, EdgeoptError, UsageError
-from .inventory import Device
-from .push import push
+from edgeopt.devices.connection import Connection, connect, q
+from edgeopt.errors import DeviceError, EdgeoptError, UsageError
+from edgeopt.devices.inventory import Device
+from edgeopt.devices.push import push
 
 __all__ = ["BenchOptions", "bench_device", "bench_devices", "resolve_artifact", "runner_source", "install_hint",
            "for_each_device"]
@@ -216,7 +216,7 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     out["host"] = device.describe()
     _add_protocol(out, data, opts)
     if opts.conditions:
-        from . import conditions as C
+        from edgeopt.devices import conditions as C
         verdict = C.assess(before, after, data.get("cpu_during"), opts.thresholds)
         out["conditions"] = {"before": before, "after": after, "cpu_during": data.get("cpu_during"),
                              "thresholds": (opts.thresholds or C.Thresholds()).to_dict(), **verdict}
@@ -237,7 +237,7 @@ _RUN_MARK, _AFTER_MARK = "@@edgeopt-runner", "@@edgeopt-after"
 def _with_conditions(runner_cmd: str) -> str:
     """One remote command: conditions probe, the runner (its exit status kept), conditions probe again.
     The probes read nothing from stdin (the runner's source arrives there)."""
-    from . import conditions as C
+    from edgeopt.devices import conditions as C
     probe = f"{{ {C.command()}; }} </dev/null 2>/dev/null"
     return (f"{probe}; echo {_RUN_MARK}; {runner_cmd}; rc=$?; echo; echo {_AFTER_MARK}; {probe}; exit $rc")
 
@@ -245,7 +245,7 @@ def _with_conditions(runner_cmd: str) -> str:
 def _split_conditions(res):
     """(before, runner result, after) from the output of :func:`_with_conditions`."""
     import dataclasses
-    from . import conditions as C
+    from edgeopt.devices import conditions as C
     out = res.out
     before = after = None
     if _RUN_MARK in out:
@@ -261,7 +261,7 @@ def _split_conditions(res):
 
 def _add_protocol(out: dict, data: dict, opts: BenchOptions) -> None:
     """Host-side statistics from the raw samples: percentiles, CV, bootstrap CIs, unstable, drift."""
-    from . import stats
+    from edgeopt.results import stats
     cv_thr = stats.CV_THRESHOLD if opts.cv_threshold is None else float(opts.cv_threshold)
     out["protocol"] = {"warmup_seconds": float(opts.warmup_seconds), "sustained": float(opts.sustained or 0),
                        "cv_threshold": cv_thr, "bootstrap": {"n": stats.N_BOOT, "seed": stats.SEED}}
@@ -293,7 +293,7 @@ def _prefetch_stats():
 
     def imp():
         try:
-            from . import stats  # noqa: F401
+            from edgeopt.results import stats  # noqa: F401
         except Exception:
             pass
     threading.Thread(target=imp, daemon=True).start()
