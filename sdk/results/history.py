@@ -21,6 +21,7 @@ import sqlite3
 from array import array
 
 from edgeopt.errors import UsageError
+from edgeopt.results import sanitize
 
 __all__ = ["default_path", "open_db", "History", "manifest_for", "load_results"]
 
@@ -84,7 +85,9 @@ class History:
         self.path = path
         d = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(d, exist_ok=True)
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            # results name the lab's hosts and users: readable by the owner only, whatever the umask
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
             self.db = sqlite3.connect(path, timeout=30)
             self.db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as e:
@@ -164,7 +167,7 @@ class History:
             res["samples_ms"] = _unblob(r["samples"])
         if r["timestamps"] is not None:
             res["timestamps_s"] = _unblob(r["timestamps"])
-        return res
+        return sanitize.result(res)
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
@@ -245,7 +248,7 @@ def load_results(ref: str, path: str | None = None) -> list[dict]:
         if manifest and "manifest" not in r:
             r = dict(r, manifest=manifest)
         r.setdefault("source", ref)
-        out.append(r)
+        out.append(sanitize.result(r))  # a result file can be crafted: numbers as numbers, no control characters
     if not out:
         raise UsageError(f"{ref}: no successful result in it")
     return out

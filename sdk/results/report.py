@@ -11,11 +11,12 @@ The page needs nothing but itself: CSS inline, plots as embedded SVG images (dra
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from html import escape
 
 import numpy as np
 
-from edgeopt.results import svgplot
+from edgeopt.results import sanitize, svgplot
 
 __all__ = ["html", "markdown", "label_of"]
 
@@ -46,11 +47,41 @@ def label_of(r: dict, i: int) -> str:
 
 
 def _f(v, digits=3, unit=""):
+    """A value for HTML: floats with ``digits`` decimals, anything else escaped."""
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}f}{unit}"
-    return f"{v}{unit}"
+        return f"{v:.{digits}f}{escape(unit)}"
+    return escape(f"{v}{unit}")
+
+
+def _num(v, spec: str) -> str:
+    """``format(v, spec)`` for a number, anything else as text (escaped where it is rendered): a crafted field
+    cannot stop the page."""
+    if sanitize.number(v) is None:
+        return str(v)
+    return format(v, spec)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|])")  # emphasis, code spans, links, table cells
+
+
+def _md(v) -> str:
+    """A value for a Markdown table cell: one line, Markdown punctuation escaped, HTML as text."""
+    s = " ".join(sanitize.text(v).split())
+    s = escape(s, quote=False)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", s)
+
+
+def _md_number(v, digits=3) -> str:
+    """A number for a Markdown cell; anything else as escaped text."""
+    return f"{v:.{digits}f}" if isinstance(v, float) else "–" if v is None else _md(v)
+
+
+def _md_code(v) -> str:
+    """A value as a Markdown code span in a table cell: no backticks to close it, ``|`` escaped (GFM tables)."""
+    s = " ".join(sanitize.text(v).split()).replace("`", "'").replace("|", "\\|")
+    return f"`{s}`"
 
 
 def _badge(text, kind):
@@ -87,17 +118,17 @@ def _summary_table(results: list[dict]) -> str:
         ci = (r.get("ci95") or {}).get("p50")
         art = r.get("artifact") or {}
         color = svgplot.PALETTE[i % len(svgplot.PALETTE)]
-        ref = f"#{r['id']}" if r.get("id") else escape(str(r.get("source") or i + 1))
+        ref = escape(f"#{r['id']}" if r.get("id") else str(r.get("source") or i + 1))
         rows.append(
             f"<tr><td><span class=swatch style='background:{color}'></span>{ref}</td>"
             f"<td>{escape(str(r.get('device')))}</td><td>{escape(str(r.get('target') or '–'))}</td>"
             f"<td>{escape(str(art.get('file')))}<br><span class=muted><code>{escape(str(art.get('sha256') or '')[:12])}"
             f"</code></span></td><td>{escape(_runtime(r))}</td>"
             f"<td class=n><b>{_f(lat.get('p50'))}</b></td>"
-            f"<td class=n>{'[' + _f(ci[0]) + ', ' + _f(ci[1]) + ']' if ci else '–'}</td>"
+            f"<td class=n>{'[' + _f(ci[0]) + ', ' + _f(ci[-1]) + ']' if ci else '–'}</td>"
             f"<td class=n>{_f(lat.get('p90'))}</td><td class=n>{_f(lat.get('p99'))}</td>"
             f"<td class=n>{_f(lat.get('mean'))}</td><td class=n>{_f(lat.get('cv'), 3)}</td>"
-            f"<td class=n>{r.get('runs') or '–'}</td><td>{_status(r)}</td></tr>")
+            f"<td class=n>{_f(r.get('runs'))}</td><td>{_status(r)}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -114,22 +145,22 @@ def _describe_snapshot(s: dict | None) -> dict:
     if cf.get("governors"):
         out["CPU governor"] = "/".join(cf["governors"])
     if cf.get("cur_mhz_max"):
-        out["CPU clock (MHz)"] = (f"{cf['cur_mhz_min']:.0f}–{cf['cur_mhz_max']:.0f}"
-                                  if cf["cur_mhz_min"] != cf["cur_mhz_max"] else f"{cf['cur_mhz_max']:.0f}")
+        out["CPU clock (MHz)"] = (f"{_num(cf.get('cur_mhz_min'), '.0f')}–{_num(cf['cur_mhz_max'], '.0f')}"
+                                  if cf.get("cur_mhz_min") != cf["cur_mhz_max"] else _num(cf["cur_mhz_max"], ".0f"))
     th = s.get("thermal") or {}
     if th.get("max_c") is not None:
-        out["hottest zone"] = f"{th['max_c']:.1f} °C ({th.get('hottest')})"
+        out["hottest zone"] = f"{_num(th['max_c'], '.1f')} °C ({th.get('hottest')})"
     la = s.get("loadavg")
     if la:
-        out["load average 1/5/15 min"] = f"{la['1m']:.2f} / {la['5m']:.2f} / {la['15m']:.2f}"
+        out["load average 1/5/15 min"] = " / ".join(_num(la.get(k), ".2f") for k in ("1m", "5m", "15m"))
     pi = s.get("pi") or {}
     if pi:
         if pi.get("temp_c") is not None:
-            out["vcgencmd temp"] = f"{pi['temp_c']:.1f} °C"
+            out["vcgencmd temp"] = f"{_num(pi['temp_c'], '.1f')} °C"
         thr = pi.get("throttled")
         if thr:
-            out["throttled"] = thr["raw"] + (f" ({', '.join(thr['now'] + thr['since_boot'])})"
-                                             if thr["now"] or thr["since_boot"] else "")
+            flags = [str(x) for x in (thr.get("now") or []) + (thr.get("since_boot") or [])]
+            out["throttled"] = str(thr.get("raw")) + (f" ({', '.join(flags)})" if flags else "")
     j = s.get("jetson") or {}
     if j:
         if j.get("nvpmodel"):
@@ -138,7 +169,7 @@ def _describe_snapshot(s: dict | None) -> dict:
             out["jetson_clocks"] = "max clocks" if j["clocks"].get("max_clocks") else "dynamic"
         ts = j.get("tegrastats") or {}
         if ts.get("temps"):
-            out["tegrastats temps"] = ", ".join(f"{k} {v:.1f}" for k, v in ts["temps"].items())
+            out["tegrastats temps"] = ", ".join(f"{k} {_num(v, '.1f')}" for k, v in ts["temps"].items())
         if ts.get("ram_used_mb"):
             out["RAM used"] = f"{ts['ram_used_mb']}/{ts['ram_total_mb']} MB"
     return out
@@ -152,8 +183,9 @@ def _conditions_html(r: dict) -> str:
     rows = [_cond_row(k, b.get(k, "–"), a.get(k, "–")) for k in list(dict.fromkeys(list(b) + list(a)))]
     cd = c.get("cpu_during") or {}
     if cd:
-        rows.append(_cond_row("CPU during the run", "", f"others {cd.get('other_busy', 0) * 100:.0f}% of "
-                              f"{cd.get('ncpu')} CPUs, benchmark {cd.get('self_cores', 0):.2f} cores"))
+        other = sanitize.number(cd.get("other_busy")) or 0
+        rows.append(_cond_row("CPU during the run", "", f"others {other * 100:.0f}% of "
+                              f"{cd.get('ncpu')} CPUs, benchmark {_num(cd.get('self_cores', 0), '.2f')} cores"))
     facts = r.get("device_facts") or {}
     fl = ", ".join(str(facts[k]) for k in ("model", "kernel", "arch") if facts.get(k))
     if facts.get("ncpu"):
@@ -178,7 +210,8 @@ def _manifest_html(r: dict) -> str:
     cal = m.get("calibration") or {}
     rows = [("source", f"{src.get('file')} ({src.get('format')}, sha256 {str(src.get('sha256'))[:12]})"),
             ("target", f"{tgt.get('name')} ({tgt.get('family')})"),
-            ("artifact", f"{a0.get('file')} · {a0.get('precision')} · {(a0.get('bytes') or 0) / 1024:.1f} KiB"),
+            ("artifact", f"{a0.get('file')} · {a0.get('precision')} · "
+                         f"{(sanitize.number(a0.get('bytes')) or 0) / 1024:.1f} KiB"),
             ("calibration", f"{cal.get('source')} ({cal.get('samples')} samples)" if cal else "–"),
             ("toolchain", ", ".join(f"{k} {v}" for k, v in (m.get("toolchain") or {}).items()) or "–")]
     html_rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
@@ -225,6 +258,7 @@ def _comparison_html(results: list[dict]) -> str:
 def html(results: list[dict], title: str = "edgeopt benchmark report") -> str:
     from edgeopt import __version__
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = [sanitize.result(r) for r in results]
     labels = [label_of(r, i) for i, r in enumerate(results)]
     with_samples = [(lab, r) for lab, r in zip(labels, results) if r.get("samples_ms")]
     plots = []
@@ -250,10 +284,11 @@ def html(results: list[dict], title: str = "edgeopt benchmark report") -> str:
         per_device.append(
             f"<div class=card><h2 style='margin-top:0'>{escape(labels[i])}</h2>"
             f"<p class=muted>{escape(str(r.get('created') or ''))} {escape(str(r.get('host') or ''))} · "
-            f"warm-up {cfg.get('warmup')} runs / {proto.get('warmup_seconds', 0)} s, at least {cfg.get('runs')} runs "
-            f"and {cfg.get('min_seconds')} s, threads {cfg.get('threads')}"
+            f"warm-up {_f(cfg.get('warmup'))} runs / {_f(proto.get('warmup_seconds', 0))} s, at least "
+            f"{_f(cfg.get('runs'))} runs and {_f(cfg.get('min_seconds'))} s, threads {_f(cfg.get('threads'))}"
             + (f", sustained {proto['sustained']:g} s" if proto.get("sustained") else "")
-            + (f" · drift first→last tenth {drift['change'] * 100:+.1f} %" if drift else "") + "</p>"
+            + (f" · drift first→last tenth {drift['change'] * 100:+.1f} %"
+               if isinstance(drift, dict) and drift.get("change") is not None else "") + "</p>"
             f"<h3>Device conditions</h3>{_conditions_html(r)}"
             f"<h3>Model</h3>{_manifest_html(r)}</div>")
     comp = ""
@@ -271,7 +306,8 @@ def html(results: list[dict], title: str = "edgeopt benchmark report") -> str:
 
 def markdown(results: list[dict], title: str = "edgeopt benchmark") -> str:
     """A short summary for a pull request comment (GitHub-flavoured Markdown)."""
-    lines = [f"### {title}", "",
+    results = [sanitize.result(r) for r in results]
+    lines = [f"### {_md(title)}", "",
              "| | device | artifact | runtime | p50 ms | p50 95% CI | p90 ms | p99 ms | CV | runs | status |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for i, r in enumerate(results):
@@ -281,22 +317,24 @@ def markdown(results: list[dict], title: str = "edgeopt benchmark") -> str:
         if r.get("unstable"):
             st += ", unstable"
         ref = f"#{r['id']}" if r.get("id") else str(r.get("source") or i + 1)
-        lines.append(f"| {ref} | {r.get('device')} | `{(r.get('artifact') or {}).get('file')}` | {_runtime(r)} | "
-                     f"{_f(lat.get('p50'))} | {'[' + _f(ci[0]) + ', ' + _f(ci[1]) + ']' if ci else '–'} | "
-                     f"{_f(lat.get('p90'))} | {_f(lat.get('p99'))} | {_f(lat.get('cv'))} | {r.get('runs') or '–'} | "
-                     f"{st} |")
+        lines.append(f"| {_md(ref)} | {_md(r.get('device'))} | {_md_code((r.get('artifact') or {}).get('file'))} | "
+                     f"{_md(_runtime(r))} | {_md_number(lat.get('p50'))} | "
+                     f"{'[' + _md_number(ci[0]) + ', ' + _md_number(ci[-1]) + ']' if ci else '–'} | "
+                     f"{_md_number(lat.get('p90'))} | {_md_number(lat.get('p99'))} | {_md_number(lat.get('cv'))} | "
+                     f"{_md_number(r.get('runs'))} | {st} |")
     if len(results) == 2:
         from edgeopt.results.compare import compare
         try:
             p = compare([results[0]], [results[1]])["pairs"][0]
             icon = {"regression": "🔴", "slower": "🟡", "faster": "🟢", "same": "⚪"}[p["verdict"]]
-            lines += ["", f"{icon} **{p['verdict']}**: B ({p['b']['ref']}) vs A ({p['a']['ref']}): {p['summary']}"]
+            lines += ["", f"{icon} **{_md(p['verdict'])}**: B ({_md(p['b']['ref'])}) vs A ({_md(p['a']['ref'])}): "
+                          f"{_md(p['summary'])}"]
         except Exception:
             pass
     reasons = [(f"#{r['id']} {r.get('device')}" if r.get("id") else r.get("device"), x) for r in results
                for x in ((r.get("conditions") or {}).get("reasons") or [])]
     if reasons:
         lines += ["", "<details><summary>Device conditions</summary>", ""]
-        lines += [f"- {d}: {x}" for d, x in reasons]
+        lines += [f"- {_md(d)}: {_md(x)}" for d, x in reasons]
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""Result files and device output are data: a crafted one must not put markup into a report, a table or a file
+someone else can read.
+
+Found on the old code: the HTML and Markdown reports pasted result fields (id, runs, config, device and runtime
+strings, ...) as they were, so a result JSON or a device's output could carry a <script> into the page (stored XSS).
+"""
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from edgeopt.results import history, report, sanitize
+
+EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
+PAYLOAD = '<script>alert(1)</script>"><img src=x onerror=alert(2)>[x](javascript:alert(3))|`'
+
+
+class _Tags(HTMLParser):
+    """Every tag and attribute the browser would see."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def assert_page_safe(page: str):
+    parser = _Tags()
+    parser.feed(page)
+    assert [t for t, _ in parser.tags if t in ("script", "iframe", "object", "embed", "a", "link", "base")] == []
+    assert [(t, a) for t, attrs in parser.tags for a in attrs if a.startswith("on")] == []
+    assert all(attrs.get("src", "").startswith("data:image/svg+xml;base64,") for t, attrs in parser.tags if t == "img")
+    assert len([t for t, _ in parser.tags if t == "img"]) <= 3  # the plots, nothing from the payload
+
+
+def assert_markdown_safe(md: str):
+    """Outside code spans: no raw HTML, no link syntax; a code span cannot be closed early (no backtick in it)."""
+    outside = re.sub(r"`[^`]*`", "", md).replace("<details>", "").replace("</details>", "")
+    outside = outside.replace("<summary>", "").replace("</summary>", "")
+    assert "<" not in outside, outside
+    assert not re.search(r"(?<!\\)\]\(", outside), outside
+
+
+def _poison(value, key=None):
+    """Every leaf of a real-shaped result replaced by the payload (numbers too: a file can say anything)."""
+    if isinstance(value, dict):
+        return {k: _poison(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_poison(v) for v in value[:3]] + ([PAYLOAD] if key == "samples_ms" else [])
+    return PAYLOAD
+
+
+def _result():
+    """A stored-result shape with every field the report shows."""
+    snap = {"facts": {"model": "Raspberry Pi 5", "kernel": "6.6", "arch": "aarch64", "ncpu": 4},
+            "cpufreq": {"governors": ["ondemand"], "cur_mhz_min": 1500.0, "cur_mhz_max": 2400.0},
+            "thermal": {"max_c": 51.2, "hottest": "cpu"}, "loadavg": {"1m": 0.1, "5m": 0.2, "15m": 0.3},
+            "pi": {"temp_c": 50.0, "throttled": {"raw": "0x0", "now": ["x"], "since_boot": []}},
+            "jetson": {"nvpmodel": {"mode": "MAXN"}, "clocks": {"max_clocks": True},
+                       "tegrastats": {"temps": {"cpu": 40.0}, "ram_used_mb": 100, "ram_total_mb": 800}}}
+    return {"id": 7, "created": "2026-11-30T00:00:00", "device": "pi-01", "host": "pi@10.0.0.2", "target": "rpi5",
+            "artifact": {"file": "model.int8.tflite", "sha256": "ab" * 32},
+            "runtime": {"name": "ai_edge_litert", "version": "2.1.0", "delegate": "xnnpack", "provider": None},
+            "config": {"warmup": 10, "runs": 100, "min_seconds": 1.0, "threads": 4},
+            "protocol": {"warmup_seconds": 1.0, "sustained": 5.0},
+            "latency_ms": {"p50": 1.0, "p90": 1.2, "p95": 1.3, "p99": 1.5, "mean": 1.1, "std": 0.1, "cv": 0.09},
+            "ci95": {"p50": [0.9, 1.1], "mean": [1.0, 1.2]}, "drift": {"change": 0.01}, "runs": 100,
+            "samples_ms": [1.0, 1.1, 0.9], "timestamps_s": [0.001, 0.002, 0.003], "clean": False, "unstable": True,
+            "temperature_trace": [[0.0, 50.0], [1.0, 51.0]],
+            "conditions": {"before": snap, "after": snap, "cpu_during": {"other_busy": 0.1, "ncpu": 4,
+                                                                         "self_cores": 1.0},
+                           "reasons": ["hot"], "warnings": ["w"], "clean": False},
+            "device_facts": snap["facts"],
+            "manifest": {"source": {"file": "m.onnx", "format": "onnx", "sha256": "cd" * 32},
+                         "target": {"name": "rpi5", "family": "rpi"},
+                         "artifacts": [{"file": "model.int8.tflite", "precision": "int8", "bytes": 1000}],
+                         "calibration": {"source": "c.npy", "samples": 200}, "toolchain": {"tf": "2.19"},
+                         "accuracy": {"outputs": {"logits": {"cosine": 0.99, "sqnr_db": 30.0, "max_abs_err": 0.1,
+                                                             "top1_agreement": 0.98}}, "note": "x"}}}
+
+
+@pytest.mark.parametrize("poison_numbers", [False, True])
+def test_report_of_a_crafted_result_file_has_no_markup(tmp_path, poison_numbers):
+    r = _poison(_result())
+    if not poison_numbers:  # strings crafted, numbers real: the page must still show the numbers
+        real = _result()
+        r["latency_ms"], r["runs"], r["samples_ms"], r["id"] = (real["latency_ms"], real["runs"],
+                                                               real["samples_ms"], real["id"])
+    base = _result()
+    base["device"] = PAYLOAD
+    for name, obj in (("a.json", r), ("b.json", base)):
+        (tmp_path / name).write_text(json.dumps(obj))
+    p = subprocess.run([EDGEOPT, "report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--title", PAYLOAD,
+                        "--out", str(tmp_path / "r.html"), "--markdown", str(tmp_path / "s.md")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    page = (tmp_path / "r.html").read_text()
+    md = (tmp_path / "s.md").read_text()
+    assert_page_safe(page)
+    assert_markdown_safe(md)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown as text, not dropped
+    if not poison_numbers:
+        assert "1.000" in page and "| 1.000 |" in md
+    # a Markdown table row stays one row of 11 cells whatever the device name says
+    rows = [line for line in md.splitlines() if line.startswith("| #")]
+    assert rows and all(len(re.split(r"(?<!\\)\|", row)) == 13 for row in rows), rows
+
+
+def test_numbers_from_outside_are_numbers():
+    r = sanitize.result({"runs": "<b>", "id": "1; DROP", "latency_ms": {"p50": "9", "p90": float("nan"),
+                                                                      "p99": 2.5}, "samples_ms": [1, "x", 2.0],
+                         "device": "pi\x1b[2J\x1b]0;pwned\x07-01\r", "notes": ["a\x9bb"]})
+    assert r["runs"] is None and r["id"] is None
+    assert r["latency_ms"] == {"p50": None, "p90": None, "p99": 2.5}
+    assert r["samples_ms"] == [1.0, 2.0]
+    assert r["device"] == "pi[2J]0;pwned-01" and r["notes"] == ["ab"]
+
+
+def test_history_database_is_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "h" / "results.sqlite"
+        with history.History(str(path)) as db:
+            db.add(_result())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_report_functions_escape_without_the_cli():
+    r = _poison(_result())
+    page = report.html([r, _result()], title=PAYLOAD)
+    assert_page_safe(page)
+    assert_markdown_safe(report.markdown([r], title=PAYLOAD))
