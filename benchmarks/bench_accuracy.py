@@ -18,25 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+import zoo
 
-import models  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _data(name, work):
     if name == "lite0":
-        path = models.efficientnet_lite0(os.path.join(work, "efficientnet_lite0.onnx"))
-        cal, val, test = [((models.sample_photos(200, seed=s) - 0.5) / 0.5).astype(np.float32) for s in (1, 2, 3)]
+        path = zoo.efficientnet_lite0(os.path.join(work, "efficientnet_lite0.onnx"))
+        cal, val, test = [((zoo.sample_photos(200, seed=s) - 0.5) / 0.5).astype(np.float32) for s in (1, 2, 3)]
     else:
-        path = models.train_torch_cnn_onnx(os.path.join(work, "fmnist_cnn.onnx"))
-        xtr, _, xte, _ = models.fashion_mnist()
+        path = zoo.train_torch_cnn_onnx(os.path.join(work, "fmnist_cnn.onnx"))
+        xtr, _, xte, _ = zoo.fashion_mnist()
         cal, val, test = xtr[:200, None], xte[:1000, None], xte[1000:2000, None]
     np.save(os.path.join(work, f"{name}-calib.npy"), cal)
     np.save(os.path.join(work, f"{name}-val.npy"), val)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Conversion benchmark (issue 2): EfficientNet-Lite0 at 224x224, edgeopt vs. onnx2tf called directly.
+"""Conversion benchmark: EfficientNet-Lite0 at 224x224, edgeopt vs. onnx2tf called directly.
 
     .venv/bin/python benchmarks/bench_convert.py [--repeats 2] [--lat-repeats 5] [--lat-seconds 3]
                                                  [--tools edgeopt,onnx2tf] [--skip-convert]
 
 What it measures, each heavy step in its own fresh Python process (``--child``), run one after the other:
 
-1. prepare   the real pretrained EfficientNet-Lite0 exported to ONNX (tests/models.py; cached in
+1. prepare   the real pretrained EfficientNet-Lite0 exported to ONNX (benchmarks/zoo.py; cached in
              benchmarks/out/), a batch-1 copy of it, and 200 real photos normalised (x-0.5)/0.5, NCHW.
 2. edgeopt   ``edgeopt.convert(onnx, target="rpi", calib=<200 photos npy>)`` end to end, split into phases
              by wrapping pipeline/converter functions from outside the package (nothing in sdk/ or
@@ -45,7 +45,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
-ONNX = os.path.join(OUT, "efficientnet_lite0.onnx")            # as tests/models.py exports it (dynamic batch)
+ONNX = os.path.join(OUT, "efficientnet_lite0.onnx")            # as zoo.py exports it (dynamic batch)
 ONNX_B1 = os.path.join(OUT, "efficientnet_lite0.b1.onnx")       # batch fixed to 1: what both tools convert
 CALIB = os.path.join(OUT, "calib200_nchw.npy")                   # edgeopt's calib: 200 photos, normalised, NCHW
 O2T_CALIB = os.path.join(OUT, "onnx2tf_calib160_nhwc.npy")       # onnx2tf's: first 160 photos, 0..1, NHWC
@@ -152,12 +152,11 @@ def med(xs):
 
 def child_prepare(res_path):
     import numpy as np
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import models  # tests/models.py
+    import zoo
     info = {}
     t = time.perf_counter()
     if not os.path.exists(ONNX):
-        models.efficientnet_lite0(ONNX + ".tmp")
+        zoo.efficientnet_lite0(ONNX + ".tmp")
         os.replace(ONNX + ".tmp", ONNX)
         info["export_s"] = time.perf_counter() - t
     if not os.path.exists(ONNX_B1) or os.path.getmtime(ONNX_B1) < os.path.getmtime(ONNX):
@@ -167,14 +166,14 @@ def child_prepare(res_path):
         onnx_io.fix_shapes(m, {"image": [1, 3, 224, 224]})  # what edgeopt does before calling onnx2tf
         onnx.save(m, ONNX_B1)
     if not (os.path.exists(CALIB) and os.path.exists(O2T_CALIB)):
-        photos = models.sample_photos(N_CALIB, seed=0)                       # NCHW, 0..1
+        photos = zoo.sample_photos(N_CALIB, seed=0)                       # NCHW, 0..1
         np.save(CALIB, ((photos - MEAN) / STD).astype(np.float32))
         n_cal = N_CALIB - max(1, N_CALIB // 5)                               # edgeopt's held-out split
         np.save(O2T_CALIB, np.ascontiguousarray(photos[:n_cal].transpose(0, 2, 3, 1)).astype(np.float32))
     os.makedirs(O2T_CWD, exist_ok=True)
     sample = os.path.join(O2T_CWD, O2T_SAMPLE)
     if not os.path.exists(sample):
-        small = models.sample_photos(20, size=128, seed=1).transpose(0, 2, 3, 1)
+        small = zoo.sample_photos(20, size=128, seed=1).transpose(0, 2, 3, 1)
         np.save(sample, np.ascontiguousarray(small).astype(np.float32))
     info.update(onnx=ONNX, onnx_bytes=os.path.getsize(ONNX), calib=CALIB,
                 calib_shape=list(np.load(CALIB, mmap_mode="r").shape),
@@ -186,7 +185,7 @@ def child_edgeopt(res_path):
     # edgeopt's tf module sets TF_ENABLE_ONEDNN_OPTS=0 before TensorFlow loads; the parent sets it for both.
     imports_s = heavy_imports()
     import edgeopt
-    from edgeopt.conversion import data as D
+    from edgeopt.conversion import data
     from edgeopt import runtime
     from edgeopt.conversion import pipeline
     from edgeopt.converters import onnx_io, onnx_tflite, tf_tflite
@@ -198,7 +197,7 @@ def child_edgeopt(res_path):
     timer.wrap(tf_tflite, "from_keras_model", "from_keras_model")
     timer.wrap(pipeline.Job, "static_onnx_path", "static_onnx_save")
     timer.wrap(onnx_io, "load", "onnx_load_check")
-    timer.wrap(D, "load", "data_load")
+    timer.wrap(data, "load", "data_load")
     timer.wrap(pipeline, "sha256_file", "sha256")
     timer.wrap(pipeline, "_reference", "ort_session")
     timer.wrap(pipeline, "_run_batched", "ort_reference_run")
@@ -445,24 +444,26 @@ def main():
                 "torch_imported_during_call": any(r.get("torch_imported_during_call") for r in rs),
                 "calibration_samples": rs[-1]["calibration_samples"], "runs": rs}
 
-    E, O = agg(eo), agg(o2)
-    E["validation_samples"] = eo[-1]["validation"]["samples"]
-    O["conversions_s"] = {k: med([r["conversions_s"].get(k) for r in o2]) for k in o2[0]["conversions_s"]}
-    O["conversions_cpu_s"] = {k: med([r["conversions_cpu_s"].get(k) for r in o2]) for k in o2[0]["conversions_cpu_s"]}
-    matched = O["phases_s"]["graph_build"] + (O["conversions_s"].get("full_integer_quant") or 0.0)
-    matched_cpu = med([r["graph_build_cpu_s"] for r in o2]) + (O["conversions_cpu_s"].get("full_integer_quant") or 0.0)
-    ep = E["phases_s"]
+    ours, theirs = agg(eo), agg(o2)
+    ours["validation_samples"] = eo[-1]["validation"]["samples"]
+    theirs["conversions_s"] = {k: med([r["conversions_s"].get(k) for r in o2]) for k in o2[0]["conversions_s"]}
+    theirs["conversions_cpu_s"] = {k: med([r["conversions_cpu_s"].get(k) for r in o2])
+                                   for k in o2[0]["conversions_cpu_s"]}
+    matched = theirs["phases_s"]["graph_build"] + (theirs["conversions_s"].get("full_integer_quant") or 0.0)
+    matched_cpu = (med([r["graph_build_cpu_s"] for r in o2])
+                   + (theirs["conversions_cpu_s"].get("full_integer_quant") or 0.0))
+    ep = ours["phases_s"]
     own = ep["setup"] + ep["converter_other"] + ep["accuracy_check"] + ep["finish"]
     tools_work = ep["graph_build"] + ep["quantize"]
     acc = next(iter(eo[-1]["accuracy"].values()), {}) if eo[-1].get("accuracy") else {}
 
     conv = {
-        "repeats": len(eo), "edgeopt": E, "onnx2tf": O,
-        "overhead_vs_onnx2tf_direct": (E["wall_s"] - O["wall_s"]) / O["wall_s"],
-        "overhead_vs_onnx2tf_direct_cpu": (E["cpu_s"] - O["cpu_s"]) / O["cpu_s"],
+        "repeats": len(eo), "edgeopt": ours, "onnx2tf": theirs,
+        "overhead_vs_onnx2tf_direct": (ours["wall_s"] - theirs["wall_s"]) / theirs["wall_s"],
+        "overhead_vs_onnx2tf_direct_cpu": (ours["cpu_s"] - theirs["cpu_s"]) / theirs["cpu_s"],
         "onnx2tf_matched_work_s": matched, "onnx2tf_matched_work_cpu_s": matched_cpu,
-        "overhead_vs_matched_work": (E["wall_s"] - matched) / matched,
-        "overhead_vs_matched_work_cpu": (E["cpu_s"] - matched_cpu) / matched_cpu,
+        "overhead_vs_matched_work": (ours["wall_s"] - matched) / matched,
+        "overhead_vs_matched_work_cpu": (ours["cpu_s"] - matched_cpu) / matched_cpu,
         "edgeopt_own_work_s": own, "edgeopt_own_work_fraction": own / tools_work,
     }
     result = {
@@ -508,7 +509,7 @@ def report(res, a):
     ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
     pct = lambda x: f"{100 * x:+6.1f} %"  # noqa: E731
     tg, lat, conv = res["targets"], res["latency"], res["conversion"]
-    E, O = conv["edgeopt"], conv["onnx2tf"]
+    ours, theirs = conv["edgeopt"], conv["onnx2tf"]
     print()
     print(f"EfficientNet-Lite0 224x224, {res['machine']['cpu']}, {res['machine']['cores']} cores; "
           f"conversions under {res['network']}")
@@ -523,26 +524,26 @@ def report(res, a):
           f"{ok(tg['size_ratio_le_0.3'])}")
     acc = res["accuracy_int8_vs_fp32_onnx"]
     if acc:
-        print(f"  INT8 vs FP32 ONNX on {E['validation_samples']} held-out photos: top-1 agreement "
+        print(f"  INT8 vs FP32 ONNX on {ours['validation_samples']} held-out photos: top-1 agreement "
               f"{acc.get('top1_agreement')}, SQNR {acc.get('sqnr_db', 0):.1f} dB, cosine {acc.get('cosine', 0):.4f}")
     loads = [r["load1_before"] for t in ("edgeopt", "onnx2tf") for r in conv[t]["runs"] if "load1_before" in r]
-    print(f"\nconversion: median of {conv['repeats']} edgeopt / {len(O['runs'])} onnx2tf run(s), seconds in the call "
-          f"(libraries imported before), cpu = process CPU seconds; load average "
+    print(f"\nconversion: median of {conv['repeats']} edgeopt / {len(theirs['runs'])} onnx2tf run(s), "
+          f"seconds in the call (libraries imported before), cpu = process CPU seconds; load average "
           f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} on {res['machine']['cores']} cores")
-    print(f"  edgeopt.convert(target='rpi'), {E['calibration_samples']} calib + {E['validation_samples']} val"
-          f"  {E['wall_s']:7.1f} s   cpu {E['cpu_s']:6.1f} s")
+    print(f"  edgeopt.convert(target='rpi'), {ours['calibration_samples']} calib + {ours['validation_samples']} val"
+          f"  {ours['wall_s']:7.1f} s   cpu {ours['cpu_s']:6.1f} s")
     names = {"setup": "setup (hash, read ONNX, load data)", "graph_build": "onnx2tf graph build",
              "quantize": "quantization (TFLiteConverter)", "converter_other": "other in converter (static ONNX)",
              "accuracy_check": "accuracy check (ORT vs INT8)", "finish": "manifest + commit"}
-    for k, v in E["phases_s"].items():
+    for k, v in ours["phases_s"].items():
         print(f"    {names.get(k, k):48s} {v:7.1f} s")
-    print(f"  onnx2tf.convert(-oiqt, -cind), {O['calibration_samples']} calib samples      "
-          f"{O['wall_s']:7.1f} s   cpu {O['cpu_s']:6.1f} s")
-    print(f"    {'graph build':48s} {O['phases_s']['graph_build']:7.1f} s")
-    print(f"    {'saved_model export':48s} {O['phases_s']['saved_model_export']:7.1f} s")
-    for k, v in O["conversions_s"].items():
+    print(f"  onnx2tf.convert(-oiqt, -cind), {theirs['calibration_samples']} calib samples      "
+          f"{theirs['wall_s']:7.1f} s   cpu {theirs['cpu_s']:6.1f} s")
+    print(f"    {'graph build':48s} {theirs['phases_s']['graph_build']:7.1f} s")
+    print(f"    {'saved_model export':48s} {theirs['phases_s']['saved_model_export']:7.1f} s")
+    for k, v in theirs["conversions_s"].items():
         print(f"    {'tflite ' + k:48s} {v:7.1f} s")
-    print(f"    {'other':48s} {O['phases_s']['other']:7.1f} s")
+    print(f"    {'other':48s} {theirs['phases_s']['other']:7.1f} s")
     print(f"  overhead vs onnx2tf direct (-oiqt)   {pct(conv['overhead_vs_onnx2tf_direct'])}  (cpu "
           f"{pct(conv['overhead_vs_onnx2tf_direct_cpu'])})  target < 10%: "
           f"{ok(tg['overhead_lt_10pct_vs_onnx2tf_direct'])}")
@@ -553,7 +554,7 @@ def report(res, a):
           f"{conv['onnx2tf_matched_work_s']:.1f} s (cpu {conv['onnx2tf_matched_work_cpu_s']:.1f} s)")
     print(f"  edgeopt's own work (all but graph build + quantization) {conv['edgeopt_own_work_s']:.1f} s = "
           f"{100 * conv['edgeopt_own_work_fraction']:.1f} % of the tools' work; torch imported during the call: "
-          f"{E['torch_imported_during_call']}")
+          f"{ours['torch_imported_during_call']}")
     print(f"\nwrote {os.path.relpath(os.path.join(OUT, 'convert.json'), ROOT)}")
 
 

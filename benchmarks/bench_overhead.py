@@ -15,9 +15,10 @@ import subprocess
 import time
 
 import numpy as np
-from _lab import EDGEOPT, make_tflite, new_lab
+from _lab import EDGEOPT, new_lab
+from zoo import make_tflite
 
-from edgeopt.devices import inventory as I
+from edgeopt.devices import inventory
 from edgeopt.devices.bench import BenchOptions, bench_device
 
 
@@ -48,7 +49,7 @@ def main():
         ns = lab.netns()
         lab.start("pi-ns", netns=ns)
         inv = lab.inventory()
-        dev = I.load(inv).get("pi-ns")
+        dev = inventory.load(inv).get("pi-ns")
         opts = BenchOptions(runs=a.runs, min_seconds=0, threads=1, keep_samples=True, progress=False)
         bench_device(dev, str(model), opts)  # push once
         ours, theirs, sdk_over, cli_over = [], [], [], []
@@ -74,7 +75,8 @@ def main():
         print(f"    CLI process `edgeopt bench --json`  {statistics.median(cli_over):.2f} s  "
               f"[{', '.join(f'{x:.2f}' for x in cli_over)}]")
         r = bench_device(dev, str(model), opts)
-        print(f"    breakdown of one SDK call: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["timing"].items() if v is not None)
+        print("    breakdown of one SDK call: " + ", ".join(f"{k} {v:.3f} s" for k,
+                                                            v in r["timing"].items() if v is not None)
               + f", runtime init {r['init_ms'] / 1e3:.3f} s")
     finally:
         lab.stop()

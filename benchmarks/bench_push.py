@@ -14,7 +14,7 @@ import time
 
 from _lab import new_lab
 
-from edgeopt.devices import inventory as I
+from edgeopt.devices import inventory
 from edgeopt.devices.connection import connect
 from edgeopt.devices.push import push
 
@@ -31,7 +31,7 @@ def main():
     try:
         ns = lab.netns(rate=f"{a.mbit:g}mbit", burst=a.burst, latency=a.latency)
         d = lab.start("pi-link", netns=ns)
-        dev = I.load(lab.inventory()).get("pi-link")
+        dev = inventory.load(lab.inventory()).get("pi-link")
         size = int(a.mb * 1024 * 1024)
         floor = size * 8 / (a.mbit * 1e6)
         src = lab.base / "artifact.tflite"
@@ -58,7 +58,7 @@ def main():
         print(f"    edgeopt push         {m:6.2f} s  = {m / floor:.3f} x floor ({(m / floor - 1) * 100:+.1f} %)"
               f"  [{', '.join(f'{x:.2f}' for x in ours)}]  (incl. remote sha256 verify + rename)")
         print(f"    scp (OpenSSH)        {s:6.2f} s  = {s / floor:.3f} x floor  [{', '.join(f'{x:.2f}' for x in scps)}]")
-        print(f"    re-push same file    0 bytes sent")
+        print("    re-push same file    0 bytes sent")
     finally:
         lab.stop()
 

@@ -2,7 +2,8 @@
 
     sudo .venv/bin/python benchmarks/bench_repeat.py [--repeats 5] [--min-seconds 3] [--size 96 --filters 32]
 
-Device: a namespace sshd device of the test lab (tests/sshlab.py), i.e. this machine behind SSH. Artifact: a
+Device: a namespace sshd device of the sshd lab (tests/sshlab.py), i.e. this machine behind SSH, or the first
+device of --inventory (a real one; `--inventory edgeopt.toml --device pi-01`). Artifact: a
 real INT8 TFLite CNN built with TensorFlow (96x96x3, two 32-filter convs; ~ms per run). Each repeat is a full
 `bench_device` call (push cached, runner started afresh, warm-up by time, then >= runs and >= min-seconds),
 one thread. Spread = (max p50 - min p50) / median p50; target < 3 %. Also printed: each run's p50 and its
@@ -14,9 +15,9 @@ import json
 import statistics
 from pathlib import Path
 
-from _lab import make_tflite, new_lab
+from _lab import add_device_args, devices
+from zoo import make_tflite
 
-from edgeopt.devices import inventory as I
 from edgeopt.devices.bench import BenchOptions, bench_device
 
 
@@ -29,12 +30,11 @@ def main():
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--filters", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    add_device_args(ap)
     a = ap.parse_args()
-    lab = new_lab()
-    try:
-        model = make_tflite(lab.base / f"cnn{a.size}.int8.tflite", size=a.size, filters=a.filters)
-        lab.start("pi-ns", netns=lab.netns())
-        dev = I.load(lab.inventory()).get("pi-ns")
+    with devices(a, 1) as (devs, work):
+        dev = devs[0]
+        model = make_tflite(work / f"cnn{a.size}.int8.tflite", size=a.size, filters=a.filters)
         opts = BenchOptions(runs=a.runs, min_seconds=a.min_seconds, warmup_seconds=a.warmup_seconds,
                             threads=a.threads, progress=False)
         bench_device(dev, str(model), BenchOptions(runs=1, min_seconds=0, progress=False))  # push once
@@ -59,8 +59,6 @@ def main():
         out = Path(__file__).parent / "out"
         out.mkdir(exist_ok=True)
         (out / "repeat.json").write_text(json.dumps({"args": vars(a), "runs": rows, "spread": spread}, indent=2))
-    finally:
-        lab.stop()
 
 
 if __name__ == "__main__":

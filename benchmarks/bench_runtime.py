@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""edgeopt.runtime benchmark (issue 6): per-call overhead over the bare interpreter, and import time.
+"""edgeopt.runtime benchmark: per-call overhead over the bare interpreter, and import time.
 
     .venv/bin/python benchmarks/bench_runtime.py [--threads N] [--rounds 15] [--calls 20] [--imports 15]
 
-1. prepare   EfficientNet-Lite0 with its real ImageNet weights (tests/models.py) exported to ONNX and converted
+1. prepare   EfficientNet-Lite0 with its real ImageNet weights (benchmarks/zoo.py) exported to ONNX and converted
              for rpi (INT8 TFLite, float32 I/O, NHWC inside) with 200 real photos normalised (x-0.5)/0.5;
              cached in benchmarks/out/runtime/.
 2. overhead  in a fresh process that imports only numpy, ai_edge_litert and edgeopt.runtime, on the same
@@ -37,7 +37,8 @@ import sys
 import tarfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 OUT = os.path.join(ROOT, "benchmarks", "out")
 WORK = os.path.join(OUT, "runtime")
 PY = sys.executable
@@ -59,18 +60,17 @@ def prepare() -> str:
     onnx_path, calib = os.path.join(WORK, "efficientnet_lite0.onnx"), os.path.join(WORK, "calib200.npy")
     # export (torch) and conversion (TensorFlow) in separate processes: onnx2tf misbehaves with torch loaded
     code = f"""
-import sys, numpy as np
-sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-import models
-models.efficientnet_lite0({onnx_path!r})
-x = (models.sample_photos(200) - 0.5) / 0.5
+import numpy as np
+import zoo  # benchmarks/zoo.py: `python -c` runs in benchmarks/ (cwd below), first on sys.path
+zoo.efficientnet_lite0({onnx_path!r})
+x = (zoo.sample_photos(200) - 0.5) / 0.5
 np.save({calib!r}, x.astype(np.float32))
 """
     t = time.time()
     for cmd in ([PY, "-c", code],
                 [os.path.join(os.path.dirname(PY), "edgeopt"), "convert", onnx_path, "--target", "rpi", "--calib",
                  calib, "--out", out, "--json"]):
-        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=HERE)
         if r.returncode != 0:
             sys.exit(f"preparing EfficientNet-Lite0 failed:\n{r.stderr[-3000:]}")
     print(f"prepared {out} in {time.time() - t:.0f} s", file=sys.stderr)
@@ -193,8 +193,8 @@ def import_times(out_dir: str, n: int) -> dict:
     res = {}
     # an unpacked bundle: the minimal edgeopt/__init__.py + runtime.py, nothing of the SDK
     bdir = os.path.join(WORK, "bundle-root")
-    from edgeopt.firmware import bundle as B
-    arc = B.build(out_dir, os.path.join(WORK, "lite0-rpi.tar.gz"))
+    from edgeopt.firmware import bundle
+    arc = bundle.build(out_dir, os.path.join(WORK, "lite0-rpi.tar.gz"))
     if os.path.isdir(bdir):
         import shutil
         shutil.rmtree(bdir)

@@ -9,6 +9,8 @@ import importlib
 
 from edgeopt.errors import UsageError
 
+__all__ = ["ROUTES", "REFUSED", "TOOL_MODULES", "MODULES", "load", "resolve", "route"]
+
 # (source format, artifact kind) -> "module:function"
 ROUTES: dict[tuple[str, str], str] = {
     ("onnx", "tflite-int8"): "edgeopt.converters.onnx_tflite:convert",

@@ -12,6 +12,10 @@ import math
 
 import numpy as np
 
+from edgeopt.runtime import KEEP_FLOAT_OPTIMIZERS
+
+__all__ = ["QUANTIZED_OPS", "WEIGHTED_OPS", "layer_errors"]
+
 # nodes quantize_static quantizes (and nodes_to_exclude can keep in float)
 QUANTIZED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "AveragePool",
                  "GlobalAveragePool", "MaxPool", "Concat", "Sigmoid", "HardSigmoid", "Resize", "Softmax",
@@ -33,7 +37,7 @@ def _session(model, outputs):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as edgeopt.runtime runs QDQ
     so.log_severity_level = 3
     so.intra_op_num_threads = 1
-    from edgeopt.runtime import KEEP_FLOAT_OPTIMIZERS  # float nodes stay float, as edgeopt.runtime runs them
+    # float nodes stay float, as edgeopt.runtime runs them
     s = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"],
                              disabled_optimizers=list(KEEP_FLOAT_OPTIMIZERS))
     return s

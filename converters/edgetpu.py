@@ -15,6 +15,10 @@ import subprocess
 
 import numpy as np
 
+from edgeopt.runtime import import_tflite_interpreter
+
+__all__ = ["SUPPORTED", "read_ops", "why_not", "preflight", "parse_compiler_log", "compile_if_available"]
+
 # TFLite builtin op names the Edge TPU supports (coral.ai/docs/edgetpu/models-intro#supported-operations),
 # with the documented limits that the pre-flight checks.
 SUPPORTED = {
@@ -31,8 +35,7 @@ _Q = (np.int8, np.uint8)
 
 def read_ops(path: str) -> list[dict]:
     """Ops of a TFLite file in execution order: name, tensor facts, whether any tensor is float."""
-    from edgeopt.runtime import _import_tflite_interpreter
-    Interpreter = _import_tflite_interpreter()[0]
+    Interpreter = import_tflite_interpreter()[0]
     interp = Interpreter(model_path=path)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     details = interp._get_ops_details()

@@ -1,6 +1,8 @@
 """ONNX -> FP16 ONNX (float16 weights and compute, float32 inputs/outputs) for TensorRT's FP16 path."""
 from __future__ import annotations
 
+__all__ = ["convert"]
+
 
 def convert(job) -> list[dict]:
     import onnx

@@ -5,6 +5,8 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 
+__all__ = ["load", "io_specs", "fix_shapes", "Reference", "versions"]
+
 _DT = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 9: "bool"}
 
 

@@ -6,6 +6,8 @@ TensorRT takes INT8 only as symmetric quantization with zero point 0 (TensorRT D
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
 import io
 import os
 import sys
@@ -13,6 +15,8 @@ import sys
 import numpy as np
 
 from edgeopt.errors import UsageError
+
+__all__ = ["convert", "bias_corrected", "float_inputs", "check_symmetric"]
 
 
 class _Reader:
@@ -128,7 +132,6 @@ class _CachedCalibrator:
         pass
 
     def compute_data(self):
-        import copy
         return copy.deepcopy(self._data)
 
 
@@ -146,7 +149,6 @@ class _reuse_calibration:
     def __enter__(self):
         if self.cache is None:
             return self
-        import importlib
         q = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
         self._mod, self._orig = q, q.create_calibrator
         cache, key, orig = self.cache, self.key, q.create_calibrator
@@ -158,7 +160,6 @@ class _reuse_calibration:
                 compute = cal.compute_data
 
                 def compute_and_keep():
-                    import copy
                     data = compute()
                     cache[key] = copy.deepcopy(data)
                     return data
@@ -242,11 +243,11 @@ def bias_corrected(job, prep: str, names: list[str], skip: set) -> str:
                 shift = dd @ e
             else:
                 g = next((a.i for a in n.attribute if a.name == "group"), 1)
-                O, ig = dw.shape[:2]
-                if ig * g != e.size or O % g:
+                n_out, ig = dw.shape[:2]
+                if ig * g != e.size or n_out % g:
                     continue
-                dsum = dw.reshape(O, ig, -1).sum(2).reshape(g, O // g, ig)
-                shift = np.einsum("gok,gk->go", dsum, e.reshape(g, ig)).reshape(O)
+                dsum = dw.reshape(n_out, ig, -1).sum(2).reshape(g, n_out // g, ig)
+                shift = np.einsum("gok,gk->go", dsum, e.reshape(g, ig)).reshape(n_out)
             b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
             if b.shape != shift.shape:
                 continue

@@ -16,6 +16,8 @@ import numpy as np
 from edgeopt.errors import UsageError
 from edgeopt.conversion.hermetic import offline
 
+__all__ = ["nhwc_perm", "layout_perm", "simplify", "to_keras", "convert", "versions"]
+
 
 def nhwc_perm(rank: int) -> list[int] | None:
     """onnx2tf's layout rule: channels-first 3D/4D/5D tensors become channels-last."""

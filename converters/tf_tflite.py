@@ -22,6 +22,8 @@ import warnings  # noqa: E402
 
 import absl.logging  # noqa: E402
 
+__all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of"]
+
 absl.logging.set_verbosity(absl.logging.ERROR)
 warnings.filterwarnings("ignore", module=r"tensorflow\..*")
 
@@ -80,23 +82,52 @@ def from_keras_model(model, names_hint: list[str] | None = None) -> Graph:
     return Graph(fn, inputs, out_names, keep=model)
 
 
-def load(path: str, fmt: str) -> Graph:
-    """Load a Keras file or SavedModel directory. Bad files raise UsageError (exit 2)."""
+_TRUST_HINT = ("re-export the model without Lambda layers or custom objects (or export a SavedModel with "
+               "model.export(DIR) and convert that); if you trust this file, pass --trust-model-code "
+               "(edgeopt.convert(..., trust_model_code=True))")
+
+
+def _check_keras_code(path: str, trust_model_code: bool) -> None:
+    """Refuse a Keras file whose config would run code on load, unless the user opted in. Runs no code itself."""
+    if trust_model_code:
+        return
+    from edgeopt.converters.keras_tflite import code_risks, keras_config
+    try:
+        cfg = keras_config(path)
+    except Exception as e:  # not readable as Keras without a loader: say so, never fall back to one
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: cannot read the Keras model config: {first[:300]}") from None
+    risks = code_risks(cfg)
+    if risks and not trust_model_code:
+        more = f" and {len(risks) - 3} more" if len(risks) > 3 else ""
+        raise UsageError(f"{path}: the model holds code that would run when it is loaded "
+                         f"({', '.join(risks[:3])}{more}); refusing to load it", hint=_TRUST_HINT)
+
+
+def load(path: str, fmt: str, trust_model_code: bool = False) -> Graph:
+    """Load a Keras file or SavedModel directory. Bad files raise UsageError (exit 2).
+
+    A Keras file with Lambda layers or custom objects (code in the file) is refused unless
+    ``trust_model_code``: its config is inspected first, and Keras loads it in safe mode.
+    """
     try:
         if fmt == "keras":
+            _check_keras_code(path, trust_model_code)
             import keras  # Keras 3, as TensorFlow 2.19 ships it
             try:
-                model = keras.models.load_model(path, compile=False)
+                model = keras.models.load_model(path, compile=False, safe_mode=not trust_model_code)
             except Exception as first:
+                if "safe_mode" in str(first) or "arbitrary code" in str(first):
+                    # Keras found code the inspection missed: that refusal is final, never retried
+                    # with a loader that has no safe mode
+                    raise UsageError(f"{path}: Keras refused to load the model in safe mode (it holds code "
+                                     "that would run when it is loaded)", hint=_TRUST_HINT) from None
                 if not path.lower().endswith((".h5", ".hdf5")):
-                    if "safe_mode" in str(first) or "Lambda" in str(first):
-                        raise UsageError(f"{path}: the model has a Lambda layer, which Keras will not load in "
-                                         "safe mode (it runs code stored in the file)",
-                                         hint="replace the Lambda layer, or export a SavedModel "
-                                              "(model.export(DIR)) and convert that") from None
                     raise
                 try:
-                    import tf_keras  # legacy .h5 files written by tf.keras 2.x
+                    # legacy .h5 files written by tf.keras 2.x; tf_keras has no safe mode, so it sees only
+                    # files whose config was inspected above (or that the user trusts)
+                    import tf_keras
                     model = tf_keras.models.load_model(path, compile=False)
                 except Exception:
                     raise first from None
@@ -270,17 +301,17 @@ class Debugger:
     def model(self, float_layers: list[str] = (), io_dtype: str | None = None, bias_correction: bool = False) -> bytes:
         """INT8 TFLite with the given layers (output tensor names, from :meth:`layers`) computed in float;
         with ``bias_correction``, the biases of the INT8 convolutions corrected (:meth:`bias_corrected`)."""
-        from tensorflow.lite.python import convert as _convert
-        from tensorflow.lite.python import util as _util
+        from tensorflow.lite.python import convert as lite_convert
+        from tensorflow.lite.python import util as lite_util
         io_dtype = io_dtype or self.io_dtype
         src = self.bias_corrected(skip=float_layers) if bias_correction else self.dbg.calibrated_model
-        data = _convert.mlir_quantize(src,
-                                      disable_per_channel=self.dbg.converter._experimental_disable_per_channel,
-                                      fully_quantize=False, enable_numeric_verify=False,
-                                      denylisted_nodes=list(float_layers) or None)
+        data = lite_convert.mlir_quantize(src,
+                                          disable_per_channel=self.dbg.converter._experimental_disable_per_channel,
+                                          fully_quantize=False, enable_numeric_verify=False,
+                                          denylisted_nodes=list(float_layers) or None)
         if io_dtype != "float32":
             io = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
-            data = _util.modify_model_io_type(data, io, io)
+            data = lite_util.modify_model_io_type(data, io, io)
         return data
 
 
@@ -298,20 +329,20 @@ class Debugger:
 
 
 def _apply_biases(calibrated: bytes, shifts: dict, skip: set) -> bytes:
-    from tensorflow.lite.tools import flatbuffer_utils as fu
-    fm = fu.convert_bytearray_to_object(bytearray(calibrated))
+    from tensorflow.lite.tools import flatbuffer_utils
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     for out, (buf, data) in shifts.items():
         if out not in skip:
             fm.buffers[buf].data = data
-    return bytes(fu.convert_object_to_bytearray(fm))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
 
 
 def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict]:
     """{layer output name: (bias buffer index, corrected bias bytes)}, info."""
     from ai_edge_litert.interpreter import Interpreter
-    from tensorflow.lite.tools import flatbuffer_utils as fu
+    from tensorflow.lite.tools import flatbuffer_utils
 
-    fm = fu.convert_bytearray_to_object(bytearray(calibrated))
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     sg = fm.subgraphs[0]
     codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
     kinds = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}

@@ -1,18 +1,31 @@
 """edgeopt: take a trained model to edge hardware and prove how fast it runs there.
 
-``import edgeopt`` is light: it never imports TensorFlow, onnx or onnxruntime. Those load only inside
-the functions that need them.
+    import edgeopt
+    manifest = edgeopt.convert("model.onnx", "rpi5", calib="calib.npy", val="val.npy", out="build/model")
+    results = edgeopt.bench("build/model", local=True)
+    out = edgeopt.deploy("model.onnx", "jetson", calib="calib.npy")       # every Jetson in edgeopt.toml
+
+``import edgeopt`` is light: it never imports TensorFlow, onnx or onnxruntime (nor numpy). Those load only
+inside the functions that need them. The keyword defaults here are the CLI's (tests/test_public_api.py checks).
 """
 from __future__ import annotations
 
+from edgeopt.conversion.defaults import DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL
+from edgeopt.errors import DeviceError, EdgeoptError, GateError, UsageError
+from edgeopt.runtime import RUNNER_DEFAULTS  # the runner's table; numpy loads only when a model runs
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "convert", "EdgeoptError"]
-
-from edgeopt.errors import EdgeoptError  # noqa: E402  (no heavy imports)
+__all__ = ["__version__", "convert", "bench", "deploy", "EdgeoptError", "UsageError", "GateError", "DeviceError"]
 
 
-def convert(model, target: str, calib=None, val=None, out=None, **options):
+def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=None, mean=None, std=None,
+            io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
+            accuracy_target=None, allow_float_fallback: bool = False, allow_cpu_ops: bool = False,
+            explain: bool = False, calibration_method: str | None = None, max_samples: int = DEFAULT_MAX_CALIB,
+            max_val_samples: int = DEFAULT_MAX_VAL, trust_model_code: bool = False, per_channel: bool = True,
+            bias_correction: bool = False, calib_percentile: float | None = None,
+            histogram_samples: int | None = None, progress=None, warn=None) -> dict:
     """Convert ``model`` for ``target`` and return the manifest (a dict, also written to ``out/manifest.json``).
 
     model:  path to an .onnx file, a Keras .keras/.h5 file, a SavedModel directory or a .tflite file.
@@ -20,12 +33,149 @@ def convert(model, target: str, calib=None, val=None, out=None, **options):
     calib:  calibration data: a .npy/.npz file, an image directory, an array/dict of arrays, or ``"random"``.
     val:    validation data, same forms; without it, held-out calibration samples are used.
     out:    output directory (default ``./edgeopt-out/<model>-<target>``).
-    options: ``input_shapes`` (dict name -> shape), ``mean``, ``std``, ``io`` (int8|uint8|float32),
-             ``min_sqnr``, ``min_top1``, ``allow_float_fallback``, ``max_samples``, ``progress``.
 
-    Raises :class:`edgeopt.errors.UsageError` for bad input (exit code 2) and
-    :class:`edgeopt.errors.GateError` when an accuracy gate fails (artifacts are kept; exit code 1).
+    The keyword options are the CLI's flags: ``input_shapes`` (dict name -> shape, or ``["name=1,3,224,224"]``),
+    ``mean``/``std`` (per channel, for image folders), ``io`` (int8|uint8|float32; default the target's),
+    ``min_sqnr``/``min_top1`` (gates), ``accuracy_target`` (``"top1=0.99"`` and/or ``"sqnr=30"``: recover
+    accuracy until met), ``allow_float_fallback``, ``allow_cpu_ops`` (Coral: float layers on the CPU),
+    ``explain`` (per-layer error report in the manifest), ``calibration_method`` (minmax|percentile|entropy),
+    ``max_samples``/``max_val_samples``, ``trust_model_code`` (load models whose file can run code, such as
+    Keras Lambda layers: only for files you trust). Recipe knobs, as recorded in
+    ``manifest["calibration"]["recipe"]``: ``per_channel``, ``bias_correction``, ``calib_percentile``,
+    ``histogram_samples``. ``progress(msg)`` is called at each step; ``warn(msg)`` receives warnings
+    (default: printed on stderr). An unknown keyword is a TypeError naming it.
+
+    Raises :class:`UsageError` for bad input (exit code 2) and :class:`GateError` when an accuracy gate
+    fails (artifacts are kept and ``error.result`` is the manifest; exit code 1).
     """
-    from edgeopt.conversion.pipeline import convert as _convert
+    from edgeopt.conversion import pipeline
 
-    return _convert(model, target=target, calib=calib, val=val, out=out, **options)
+    options = {}
+    if explain:
+        options["explain"] = True
+    if calibration_method is not None:
+        options["calibration_method"] = calibration_method
+    # the pipeline reads the recipe knobs only when given: pass the non-defaults, as the CLI does
+    if not per_channel:
+        options["per_channel"] = False
+    if bias_correction:
+        options["bias_correction"] = True
+    if calib_percentile is not None:
+        options["calib_percentile"] = calib_percentile
+    if histogram_samples is not None:
+        options["histogram_samples"] = histogram_samples
+    if warn is not None:
+        options["warn"] = warn
+    return pipeline.convert(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shapes, mean=mean,
+                            std=std, io=io, min_sqnr=min_sqnr, min_top1=min_top1, accuracy_target=accuracy_target,
+                            allow_float_fallback=allow_float_fallback, allow_cpu_ops=allow_cpu_ops,
+                            max_samples=max_samples, max_val_samples=max_val_samples,
+                            trust_model_code=trust_model_code, progress=progress, **options)
+
+
+def bench(artifact, devices=None, *, local: bool = False, inventory=None, warmup: int = RUNNER_DEFAULTS["warmup"],
+          runs: int = RUNNER_DEFAULTS["runs"], min_seconds: float = RUNNER_DEFAULTS["min_seconds"],
+          threads: int | None = None, seed: int = RUNNER_DEFAULTS["seed"], input: str | None = None,
+          lock_timeout: float = RUNNER_DEFAULTS["lock_timeout"],
+          warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"], sustained: float = RUNNER_DEFAULTS["sustained"],
+          cv_threshold: float | None = None, accept_new: bool = False) -> list[dict]:
+    """Benchmark an artifact on devices, in parallel, pushing it first where it is not there yet.
+
+    artifact: a .tflite/.onnx file, or an ``edgeopt convert`` output directory (its primary artifact).
+    devices:  device names from the inventory (``"pi-01"``, ``"pi-01,pi-02"`` or a list), or
+              :class:`edgeopt.devices.inventory.Device` objects; ``local=True`` benchmarks this machine
+              through the same code path. With neither, this machine when there is no inventory at all.
+    inventory: the inventory file (default ``./edgeopt.toml`` or ``$EDGEOPT_INVENTORY``).
+
+    The other keywords are ``edgeopt bench``'s flags (``cv_threshold`` is ``--max-cv``). Returns one result
+    dict per device (the JSON of ``edgeopt bench --json``); a device that failed is ``{"device", "error",
+    "hint", "exit_code"}`` instead.
+    Results are not stored in the history database (the CLI does that). Raises :class:`UsageError` for bad
+    input (unknown device, no such artifact).
+    """
+    from edgeopt.devices import bench as device_bench
+
+    target = device_bench.manifest_target(artifact) if local or devices is None else None
+    chosen = _select_devices(devices, local, inventory, local_target=target, command="bench")
+    opts = device_bench.BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, seed=seed,
+                                     input=input, lock_timeout=lock_timeout, keep_samples=True,
+                                     warmup_seconds=warmup_seconds, sustained=sustained, cv_threshold=cv_threshold)
+    return device_bench.bench_devices(chosen, artifact, opts, accept_new=accept_new)
+
+
+def deploy(model, target: str, devices=None, *, local: bool = False, inventory=None, out=None, calib=None, val=None,
+           input_shapes=None, mean=None, std=None, io: str | None = None, min_sqnr: float | None = None,
+           min_top1: float | None = None, accuracy_target=None, allow_float_fallback: bool = False,
+           allow_cpu_ops: bool = False, explain: bool = False, calibration_method: str | None = None,
+           max_samples: int = DEFAULT_MAX_CALIB, max_val_samples: int = DEFAULT_MAX_VAL,
+           trust_model_code: bool = False, warmup: int = RUNNER_DEFAULTS["warmup"],
+           runs: int = RUNNER_DEFAULTS["runs"], min_seconds: float = RUNNER_DEFAULTS["min_seconds"],
+           threads: int | None = None, seed: int = RUNNER_DEFAULTS["seed"], input: str | None = None,
+           lock_timeout: float = RUNNER_DEFAULTS["lock_timeout"],
+           warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"], sustained: float = RUNNER_DEFAULTS["sustained"],
+           cv_threshold: float | None = None,
+           no_bench: bool = False, accept_new: bool = False, cache_root=None) -> dict:
+    """Convert ``model`` for ``target`` (cached by content and options), push it to devices and benchmark it.
+
+    devices: names from the inventory or Device objects (as :func:`bench`); default every inventory device
+             whose target is in ``target``'s family (this machine when there is no inventory);
+             ``local=True``: this machine.
+    out:     output directory (default a cache under ``$EDGEOPT_CACHE`` or ``~/.cache/edgeopt/deploy``).
+
+    The conversion keywords are :func:`convert`'s, the benchmark keywords :func:`bench`'s; ``no_bench``
+    converts and pushes only. Returns ``{"manifest", "results", "out", "converted"}`` (``results`` as
+    :func:`bench` returns them). Raises :class:`UsageError` for bad input and :class:`GateError` when an
+    accuracy gate fails.
+    """
+    from edgeopt import targets
+    from edgeopt.devices import bench as device_bench
+    from edgeopt.devices import deploy as device_deploy
+
+    try:
+        profile = targets.get(target)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+    family = target.strip().lower() if target.strip().lower() in targets.FAMILIES else profile.name
+    chosen = _select_devices(devices, local, inventory, family=family, local_target=profile.name, command="deploy")
+    opts = device_bench.BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, seed=seed,
+                                     input=input, lock_timeout=lock_timeout, keep_samples=True,
+                                     warmup_seconds=warmup_seconds, sustained=sustained, cv_threshold=cv_threshold)
+    # only what differs from the defaults, as the CLI passes it: the same options give the same cache key
+    given = {"min_sqnr": min_sqnr, "min_top1": min_top1, "accuracy_target": accuracy_target,
+             "allow_cpu_ops": allow_cpu_ops or None, "allow_float_fallback": allow_float_fallback or None,
+             "explain": explain or None, "calibration_method": calibration_method,
+             "max_samples": None if max_samples == DEFAULT_MAX_CALIB else max_samples,
+             "max_val_samples": None if max_val_samples == DEFAULT_MAX_VAL else max_val_samples}
+    convert_options = {k: v for k, v in given.items() if v is not None}
+    return device_deploy.deploy(model, profile.name, chosen, out=out, calib=calib, val=val,
+                                input_shapes=input_shapes or None, mean=mean, std=std, io=io, bench=opts,
+                                no_bench=no_bench, accept_new=accept_new, cache_root=cache_root,
+                                convert_options=convert_options, trust_model_code=trust_model_code)
+
+
+def _select_devices(devices, local: bool, inventory, family: str | None = None, local_target: str | None = None,
+                    command: str = "bench") -> list:
+    """The devices :func:`bench` / :func:`deploy` run on (the CLI's --device / --local / default rules)."""
+    from edgeopt.devices import inventory as device_inventory
+
+    if local:
+        if devices:
+            raise UsageError(f"{command}: give devices or local=True, not both")
+        return [device_inventory.local_device(target=local_target)]
+    if devices is not None and not isinstance(devices, (str, list, tuple)):
+        devices = [devices]
+    if devices and all(isinstance(d, device_inventory.Device) for d in devices):
+        return list(devices)
+    inv = device_inventory.load(inventory)
+    if devices:
+        return inv.select(devices)
+    chosen = inv.select(family=family) if family else []
+    if chosen:
+        return chosen
+    if inv.path is None:  # no lab at all: this machine is the device, as on the command line
+        return [device_inventory.local_device(target=local_target)]
+    if family:
+        raise UsageError(f"no device in {inv.path} has a target in the {family} family",
+                         hint="name devices, or use local=True")
+    raise UsageError(f"{command}: which devices? name them, or use local=True",
+                     hint=f"devices in {inv.path}: {', '.join(inv.devices) or 'none'}")

@@ -1,9 +1,11 @@
-"""Errors that map to the documented exit codes (see the interface spec).
+"""Errors that map to the exit codes documented in docs/cli.md ("Exit codes").
 
 The CLI prints them as one ``error:`` line (plus an optional ``hint:`` line) and exits with ``exit_code``;
 library users catch :class:`EdgeoptError`.
 """
 from __future__ import annotations
+
+__all__ = ["EdgeoptError", "UsageError", "GateError", "DeviceError"]
 
 
 class EdgeoptError(Exception):

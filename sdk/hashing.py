@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+__all__ = ["sha256_file", "sha256_tree"]
+
 _CACHE: dict[tuple, str] = {}
 
 

@@ -16,11 +16,85 @@ import os
 import sys
 import time
 
-import numpy as np
+class _NumpyOnFirstUse:
+    """numpy, imported on first use: the host's CLI reads RUNNER_OPTIONS (its benchmark defaults) at start-up
+    and must not pay for numpy there. The first attribute access imports numpy and puts it in place of this."""
 
-__all__ = ["load", "Model", "IOSpec", "RuntimeMissing", "InputError", "bench", "latency_stats"]
+    def __getattr__(self, name):
+        import numpy
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _NumpyOnFirstUse()
+
+__all__ = ["load", "Model", "IOSpec", "RuntimeMissing", "InputError", "bench", "latency_stats",
+           "check_artifact_name", "RUNNER_OPTIONS", "RUNNER_DEFAULTS", "runner_parser", "runner_argv",
+           "import_tflite_interpreter", "KEEP_FLOAT_OPTIMIZERS"]
 
 MANIFEST = "manifest.json"
+
+# The runner's command line, described once: main() builds its parser from this table, the host
+# (edgeopt.devices.bench) builds the runner's argv from it, and bench(), the host's BenchOptions and the CLI's
+# benchmark options take their defaults from it. (name, type, default, help); a bool is a flag.
+RUNNER_OPTIONS = (
+    ("warmup", int, 10, "untimed runs first"),
+    ("runs", int, 100, "at least this many timed runs"),
+    ("min_seconds", float, 1.0, "and at least this long"),
+    ("threads", int, None, "CPU threads (default: the runtime's)"),
+    ("seed", int, 0, "seed of the generated inputs"),
+    ("input", str, None, ".npy/.npz file with inputs in the source layout"),
+    ("delegate", str, None, "TFLite delegate: edgetpu, or cpu"),
+    ("provider", str, None, "onnxruntime execution provider"),
+    ("prefer_tensorrt", bool, False, "ONNX: run with TensorRT (trtexec) when present, else onnxruntime with a note"),
+    ("trtexec", str, None, "path of trtexec when not on PATH or in /usr/src/tensorrt/bin"),
+    ("engine_cache", str, None, "where TensorRT engines are cached"),
+    ("lock", str, None, "lock file: one benchmark at a time on this device"),
+    ("lock_timeout", float, 600.0, "seconds to wait for the lock"),
+    ("no_samples", bool, False, "leave the raw samples out of the JSON"),
+    ("warmup_seconds", float, 0.0, "and warm up for at least this long"),
+    ("sustained", float, 0.0, "measure for at least this long, sampling the temperature every second"),
+    ("max_samples", int, 20000, "report at most this many samples, evenly spaced (runs stays the true count)"),
+    ("time_limit", float, None, "end (exit 3) after this many seconds in all, lock wait included"),
+    ("probe", str, None, "shell command run inside the lock before and after measuring (device conditions)"),
+)
+# Lines that frame the probe's output on stdout: before-probe output, RUN mark, the JSON, AFTER mark, after-probe.
+PROBE_MARKS = ("@@edgeopt-runner", "@@edgeopt-after")
+RUNNER_DEFAULTS = {name: default for name, _kind, default, _help in RUNNER_OPTIONS}
+
+
+def _runner_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def runner_parser():
+    """The runner's argparse parser (``bench ARTIFACT [options]``), built from RUNNER_OPTIONS."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="edgeopt-runner", description="edgeopt on-device runner")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="benchmark an artifact, print JSON")
+    b.add_argument("artifact")
+    for name, kind, default, text in RUNNER_OPTIONS:
+        if kind is bool:
+            b.add_argument(_runner_flag(name), action="store_true", help=text)
+        else:
+            b.add_argument(_runner_flag(name), type=kind, default=default, help=text)
+    return parser
+
+
+def runner_argv(artifact: str, **values) -> list:
+    """The runner's words ``bench ARTIFACT --name VALUE ...`` for these RUNNER_OPTIONS values, in the table's order;
+    None and the runner's own defaults are left out. A name not in the table is a TypeError."""
+    unknown = sorted(set(values) - set(RUNNER_DEFAULTS))
+    if unknown:
+        raise TypeError(f"not runner options: {', '.join(unknown)}")
+    argv = ["bench", str(artifact)]
+    for name, kind, _default, _help in RUNNER_OPTIONS:
+        value = values.get(name)
+        if value is None or value == RUNNER_DEFAULTS[name]:
+            continue
+        argv += [_runner_flag(name)] if kind is bool else [_runner_flag(name), str(kind(value))]
+    return argv
 
 
 class RuntimeMissing(RuntimeError):
@@ -29,6 +103,22 @@ class RuntimeMissing(RuntimeError):
 
 class InputError(ValueError):
     """Inputs that do not fit the model: names the input, the expected and the found shape/dtype."""
+
+
+def check_artifact_name(name) -> str:
+    """``name`` if it is a plain file name (an artifact inside the manifest's directory); ValueError otherwise.
+
+    A manifest is data that may come from anywhere: ``"../../etc/passwd"`` or ``"/etc/passwd"`` as an
+    artifact's ``file`` would make a reader open, push or bundle a file outside the model's directory.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"artifact file name {name!r}: not a file name")
+    if (name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or os.path.isabs(name) or os.path.basename(name) != name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise ValueError(f"artifact file name {name!r}: must be a plain file name inside the model's "
+                         "directory (no path separators, no '..', not absolute)")
+    return name
 
 
 class IOSpec:
@@ -98,16 +188,16 @@ def _dequantize(q: np.ndarray, spec: IOSpec) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- backends
 
-def _import_tflite_interpreter():
+def import_tflite_interpreter():
     """(Interpreter class, load_delegate, runtime name, version): ai_edge_litert, then tflite_runtime, then TF."""
     try:
-        from ai_edge_litert import interpreter as m  # type: ignore
-        return m.Interpreter, m.load_delegate, "ai_edge_litert", _dist_version("ai-edge-litert")
+        from ai_edge_litert import interpreter as litert  # type: ignore
+        return litert.Interpreter, litert.load_delegate, "ai_edge_litert", _dist_version("ai-edge-litert")
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as m  # type: ignore
-        return m.Interpreter, m.load_delegate, "tflite_runtime", _dist_version("tflite-runtime")
+        from tflite_runtime import interpreter as tflite  # type: ignore
+        return tflite.Interpreter, tflite.load_delegate, "tflite_runtime", _dist_version("tflite-runtime")
     except ImportError:
         pass
     try:
@@ -137,7 +227,7 @@ EDGETPU_LIBS = ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll")
 
 class _TFLiteBackend:
     def __init__(self, path: str, threads: int | None, delegate: str | None):
-        Interpreter, load_delegate, self.name, self.version = _import_tflite_interpreter()
+        Interpreter, load_delegate, self.name, self.version = import_tflite_interpreter()
         self.delegate = None
         self.note = None
         delegates = []
@@ -521,7 +611,7 @@ def load(path: str | None = None, threads: int | None = None, artifact: str | in
             if not matches:
                 raise ValueError(f"{mpath}: no artifact {artifact!r} (have {[a['file'] for a in arts]})")
             entry = matches[0]
-        file = os.path.join(path, entry["file"])
+        file = os.path.join(path, check_artifact_name(entry.get("file") if isinstance(entry, dict) else None))
     else:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file")
@@ -627,14 +717,16 @@ class _CpuWatch:
                 "ncpu": ncpu, "seconds": round(wall, 3)}
 
 
-def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0, threads: int | None = None,
-          seed: int = 0, inputs=None, artifact=None, delegate=None, provider=None, keep_samples: bool = True,
-          warmup_seconds: float = 0.0, sustained: float = 0.0) -> dict:
+def bench(path: str, warmup: int = RUNNER_DEFAULTS["warmup"], runs: int = RUNNER_DEFAULTS["runs"],
+          min_seconds: float = RUNNER_DEFAULTS["min_seconds"], threads: int | None = None,
+          seed: int = RUNNER_DEFAULTS["seed"], inputs=None, artifact=None, delegate=None, provider=None,
+          keep_samples: bool = True, warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"],
+          sustained: float = RUNNER_DEFAULTS["sustained"], max_samples: int = RUNNER_DEFAULTS["max_samples"]) -> dict:
     """Load, warm up (``warmup`` runs and ``warmup_seconds``), then time ``invoke`` until both ``runs`` and
     ``min_seconds`` are met (``sustained`` seconds, when given, also samples the temperature every second).
 
-    Returns the bench JSON of the interface spec (less the device and transfer fields, which the host adds),
-    with ``samples_ms`` and ``timestamps_s`` (start of each sample, seconds since the timed loop began).
+    Returns the bench result JSON (docs/cli.md, "Bench result JSON") less the device and transfer fields, which
+    the host adds, with ``samples_ms`` and ``timestamps_s`` (start of each sample, seconds since the timed loop began).
     """
     t0 = time.perf_counter()
     model = load(path, threads=threads, artifact=artifact, delegate=delegate, provider=provider)
@@ -689,9 +781,28 @@ def bench(path: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0
     if input_note:
         res["input_note"] = input_note
     if keep_samples:
-        res["samples_ms"] = samples
-        res["timestamps_s"] = [round(x, 6) for x in stamps]
+        _keep_samples(res, samples, [round(x, 6) for x in stamps], max_samples)
     return res
+
+
+def _keep_samples(res: dict, samples: list, stamps: list | None, max_samples: int) -> None:
+    """Put the samples in ``res``, at most ``max_samples`` of them, evenly spaced over the run.
+
+    A fast model measured for minutes gives millions of samples (hundreds of MB of JSON piped back over SSH);
+    the statistics in ``res`` come from all of them, ``measured_s`` is their sum and ``samples_total`` their
+    count, so the host can tell a thinned list from a whole one.
+    """
+    n = len(samples)
+    res["measured_s"] = round(sum(samples) / 1e3, 6)
+    if max_samples and n > max(2, int(max_samples)):
+        k = max(2, int(max_samples))
+        idx = [round(i * (n - 1) / (k - 1)) for i in range(k)]
+        samples = [samples[i] for i in idx]
+        stamps = [stamps[i] for i in idx] if stamps is not None else None
+        res["samples_total"] = n
+    res["samples_ms"] = samples
+    if stamps is not None:
+        res["timestamps_s"] = stamps
 
 
 def _sha256(path: str) -> str:
@@ -790,8 +901,10 @@ def _trtexec_version(trtexec: str) -> str:
         return "unknown"
 
 
-def bench_trtexec(path: str, trtexec: str, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0,
-                  cache_dir: str | None = None, keep_samples: bool = True, warmup_seconds: float = 0.0) -> dict:
+def bench_trtexec(path: str, trtexec: str, warmup: int = RUNNER_DEFAULTS["warmup"],
+                  runs: int = RUNNER_DEFAULTS["runs"], min_seconds: float = RUNNER_DEFAULTS["min_seconds"],
+                  cache_dir: str | None = None, keep_samples: bool = True,
+                  warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"]) -> dict:
     """Build (once, cached by artifact hash and TensorRT version) and time a TensorRT engine with trtexec."""
     import subprocess
     import tempfile
@@ -862,12 +975,92 @@ def bench_trtexec(path: str, trtexec: str, warmup: int = 10, runs: int = 100, mi
         "notes": notes + [f"trtexec warm-up {warm_ms} ms; latency is trtexec's host latency (H2D + compute + D2H)"],
     }
     if keep_samples and samples:
-        res["samples_ms"] = samples
+        _keep_samples(res, samples, None, RUNNER_DEFAULTS["max_samples"])
     return res
 
 
 class _Busy(RuntimeError):
     pass
+
+
+class _UnsafeLock(RuntimeError):
+    pass
+
+
+class _Watchdog:
+    """Ends the runner (exit 3) when its controller goes or at its time limit, so that an interrupted or
+    vanished host never leaves a benchmark running on the device holding the device lock.
+
+    The controller is gone when our stdout has no reader any more (sshd closes it when the SSH channel closes;
+    a local edgeopt's pipe closes when it dies: poll reports POLLERR/POLLHUP) or when our parent changed.
+    The runner's source arrives on stdin (``python3 -``), so stdin is at EOF from the start and cannot tell.
+    """
+
+    def __init__(self, time_limit: float | None, period: float = 0.25):
+        import threading
+        self.deadline = time.monotonic() + time_limit if time_limit else None
+        self.time_limit = time_limit
+        self.ppid = os.getppid()
+        self.period = period
+        threading.Thread(target=self._watch, daemon=True, name="edgeopt-watchdog").start()
+
+    def _controller_gone(self) -> bool:
+        if os.getppid() != self.ppid:
+            return True
+        try:
+            import select
+            poller = select.poll()
+            poller.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+            return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0))
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def _watch(self):
+        while True:
+            time.sleep(self.period)
+            if self._controller_gone():
+                self._end(None)
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self._end(json.dumps({"error": f"time limit of {self.time_limit:g} s reached; stopped",
+                                      "kind": "time_limit"}))
+
+    @staticmethod
+    def _end(message: str | None):
+        import signal
+        me = str(os.getpid())
+        try:  # our children (trtexec, the probe) go with us
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        ppid = f.read().rsplit(")", 1)[1].split()[1]
+                except (OSError, IndexError):
+                    continue
+                if ppid == me:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+        if message:
+            try:
+                os.write(1, ("\n" + message + "\n").encode())
+            except OSError:
+                pass
+        os._exit(3)
+
+
+def _run_probe(cmd: str) -> str:
+    """The output of the conditions probe (a shell command; reads nothing, stderr dropped, 60 s at most)."""
+    import subprocess
+    try:
+        p = subprocess.run(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout.decode("utf-8", "replace")
 
 
 class _DeviceLock:
@@ -880,8 +1073,22 @@ class _DeviceLock:
         if not self.path:
             return self
         import fcntl
+        import stat
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a symlink (a planted bench.lock -> ~/.bashrc would be written), never a FIFO (O_NONBLOCK:
+        # no hang on open) or a file with other names (hard link): the lock file is ours alone.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            self.fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise _UnsafeLock(f"cannot open the lock file {self.path}: {e.strerror or e}"
+                              + (" (a symbolic link)" if os.path.islink(self.path) else "")) from None
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(self.fd)
+            self.fd = None
+            raise _UnsafeLock(f"the lock file {self.path} is not a plain file of its own (a device file, FIFO or "
+                              f"hard link); remove it")
         deadline = time.monotonic() + max(0.0, self.timeout)
         said = False
         while True:
@@ -899,8 +1106,8 @@ class _DeviceLock:
                     sys.stderr.flush()
                     said = True
                 time.sleep(0.05)
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()}".encode(), 0)
+        # who holds it, for a waiting runner's message; fixed width and no truncation (the file only ever holds this)
+        os.pwrite(self.fd, f"pid {os.getpid()}".ljust(32).encode(), 0)
         return self
 
     def __exit__(self, *exc):
@@ -910,36 +1117,20 @@ class _DeviceLock:
 
 def main(argv=None) -> int:
     """Runner entry point: ``python3 runtime.py bench ARTIFACT [--warmup N] [--runs N] ...`` prints JSON."""
-    import argparse
-    p = argparse.ArgumentParser(prog="edgeopt-runner", description="edgeopt on-device runner")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bench", help="benchmark an artifact, print JSON")
-    b.add_argument("artifact")
-    b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--runs", type=int, default=100)
-    b.add_argument("--min-seconds", type=float, default=1.0)
-    b.add_argument("--threads", type=int, default=None)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--input", default=None, help=".npy/.npz file with inputs in the source layout")
-    b.add_argument("--delegate", default=None)
-    b.add_argument("--provider", default=None)
-    b.add_argument("--prefer-tensorrt", action="store_true",
-                   help="ONNX: run with TensorRT (trtexec) when present, else onnxruntime with a note")
-    b.add_argument("--trtexec", default=None, help="path of trtexec when not on PATH or in /usr/src/tensorrt/bin")
-    b.add_argument("--engine-cache", default=None, help="where TensorRT engines are cached")
-    b.add_argument("--lock", default=None, help="lock file: one benchmark at a time on this device")
-    b.add_argument("--lock-timeout", type=float, default=600.0)
-    b.add_argument("--no-samples", action="store_true")
-    b.add_argument("--warmup-seconds", type=float, default=0.0, help="and warm up for at least this long")
-    b.add_argument("--sustained", type=float, default=0.0,
-                   help="measure for at least this long, sampling the temperature every second")
-    args = p.parse_args(argv)
+    import numpy  # noqa: F401  (a missing numpy fails here, on stderr, where the host looks for it)
+    args = runner_parser().parse_args(argv)
+    if argv is None:  # the runner process itself (not a test calling main()): may end itself
+        _Watchdog(args.time_limit)
     inputs = None
+    after = None
     try:
         if args.input:
             data = np.load(args.input)
             inputs = dict(data) if hasattr(data, "files") else data
         with _DeviceLock(args.lock, args.lock_timeout):
+            if args.probe:  # inside the lock: another benchmark's load is not this one's "before"
+                sys.stdout.write(_run_probe(args.probe) + f"\n{PROBE_MARKS[0]}\n")
+                sys.stdout.flush()
             trt = None
             if args.prefer_tensorrt and args.artifact.endswith(".onnx"):
                 trt = find_trtexec(args.trtexec)
@@ -951,7 +1142,8 @@ def main(argv=None) -> int:
                 res = bench(args.artifact, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
                             threads=args.threads, seed=args.seed, inputs=inputs, delegate=args.delegate,
                             provider=args.provider, keep_samples=not args.no_samples,
-                            warmup_seconds=args.warmup_seconds, sustained=args.sustained)
+                            warmup_seconds=args.warmup_seconds, sustained=args.sustained,
+                            max_samples=args.max_samples)
                 notes = [res.pop(k) for k in ("note", "input_note") if res.get(k)]
                 if args.prefer_tensorrt and args.artifact.endswith(".onnx"):
                     why = ("TensorRT (trtexec) not found on this device" if not trt
@@ -960,16 +1152,23 @@ def main(argv=None) -> int:
                     res["fallback"] = {"wanted": "tensorrt", "used": "onnxruntime"}
                 if notes:
                     res["notes"] = notes
+            if args.probe:
+                after = _run_probe(args.probe)
     except RuntimeMissing as e:
         print(json.dumps({"error": str(e), "kind": "runtime_missing"}))
         return 3
     except _Busy as e:
         print(json.dumps({"error": str(e), "kind": "busy"}))
         return 3
+    except _UnsafeLock as e:
+        print(json.dumps({"error": str(e), "kind": "unsafe_lock"}))
+        return 3
     except Exception as e:  # the host turns this into one clear error line naming the device
         print(json.dumps({"error": f"{type(e).__name__}: {e}", "kind": "run_failed"}))
         return 4
     print(json.dumps(res))
+    if after is not None:
+        print(f"{PROBE_MARKS[1]}\n{after}", end="")
     return 0
 
 

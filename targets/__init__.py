@@ -4,6 +4,11 @@ Each profile says what a board can run: CPU architecture, the artifact formats i
 the primary artifact), the runtime and delegate that run them, the default I/O dtype and thread count,
 and the compiler a host must run (if any). Facts come from the vendors' documentation, cited per board.
 
+Per-board behaviour (float ops allowed or not, the Edge TPU pre-flight, which board facts a probe checks) is
+a field of the profile too, and the rest of edgeopt reads those fields, never the family or the name:
+``family`` only groups profiles for device selection (``--target rpi``, ``deploy --target jetson``). A new
+board is a new profile here. tests/test_targets.py fails if a module compares a family or name to a string.
+
 Nothing here imports a converter or a framework: converters are named by dotted path and imported only
 when used (see :mod:`edgeopt.converters`).
 """
@@ -12,7 +17,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Target", "TARGETS", "ALIASES", "FAMILIES", "get", "names", "resolve_name"]
+__all__ = ["Target", "TARGETS", "ALIASES", "FAMILIES", "FLOAT_FALLBACK", "BOARD_PROBES", "get", "names",
+           "resolve_name"]
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,55 @@ class Target:
     memory_gb: float | None = None
     source: str = ""                # where the facts come from
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # ---- behaviour: what edgeopt does differently for this board (read these, never `family` or `name`)
+    # Where float ops of an INT8 model would run, which decides whether edgeopt may leave any in float:
+    #   "allowed"  where the INT8 ops run (a Pi's CPU float kernels; TensorRT runs the float layers of a QDQ
+    #              model in FP16): --allow-float-fallback is accepted, accuracy recovery keeps layers in float.
+    #   "cpu"      off the accelerator, on the host CPU (the Edge TPU maps nothing after the first float op, so
+    #              the rest of the model leaves the TPU): the model must be full-integer, so
+    #              --allow-float-fallback and a float .tflite input are refused; recovery keeps float layers
+    #              only with --allow-cpu-ops, and otherwise reports how many ops that would move to the CPU.
+    #   "refused"  nowhere: full-integer like "cpu", and recovery never keeps a layer in float.
+    float_fallback: str = "allowed"
+    # The Edge TPU runs only what edgetpu_compiler maps: run edgeopt's op-by-op pre-flight on the TFLite artifact
+    # (manifest.edgetpu: which ops map, where the single TPU partition ends) and the compiler when it is on PATH.
+    edgetpu_preflight: bool = False
+    # The accelerator is a plug-in (USB) for any host, so the host's CPU architecture says nothing about whether
+    # the device fits the profile: a probe does not warn about it.
+    any_host_arch: bool = False
+    # Which board facts a device probe checks against the profile: "raspberrypi" (the device-tree model must
+    # name a Raspberry Pi), "tegra" (/etc/nv_tegra_release or a Jetson device-tree model), None (nothing to
+    # check: e.g. a USB accelerator on whatever host).
+    board_probe: str | None = None
+    # Words of the device-tree model that identify this exact board (a Pi 4 is not a Pi 5), so a probe can warn
+    # when the inventory declares the wrong one; empty: only board_probe's check.
+    board_models: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        # profiles are data someone types: a misspelt value would silently pick the wrong behaviour
+        if self.float_fallback not in FLOAT_FALLBACK:
+            raise ValueError(f"{self.name}: float_fallback {self.float_fallback!r}: expected one of "
+                             f"{', '.join(FLOAT_FALLBACK)}")
+        if self.board_probe not in BOARD_PROBES:
+            raise ValueError(f"{self.name}: board_probe {self.board_probe!r}: expected one of "
+                             f"{', '.join(map(str, BOARD_PROBES))}")
+
+    @property
+    def integer_only(self) -> bool:
+        """Whether every op (and so the whole artifact) must be integer: float ops cannot stay where INT8 runs."""
+        return self.float_fallback != "allowed"
 
     def to_dict(self) -> dict:
+        """The profile as JSON-ready data (``edgeopt targets --json``)."""
         d = asdict(self)
         d["formats"] = list(self.formats)
         d["notes"] = list(self.notes)
+        d["board_models"] = list(self.board_models)
         return d
+
+
+FLOAT_FALLBACK = ("allowed", "cpu", "refused")
+BOARD_PROBES = (None, "raspberrypi", "tegra")
 
 
 # Artifact kinds (see edgeopt.converters.ROUTES):
@@ -56,6 +105,7 @@ _PROFILES = [
         cpu="4x Cortex-A72 @ 1.5-1.8 GHz", cpu_arch="aarch64", cores=4, accelerator=None,
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="float32", delegate="xnnpack",
         threads=4, host_compiler=None, memory_gb=8,
+        board_probe="raspberrypi", board_models=("Raspberry Pi 4", "Compute Module 4", "Raspberry Pi 400"),
         source="Raspberry Pi 4 Model B product brief; raspberrypi.com/documentation/computers/processors.html#bcm2711",
     ),
     # Raspberry Pi 5 product brief and processors.html#bcm2712: quad-core Cortex-A76 (ARMv8.2-A) @ 2.4 GHz,
@@ -65,6 +115,7 @@ _PROFILES = [
         cpu="4x Cortex-A76 @ 2.4 GHz", cpu_arch="aarch64", cores=4, accelerator=None,
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="float32", delegate="xnnpack",
         threads=4, host_compiler=None, memory_gb=8,
+        board_probe="raspberrypi", board_models=("Raspberry Pi 5", "Compute Module 5", "Raspberry Pi 500"),
         source="Raspberry Pi 5 product brief; raspberrypi.com/documentation/computers/processors.html#bcm2712",
     ),
     # NVIDIA Jetson Orin Nano / Orin NX / AGX Orin series data sheets and JetPack 6 docs: Cortex-A78AE CPU
@@ -75,7 +126,7 @@ _PROFILES = [
         cpu="6x Cortex-A78AE @ 1.5 GHz", cpu_arch="aarch64", cores=6,
         accelerator="Ampere GPU, 1024 CUDA cores, 32 Tensor Cores",
         formats=("onnx-qdq-int8", "onnx-fp16"), runtime="tensorrt", io_dtype="float32", delegate=None,
-        threads=6, host_compiler=None, memory_gb=8,
+        threads=6, host_compiler=None, memory_gb=8, board_probe="tegra", board_models=("Orin Nano",),
         source="Jetson Orin Nano Series Data Sheet (DS-11105); TensorRT Developer Guide, 'Explicit Quantization'",
         notes=("TensorRT engines are built on the device (trtexec) and cached by artifact hash and TensorRT version.",),
     ),
@@ -84,7 +135,7 @@ _PROFILES = [
         cpu="8x Cortex-A78AE @ 2.0 GHz", cpu_arch="aarch64", cores=8,
         accelerator="Ampere GPU, 1024 CUDA cores, 32 Tensor Cores; 2x NVDLA v2",
         formats=("onnx-qdq-int8", "onnx-fp16"), runtime="tensorrt", io_dtype="float32", delegate=None,
-        threads=8, host_compiler=None, memory_gb=16,
+        threads=8, host_compiler=None, memory_gb=16, board_probe="tegra", board_models=("Orin NX",),
         source="Jetson Orin NX Series Data Sheet (DS-10712); TensorRT Developer Guide, 'Explicit Quantization'",
     ),
     Target(
@@ -92,7 +143,7 @@ _PROFILES = [
         cpu="12x Cortex-A78AE @ 2.2 GHz", cpu_arch="aarch64", cores=12,
         accelerator="Ampere GPU, 2048 CUDA cores, 64 Tensor Cores; 2x NVDLA v2",
         formats=("onnx-qdq-int8", "onnx-fp16"), runtime="tensorrt", io_dtype="float32", delegate=None,
-        threads=12, host_compiler=None, memory_gb=64,
+        threads=12, host_compiler=None, memory_gb=64, board_probe="tegra", board_models=("AGX Orin",),
         source="Jetson AGX Orin Series Data Sheet (DS-10662); TensorRT Developer Guide, 'Explicit Quantization'",
     ),
     # coral.ai/docs/edgetpu/models-intro: the Edge TPU runs only fully 8-bit quantized TFLite models with
@@ -106,6 +157,7 @@ _PROFILES = [
         accelerator="Edge TPU, 4 TOPS int8",
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="uint8", delegate="edgetpu",
         threads=1, host_compiler="edgetpu_compiler", static_shapes=True, memory_gb=None,
+        float_fallback="cpu", edgetpu_preflight=True, any_host_arch=True,
         source="coral.ai/docs/edgetpu/models-intro (model requirements); coral.ai/docs/accelerator/datasheet",
     ),
     Target(
@@ -114,13 +166,15 @@ _PROFILES = [
         accelerator="Edge TPU, 4 TOPS int8",
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="uint8", delegate="edgetpu",
         threads=1, host_compiler="edgetpu_compiler", static_shapes=True, memory_gb=1,
+        float_fallback="cpu", edgetpu_preflight=True,
         source="coral.ai/docs/edgetpu/models-intro; coral.ai/docs/dev-board/datasheet",
     ),
 ]
 
 TARGETS: dict[str, Target] = {t.name: t for t in _PROFILES}
 ALIASES: dict[str, str] = {"rpi": "rpi5", "jetson": "jetson-orin-nano", "coral": "coral-usb"}
-FAMILIES: tuple[str, ...] = ("rpi", "jetson", "coral")
+# a family is a group of profiles for device selection, so it is whatever the profiles name
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(t.family for t in _PROFILES))
 
 
 def names() -> list[str]:

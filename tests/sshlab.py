@@ -3,7 +3,8 @@
 Each device is Debian's ``/usr/sbin/sshd`` with its own host key, ``authorized_keys`` and workdir, listening
 on 127.0.0.1 at a free port, or inside an ``ip netns`` namespace reached over a veth pair (optionally rate
 limited with ``tc ... tbf``). The client has one key; ``known_hosts`` is written for the devices started with
-``known=True``. Everything started is stopped by :meth:`Lab.stop` (the ``lab`` fixture does it).
+``known=True``. Everything started is stopped by :meth:`Lab.stop` (the ``lab`` fixture of
+edgeopt_testkit/fixtures.py does it).
 
 Needs root (network namespaces, sshd's privilege separation) and openssh-server + iproute2 installed.
 """
@@ -20,8 +21,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 SSHD = "/usr/sbin/sshd"
 _counter = itertools.count()
@@ -251,86 +250,3 @@ class Lab:
             subprocess.run(["ip", "link", "del", ns.host_if], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
         self.namespaces.clear()
-
-
-# ------------------------------------------------------------------------------------------------ fixtures
-
-@pytest.fixture
-def lab(tmp_path):
-    why = lab_available()
-    if why:
-        pytest.skip(why)
-    lab = Lab(tmp_path / "lab")
-    try:
-        yield lab
-    finally:
-        lab.stop()
-
-
-@pytest.fixture(scope="session")
-def onnx_model(tmp_path_factory) -> Path:
-    """A small real ONNX CNN (Conv-Relu-GAP-Gemm, 1x3x32x32 -> 1x10)."""
-    path = tmp_path_factory.mktemp("onnx") / "tiny cnn.onnx"
-    make_onnx(path)
-    return path
-
-
-def make_onnx(path: Path, size: int = 32, channels: int = 16) -> Path:
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32) * 0.2, "w")
-    b = numpy_helper.from_array(np.zeros(channels, np.float32), "b")
-    fw = numpy_helper.from_array(rng.standard_normal((channels, 10)).astype(np.float32) * 0.2, "fw")
-    fb = numpy_helper.from_array(np.zeros(10, np.float32), "fb")
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                            [1, 3, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-                              initializer=[w, b, fw, fb])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def tflite_model(tmp_path_factory) -> Path:
-    """A small real INT8 TFLite CNN built with TensorFlow (random representative data)."""
-    path = tmp_path_factory.mktemp("tflite") / "tiny cnn.int8.tflite"
-    make_tflite(path)
-    return path
-
-
-def make_tflite(path: Path, size: int = 32, filters: int = 16) -> Path:
-    """Build with TensorFlow in a subprocess (keeps TF out of the test process; cached by parameters)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeopt-tests"
-    cached = cache / f"cnn-{size}-{filters}.int8.tflite"
-    if not cached.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        script = f"""
-import os; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import numpy as np, tensorflow as tf
-tf.keras.utils.set_random_seed(0)
-m = tf.keras.Sequential([tf.keras.Input((({size}), ({size}), 3)),
-    tf.keras.layers.Conv2D({filters}, 3, padding="same", activation="relu"),
-    tf.keras.layers.Conv2D({filters}, 3, padding="same", activation="relu"),
-    tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(10)])
-c = tf.lite.TFLiteConverter.from_keras_model(m)
-c.optimizations = [tf.lite.Optimize.DEFAULT]
-rng = np.random.default_rng(0)
-c.representative_dataset = lambda: ([rng.standard_normal((1, {size}, {size}, 3)).astype(np.float32)] for _ in range(8))
-c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-c.inference_input_type = tf.int8; c.inference_output_type = tf.int8
-open({str(cached) + '.tmp'!r}, "wb").write(c.convert())
-"""
-        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
-        os.replace(str(cached) + ".tmp", cached)
-    shutil.copy(cached, path)
-    return path

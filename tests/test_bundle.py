@@ -1,11 +1,13 @@
 """edgeopt bundle: deterministic archives, --verify, and the runtime working from an unpacked bundle alone."""
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -13,9 +15,8 @@ import tarfile
 import numpy as np
 import pytest
 
-import _fixtures_firmware as F
-from conftest import edgeopt_cli
-from edgeopt.firmware import bundle as B
+from edgeopt.firmware import bundle
+from edgeopt_testkit import edgeopt_cli, firmware
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "firmware", "app.py")
 EXPECTED_NAMES = ["SHA256SUMS", "edgeopt", "edgeopt/__init__.py", "edgeopt/runtime.py", "manifest.json", "model.onnx"]
@@ -23,29 +24,13 @@ EXPECTED_NAMES = ["SHA256SUMS", "edgeopt", "edgeopt/__init__.py", "edgeopt/runti
 
 @pytest.fixture()
 def out_dir(tmp_path):
-    return F.fake_out_dir(tmp_path / "fm-jetson")
-
-
-class _Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+    return firmware.fake_out_dir(tmp_path / "fm-jetson")
 
 
 @pytest.fixture()
-def cli(capsys):
-    """`edgeopt ...` in this process (same entry point as the console script, fast); CompletedProcess-like."""
-    from edgeopt.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return _Result(code, out, err)
-    return run
+def cli():
+    """`edgeopt ...` in this process (same entry point as the console script, fast); CompletedProcess."""
+    return functools.partial(edgeopt_cli, in_process=True)
 
 
 def _members(path):
@@ -55,21 +40,21 @@ def _members(path):
 
 def test_two_builds_are_byte_identical(out_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    a = B.build(out_dir, str(tmp_path / "a.tar.gz"))
+    a = bundle.build(out_dir, str(tmp_path / "a.tar.gz"))
     os.utime(os.path.join(out_dir, "model.onnx"), (1_900_000_000, 1_900_000_000))  # host mtimes do not matter
     os.chmod(os.path.join(out_dir, "model.onnx"), 0o600)                           # nor modes
-    b = B.build(out_dir, str(tmp_path / "b.tar.gz"))
+    b = bundle.build(out_dir, str(tmp_path / "b.tar.gz"))
     assert open(a["file"], "rb").read() == open(b["file"], "rb").read()
     assert a["sha256"] == b["sha256"] == hashlib.sha256(open(a["file"], "rb").read()).hexdigest()
-    assert a["mtime"] == B.DEFAULT_EPOCH
+    assert a["mtime"] == bundle.DEFAULT_EPOCH
     # default output: OUT_DIR.tar.gz beside OUT_DIR
-    c = B.build(out_dir)
+    c = bundle.build(out_dir)
     assert c["file"] == out_dir + ".tar.gz" and c["sha256"] == a["sha256"]
 
 
 def test_archive_is_normalised(out_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    res = B.build(out_dir, str(tmp_path / "x.tar.gz"))
+    res = bundle.build(out_dir, str(tmp_path / "x.tar.gz"))
     raw = open(res["file"], "rb").read()
     assert raw[:4] == b"\x1f\x8b\x08\x00"            # gzip, FLG 0: no file name, no comment
     assert raw[4:8] == b"\0\0\0\0"                    # gzip header mtime 0
@@ -93,13 +78,13 @@ def test_archive_is_normalised(out_dir, tmp_path, monkeypatch):
     assert files["manifest.json"] == open(os.path.join(out_dir, "manifest.json"), "rb").read()
     # another epoch: other mtimes, other bytes; the same epoch from the manifest's `created` time
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000001")
-    assert B.build(out_dir, str(tmp_path / "y.tar.gz"))["sha256"] != res["sha256"]
+    assert bundle.build(out_dir, str(tmp_path / "y.tar.gz"))["sha256"] != res["sha256"]
     monkeypatch.delenv("SOURCE_DATE_EPOCH")
     mpath = os.path.join(out_dir, "manifest.json")
     man = json.load(open(mpath))
     man["created"] = "2023-11-14T22:13:20Z"
     json.dump(man, open(mpath, "w"))
-    assert B.build(out_dir, str(tmp_path / "z.tar.gz"))["mtime"] == 1700000000
+    assert bundle.build(out_dir, str(tmp_path / "z.tar.gz"))["mtime"] == 1700000000
 
 
 def test_verify_catches_a_changed_byte(out_dir, tmp_path, cli):
@@ -114,9 +99,11 @@ def test_verify_catches_a_changed_byte(out_dir, tmp_path, cli):
     assert r.returncode == 0 and r.stdout.strip() == f"ok: {inst}: 4 files match SHA256SUMS", r.stdout + r.stderr
     assert cli("bundle", "--verify", arc).returncode == 0
     assert cli("bundle", out_dir, "--verify", str(inst)).returncode == 0  # and it is OUT_DIR's bundle
-    (inst / "edgeopt" / "__pycache__").mkdir()                                   # Python's own files are fine
+    # byte code would run instead of the checked runtime.py: flagged (test_hostile_bundle.py has the details)
+    (inst / "edgeopt" / "__pycache__").mkdir()
     (inst / "edgeopt" / "__pycache__" / "runtime.cpython-311.pyc").write_bytes(b"x")
-    assert cli("bundle", "--verify", str(inst)).returncode == 0
+    assert cli("bundle", "--verify", str(inst)).returncode == 1
+    shutil.rmtree(inst / "edgeopt" / "__pycache__")
     # one flipped byte in the artifact
     p = inst / "model.onnx"
     original = p.read_bytes()
@@ -139,7 +126,7 @@ def test_verify_catches_a_changed_byte(out_dir, tmp_path, cli):
     with open(inst / "edgeopt" / "runtime.py", "a") as f:
         f.write("# patched\n")
     os.remove(inst / "manifest.json")
-    res = B.verify(str(inst))
+    res = bundle.verify(str(inst))
     assert not res["ok"] and len(res["problems"]) == 2
     assert res["problems"][0].startswith("edgeopt/runtime.py: checksum differs")
     assert res["problems"][1] == "manifest.json: missing"
@@ -159,14 +146,14 @@ def test_bundle_json(out_dir, tmp_path, cli, monkeypatch):
 
 def test_verify_archive_with_a_changed_byte(out_dir, tmp_path, cli):
     arc = tmp_path / "b.tar.gz"
-    B.build(out_dir, str(arc))
+    bundle.build(out_dir, str(arc))
     members, files = _members(arc)
     files["model.onnx"] = files["model.onnx"][:-1] + bytes([files["model.onnx"][-1] ^ 0xFF])
     bad = tmp_path / "bad.tar.gz"
     with tarfile.open(bad, "w:gz") as tf:
         for m in members:
             tf.addfile(m, io.BytesIO(files[m.name]) if m.isfile() else None)
-    res = B.verify(str(bad))
+    res = bundle.verify(str(bad))
     assert not res["ok"] and res["problems"][0].startswith("model.onnx: checksum differs")
     r = cli("bundle", "--verify", str(bad))
     assert r.returncode == 1 and "model.onnx: checksum differs" in r.stderr
@@ -197,7 +184,7 @@ def test_bundle_usage_errors(out_dir, tmp_path, cli):
 
 def test_unpacked_bundle_imports_its_own_runtime(out_dir, tmp_path):
     """The bundle root on sys.path: `import edgeopt.runtime` is the bundled copy and load() finds the model."""
-    arc = B.build(out_dir, str(tmp_path / "b.tar.gz"))["file"]
+    arc = bundle.build(out_dir, str(tmp_path / "b.tar.gz"))["file"]
     root = tmp_path / "root"
     with tarfile.open(arc) as tf:
         tf.extractall(root, filter="data")
@@ -218,23 +205,24 @@ print(json.dumps({{"runtime": rt.__file__, "pkg": edgeopt.__file__, "has_convert
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["runtime"] == str(root / "edgeopt" / "runtime.py") and info["has_convert"] is False
     assert info["model"] == str(root / "model.onnx")
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), F.reference_nhwc(x, os.path.join(out_dir, "model.onnx")),
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), firmware.reference_nhwc(x, os.path.join(out_dir,
+                                                                                                    "model.onnx")),
                                rtol=1e-5, atol=1e-5)
 
 
 def test_artifact_subset(tmp_path):
-    d = F.fake_out_dir(tmp_path / "two")
+    d = firmware.fake_out_dir(tmp_path / "two")
     mpath = os.path.join(d, "manifest.json")
     man = json.load(open(mpath))
     second = dict(man["artifacts"][0], file="model.copy.onnx")
     open(os.path.join(d, "model.copy.onnx"), "wb").write(open(os.path.join(d, "model.onnx"), "rb").read())
     man["artifacts"].append(second)
     json.dump(man, open(mpath, "w"), indent=2)
-    res = B.build(d, str(tmp_path / "one.tar.gz"), artifacts=["model.copy.onnx"])
+    res = bundle.build(d, str(tmp_path / "one.tar.gz"), artifacts=["model.copy.onnx"])
     _, files = _members(res["file"])
     assert "model.onnx" not in files and "model.copy.onnx" in files
     assert [a["file"] for a in json.loads(files["manifest.json"])["artifacts"]] == ["model.copy.onnx"]
-    assert B.verify(res["file"])["ok"] and B.verify(res["file"], against=d)["ok"]
+    assert bundle.verify(res["file"])["ok"] and bundle.verify(res["file"], against=d)["ok"]
 
 
 # ---------------------------------------------------------- the real model, in venvs with one runtime only
@@ -256,17 +244,18 @@ print(json.dumps({{"importable_before": absent, "runtime": model.runtime, "file"
 
 
 def _bundle_and_run(kind, target, onnx_cnn, work, fmnist, tmp_path):
-    out = F.fm_converted(target, onnx_cnn, work, fmnist)
-    arc = B.build(out, str(tmp_path / f"fm-{target}.tar.gz"))
-    assert B.build(out, str(tmp_path / f"again-{target}.tar.gz"))["sha256"] == arc["sha256"]
+    out = firmware.fm_converted(target, onnx_cnn, work, fmnist)
+    arc = bundle.build(out, str(tmp_path / f"fm-{target}.tar.gz"))
+    assert bundle.build(out, str(tmp_path / f"again-{target}.tar.gz"))["sha256"] == arc["sha256"]
     root = tmp_path / "installed"
     with tarfile.open(arc["file"]) as tf:
         tf.extractall(root, filter="data")
-    assert B.verify(str(root))["ok"]
-    py = F.bare_venv(kind, tmp_path.parent)
+    assert bundle.verify(str(root))["ok"]
+    py = firmware.bare_venv(kind, tmp_path.parent)
     y = tmp_path / "logits.npy"
-    code = RUN_IN_BUNDLE.format(root=str(root), x=F.fm_files(work, fmnist)["val"], y=str(y), heavy=F.HEAVY)
-    r = F.run_in(py, code, tmp_path)
+    code = RUN_IN_BUNDLE.format(root=str(root), x=firmware.fm_files(work, fmnist)["val"], y=str(y),
+                                heavy=firmware.HEAVY)
+    r = firmware.run_in(py, code, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["importable_before"] == [], info          # no edgeopt, no TensorFlow, no torch, no onnx there
@@ -281,7 +270,7 @@ def _check_accuracy(out, man, logits, onnx_cnn, fmnist):
     _, _, xte, yte = fmnist
     x = xte[:, None]
     assert logits.shape == (10000, 10) and logits.dtype == np.float32
-    ref = F.fp32_reference(onnx_cnn, x)
+    ref = firmware.fp32_reference(onnx_cnn, x)
     check = man["accuracy"]["outputs"]["logits"]
     assert man["accuracy"]["samples"] == 10000
     agree = float(np.mean(logits.argmax(1) == ref.argmax(1)))
@@ -307,8 +296,9 @@ def test_rpi_bundle_in_a_litert_only_venv(onnx_cnn, work, fmnist, tmp_path):
         p = tmp_path / f"img{i}.pgm"
         p.write_bytes(b"P5\n# test\n28 28\n255\n" + (xte[i] * 255).round().astype(np.uint8).tobytes())
         pgms.append(str(p))
-    r = subprocess.run([F.bare_venv("litert", tmp_path.parent), APP, "--model", str(tmp_path / "installed"), "--json",
-                        *pgms], capture_output=True, text=True, env=F.clean_env(TF_CPP_MIN_LOG_LEVEL="3"))
+    r = subprocess.run([firmware.bare_venv("litert", tmp_path.parent), APP, "--model", str(tmp_path / "installed"),
+                        "--json",
+                        *pgms], capture_output=True, text=True, env=firmware.clean_env(TF_CPP_MIN_LOG_LEVEL="3"))
     assert r.returncode == 0, r.stderr
     got = [json.loads(line)["class"] for line in r.stdout.splitlines()]
     assert got == [int(k) for k in logits[:4].argmax(1)]

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import edgeopt_cli
+from edgeopt_testkit import edgeopt_cli, save_arrays
 
 
 def _bad(r, *needles):
@@ -18,9 +18,8 @@ def _bad(r, *needles):
 
 @pytest.fixture()
 def calib_tiny(tmp_path):
-    p = tmp_path / "calib.npy"
-    np.save(p, np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32))
-    return str(p)
+    calib = np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    return save_arrays(tmp_path, calib=calib)["calib"]
 
 
 def test_missing_model(tmp_path):
@@ -111,20 +110,78 @@ def test_offline_guard_blocks_network():
     assert socket.socket.connect.__name__ == "connect" and "offline" not in repr(socket.socket.connect)
 
 
-def test_deploy_takes_every_convert_and_bench_option():
-    """deploy = convert + push + bench: it takes their options, with the same help text (kept in step)."""
+def _commands():
     import typer.main
 
     import edgeopt.cli as cli
-    cli._register()
-    cmds = typer.main.get_command(cli.app).commands
+    cli.register_commands()
+    return typer.main.get_command(cli.app).commands
 
-    def opts(name):
-        return {o: p.help for p in cmds[name].params for o in p.opts if o.startswith("--")}
-    conv, bench, dep = opts("convert"), opts("bench"), opts("deploy")
-    own = {"--out", "--json", "--val", "--target", "--inventory", "--device", "--input", "--samples"}
-    missing = sorted((set(conv) | set(bench)) - set(dep))
-    assert missing == [], f"deploy lacks {missing}"
-    differ = sorted(o for o in (set(conv) | set(bench)) & set(dep) - own
-                    if dep[o] != conv.get(o, bench.get(o)) and dep[o] != bench.get(o, conv.get(o)))
-    assert differ == [], f"help differs for {differ}"
+
+def test_deploy_is_convert_plus_bench():
+    """deploy = convert + push + bench, composed from the same declarations: every option of both with the same
+    flags, type and default; only the variants deploy declares differ (help of 5, --samples' default)."""
+    cmds = _commands()
+
+    def params(name):
+        return {p.name: p for p in cmds[name].params if p.param_type_name == "option"}
+    conv, bench, dep = params("convert"), params("bench"), params("deploy")
+    shared = {**conv, **bench}
+    assert sorted(set(shared) - set(dep)) == []
+    assert sorted(set(dep) - set(shared)) == ["no_bench"]
+    for name, p in shared.items():
+        d = dep[name]
+        assert (d.opts, d.secondary_opts, d.type_descriptor.annotation, d.multiple, d.required) == \
+            (p.opts, p.secondary_opts, p.type_descriptor.annotation, p.multiple, p.required), name
+    assert sorted(n for n, p in shared.items() if dep[n].help != p.help) == ["device", "inventory", "json_out", "out",
+                                                                             "val"]
+    assert sorted(n for n, p in shared.items() if dep[n].default != p.default) == ["samples"]
+    assert (bench["samples"].default, dep["samples"].default) == (True, False)
+
+
+def test_one_flag_one_option_everywhere():
+    """A long flag names the same option in every command (short ones may differ: -o is --out or --output)."""
+    owner = {}
+    for cmd in _commands().values():
+        for p in cmd.params:
+            for flag in p.opts + p.secondary_opts:
+                if flag.startswith("--"):
+                    owner.setdefault(flag, set()).add(p.name)
+    assert {f: names for f, names in owner.items() if len(names) > 1} == {}
+    assert owner["--trust-model-code"] == {"trust_model_code"} and owner["--max-cv"] == {"cv_threshold"}
+
+
+def test_cli_defaults_are_the_runner_and_pipeline_defaults():
+    """The CLI shows and passes the defaults the runner, BenchOptions and edgeopt.convert use (one home each)."""
+    import inspect
+
+    import edgeopt
+    from edgeopt.conversion.defaults import DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL
+    from edgeopt.devices.bench import BenchOptions
+    from edgeopt.runtime import RUNNER_DEFAULTS
+    cmds = _commands()
+    bench = {p.name: p.default for p in cmds["bench"].params}
+    conv = {p.name: p.default for p in cmds["convert"].params}
+    assert (bench["warmup"], bench["runs"], bench["min_seconds"], bench["lock_timeout"]) == (10, 100, 1.0, 600.0)
+    for name in ("warmup", "runs", "min_seconds", "seed", "lock_timeout", "warmup_seconds", "sustained"):
+        assert bench[name] == RUNNER_DEFAULTS[name] == getattr(BenchOptions(), name), name
+    api = inspect.signature(edgeopt.convert).parameters
+    assert (conv["max_samples"], conv["max_val_samples"]) == (DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL) == (200, 1000)
+    assert (api["max_samples"].default, api["max_val_samples"].default) == (200, 1000)
+
+
+def test_default_conversion_passes_no_options():
+    """Options left at their defaults are not passed on, so a default deploy keeps its cache key; a given one is."""
+    from types import SimpleNamespace
+
+    from edgeopt.cli.options import CONVERSION, conversion_options, default_of
+    defaults = {p.name: default_of(p) for p in CONVERSION}
+    assert conversion_options(SimpleNamespace(**defaults)) == {}
+    given = dict(defaults, max_samples=50, trust_model_code=True, input_shapes=["x=1,3,8,8"])
+    assert conversion_options(SimpleNamespace(**given)) == {"max_samples": 50, "trust_model_code": True,
+                                                          "input_shapes": ["x=1,3,8,8"]}
+
+
+def test_bad_calibration_method(tiny_onnx):
+    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--calibration", "kl"),
+         "--calibration 'kl': expected minmax, percentile or entropy")

@@ -1,7 +1,6 @@
 """compare: change in p50/p90 with a Mann-Whitney U test, the regression gate (exit 1), JUnit XML; and a real
 FP32-vs-INT8 pair of the same model benched on a namespace device."""
 import json
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -9,16 +8,14 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from edgeopt.results import compare as C
-from sshlab import lab  # noqa: F401  (fixture)
-
-EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
+from edgeopt.results import compare
+from edgeopt_testkit import edgeopt_cli
 
 
-def cli(*args, env=None, timeout=600):
-    e = dict(os.environ, COLUMNS="200", EDGEOPT_HISTORY="off")
-    e.update(env or {})
-    return subprocess.run([EDGEOPT, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e)
+@pytest.fixture(autouse=True)
+def no_history(monkeypatch):
+    """No history unless a test gives one: result ids mean nothing here."""
+    monkeypatch.setenv("EDGEOPT_HISTORY", "off")
 
 
 def result(samples, device="pi-01", file="m.tflite", sha="aa"):
@@ -43,7 +40,7 @@ def test_gate_on_json_files(tmp_path):
     slow = write(tmp_path / "b.json", result(lognormal(300, 11.0, 2), sha="bb"))   # +10 %
     same = write(tmp_path / "c.json", result(lognormal(300, 10.0, 3), sha="cc"))
 
-    p = cli("compare", base, slow, "--max-regression", 5, "--json", "--junit", tmp_path / "j.xml")
+    p = edgeopt_cli("compare", base, slow, "--max-regression", 5, "--json", "--junit", tmp_path / "j.xml")
     assert p.returncode == 1, p.stderr
     rep = json.loads(p.stdout)
     pair = rep["pairs"][0]
@@ -58,41 +55,41 @@ def test_gate_on_json_files(tmp_path):
     assert cases[0].get("name") == "pi-01 p50 regression <= 5%" and cases[0].find("failure") is not None
 
     # beyond 15 %: no regression; the other way round: faster
-    assert cli("compare", base, slow, "--max-regression", 15).returncode == 0
-    p = cli("compare", slow, base, "--json", "--junit", tmp_path / "k.xml")
+    assert edgeopt_cli("compare", base, slow, "--max-regression", 15).returncode == 0
+    p = edgeopt_cli("compare", slow, base, "--json", "--junit", tmp_path / "k.xml")
     assert p.returncode == 0 and json.loads(p.stdout)["pairs"][0]["verdict"] == "faster"
     assert ET.parse(tmp_path / "k.xml").getroot().get("failures") == "0"
     # noise is not a regression, even with a tiny budget
-    p = cli("compare", base, same, "--max-regression", 0.0, "--json")
+    p = edgeopt_cli("compare", base, same, "--max-regression", 0.0, "--json")
     pair = json.loads(p.stdout)["pairs"][0]
     assert abs(pair["change_pct"]["p50"]) < 2 and (p.returncode == 0) == (not pair["regressed"])
     assert pair["test"]["p_slower"] > 0.01 or pair["change_pct"]["p50"] > 0
     # the table
-    p = cli("compare", base, slow)
+    p = edgeopt_cli("compare", base, slow)
     assert p.returncode == 1 and "regression" in p.stdout and "+" in p.stdout
 
 
 def test_without_samples_the_change_decides_and_says_so(tmp_path):
     a, b = result(lognormal(100, 10.0, 1)), result(lognormal(100, 12.0, 2))
     del a["samples_ms"], b["samples_ms"]
-    rep = C.compare([a], [b], max_regression=5)
+    rep = compare.compare([a], [b], max_regression=5)
     assert rep["regressed"] and "no significance test" in rep["pairs"][0]["summary"]
 
 
 def test_pairs_by_device(tmp_path):
     a = [result(lognormal(200, 10, 1), "pi-01"), result(lognormal(200, 20, 2), "pi-02")]
     b = [result(lognormal(200, 20.2, 3), "pi-02"), result(lognormal(200, 13, 4), "pi-01")]
-    rep = C.compare(a, b, max_regression=5)
+    rep = compare.compare(a, b, max_regression=5)
     by = {p["device"]: p for p in rep["pairs"]}
     assert by["pi-01"]["regressed"] and not by["pi-02"]["regressed"] and rep["regressed"]
     with pytest.raises(Exception, match="no device is in both"):
-        C.compare(a, [result([1.0, 2.0], "jet-01"), result([1.0, 2.0], "jet-02")])
+        compare.compare(a, [result([1.0, 2.0], "jet-01"), result([1.0, 2.0], "jet-02")])
 
 
 def test_bad_references():
-    p = cli("compare", "nope.json", "also-nope.json")
+    p = edgeopt_cli("compare", "nope.json", "also-nope.json")
     assert p.returncode == 2 and "neither a result id nor a JSON file" in p.stderr
-    p = cli("compare", "1", "2", "--history", "/nonexistent-dir-xyz/sub/h.sqlite")
+    p = edgeopt_cli("compare", "1", "2", "--history", "/nonexistent-dir-xyz/sub/h.sqlite")
     assert p.returncode == 2
 
 
@@ -133,8 +130,8 @@ def test_fp32_vs_int8_on_a_device(lab, tmp_path):
     env = {"EDGEOPT_HISTORY": str(tmp_path / "h.sqlite")}
     out = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
-        r = cli("bench", path, "--device", "pi-ns", "--inventory", inv, "--runs", 100, "--min-seconds", 2,
-                "--warmup-seconds", 0.5, "--threads", 1, "--json", env=env)
+        r = edgeopt_cli("bench", path, "--device", "pi-ns", "--inventory", inv, "--runs", 100, "--min-seconds", 2,
+                        "--warmup-seconds", 0.5, "--threads", 1, "--json", env=env)
         assert r.returncode == 0, r.stderr
         out[name] = write(tmp_path / f"{name}.json", json.loads(r.stdout))
     res = {k: json.loads(v.read_text()) for k, v in out.items()}
@@ -143,22 +140,24 @@ def test_fp32_vs_int8_on_a_device(lab, tmp_path):
     assert res["int8"]["id"] == 2 and res["fp32"]["id"] == 1
 
     # slow direction: baseline INT8, candidate FP32 -> regression, exit 1 (files and history ids alike)
-    p = cli("compare", out["int8"], out["fp32"], "--max-regression", 5, "--json", "--junit", tmp_path / "slow.xml",
-            env=env)
+    p = edgeopt_cli("compare", out["int8"], out["fp32"], "--max-regression", 5, "--json", "--junit",
+                    tmp_path / "slow.xml",
+                    env=env)
     assert p.returncode == 1, p.stderr
     pair = json.loads(p.stdout)["pairs"][0]
     assert pair["regressed"] and pair["change_pct"]["p50"] > 30 and pair["test"]["p_slower"] < 1e-6
     case = ET.parse(tmp_path / "slow.xml").getroot().find("testsuite/testcase")
     assert case.find("failure") is not None and "regression" in case.find("failure").get("message")
-    assert cli("compare", "2", "1", env=env).returncode == 1
+    assert edgeopt_cli("compare", "2", "1", env=env).returncode == 1
     # fast direction: baseline FP32, candidate INT8 -> exit 0
-    p = cli("compare", out["fp32"], out["int8"], "--max-regression", 5, "--json", "--junit", tmp_path / "fast.xml",
-            env=env)
+    p = edgeopt_cli("compare", out["fp32"], out["int8"], "--max-regression", 5, "--json", "--junit",
+                    tmp_path / "fast.xml",
+                    env=env)
     assert p.returncode == 0, p.stderr
     pair = json.loads(p.stdout)["pairs"][0]
     assert pair["verdict"] == "faster" and pair["change_pct"]["p50"] < -20 and pair["test"]["p_faster"] < 1e-6
     assert ET.parse(tmp_path / "fast.xml").getroot().find("testsuite").get("failures") == "0"
-    assert cli("compare", "1", "2", env=env).returncode == 0
+    assert edgeopt_cli("compare", "1", "2", env=env).returncode == 0
     # the same pair as a report (kept for a look: tests/out is not needed, tmp_path is enough)
-    p = cli("report", "1", "2", "--out", tmp_path / "r.html", "--markdown", tmp_path / "r.md", env=env)
+    p = edgeopt_cli("report", "1", "2", "--out", tmp_path / "r.html", "--markdown", tmp_path / "r.md", env=env)
     assert p.returncode == 0 and "faster" in (tmp_path / "r.md").read_text()

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.devices import conditions as C
-from sshlab import lab, tflite_model  # noqa: F401  (fixtures)
+from edgeopt.devices import conditions
+from edgeopt_testkit import edgeopt_cli
 
 DATA = Path(__file__).parent / "data" / "conditions"
-EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
 
 
 def read(name):
@@ -22,7 +21,7 @@ def read(name):
 
 
 def test_pi5_idle():
-    s = C.parse(read("pi5-idle.txt"))
+    s = conditions.parse(read("pi5-idle.txt"))
     assert s["facts"] == {"kernel": "Linux 6.6.51+rpt-rpi-2712", "arch": "aarch64", "ncpu": 4,
                           "model": "Raspberry Pi 5 Model B Rev 1.0"}
     assert s["cpufreq"]["governors"] == ["ondemand"] and len(s["cpufreq"]["cpus"]) == 4
@@ -33,49 +32,50 @@ def test_pi5_idle():
     assert s["loadavg"] == {"1m": 0.08, "5m": 0.12, "15m": 0.09, "running": 1, "threads": 233}
     assert s["pi"] == {"temp_c": 48.3, "throttled": {"raw": "0x0", "value": 0, "now": [], "since_boot": []}}
     assert s["jetson"] is None
-    v = C.assess(s, s, {"other_busy": 0.01, "ncpu": 4})
+    v = conditions.assess(s, s, {"other_busy": 0.01, "ncpu": 4})
     assert v["clean"] is True and v["reasons"] == []
     assert any("governor ondemand" in w for w in v["warnings"])
 
 
 def test_throttled_bits():
-    t = C.parse_throttled("throttled=0x50005")
+    t = conditions.parse_throttled("throttled=0x50005")
     assert t["value"] == 0x50005
     assert t["now"] == ["under-voltage detected", "currently throttled"]
     assert t["since_boot"] == ["under-voltage has occurred", "throttling has occurred"]
-    assert C.parse_throttled("throttled=0x0")["now"] == []
-    t = C.parse_throttled(read("pi5-throttled-after.vcgencmd.txt"))
+    assert conditions.parse_throttled("throttled=0x0")["now"] == []
+    t = conditions.parse_throttled(read("pi5-throttled-after.vcgencmd.txt"))
     assert t["now"] == ["soft temperature limit active"] and t["since_boot"] == ["soft temperature limit has occurred"]
-    assert C.parse_throttled("VCHI initialization failed") is None
-    assert C.parse_vcgencmd_temp("temp=48.3'C") == 48.3
-    assert C.parse_vcgencmd_temp("temp=-1.5'C") == -1.5
+    assert conditions.parse_throttled("VCHI initialization failed") is None
+    assert conditions.parse_vcgencmd_temp("temp=48.3'C") == 48.3
+    assert conditions.parse_vcgencmd_temp("temp=-1.5'C") == -1.5
 
 
 def test_pi4_throttled_and_hot_is_not_clean():
-    s = C.parse(read("pi4-throttled.txt"))
+    s = conditions.parse(read("pi4-throttled.txt"))
     assert s["pi"]["temp_c"] == 83.2 and s["thermal"]["max_c"] == 83.224
-    v = C.assess(s, s)
+    v = conditions.assess(s, s)
     assert v["clean"] is False
     assert any("under-voltage detected, currently throttled" in r and "0x50005" in r for r in v["reasons"])
     assert any("83.2 C" in r and ">= 80 C" in r for r in v["reasons"])
 
 
 def test_throttling_that_starts_during_the_run():
-    before = C.parse(read("pi5-idle.txt"))
-    after = C.parse(read("pi5-idle.txt").replace("throttled=0x0", read("pi5-throttled-after.vcgencmd.txt").strip()))
-    v = C.assess(before, after)
+    before = conditions.parse(read("pi5-idle.txt"))
+    after = conditions.parse(read("pi5-idle.txt").replace("throttled=0x0",
+                                                          read("pi5-throttled-after.vcgencmd.txt").strip()))
+    v = conditions.assess(before, after)
     assert v["clean"] is False
     assert any(r.startswith("after the run: Raspberry Pi soft temperature limit active") for r in v["reasons"])
     assert any(r.startswith("during the run: soft temperature limit has occurred") and "0x0 -> 0x80008" in r
                for r in v["reasons"])
     # sticky bits from before the run are only a warning
-    old = C.parse(read("pi5-idle.txt").replace("throttled=0x0", "throttled=0x50000"))
-    v = C.assess(old, old)
+    old = conditions.parse(read("pi5-idle.txt").replace("throttled=0x0", "throttled=0x50000"))
+    v = conditions.assess(old, old)
     assert v["clean"] is True and any("since boot: under-voltage has occurred" in w for w in v["warnings"])
 
 
 def test_orin_nano():
-    s = C.parse(read("orin-nano.txt"))
+    s = conditions.parse(read("orin-nano.txt"))
     assert s["facts"]["ncpu"] == 6 and s["facts"]["model"].startswith("NVIDIA Jetson Orin Nano")
     assert s["cpufreq"]["capped"] == [f"cpu{i}" for i in range(6)]  # 15W mode: 1497.6 of 1728 MHz
     assert s["thermal"]["max_c"] == 47.5 and len(s["thermal"]["zones"]) == 9
@@ -92,42 +92,44 @@ def test_orin_nano():
     assert ts["cpu"][:2] == [{"load": 2, "mhz": 1510}, {"load": 0, "mhz": 1510}] and ts["cpu"][4:] == [None, None]
     assert ts["gpu_load"] == 0 and ts["temps"]["cpu"] == 47.5 and ts["temps"]["tj"] == 47.5
     assert ts["power_mw"]["VDD_IN"] == [4761, 4778]
-    v = C.assess(s, s, {"other_busy": 0.02, "ncpu": 6})
+    v = conditions.assess(s, s, {"other_busy": 0.02, "ncpu": 6})
     assert v["clean"] is True
     assert any("jetson_clocks is not applied" in w for w in v["warnings"])
 
 
 def test_jetson_clocks_pinned_and_other_tools():
-    clk = C.parse_jetson_clocks(read("jetson_clocks-orin-nano-maxn.txt"))
+    clk = conditions.parse_jetson_clocks(read("jetson_clocks-orin-nano-maxn.txt"))
     assert clk["max_clocks"] is True and all(c["online"] for c in clk["cpus"]) and len(clk["cpus"]) == 6
     assert clk["power_mode"] == "MAXN_SUPER"
-    assert C.parse_nvpmodel(read("nvpmodel-q-maxn-super.txt")) == {"mode": "MAXN_SUPER", "id": 2}
-    x = C.parse_tegrastats(read("tegrastats-xavier.txt"))
+    assert conditions.parse_nvpmodel(read("nvpmodel-q-maxn-super.txt")) == {"mode": "MAXN_SUPER", "id": 2}
+    x = conditions.parse_tegrastats(read("tegrastats-xavier.txt"))
     assert x["cpu"] == [{"load": 2, "mhz": 1420}, {"load": 1, "mhz": 1420}] and x["gpu_load"] == 23
     assert x["temps"] == {"ao": 40.0, "gpu": 45.5, "pmic": 50.0}
-    assert C.parse_jetson_clocks("") is None and C.parse_tegrastats("") is None and C.parse_nvpmodel("") is None
+    assert conditions.parse_jetson_clocks("") is None and conditions.parse_tegrastats("") is None
+    assert conditions.parse_nvpmodel("") is None
 
 
 def test_this_vm_recorded():
-    s = C.parse(read("x86_64-lab.txt"))
+    s = conditions.parse(read("x86_64-lab.txt"))
     assert s["facts"]["arch"] == "x86_64" and s["facts"]["ncpu"] == 2 and s["facts"]["model"] is None
     assert s["cpufreq"]["cpus"] == [] and s["thermal"]["max_c"] is None
     assert s["stat"]["total"] > s["stat"]["busy"] > 0 and s["stat"]["procs_running"] == 6
-    v = C.assess(s, s)  # load average 6.08 on 2 CPUs
+    v = conditions.assess(s, s)  # load average 6.08 on 2 CPUs
     assert v["clean"] is False and "1-minute load average 6.08 on 2 CPUs (3.04 per CPU > 0.5)" in v["reasons"][0]
-    assert C.assess(s, s, thresholds=C.Thresholds(max_load_per_core=4))["clean"] is True
+    assert conditions.assess(s, s, thresholds=conditions.Thresholds(max_load_per_core=4))["clean"] is True
 
 
 def test_thermal_parser_edge_cases():
-    t = C.parse_thermal("thermal_zone0 -274000 bogus\nthermal_zone1 45 acpitz\nthermal_zone2 - x\n"
-                        "thermal_zone3 51250 soc thermal")
+    t = conditions.parse_thermal("thermal_zone0 -274000 bogus\nthermal_zone1 45 acpitz\nthermal_zone2 - x\n"
+                                 "thermal_zone3 51250 soc thermal")
     assert t["zones"] == [{"zone": "thermal_zone1", "type": "acpitz", "temp_c": 45.0},
                           {"zone": "thermal_zone3", "type": "soc thermal", "temp_c": 51.25}]
 
 
 def test_the_command_runs_here_and_writes_nothing(tmp_path):
-    p = subprocess.run(["/bin/sh", "-c", C.command()], capture_output=True, text=True, cwd=tmp_path, timeout=30)
-    s = C.parse(p.stdout)
+    p = subprocess.run(["/bin/sh", "-c", conditions.command()], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=30)
+    s = conditions.parse(p.stdout)
     assert s["facts"]["ncpu"] == os.cpu_count() and s["loadavg"]["1m"] >= 0 and s["stat"]["total"] > 0
     assert list(tmp_path.iterdir()) == []
 
@@ -140,9 +142,8 @@ def busy_loops(n):
 
 
 def bench(inv, tflite, history):
-    p = subprocess.run([EDGEOPT, "bench", str(tflite), "--device", "pi-ns", "--inventory", str(inv), "--runs", "100",
-                        "--min-seconds", "1.5", "--threads", "1", "--json", "--no-samples", "--history",
-                        str(history)], capture_output=True, text=True, timeout=300)
+    p = edgeopt_cli("bench", tflite, "--device", "pi-ns", "--inventory", inv, "--runs", 100, "--min-seconds", 1.5,
+                    "--threads", 1, "--json", "--no-samples", "--history", history, timeout=300)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -158,10 +159,9 @@ def test_device_under_injected_cpu_load_is_flagged(lab, tflite_model, tmp_path):
         time.sleep(1.0)
         loaded = bench(inv, tflite_model, hist)
         # the same device, the same artifact: with the busy loops the gate must fail
-        p = subprocess.run([EDGEOPT, "bench", str(tflite_model), "--device", "pi-ns", "--inventory", str(inv),
-                            "--runs", "50", "--min-seconds", "0.5", "--threads", "1", "--require-clean",
-                            "--history", str(hist), "--junit", str(tmp_path / "j.xml")],
-                           capture_output=True, text=True, timeout=300)
+        p = edgeopt_cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 50, "--min-seconds",
+                        0.5, "--threads", 1, "--require-clean", "--history", hist, "--junit", tmp_path / "j.xml",
+                        timeout=300)
     finally:
         for pr in loops:
             os.killpg(pr.pid, signal.SIGKILL)
@@ -178,6 +178,7 @@ def test_device_under_injected_cpu_load_is_flagged(lab, tflite_model, tmp_path):
     case = ET.parse(tmp_path / "j.xml").getroot().find("testsuite/testcase")
     assert case.get("name") == "pi-ns" and "not clean" in case.find("failure").text
     # the stored results keep the verdict
-    rows = json.loads(subprocess.run([EDGEOPT, "results", "--json", "--history", str(hist)], capture_output=True,
-                                     text=True, check=True).stdout)
+    res = edgeopt_cli("results", "--json", "--history", hist)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
     assert [r["clean"] for r in rows][:2] == [False, False]

@@ -9,8 +9,7 @@ import pytest
 
 import edgeopt
 import edgeopt.runtime
-import models
-from conftest import edgeopt_cli
+from edgeopt_testkit import edgeopt_cli, models, save_arrays
 from edgeopt.errors import GateError, UsageError
 
 pytestmark = pytest.mark.slow
@@ -188,8 +187,7 @@ def lite0(tmp_path_factory):
     d = tmp_path_factory.mktemp("lite0")
     onnx_path = models.efficientnet_lite0(str(d / "efficientnet_lite0.onnx"))
     photos = (models.sample_photos(48) - 0.5) / 0.5
-    np.save(d / "calib.npy", photos[:40].astype(np.float32))
-    np.save(d / "val.npy", photos[40:].astype(np.float32))
+    save_arrays(d, calib=photos[:40].astype(np.float32), val=photos[40:].astype(np.float32))
     return d, onnx_path
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeopt.conversion import data as D
+from edgeopt.conversion.data import digest, load
 from edgeopt.errors import UsageError
 
 NCHW = [{"name": "image", "shape": [None, 3, 8, 10], "dtype": "float32"}]
@@ -26,7 +26,7 @@ def images(tmp_path):
 
 def test_image_folder_nchw_with_mean_std(images):
     d, arrs = images
-    data, info = D.load(str(d), NCHW, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    data, info = load(str(d), NCHW, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     x = data["image"]
     assert x.shape == (3, 3, 8, 10) and x.dtype == np.float32
     ref = np.asarray(Image.fromarray(arrs[0]).resize((10, 8), Image.BILINEAR), np.float32) / 255.0
@@ -36,19 +36,19 @@ def test_image_folder_nchw_with_mean_std(images):
 
 def test_image_folder_nhwc(images):
     d, _ = images
-    data, _ = D.load(str(d), NHWC)
+    data, _ = load(str(d), NHWC)
     assert data["image"].shape == (3, 8, 10, 3) and 0 <= data["image"].min() and data["image"].max() <= 1
 
 
 def test_npz_by_name_and_shape_errors(tmp_path):
     p = tmp_path / "d.npz"
     np.savez(p, image=np.zeros((5, 3, 8, 10), np.float32), labels=np.arange(5))
-    data, info = D.load(str(p), NCHW)
+    data, info = load(str(p), NCHW)
     assert data["image"].shape == (5, 3, 8, 10) and info["kind"] == "npz"
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((5, 8, 10, 3), np.float32))
     with pytest.raises(UsageError) as e:
-        D.load(str(bad), NCHW)
+        load(str(bad), NCHW)
     assert "expected (N, 3, 8, 10)" in str(e.value) and "found (5, 8, 10, 3)" in str(e.value)
     assert "transposed" in e.value.hint
 
@@ -56,21 +56,21 @@ def test_npz_by_name_and_shape_errors(tmp_path):
 def test_single_sample_gets_batch_dim_and_nan_refused(tmp_path):
     p = tmp_path / "one.npy"
     np.save(p, np.ones((3, 8, 10), np.float32))
-    data, _ = D.load(str(p), NCHW)
+    data, _ = load(str(p), NCHW)
     assert data["image"].shape == (1, 3, 8, 10)
     np.save(p, np.full((2, 3, 8, 10), np.nan, np.float32))
     with pytest.raises(UsageError, match="NaN"):
-        D.load(str(p), NCHW)
+        load(str(p), NCHW)
 
 
 def test_random_is_recorded():
-    data, info = D.load("random", NCHW)
+    data, info = load("random", NCHW)
     assert info["source"] == "random" and "warning" in info and data["image"].shape[1:] == (3, 8, 10)
-    again, _ = D.load("random", NCHW)
+    again, _ = load("random", NCHW)
     assert np.array_equal(data["image"], again["image"])  # seeded: reproducible
 
 
 def test_digest_changes_with_content():
     a = {"x": np.zeros((2, 2), np.float32)}
     b = {"x": np.ones((2, 2), np.float32)}
-    assert D.digest(a) != D.digest(b) and D.digest(a) == D.digest({"x": np.zeros((2, 2), np.float32)})
+    assert digest(a) != digest(b) and digest(a) == digest({"x": np.zeros((2, 2), np.float32)})

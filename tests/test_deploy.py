@@ -2,24 +2,16 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sshlab import lab, onnx_model, tflite_model  # noqa: F401  (fixtures)
-from test_runner import fake_trtexec
+from edgeopt_testkit import edgeopt_cli, save_arrays
+from edgeopt_testkit.build import fake_trtexec, no_tflite_runtime
 
 pytestmark = pytest.mark.ssh
-EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
 SPEC_KEYS = {"device", "target", "artifact", "runtime", "config", "latency_ms", "runs", "init_ms", "transfer"}
-
-
-def cli(*args, cwd=None, env=None):
-    p = subprocess.run([EDGEOPT, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                       env=dict(os.environ, COLUMNS="200", **(env or {})), timeout=300)
-    return p
 
 
 def js(p):
@@ -35,7 +27,7 @@ def test_deploy_end_to_end_to_the_family(lab, tflite_model, tmp_path):
     out = tmp_path / "build"
     args = ["deploy", tflite_model, "--target", "rpi", "--inventory", inv, "--out", out, "--runs", 20,
             "--min-seconds", 0.2, "--threads", 1, "--json"]
-    res = js(cli(*args))
+    res = js(edgeopt_cli(*args))
     assert res["manifest"]["target"]["name"] == "rpi5"
     art = res["manifest"]["artifacts"][0]
     assert sorted(r["device"] for r in res["results"]) == ["pi-01", "pi-02"]  # the rpi family only
@@ -50,13 +42,13 @@ def test_deploy_end_to_end_to_the_family(lab, tflite_model, tmp_path):
         assert r["init_ms"] > 0
     assert jet.files() == []
     # again: the conversion is cached and nothing is sent
-    p = cli(*args)
+    p = edgeopt_cli(*args)
     res2 = js(p)
     assert all(r["transfer"] == {"bytes": 0, "seconds": r["transfer"]["seconds"], "skipped": True}
                for r in res2["results"])
     assert res2["manifest"] == res["manifest"]
     # the table
-    p = cli(*args[:-1])
+    p = edgeopt_cli(*args[:-1])
     assert p.returncode == 0 and "pi-01" in p.stdout and "cached" in p.stdout
 
 
@@ -64,9 +56,10 @@ def test_three_devices_in_parallel(lab, tflite_model):
     for n in ("a", "b", "c"):
         lab.start(f"pi-{n}")
     inv = lab.inventory()
-    cli("bench", tflite_model, "--all", "--inventory", inv, "--runs", 1, "--min-seconds", 0, "--json")  # push once
-    res = js(cli("bench", tflite_model, "--device", "pi-a,pi-b,pi-c", "--inventory", inv, "--runs", 1,
-                 "--min-seconds", 3, "--threads", 1, "--json", "--no-samples"))
+    edgeopt_cli("bench", tflite_model, "--all", "--inventory", inv, "--runs", 1, "--min-seconds", 0,
+                "--json")  # push once
+    res = js(edgeopt_cli("bench", tflite_model, "--device", "pi-a,pi-b,pi-c", "--inventory", inv, "--runs", 1,
+                         "--min-seconds", 3, "--threads", 1, "--json", "--no-samples"))
     assert [r["device"] for r in res] == ["pi-a", "pi-b", "pi-c"]
     assert all(r["transfer"]["skipped"] and r["runs"] > 10 for r in res)
     # in parallel: the three remote runs (each >= 3 s of measuring, longer than a loaded machine's start-up
@@ -81,15 +74,15 @@ def test_jetson_without_tensorrt_falls_back_and_says_so(lab, onnx_model, tmp_pat
     lab.start("jet-trt", target="jetson-orin-nano")
     exe = fake_trtexec(tmp_path)
     inv = lab.inventory(per_device={"jet-trt": {"trtexec": str(exe)}})
-    res = js(cli("bench", onnx_model, "--device", "jet-01,jet-trt", "--inventory", inv, "--runs", 5,
-                 "--min-seconds", 0, "--json"))
+    res = js(edgeopt_cli("bench", onnx_model, "--device", "jet-01,jet-trt", "--inventory", inv, "--runs", 5,
+                         "--min-seconds", 0, "--json"))
     fb, trt = res
     assert fb["runtime"]["name"] == "onnxruntime" and fb["runtime"]["provider"] == "CPUExecutionProvider"
     assert fb["fallback"] == {"wanted": "tensorrt", "used": "onnxruntime"}
     assert any("TensorRT (trtexec) not found" in n for n in fb["notes"])
     assert trt["runtime"]["name"] == "tensorrt" and trt["runtime"]["version"] == "10.3.0"
     assert trt["latency_ms"]["p50"] == 0.707031
-    p = cli("bench", onnx_model, "--device", "jet-01", "--inventory", inv, "--runs", 5, "--min-seconds", 0)
+    p = edgeopt_cli("bench", onnx_model, "--device", "jet-01", "--inventory", inv, "--runs", 5, "--min-seconds", 0)
     assert p.returncode == 0 and "fell back to onnxruntime" in p.stdout
 
 
@@ -101,8 +94,8 @@ def test_hostile_paths_reach_no_shell(lab, tflite_model, tmp_path):
     model_dir.mkdir()
     model = model_dir / "m $(id) 'x';.tflite"
     shutil.copy(tflite_model, model)
-    p = cli("bench", model, "--device", "pi-01", "--inventory", inv, "--runs", 3, "--min-seconds", 0, "--json",
-            cwd=tmp_path)
+    p = edgeopt_cli("bench", model, "--device", "pi-01", "--inventory", inv, "--runs", 3, "--min-seconds", 0, "--json",
+                    cwd=tmp_path)
     r = js(p)
     assert r["artifact"]["file"] == "m $(id) 'x';.tflite" and r["runs"] == 3
     assert (Path(d.workdir) / "artifacts" / r["artifact"]["sha256"] / model.name).is_file()
@@ -113,29 +106,26 @@ def test_hostile_paths_reach_no_shell(lab, tflite_model, tmp_path):
 def test_unknown_host_key_cli_exit_3_nothing_written(lab, tflite_model):
     d = lab.start("pi-new", known=False)
     inv = lab.inventory()
-    p = cli("bench", tflite_model, "--device", "pi-new", "--inventory", inv, "--runs", 1)
+    p = edgeopt_cli("bench", tflite_model, "--device", "pi-new", "--inventory", inv, "--runs", 1)
     assert p.returncode == 3
     assert p.stderr.startswith("error: pi-new: host key unknown") and "Traceback" not in p.stderr
     assert "hint:" in p.stderr and d.files() == [] and p.stdout == ""
-    p = cli("bench", tflite_model, "--device", "pi-new", "--inventory", inv, "--runs", 1, "--min-seconds", 0,
-            "--accept-new", "--json")
+    p = edgeopt_cli("bench", tflite_model, "--device", "pi-new", "--inventory", inv, "--runs", 1, "--min-seconds", 0,
+                    "--accept-new", "--json")
     assert js(p)["runs"] == 1
 
 
 def test_missing_runtime_over_ssh_names_device_with_hint(lab, tflite_model, tmp_path):
     lab.start("pi-bare", target="rpi5")
-    block = tmp_path / "block"
-    block.mkdir()
-    (block / "sitecustomize.py").write_text(
-        "import sys\nfor m in ('ai_edge_litert', 'tflite_runtime', 'tensorflow'):\n    sys.modules[m] = None\n")
+    block = no_tflite_runtime(tmp_path)
     py = tmp_path / "python3"
     py.write_text(f"#!/bin/sh\nPYTHONPATH={block} exec {sys.executable} \"$@\"\n")
     py.chmod(0o755)
     inv = lab.inventory(python=str(py))
-    p = cli("bench", tflite_model, "--device", "pi-bare", "--inventory", inv, "--runs", 1)
+    p = edgeopt_cli("bench", tflite_model, "--device", "pi-bare", "--inventory", inv, "--runs", 1)
     assert p.returncode == 3
     assert p.stderr.startswith("error: pi-bare: runtime missing") and "hint: on the Pi: python3 -m pip install ai-edge-litert" in p.stderr
-    p = cli("devices", "--inventory", inv, "--json")
+    p = edgeopt_cli("devices", "--inventory", inv, "--json")
     dev = js(p)["devices"][0]
     assert dev["reachable"] and dev["arch"] == os.uname().machine
     assert any("no TFLite runtime" in w for w in dev["warnings"])
@@ -147,7 +137,7 @@ def test_devices_reports_unreachable(lab):
     d2 = lab.start("pi-down")
     inv = lab.inventory()
     lab.stop_device(d2)
-    p = cli("devices", "--inventory", inv, "--json")
+    p = edgeopt_cli("devices", "--inventory", inv, "--json")
     assert p.returncode == 3
     by = {d["device"]: d for d in json.loads(p.stdout)["devices"]}
     assert by["pi-01"]["reachable"] and by["pi-01"]["python"]["python"] == "%d.%d.%d" % sys.version_info[:3]
@@ -157,11 +147,13 @@ def test_devices_reports_unreachable(lab):
 
 def test_local_deploy_and_bench(tflite_model, tmp_path):
     env = {"EDGEOPT_LOCAL_WORKDIR": str(tmp_path / "local wd"), "EDGEOPT_CACHE": str(tmp_path / "cache")}
-    res = js(cli("deploy", tflite_model, "--target", "rpi5", "--local", "--runs", 5, "--min-seconds", 0, "--json",
-                 env=env, cwd=tmp_path))
+    res = js(edgeopt_cli("deploy", tflite_model, "--target", "rpi5", "--local", "--runs", 5, "--min-seconds", 0,
+                         "--json",
+                         env=env, cwd=tmp_path))
     (r,) = res["results"]
     assert r["device"] == "local" and r["target"] == "rpi5" and r["runs"] == 5
-    r = js(cli("bench", tflite_model, "--local", "--runs", 5, "--min-seconds", 0, "--json", env=env, cwd=tmp_path))
+    r = js(edgeopt_cli("bench", tflite_model, "--local", "--runs", 5, "--min-seconds", 0, "--json", env=env,
+                       cwd=tmp_path))
     assert r["device"] == "local" and r["transfer"]["skipped"] is True
 
 
@@ -170,16 +162,16 @@ def test_local_deploy_passes_convert_and_bench_options(onnx_model, tmp_path):
     import numpy as np
     env = {"EDGEOPT_LOCAL_WORKDIR": str(tmp_path / "wd"), "EDGEOPT_CACHE": str(tmp_path / "cache")}
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "cal.npy", rng.standard_normal((40, 3, 32, 32)).astype(np.float32))
-    np.save(tmp_path / "in.npy", rng.standard_normal((3, 3, 32, 32)).astype(np.float32))
-    base = ["deploy", onnx_model, "--target", "jetson", "--local", "--calib", tmp_path / "cal.npy", "--runs", 5,
+    files = save_arrays(tmp_path, cal=rng.standard_normal((40, 3, 32, 32)).astype(np.float32),
+                        input=rng.standard_normal((3, 3, 32, 32)).astype(np.float32))
+    base = ["deploy", onnx_model, "--target", "jetson", "--local", "--calib", files["cal"], "--runs", 5,
             "--min-seconds", 0, "--json"]
-    res = js(cli(*base, "--calibration", "percentile", "--max-samples", 24, "--explain",
-                 "--input", tmp_path / "in.npy", env=env, cwd=tmp_path))
+    res = js(edgeopt_cli(*base, "--calibration", "percentile", "--max-samples", 24, "--explain",
+                         "--input", files["input"], env=env, cwd=tmp_path))
     m = res["manifest"]
     assert m["calibration"]["method"] == "percentile" and m["calibration"]["samples"] == 24
     assert m["layers"]["layers"]  # --explain: the per-layer report is in the manifest
     (r,) = res["results"]
     assert r["runs"] >= 5 and any("holds 3 samples: the first one is timed" in n for n in r["notes"])
-    bad = cli(*base, "--calibration", "kl", env=env, cwd=tmp_path)
+    bad = edgeopt_cli(*base, "--calibration", "kl", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "error: --calibration 'kl'" in bad.stderr

@@ -2,20 +2,11 @@
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
-from edgeopt.results import history as H
-from sshlab import lab, tflite_model  # noqa: F401  (fixtures)
-
-EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
-
-
-def cli(*args, env=None, timeout=300):
-    return subprocess.run([EDGEOPT, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, COLUMNS="200", **(env or {})))
+from edgeopt.results import history
+from edgeopt_testkit import edgeopt_cli
 
 
 def fake(device="pi-01", p50=1.0, samples=(1.0, 1.1, 0.9)):
@@ -29,7 +20,7 @@ def fake(device="pi-01", p50=1.0, samples=(1.0, 1.1, 0.9)):
 def test_store_get_list_roundtrip(tmp_path):
     path = tmp_path / "sub" / "h.sqlite"
     manifest = {"schema": 1, "artifacts": [{"file": "m.tflite"}]}
-    with H.open_db(str(path)) as db:
+    with history.open_db(str(path)) as db:
         a = db.add(fake(), manifest=manifest, command="bench")
         b = db.add(fake("pi-02", p50=2.0), command="deploy", label="candidate")
         assert (a, b) == (1, 2) and db.count() == 2
@@ -50,12 +41,12 @@ def test_store_get_list_roundtrip(tmp_path):
 
 def test_path_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEOPT_HISTORY", str(tmp_path / "x.sqlite"))
-    assert H.default_path() == str(tmp_path / "x.sqlite")
+    assert history.default_path() == str(tmp_path / "x.sqlite")
     monkeypatch.setenv("EDGEOPT_HISTORY", "off")
-    assert H.default_path() is None and H.open_db() is None
+    assert history.default_path() is None and history.open_db() is None
     monkeypatch.delenv("EDGEOPT_HISTORY")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    assert H.default_path() == str(tmp_path / "data" / "edgeopt" / "results.sqlite")
+    assert history.default_path() == str(tmp_path / "data" / "edgeopt" / "results.sqlite")
 
 
 def test_manifest_for(tmp_path):
@@ -63,9 +54,9 @@ def test_manifest_for(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     (tmp_path / "model.int8.tflite").write_bytes(b"x")
     (tmp_path / "other.tflite").write_bytes(b"x")
-    assert H.manifest_for(str(tmp_path)) == m
-    assert H.manifest_for(str(tmp_path / "model.int8.tflite")) == m
-    assert H.manifest_for(str(tmp_path / "other.tflite")) is None
+    assert history.manifest_for(str(tmp_path)) == m
+    assert history.manifest_for(str(tmp_path / "model.int8.tflite")) == m
+    assert history.manifest_for(str(tmp_path / "other.tflite")) is None
 
 
 def test_load_results_forms(tmp_path):
@@ -73,24 +64,24 @@ def test_load_results_forms(tmp_path):
     (tmp_path / "one.json").write_text(json.dumps(one))
     (tmp_path / "list.json").write_text(json.dumps([one, {"device": "x", "error": "down"}, two]))
     (tmp_path / "deploy.json").write_text(json.dumps({"manifest": {"schema": 1}, "results": [one]}))
-    assert len(H.load_results(str(tmp_path / "one.json"))) == 1
-    assert [r["device"] for r in H.load_results(str(tmp_path / "list.json"))] == ["pi-01", "pi-02"]
-    assert H.load_results(str(tmp_path / "deploy.json"))[0]["manifest"] == {"schema": 1}
+    assert len(history.load_results(str(tmp_path / "one.json"))) == 1
+    assert [r["device"] for r in history.load_results(str(tmp_path / "list.json"))] == ["pi-01", "pi-02"]
+    assert history.load_results(str(tmp_path / "deploy.json"))[0]["manifest"] == {"schema": 1}
     with pytest.raises(Exception, match="neither a result id nor a JSON file"):
-        H.load_results(str(tmp_path / "nope.json"))
+        history.load_results(str(tmp_path / "nope.json"))
 
 
 def test_results_cli_without_devices(tmp_path):
     db = tmp_path / "h.sqlite"
-    with H.open_db(str(db)) as h:
+    with history.open_db(str(db)) as h:
         h.add(fake(), command="bench")
-    p = cli("results", "--history", db)
+    p = edgeopt_cli("results", "--history", db)
     assert p.returncode == 0 and "pi-01" in p.stdout and "m.tflite" in p.stdout
-    p = cli("results", "1", "--json", "--no-samples", "--history", db)
+    p = edgeopt_cli("results", "1", "--json", "--no-samples", "--history", db)
     assert p.returncode == 0 and "samples_ms" not in json.loads(p.stdout)
-    p = cli("results", "7", "--history", db)
+    p = edgeopt_cli("results", "7", "--history", db)
     assert p.returncode == 2 and p.stderr.startswith("error: no result 7")
-    p = cli("results", "--history", tmp_path / "empty.sqlite")
+    p = edgeopt_cli("results", "--history", tmp_path / "empty.sqlite")
     assert p.returncode == 0 and "no results" in p.stdout
 
 
@@ -99,31 +90,33 @@ def test_bench_and_deploy_store_their_results(lab, tflite_model, tmp_path):
     lab.start("pi-ns", netns=lab.netns(), target="rpi5")
     inv = lab.inventory()
     env = {"EDGEOPT_HISTORY": str(tmp_path / "h.sqlite")}
-    p = cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 50, "--min-seconds", 0.2,
-            "--threads", 1, "--json", env=env)
+    p = edgeopt_cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 50, "--min-seconds", 0.2,
+                    "--threads", 1, "--json", env=env)
     assert p.returncode == 0, p.stderr
     bench = json.loads(p.stdout)
     assert bench["id"] == 1
-    p = cli("deploy", tflite_model, "--target", "rpi", "--inventory", inv, "--out", tmp_path / "out", "--runs", 50,
-            "--min-seconds", 0.2, "--threads", 1, "--json", env=env)
+    p = edgeopt_cli("deploy", tflite_model, "--target", "rpi", "--inventory", inv, "--out", tmp_path / "out", "--runs",
+                    50,
+                    "--min-seconds", 0.2, "--threads", 1, "--json", env=env)
     assert p.returncode == 0, p.stderr
     dep = json.loads(p.stdout)
     assert [r["id"] for r in dep["results"]] == [2] and "samples_ms" not in dep["results"][0]
 
-    rows = json.loads(cli("results", "--json", env=env).stdout)
+    rows = json.loads(edgeopt_cli("results", "--json", env=env).stdout)
     assert [(r["id"], r["command"], r["device"]) for r in rows] == [(2, "deploy", "pi-ns"), (1, "bench", "pi-ns")]
     assert rows[1]["artifact_sha256"] == bench["artifact"]["sha256"] and rows[1]["p50"] == bench["latency_ms"]["p50"]
-    shown = json.loads(cli("results", "1", "--json", env=env).stdout)
+    shown = json.loads(edgeopt_cli("results", "1", "--json", env=env).stdout)
     assert shown["samples_ms"] == bench["samples_ms"] and shown["timestamps_s"] == bench["timestamps_s"]
     assert shown["device_facts"]["ncpu"] == os.cpu_count() and shown["runtime"] == bench["runtime"]
     assert shown["config"] == bench["config"] and shown["conditions"]["before"]["loadavg"] is not None
-    d = json.loads(cli("results", "2", "--json", env=env).stdout)
+    d = json.loads(edgeopt_cli("results", "2", "--json", env=env).stdout)
     assert d["manifest"] == dep["manifest"] and len(d["samples_ms"]) == d["runs"]  # samples kept even if not printed
-    text = cli("results", "2", env=env).stdout
+    text = edgeopt_cli("results", "2", env=env).stdout
     assert "result #2" in text and "manifest" in text
     # a p90 budget that fails: exit 1, JUnit says which device, and the result is stored all the same
-    p = cli("deploy", tflite_model, "--target", "rpi", "--inventory", inv, "--out", tmp_path / "out", "--runs", 20,
-            "--min-seconds", 0, "--threads", 1, "--max-p90-ms", 0.0001, "--junit", tmp_path / "d.xml", env=env)
+    p = edgeopt_cli("deploy", tflite_model, "--target", "rpi", "--inventory", inv, "--out", tmp_path / "out", "--runs",
+                    20,
+                    "--min-seconds", 0, "--threads", 1, "--max-p90-ms", 0.0001, "--junit", tmp_path / "d.xml", env=env)
     assert p.returncode == 1 and "latency budget exceeded: pi-ns p90" in p.stderr
     import xml.etree.ElementTree as ET
     root = ET.parse(tmp_path / "d.xml").getroot()
@@ -131,7 +124,7 @@ def test_bench_and_deploy_store_their_results(lab, tflite_model, tmp_path):
     assert root.get("failures") == "1" and case.get("name") == "pi-ns" and case.get("classname") == "edgeopt.deploy"
     assert "> budget 0.0001 ms" in case.find("failure").text and "history id 3" in case.find("system-out").text
     # EDGEOPT_HISTORY=off stores nothing
-    p = cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 5, "--min-seconds", 0,
-            "--json", env={"EDGEOPT_HISTORY": "off"})
+    p = edgeopt_cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 5, "--min-seconds", 0,
+                    "--json", env={"EDGEOPT_HISTORY": "off"})
     assert p.returncode == 0 and "id" not in json.loads(p.stdout)
-    assert len(json.loads(cli("results", "--json", env=env).stdout)) == 3
+    assert len(json.loads(edgeopt_cli("results", "--json", env=env).stdout)) == 3

@@ -104,6 +104,8 @@ def test_report_of_a_crafted_result_file_has_no_markup(tmp_path, poison_numbers)
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
+    for written in ("r.html", "s.md"):  # reports name the lab's hosts: the owner's only, whatever the umask
+        assert stat.S_IMODE(os.stat(tmp_path / written).st_mode) == 0o600
     page = (tmp_path / "r.html").read_text()
     md = (tmp_path / "s.md").read_text()
     assert_page_safe(page)
@@ -143,3 +145,36 @@ def test_report_functions_escape_without_the_cli():
     page = report.html([r, _result()], title=PAYLOAD)
     assert_page_safe(page)
     assert_markdown_safe(report.markdown([r], title=PAYLOAD))
+
+
+DEVICE_TEXT = "pi[/x] [bold]\x1b[2J\x1b]0;owned\x07\r-01"
+
+
+def test_device_text_prints_as_text_in_tables(tmp_path):
+    """An unmatched `[/x]` in a device string crashed the table after the result was stored (rich markup), and
+    escape sequences reached the terminal."""
+    from edgeopt_testkit import edgeopt_cli
+    db = tmp_path / "h.sqlite"
+    r = _result()
+    r["device"], r["runtime"]["version"], r["conditions"]["reasons"] = DEVICE_TEXT, DEVICE_TEXT, [DEVICE_TEXT]
+    with history.History(str(db)) as h:
+        rid = h.add(r)
+    for args in (["results"], ["results", str(rid)]):
+        p = edgeopt_cli(*args, "--history", db)
+        assert p.returncode == 0, p.stderr
+        assert "pi[/x]" in p.stdout and "[bold]" in p.stdout, p.stdout
+        assert "\x1b" not in p.stdout and "\x07" not in p.stdout and "\r" not in p.stdout
+
+
+def test_bench_table_and_errors_print_device_text_as_text(capsys):
+    from edgeopt.cli import error_exit
+    from edgeopt.cli.bench_output import print_bench_table
+    from edgeopt.errors import DeviceError
+    r = sanitize.result(dict(_result(), device=DEVICE_TEXT, notes=[DEVICE_TEXT]))
+    print_bench_table([r, {"device": DEVICE_TEXT, "error": "x"}])
+    out = capsys.readouterr().out
+    assert out.count("pi[/x] [bold]") == 3 and "\x1b" not in out
+    with pytest.raises(SystemExit) as e:
+        error_exit(DeviceError(f"remote run failed: {DEVICE_TEXT}", device="d"))
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and err.startswith("error: ") and "pi[/x]" in err and "\x1b" not in err

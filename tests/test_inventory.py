@@ -1,10 +1,10 @@
 """The TOML inventory: fields, relative paths, ~/.ssh/config aliases, proxy jumps, bad inventories (exit 2)."""
-import os
 
 import pytest
 
-from edgeopt.devices import inventory as I
+from edgeopt.devices import inventory
 from edgeopt.errors import UsageError
+from edgeopt_testkit import edgeopt_cli
 
 
 def write(p, text):
@@ -30,7 +30,7 @@ host = "192.0.2.20"
 target = "jetson"
 proxy_jump = "pi-01"
 """)
-    inv = I.load(f)
+    inv = inventory.load(f)
     pi = inv.get("pi-01")
     assert (pi.address, pi.port, pi.user, pi.target, pi.python, pi.workdir) == (
         "192.0.2.10", 2222, "pi", "rpi5", "/usr/bin/python3", "/srv/edgeopt")
@@ -46,12 +46,12 @@ proxy_jump = "pi-01"
 def test_env_and_cwd(tmp_path, monkeypatch):
     write(tmp_path / "edgeopt.toml", '[devices.a]\nhost = "h"\n')
     monkeypatch.delenv("EDGEOPT_INVENTORY", raising=False)
-    assert list(I.load(cwd=str(tmp_path)).devices) == ["a"]
+    assert list(inventory.load(cwd=str(tmp_path)).devices) == ["a"]
     other = write(tmp_path / "other.toml", '[devices.b]\nhost = "h"\n')
     monkeypatch.setenv("EDGEOPT_INVENTORY", str(other))
-    assert list(I.load(cwd=str(tmp_path)).devices) == ["b"]
+    assert list(inventory.load(cwd=str(tmp_path)).devices) == ["b"]
     monkeypatch.delenv("EDGEOPT_INVENTORY")
-    inv = I.load(cwd=str(tmp_path / "nowhere"))
+    inv = inventory.load(cwd=str(tmp_path / "nowhere"))
     assert inv.path is None and inv.devices == {}
 
 
@@ -64,7 +64,7 @@ def test_ssh_config_alias(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     f = write(tmp_path / "edgeopt.toml", '[devices.p]\nhost = "pi5"\ntarget = "rpi5"\n'
                                          '[devices.q]\nhost = "pi5"\nuser = "root"\nport = 22\nproxy_jump = "none"\n')
-    inv = I.load(f)
+    inv = inventory.load(f)
     p = inv.get("p")
     assert (p.host, p.address, p.user, p.port) == ("pi5", "192.0.2.55", "pi", 2022)
     assert p.identities == [str(home / ".ssh" / "pi_key")]
@@ -74,9 +74,9 @@ def test_ssh_config_alias(tmp_path, monkeypatch):
 
 
 def test_jump_spec():
-    assert I.parse_jump("alice@bastion:2200") == ("alice", "bastion", 2200)
-    assert I.parse_jump("bastion") == (None, "bastion", None)
-    assert I.parse_jump("[2001:db8::1]:22") == (None, "2001:db8::1", 22)
+    assert inventory.parse_jump("alice@bastion:2200") == ("alice", "bastion", 2200)
+    assert inventory.parse_jump("bastion") == (None, "bastion", None)
+    assert inventory.parse_jump("[2001:db8::1]:22") == (None, "2001:db8::1", 22)
 
 
 @pytest.mark.parametrize("text, words", [
@@ -91,25 +91,22 @@ def test_jump_spec():
 def test_bad_inventory_is_usage_error(tmp_path, text, words):
     f = write(tmp_path / "edgeopt.toml", text)
     with pytest.raises(UsageError) as e:
-        I.load(f)
+        inventory.load(f)
     assert words in str(e.value) and str(f) in str(e.value)
     assert e.value.exit_code == 2
 
 
 def test_missing_inventory_and_unknown_device(tmp_path):
     with pytest.raises(UsageError, match="no such file"):
-        I.load(tmp_path / "nope.toml")
-    inv = I.load(write(tmp_path / "edgeopt.toml", '[devices.pi-01]\nhost = "h"\n'))
+        inventory.load(tmp_path / "nope.toml")
+    inv = inventory.load(write(tmp_path / "edgeopt.toml", '[devices.pi-01]\nhost = "h"\n'))
     with pytest.raises(UsageError) as e:
         inv.get("pi-1")
     assert "did you mean pi-01" in e.value.hint
 
 
 def test_cli_bad_inventory_exit_2(tmp_path):
-    import subprocess
-    import sys
     f = write(tmp_path / "edgeopt.toml", '[devices.a]\nhost = "h"\ntarget = "jetsn"\n')
-    p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "edgeopt"), "devices", "--inventory", str(f)],
-                       capture_output=True, text=True)
+    p = edgeopt_cli("devices", "--inventory", f)
     assert p.returncode == 2
     assert p.stderr.startswith("error: inventory ") and "did you mean" in p.stderr and "Traceback" not in p.stderr

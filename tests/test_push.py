@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.devices import inventory as I
+from edgeopt.devices import inventory
 from edgeopt.devices.connection import connect
 from edgeopt.errors import DeviceError
 from edgeopt.devices.push import push
-from sshlab import lab  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.ssh
 
@@ -21,7 +20,7 @@ def test_second_push_sends_zero_bytes(lab, tmp_path):
     art = tmp_path / "model.int8.tflite"
     art.write_bytes(os.urandom(200_000))
     sha = hashlib.sha256(art.read_bytes()).hexdigest()
-    dev = I.load(lab.inventory()).get("pi-01")
+    dev = inventory.load(lab.inventory()).get("pi-01")
     with connect(dev) as c:
         r1 = push(c, str(art), c.expand(dev.workdir))
         r2 = push(c, str(art), c.expand(dev.workdir))
@@ -42,7 +41,7 @@ def test_link_killed_mid_push_leaves_no_partial_artifact(lab, tmp_path):
     art = tmp_path / "big model.tflite"
     art.write_bytes(os.urandom(8_000_000))
     sha = hashlib.sha256(art.read_bytes()).hexdigest()
-    dev = I.load(lab.inventory()).get("pi-slow")
+    dev = inventory.load(lab.inventory()).get("pi-slow")
     final = Path(d.workdir) / "artifacts" / sha / "big model.tflite"
     seen = {}
 
@@ -77,7 +76,7 @@ def test_corrupt_temp_is_never_renamed(lab, tmp_path, monkeypatch):
     d = lab.start("pi-01")
     art = tmp_path / "m.tflite"
     art.write_bytes(b"A" * 50_000)
-    dev = I.load(lab.inventory()).get("pi-01")
+    dev = inventory.load(lab.inventory()).get("pi-01")
     with connect(dev) as c:
         real_put = c.put
 
@@ -91,7 +90,7 @@ def test_corrupt_temp_is_never_renamed(lab, tmp_path, monkeypatch):
 
 
 def test_local_connection_same_path(tmp_path):
-    dev = I.local_device(workdir=str(tmp_path / "wd it's; here"))
+    dev = inventory.local_device(workdir=str(tmp_path / "wd it's; here"))
     art = tmp_path / "a b.onnx"
     art.write_bytes(b"onnx" * 1000)
     with connect(dev) as c:

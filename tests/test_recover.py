@@ -6,8 +6,7 @@ import pytest
 
 import edgeopt
 import edgeopt.runtime
-import models
-from conftest import edgeopt_cli
+from edgeopt_testkit import edgeopt_cli, models, onnx_graph, save_arrays
 from edgeopt.errors import UsageError
 from edgeopt.conversion.recover import meets, parse_target, score
 
@@ -51,9 +50,9 @@ def lite0_recovered(tmp_path_factory):
     drawn with different seeds (separate samples), plus 200 more (a third seed) held out for a final check."""
     d = tmp_path_factory.mktemp("lite0rec")
     onnx_path = models.efficientnet_lite0(str(d / "efficientnet_lite0.onnx"))
-    for name, seed in (("calib", 1), ("val", 2), ("test", 3)):
-        np.save(d / f"{name}.npy", ((models.sample_photos(200, seed=seed) - 0.5) / 0.5).astype(np.float32))
-    r = edgeopt_cli("convert", onnx_path, "--target", "rpi", "--calib", d / "calib.npy", "--val", d / "val.npy",
+    files = save_arrays(d, **{name: ((models.sample_photos(200, seed=seed) - 0.5) / 0.5).astype(np.float32)
+                              for name, seed in (("calib", 1), ("val", 2), ("test", 3))})
+    r = edgeopt_cli("convert", onnx_path, "--target", "rpi", "--calib", files["calib"], "--val", files["val"],
                     "--out", d / "rpi", "--accuracy-target", "top1=0.98", "--json")
     return d, onnx_path, r
 
@@ -119,7 +118,7 @@ def test_lite0_layers_ranked_in_manifest_and_explain(lite0_recovered):
     rep = json.loads(e.stdout)
     assert [x["tensor"] for x in rep["layers"]["layers"]] == [x["tensor"] for x in lay["layers"][:5]]
     assert rep["recovery"]["met"] is True
-    t = edgeopt_cli("explain", d / "rpi", env={"COLUMNS": "200"})
+    t = edgeopt_cli("explain", d / "rpi")
     assert t.returncode == 0 and "RMSE/step" in t.stdout and "layers in float" in t.stdout
 
 
@@ -163,27 +162,20 @@ def test_qdq_float_node_stays_float_in_runtime(tmp_path):
     conv whose channels differ 1000x in scale then loses its small channels)."""
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from edgeopt.converters import debug_onnx
     rng = np.random.default_rng(3)
     w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     dw = (rng.standard_normal((8, 1, 3, 3)) * np.logspace(-3, 0, 8)[:, None, None, None]).astype(np.float32)
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-         helper.make_node("Conv", ["r1", "dw"], ["c2"], pads=[1, 1, 1, 1], group=8, name="dwconv"),
-         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-         helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3")],
-        "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(dw, "dw"),
-         numpy_helper.from_array(np.eye(8, dtype=np.float32)[:, :, None, None], "w3")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
     src, out = str(tmp_path / "dw.onnx"), str(tmp_path / "dw.int8.qdq.onnx")
-    onnx.save(m, src)
+    onnx_graph([("Conv", ["x", "w1"], ["c1"], {"pads": [1, 1, 1, 1], "name": "conv1"}),
+                ("Relu", ["c1"], ["r1"], {"name": "relu1"}),
+                ("Conv", ["r1", "dw"], ["c2"], {"pads": [1, 1, 1, 1], "group": 8, "name": "dwconv"}),
+                ("Relu", ["c2"], ["r2"], {"name": "relu2"}),
+                ("Conv", ["r2", "w3"], ["y"], {"name": "conv3"})],
+               {"x": [1, 3, 8, 8]}, {"y": [1, 8, 8, 8]},
+               {"w1": w1, "dw": dw, "w3": np.eye(8, dtype=np.float32)[:, :, None, None]}, path=src, name="dw")
     xs = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
 
     class Reader:
@@ -279,27 +271,21 @@ def test_qdq_float_nodes_read_float_activations(tmp_path):
     nothing else reads it), and a Clip/Relu whose only reader is that node joins it; quantized readers of the
     same tensors keep their pairs."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     from edgeopt.converters import onnx_qdq
     from edgeopt.conversion.pipeline import Job
     rng = np.random.default_rng(4)
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-             for n, s in (("w1", (8, 3, 3, 3)), ("dw", (8, 1, 3, 3)), ("w3", (8, 8, 1, 1)), ("w4", (8, 8, 1, 1)))]
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-         helper.make_node("Conv", ["r1", "dw"], ["c2"], pads=[1, 1, 1, 1], group=8, name="dwconv"),
-         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-         helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
-         helper.make_node("Conv", ["r2", "w4"], ["c4"], name="conv4"),
-         helper.make_node("Add", ["c3", "c4"], ["y"], name="add")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    weights = {n: rng.standard_normal(s).astype(np.float32)
+               for n, s in (("w1", (8, 3, 3, 3)), ("dw", (8, 1, 3, 3)), ("w3", (8, 8, 1, 1)), ("w4", (8, 8, 1, 1)))}
     src = str(tmp_path / "g.onnx")
-    onnx.save(m, src)
+    m = onnx_graph([("Conv", ["x", "w1"], ["c1"], {"pads": [1, 1, 1, 1], "name": "conv1"}),
+                    ("Relu", ["c1"], ["r1"], {"name": "relu1"}),
+                    ("Conv", ["r1", "dw"], ["c2"], {"pads": [1, 1, 1, 1], "group": 8, "name": "dwconv"}),
+                    ("Relu", ["c2"], ["r2"], {"name": "relu2"}),
+                    ("Conv", ["r2", "w3"], ["c3"], {"name": "conv3"}),
+                    ("Conv", ["r2", "w4"], ["c4"], {"name": "conv4"}),
+                    ("Add", ["c3", "c4"], ["y"], {"name": "add"})],
+                   {"x": [1, 3, 8, 8]}, {"y": [1, 8, 8, 8]}, weights, path=src)
     x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
     j = Job(src, "onnx", None, [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}], [{"name": "y"}],
             {"x": x}, "int8", str(tmp_path), onnx_model=m, options={})

@@ -6,32 +6,31 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgeopt.results import report as R
+from edgeopt.results import report
 from edgeopt.results import svgplot
+from edgeopt_testkit import edgeopt_cli
 
-EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
 DATA = Path(__file__).parent / "data" / "conditions"
 
 
 def fake(device, scale, seed, n=800, file="model.int8.tflite", rid=None, sustained=False):
-    from edgeopt.devices import conditions as C
+    from edgeopt.devices import conditions
     from edgeopt.results import stats
     rng = np.random.default_rng(seed)
     s = rng.lognormal(np.log(scale), 0.06, n)
     s[rng.integers(0, n, 8)] *= 3   # a few preempted runs
     t = np.cumsum(s) / 1e3
     summ = stats.summarize(s, t)
-    snap = C.parse((DATA / "pi5-idle.txt").read_text())
-    hot = C.parse((DATA / "pi4-throttled.txt").read_text())
+    snap = conditions.parse((DATA / "pi5-idle.txt").read_text())
+    hot = conditions.parse((DATA / "pi4-throttled.txt").read_text())
     before, after = (snap, snap) if seed % 2 else (snap, hot)
-    verdict = C.assess(before, after, {"other_busy": 0.02, "ncpu": 4})
+    verdict = conditions.assess(before, after, {"other_busy": 0.02, "ncpu": 4})
     r = {"device": device, "target": "rpi5", "artifact": {"file": file, "sha256": f"{seed:02d}" * 32},
          "runtime": {"name": "ai_edge_litert", "version": "2.1.0", "delegate": "xnnpack", "provider": None},
          "config": {"warmup": 10, "runs": 100, "min_seconds": 1.0, "threads": 4},
@@ -62,7 +61,7 @@ def images(page):
 
 def test_html_is_self_contained_with_svg_plots():
     rs = [fake("pi-01", 8.0, 1, rid=11), fake("pi-01", 10.0, 2, file="model.fp32.tflite", rid=12, sustained=True)]
-    page = R.html(rs)
+    page = report.html(rs)
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page
     assert not re.search(r'(src|href)="(https?:)?//', page)            # nothing fetched from anywhere
     svgs = images(page)
@@ -83,7 +82,7 @@ def test_html_is_self_contained_with_svg_plots():
 
 def test_markdown_summary():
     rs = [fake("pi-01", 8.0, 1, rid=11), fake("pi-01", 10.0, 2, rid=12)]
-    md = R.markdown(rs)
+    md = report.markdown(rs)
     lines = md.splitlines()
     assert lines[0] == "### edgeopt benchmark" and lines[2].startswith("| | device |")
     assert lines[4].startswith("| #11 | pi-01 | `model.int8.tflite` |")
@@ -103,9 +102,8 @@ def test_report_cli(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(fake("pi-01", 8.0, 1)))
     b.write_text(json.dumps({"manifest": {"schema": 1}, "results": [fake("pi-02", 9.0, 3)]}))
-    p = subprocess.run([EDGEOPT, "report", str(a), str(b), "--out", str(tmp_path / "r" / "x.html"), "--markdown",
-                        str(tmp_path / "x.md"), "--json"], capture_output=True, text=True,
-                       env=dict(os.environ, EDGEOPT_HISTORY="off"))
+    p = edgeopt_cli("report", a, b, "--out", tmp_path / "r" / "x.html", "--markdown", tmp_path / "x.md", "--json",
+                    env={"EDGEOPT_HISTORY": "off"})
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["results"] == [str(a), str(b)] and Path(out["html"]).is_file()
@@ -120,7 +118,7 @@ def test_rendered_in_headless_chromium(tmp_path):
     Image = pytest.importorskip("PIL.Image")
     rs = [fake("pi-01", 8.0, 1, rid=11), fake("pi-01", 10.0, 2, file="model.fp32.tflite", rid=12, sustained=True)]
     html = tmp_path / "report.html"
-    html.write_text(R.html(rs))
+    html.write_text(report.html(rs))
     shot = Path(os.environ.get("EDGEOPT_REPORT_SHOT") or tmp_path / "shot.png")
     p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2200",

@@ -6,16 +6,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from edgeopt import runtime
 from edgeopt.devices.bench import runner_source
-from sshlab import onnx_model, tflite_model  # noqa: F401  (fixtures)
+from edgeopt_testkit.build import TRTEXEC_LOG, fake_trtexec, no_tflite_runtime
 
-DATA = Path(__file__).parent / "data"
-LOG = DATA / "trtexec" / "orin-nano-trt10.3-loadEngine.log"
 
 
 def run_runner(*args, python=sys.executable, env=None):
@@ -25,7 +22,7 @@ def run_runner(*args, python=sys.executable, env=None):
 
 
 def test_trtexec_summary_parser():
-    text = LOG.read_text()
+    text = TRTEXEC_LOG.read_text()
     assert runtime.parse_trtexec_version(text) == "10.3.0"
     assert runtime.parse_trtexec_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8602] # trtexec") == "8.6.2"
     s = runtime.parse_trtexec_summary(text)
@@ -56,26 +53,6 @@ def test_fallback_to_onnxruntime_says_so(onnx_model):
                             "CPUExecutionProvider"]
 
 
-def fake_trtexec(tmp_path) -> Path:
-    """A stand-in for trtexec: builds a dummy engine, and replays the recorded log when timing one."""
-    exe = tmp_path / "bin" / "trtexec"
-    exe.parent.mkdir()
-    exe.write_text(f"""#!{sys.executable}
-import sys, json
-args = dict(a.lstrip("-").split("=", 1) if "=" in a else (a.lstrip("-"), "") for a in sys.argv[1:])
-open({str(tmp_path / "calls.log")!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
-if "help" in args:
-    print("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help")
-elif "saveEngine" in args:
-    open(args["saveEngine"], "wb").write(b"engine")
-elif "loadEngine" in args:
-    sys.stdout.write(open({str(LOG)!r}).read())
-    json.dump([{{"startEnqMs": i, "latencyMs": 0.7 + i * 0.001}} for i in range(200)], open(args["exportTimes"], "w"))
-""")
-    exe.chmod(0o755)
-    return exe
-
-
 def test_tensorrt_path_builds_and_caches_engine(tmp_path, onnx_model):
     exe = fake_trtexec(tmp_path)
     cache = tmp_path / "engines"
@@ -97,10 +74,7 @@ def test_tensorrt_path_builds_and_caches_engine(tmp_path, onnx_model):
 
 
 def test_missing_runtime_is_exit_3(tmp_path, tflite_model):
-    block = tmp_path / "block"
-    block.mkdir()
-    (block / "sitecustomize.py").write_text(
-        "import sys\nfor m in ('ai_edge_litert', 'tflite_runtime', 'tensorflow'):\n    sys.modules[m] = None\n")
+    block = no_tflite_runtime(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(block))
     rc, res, _ = run_runner(tflite_model, "--runs", 1, env=env)
     assert rc == 3 and res["kind"] == "runtime_missing" and "pip install ai-edge-litert" in res["error"]
@@ -135,3 +109,27 @@ def test_lock_waits_then_fails_clearly(tmp_path, tflite_model):
         assert res["runs"] == 1 and b"waiting" in err
     finally:
         os.close(fd)
+
+
+def test_runner_argv_and_parser_come_from_one_table():
+    """The host's argv parses back to the same values with the runner's parser; defaults are left out; an option
+    the table does not have is refused on the host, before anything is sent."""
+    examples = {int: 7, float: 2.5, str: "/w/x y", bool: True}  # none of them a default of the table
+    values = {name: examples[kind] for name, kind, _default, _help in runtime.RUNNER_OPTIONS}
+    assert "warmup" in values and "lock_timeout" in values and "prefer_tensorrt" in values
+    argv = runtime.runner_argv("m.onnx", **values)
+    parsed = vars(runtime.runner_parser().parse_args(argv))
+    assert parsed == {"cmd": "bench", "artifact": "m.onnx", **values}
+    assert runtime.runner_argv("m.tflite", warmup=10, runs=100, threads=None, prefer_tensorrt=False) == \
+        ["bench", "m.tflite"]
+    assert vars(runtime.runner_parser().parse_args(["bench", "m.tflite"])) == \
+        {"cmd": "bench", "artifact": "m.tflite", **runtime.RUNNER_DEFAULTS}
+    with pytest.raises(TypeError, match="keep_samples"):
+        runtime.runner_argv("m.tflite", keep_samples=False)
+
+
+def test_runtime_import_does_not_load_numpy():
+    """The CLI reads the runner's defaults at start-up: importing edgeopt.runtime must not import numpy."""
+    code = "import sys, edgeopt.runtime as r; assert r.RUNNER_DEFAULTS['runs'] == 100; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 
-import _fixtures_firmware as F
 from edgeopt import runtime as rt
+from edgeopt_testkit import firmware
 
 
 @pytest.fixture()
 def nhwc_dir(tmp_path):
-    return F.fake_out_dir(tmp_path / "out")
+    return firmware.fake_out_dir(tmp_path / "out")
 
 
 def test_source_layout_in_and_out(nhwc_dir):
@@ -24,7 +24,7 @@ def test_source_layout_in_and_out(nhwc_dir):
     x = np.random.default_rng(1).standard_normal((5, 3, 8, 8)).astype(np.float32)
     out = m(x)
     assert list(out) == ["features"]
-    ref = F.reference_nhwc(x, os.path.join(nhwc_dir, "model.onnx"))
+    ref = firmware.reference_nhwc(x, os.path.join(nhwc_dir, "model.onnx"))
     assert out["features"].shape == (5, 4, 8, 8) and out["features"].dtype == np.float32
     np.testing.assert_allclose(out["features"], ref, rtol=1e-5, atol=1e-5)
     # one sample without its batch dimension, a dict by name, a list: the same numbers
@@ -52,7 +52,7 @@ def test_batch_helpers(nhwc_dir):
 
 
 def test_quantize_dequantize_from_manifest(tmp_path):
-    path = F.onnx_int8_io(str(tmp_path / "q.onnx"))
+    path = firmware.onnx_int8_io(str(tmp_path / "q.onnx"))
     entry = {"format": "onnx", "inputs": [{"name": "xq", "shape": [1, 6], "dtype": "int8", "scale": 0.5,
                                            "zero_point": 3}],
              "outputs": [{"name": "yq", "shape": [1, 6], "dtype": "int8", "scale": 0.25, "zero_point": -2}]}
@@ -168,7 +168,7 @@ def fake_tflite(monkeypatch):
         return f"delegate:{lib}"
 
     _FakeInterp.made = []
-    monkeypatch.setattr(rt, "_import_tflite_interpreter", lambda: (_FakeInterp, load_delegate, "fake", "0"))
+    monkeypatch.setattr(rt, "import_tflite_interpreter", lambda: (_FakeInterp, load_delegate, "fake", "0"))
     return loaded
 
 
@@ -224,7 +224,7 @@ def test_other_delegate_by_library(tmp_path, fake_tflite, monkeypatch):
 @pytest.mark.slow
 def test_fmnist_rpi_artifact_in_process(onnx_cnn, work, fmnist):
     """The converted INT8 TFLite (NHWC inside) takes NCHW floats; its check on 10,000 images is reproduced."""
-    out = F.fm_converted("rpi", onnx_cnn, work, fmnist)
+    out = firmware.fm_converted("rpi", onnx_cnn, work, fmnist)
     _, _, xte, yte = fmnist
     x = xte[:, None]
     m = rt.load(out)
@@ -232,7 +232,7 @@ def test_fmnist_rpi_artifact_in_process(onnx_cnn, work, fmnist):
     assert m.runtime["name"] == "ai_edge_litert" and m.threads == min(4, os.cpu_count())
     logits = m(x)["logits"]
     assert logits.shape == (10000, 10)
-    ref = F.fp32_reference(onnx_cnn, x)
+    ref = firmware.fp32_reference(onnx_cnn, x)
     with open(os.path.join(out, "manifest.json")) as f:
         man = json.load(f)
     agree = float(np.mean(logits.argmax(1) == ref.argmax(1)))

@@ -6,16 +6,16 @@ import threading
 
 import pytest
 
-from edgeopt.devices import inventory as I
+from edgeopt.devices import inventory
 from edgeopt.devices.connection import connect, fingerprint, q
 from edgeopt.errors import DeviceError
-from sshlab import lab, keygen  # noqa: F401  (fixture)
+from sshlab import keygen
 
 pytestmark = pytest.mark.ssh
 
 
 def dev_of(lab, name, **extra):
-    return I.load(lab.inventory(**extra)).get(name)
+    return inventory.load(lab.inventory(**extra)).get(name)
 
 
 def accepted_logins(d):
@@ -113,14 +113,14 @@ def test_proxy_jump_through_a_bastion(lab):
     bastion = lab.start("bastion", netns=ns)                 # reachable from here
     inner = lab.start("inner", netns=ns, listen="127.0.0.1")  # the namespace's own loopback: only via the bastion
     inv_path = lab.inventory(per_device={"inner": {"proxy_jump": "bastion"}})
-    dev = I.load(inv_path).get("inner")
+    dev = inventory.load(inv_path).get("inner")
     assert [h.name for h in dev.proxy_jump] == ["bastion"]
     with connect(dev) as c:
         assert c.run(["cat", "/proc/net/dev"]).rc == 0
         c.run(["mkdir", "-p", inner.workdir], check=True)
         assert c.run(["ls", "-d", inner.workdir]).rc == 0
     assert accepted_logins(inner) == 1 and accepted_logins(bastion) == 1
-    direct = I.load(inv_path).get("inner")
+    direct = inventory.load(inv_path).get("inner")
     direct.proxy_jump = []
     with pytest.raises(DeviceError):
         connect(direct)  # 127.0.0.1:port here is not the namespace's loopback
@@ -143,7 +143,7 @@ def test_ssh_agent_and_ssh_config_alias(lab, tmp_path, monkeypatch):
         subprocess.run(["ssh-add", "-q", str(lab.client_key)], check=True, capture_output=True)
         inv = tmp_path / "edgeopt.toml"
         inv.write_text(f'[devices.alias]\nhost = "labpi"\nknown_hosts = "{lab.known_hosts}"\ntarget = "rpi5"\n')
-        dev = I.load(inv).get("alias")
+        dev = inventory.load(inv).get("alias")
         assert (dev.address, dev.port, dev.user, dev.identities) == ("127.0.0.1", d.port, "root", [])
         # known_hosts holds [127.0.0.1]:port (the real address, as OpenSSH records it)
         with connect(dev) as c:

@@ -6,6 +6,7 @@ fast and never imports TensorFlow, onnx or onnxruntime. Errors become one ``erro
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -22,7 +23,7 @@ app = typer.Typer(
 
 # Command modules register themselves on `app` when imported (one module per command or group).
 _COMMAND_MODULES = ["targets_cmd", "convert_cmd", "devices_cmd", "bench_cmd", "deploy_cmd",
-                    "results_cmd", "explain_cmd", "bundle_cmd"]
+                    "results_cmd", "compare_cmd", "report_cmd", "explain_cmd", "bundle_cmd"]
 
 
 def _version(value: bool):
@@ -38,7 +39,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """edgeopt: convert, deploy, benchmark."""
 
 
-def _register():
+def register_commands():
+    """Import every command module, which registers its command on ``app``."""
     import importlib
     for name in _COMMAND_MODULES:
         try:
@@ -50,10 +52,44 @@ def _register():
 
 def console(stderr: bool = False):
     """A rich Console for tables: the terminal's width, or 140 columns when output goes to a file or pipe
-    (rich's 80-column default squeezes the wide benchmark tables into unreadable cells)."""
-    from rich.console import Console
+    (rich's 80-column default squeezes the wide benchmark tables into unreadable cells).
+
+    Markup and emoji codes are off and every string loses its control characters on the way to the terminal:
+    what edgeopt prints comes from devices, result files and model files, and a device string such as ``[/x]``
+    or an escape sequence must print as text, not crash, restyle the table or move the cursor. Colour is given
+    with :func:`styled`."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 140)
+    return _console_class()(stderr=stderr, width=None if stream.isatty() else 140, markup=False, emoji=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _console_class():
+    from rich.console import Console
+
+    from edgeopt.results.sanitize import text
+
+    class PlainTextConsole(Console):
+        """Console.render_str turns every printed string and table cell into Text: cleaned here, once."""
+
+        def render_str(self, string, **kwargs):
+            return super().render_str(text(string, 100_000), **kwargs)
+
+    return PlainTextConsole
+
+
+def styled(*parts):
+    """Text with styles, never parsed as markup: ``styled("ok", ("not clean", "red"))``; control characters
+    in the parts are removed (a device's escape sequences cannot move the cursor)."""
+    from rich.text import Text
+
+    from edgeopt.results.sanitize import text
+    return Text.assemble(*[(text(p[0]), p[1]) if isinstance(p, tuple) else text(p) for p in parts])
+
+
+def echo_json(obj):
+    """Print ``obj`` as indented JSON on stdout (a command's --json output)."""
+    import json
+    typer.echo(json.dumps(obj, indent=2))
 
 
 def error_exit(err, debug: bool = False):
@@ -61,14 +97,17 @@ def error_exit(err, debug: bool = False):
     if debug:
         import traceback
         traceback.print_exc()
+    from edgeopt.results.sanitize import text
+
+    # messages quote device output and file contents: no escape sequences reach the terminal
     msg = str(err).strip() or type(err).__name__
-    lines = msg.splitlines()
+    lines = [text(line, 10_000) for line in msg.splitlines()]
     sys.stderr.write(f"error: {lines[0]}\n")
     for line in lines[1:]:
         sys.stderr.write(f"  {line}\n")
     hint = getattr(err, "hint", None)
     if hint:
-        sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.write(f"hint: {text(hint, 10_000)}\n")
     sys.stderr.flush()
     raise SystemExit(getattr(err, "exit_code", 2))
 
@@ -77,13 +116,18 @@ def main(argv=None):
     """Console entry point."""
     from edgeopt.errors import EdgeoptError
 
-    _register()
+    register_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("EDGEOPT_DEBUG") == "1"
     if debug:
         os.environ["EDGEOPT_DEBUG"] = "1"  # the SDK then shows native logs too
     try:
-        app(args=args, prog_name="edgeopt", standalone_mode=False)
+        rv = app(args=args, prog_name="edgeopt", standalone_mode=False)
+        # typer turns Ctrl-C into Exit(130) and, outside standalone mode, *returns* an Exit's code
+        if rv == 130:
+            raise KeyboardInterrupt
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            raise SystemExit(rv)
     except EdgeoptError as e:
         error_exit(e, debug)
     except KeyboardInterrupt:

@@ -1,13 +1,10 @@
 """edgeopt convert MODEL --target T [--calib SRC] [--val SRC] [--out DIR] ..."""
 from __future__ import annotations
 
-import json
 import sys
-from typing import List, Optional
 
-import typer
-
-from edgeopt.cli import app
+from edgeopt.cli import console, echo_json
+from edgeopt.cli.options import CONVERSION, DEBUG, JSON, MODEL, TARGET, command, conversion_options, variant
 
 
 def progress_reporter(enabled: bool):
@@ -25,73 +22,29 @@ def progress_reporter(enabled: bool):
     return step, status.stop
 
 
-@app.command("convert")
-def convert(
-    model: str = typer.Argument(..., help="An .onnx, .keras/.h5 or .tflite file, or a SavedModel directory."),
-    target: str = typer.Option(..., "--target", "-t", help="Target profile or family (rpi, jetson, coral, ...)."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data: .npy, .npz, image dir, or 'random'."),
-    val: Optional[str] = typer.Option(None, "--val", help="Validation data for the accuracy check (same forms)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory."),
-    input_shape: List[str] = typer.Option([], "--input-shape", help="NAME=1,3,224,224 to fix dynamic dims."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean for image folders, e.g. 0.485,0.456,0.406"),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for image folders."),
-    io: Optional[str] = typer.Option(None, "--io", help="I/O dtype of the artifact: int8, uint8 or float32."),
-    min_sqnr: Optional[float] = typer.Option(None, "--min-sqnr", help="Gate: fail (exit 1) below this SQNR (dB)."),
-    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: fail (exit 1) below this top-1 agreement."),
-    allow_float_fallback: bool = typer.Option(False, "--allow-float-fallback",
-                                              help="Keep ops that cannot be INT8 in float (not for Coral)."),
-    accuracy_target: Optional[str] = typer.Option(None, "--accuracy-target",
-                                                  help="Recover accuracy until met: top1=0.99 and/or sqnr=30 "
-                                                       "(calibration recipes, then the worst layers in float); "
-                                                       "exit 1 with the best result kept if it cannot be met."),
-    allow_cpu_ops: bool = typer.Option(False, "--allow-cpu-ops",
-                                       help="Coral: let --accuracy-target keep layers in float, on the CPU."),
-    explain: bool = typer.Option(False, "--explain", help="Store the per-layer error report in the manifest."),
-    calibration: Optional[str] = typer.Option(None, "--calibration",
-                                              help="Calibration method: minmax (default), percentile or entropy "
-                                                   "(ONNX QDQ only; TFLite calibrates with min-max)."),
-    max_samples: int = typer.Option(200, "--max-samples", help="At most this many calibration samples."),
-    max_val_samples: int = typer.Option(1000, "--max-val-samples", help="At most this many validation samples."),
-    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
-):
+@command("convert", MODEL, TARGET, CONVERSION,
+         variant(JSON, help="Print the manifest as JSON on stdout, nothing else."), DEBUG)
+def convert(o):
     """Convert a model into INT8 artifacts for a target, checked against the FP32 model."""
-    from edgeopt.errors import GateError
     from edgeopt.conversion.pipeline import convert as run
+    from edgeopt.errors import GateError
 
-    extra = {}
-    if explain:
-        extra["explain"] = True
-    if calibration:
-        extra["calibration_method"] = calibration_method(calibration)
-    step, stop = progress_reporter(not json_out)
+    step, stop = progress_reporter(not o.json_out)
     try:
-        manifest = run(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shape, mean=mean,
-                       std=std, io=io, min_sqnr=min_sqnr, min_top1=min_top1,
-                       allow_float_fallback=allow_float_fallback, max_samples=max_samples,
-                       max_val_samples=max_val_samples, progress=step, accuracy_target=accuracy_target,
-                       allow_cpu_ops=allow_cpu_ops, **extra)
+        manifest = run(o.model, target=o.target, progress=step, **conversion_options(o))
     except GateError as e:
         stop()
-        if json_out and e.result is not None:
-            typer.echo(json.dumps(_public(e.result), indent=2))
+        if o.json_out and e.result is not None:
+            echo_json(_public(e.result))
         elif e.result is not None and e.result.get("recovery"):
             print_summary(e.result)
         raise
     finally:
         stop()
-    if json_out:
-        typer.echo(json.dumps(_public(manifest), indent=2))
+    if o.json_out:
+        echo_json(_public(manifest))
     else:
         print_summary(manifest)
-
-
-def calibration_method(name: str | None) -> str | None:
-    """--calibration, checked."""
-    if name and name not in ("minmax", "percentile", "entropy"):
-        from edgeopt.errors import UsageError
-        raise UsageError(f"--calibration {name!r}: expected minmax, percentile or entropy")
-    return name or None
 
 
 def _public(manifest: dict) -> dict:
@@ -99,7 +52,6 @@ def _public(manifest: dict) -> dict:
 
 
 def print_summary(manifest: dict):
-    from edgeopt.cli import console
     from rich.table import Table
 
     c = console()

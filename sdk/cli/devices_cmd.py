@@ -1,14 +1,12 @@
 """edgeopt devices [--inventory FILE] [--json]"""
 from __future__ import annotations
 
-from typing import List, Optional
-
-import typer
-
-from edgeopt.cli import app
+from edgeopt.cli import console, echo_json, styled
+from edgeopt.cli.options import ACCEPT_NEW, DEBUG, DEVICES, INVENTORY, JSON, LOCAL, command, variant
 
 
 def probe_device(dev, accept_new: bool) -> dict:
+    """Connect to ``dev`` and probe it: the ``devices`` JSON entry of one reachable device."""
     from edgeopt.devices import probes
     from edgeopt.devices.connection import connect
 
@@ -17,34 +15,30 @@ def probe_device(dev, accept_new: bool) -> dict:
     return {"device": dev.name, "target": dev.target, "address": dev.describe(), "reachable": True, **info}
 
 
-@app.command("devices")
-def devices(
-    inventory: Optional[str] = typer.Option(None, "--inventory", "-i", help="Inventory file (default ./edgeopt.toml or $EDGEOPT_INVENTORY)."),
-    device: Optional[List[str]] = typer.Option(None, "--device", "-d", help="Only these devices: NAME[,NAME...]."),
-    local: bool = typer.Option(False, "--local", help="Probe this machine."),
-    accept_new: bool = typer.Option(False, "--accept-new", help="Trust unknown host keys on first use (recorded)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine output on stdout, nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
-):
+@command("devices", INVENTORY,
+         variant(DEVICES, help="Only these devices: NAME[,NAME...]."),
+         variant(LOCAL, help="Probe this machine."),
+         ACCEPT_NEW, JSON, DEBUG)
+def devices(o):
     """Probe each device: reachable or why not, CPU, board, Python, runtimes, free space, fit to its target."""
-    from edgeopt.devices import inventory as I
+    from edgeopt.cli.bench_output import raise_for_failures
+    from edgeopt.devices import inventory
     from edgeopt.devices.bench import for_each_device
-    from edgeopt.cli._devices import echo_json, raise_for_failures
 
-    if local:
-        devs = [I.local_device()]
+    if o.local:
+        devs = [inventory.local_device()]
     else:
-        inv = I.load(inventory)
-        devs = inv.select(device) if device else list(inv.devices.values())
+        inv = inventory.load(o.inventory)
+        devs = inv.select(o.device) if o.device else list(inv.devices.values())
         if not devs:
             import sys
             sys.stderr.write("note: no inventory devices; probing this machine (--local)\n")
-            devs = [I.local_device()]
-    results = for_each_device(devs, lambda d: probe_device(d, accept_new))
+            devs = [inventory.local_device()]
+    results = for_each_device(devs, lambda d: probe_device(d, o.accept_new))
     for r, d in zip(results, devs):
         if "error" in r:
             r.update({"reachable": False, "address": d.describe()})
-    if json_out:
+    if o.json_out:
         echo_json({"devices": results})
     else:
         _table(results)
@@ -52,7 +46,6 @@ def devices(
 
 
 def _table(results):
-    from edgeopt.cli import console
     from rich.table import Table
 
     c = console()
@@ -62,8 +55,9 @@ def _table(results):
     notes = []
     for r in results:
         if not r.get("reachable"):
-            t.add_row(r["device"], r.get("target") or "-", r["address"], "[red]unreachable[/red]", "-", "-", "-", "-", "-")
-            notes.append(f"[red]{r['error']}[/red]" + (f"\n  hint: {r['hint']}" if r.get("hint") else ""))
+            t.add_row(r["device"], r.get("target") or "-", r["address"], styled(("unreachable", "red")), "-", "-", "-", "-",
+                      "-")
+            notes.append(styled((r["error"], "red"), f"\n  hint: {r['hint']}" if r.get("hint") else ""))
             continue
         board = r.get("model") or "-"
         if r.get("tegra"):
@@ -79,11 +73,11 @@ def _table(results):
         disk = r.get("disk") or {}
         free = f"{disk['free_bytes'] / 2**30:.1f} GiB" if disk else "-"
         py = r.get("python") or {}
-        status = "[yellow]ok, warnings[/yellow]" if r.get("warnings") else "[green]ok[/green]"
+        status = styled(("ok, warnings", "yellow") if r.get("warnings") else ("ok", "green"))
         t.add_row(r["device"], r.get("target") or "-", r["address"], status, r.get("arch") or "-", board,
                   py.get("python") or py.get("error", "-"), "\n".join(rts) or "none", free)
         for w in r.get("warnings") or []:
-            notes.append(f"[yellow]{r['device']}: warning: {w}[/yellow]")
+            notes.append(styled((f"{r['device']}: warning: {w}", "yellow")))
     c.print(t)
     for n in notes:
         c.print(n)

@@ -1,40 +1,39 @@
 """edgeopt explain OUT_DIR [--val SRC] [--model PATH] [--calib SRC] [--top N] [--json]"""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
-import typer
+from edgeopt.cli import console, echo_json
+from edgeopt.cli.options import CALIB, DEBUG, JSON, TRUST_MODEL_CODE, VAL, argument, command, option, variant
 
-from edgeopt.cli import app
 
-
-@app.command("explain")
-def explain(
-    out_dir: str = typer.Argument(..., help="An `edgeopt convert` output directory (with manifest.json)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Validation data to measure the per-layer error on "
-                                                          "(default: the report stored by convert, if any)."),
-    model: Optional[str] = typer.Option(None, "--model", help="The source model (default: the manifest's source "
-                                                              "file, looked up beside OUT_DIR and in the current "
-                                                              "directory, checked by SHA-256)."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data used for the conversion (default: "
-                                                              "the manifest's calibration file, looked up likewise)."),
-    top: int = typer.Option(20, "--top", help="Show this many layers."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout, nothing else."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
-):
+@command("explain",
+         argument("out_dir", str, ..., help="An `edgeopt convert` output directory (with manifest.json)."),
+         variant(VAL, help="Validation data to measure the per-layer error on (default: the report stored by "
+                           "convert, if any)."),
+         option("model", Optional[str], None, "--model",
+                help="The source model (default: the manifest's source file, looked up beside OUT_DIR and in the "
+                     "current directory, checked by SHA-256)."),
+         variant(CALIB, help="Calibration data used for the conversion (default: the manifest's calibration file, "
+                             "looked up likewise)."),
+         option("top", int, 20, "--top", help="Show this many layers."),
+         TRUST_MODEL_CODE,
+         variant(JSON, help="Print the report as JSON on stdout, nothing else."),
+         DEBUG)
+def explain(o):
     """Per-layer quantization error of a converted model against FP32, worst first."""
     from edgeopt.conversion.explain import explain as run
 
-    report = run(out_dir, val=val, model=model, calib=calib, top=top)
-    if json_out:
-        typer.echo(json.dumps(report, indent=2))
+    report = run(o.out_dir, val=o.val, model=o.model, calib=o.calib, top=o.top,
+                 trust_model_code=o.trust_model_code)
+    if o.json_out:
+        echo_json(report)
         return
-    print_report(report, top)
+    print_report(report, o.top)
 
 
 def print_report(report: dict, top: int = 20):
-    from edgeopt.cli import console
+    """The per-layer report as a table, worst first, with the recovery it records."""
     from rich.table import Table
 
     c = console()

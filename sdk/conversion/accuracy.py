@@ -6,6 +6,9 @@ import math
 import numpy as np
 
 
+__all__ = ["looks_like_scores", "metrics", "compare", "gate"]
+
+
 def looks_like_scores(shape) -> bool:
     """Class scores: (N, C) with C >= 2, or (N, C, 1, 1) / (N, 1, 1, C)."""
     s = [d for d in shape[1:] if d != 1]

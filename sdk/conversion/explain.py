@@ -14,7 +14,12 @@ import os
 import shutil
 import tempfile
 
+import edgeopt
+from edgeopt.conversion.defaults import DEFAULT_MAX_CALIB
 from edgeopt.errors import UsageError
+from edgeopt.hashing import sha256_file, sha256_tree
+
+__all__ = ["explain"]
 
 
 def _load_manifest(out_dir: str) -> dict:
@@ -29,7 +34,6 @@ def _load_manifest(out_dir: str) -> dict:
 
 
 def _find(name: str | None, out_dir: str, sha: str | None, what: str, flag: str) -> str:
-    from edgeopt.hashing import sha256_file, sha256_tree
     if not name:
         raise UsageError(f"the manifest records no {what} file", hint=f"give it with {flag} PATH")
     out_dir = os.path.abspath(out_dir)
@@ -46,7 +50,10 @@ def _find(name: str | None, out_dir: str, sha: str | None, what: str, flag: str)
                      hint=f"give it with {flag} PATH")
 
 
-def explain(out_dir: str, val=None, model: str | None = None, calib=None, top: int = 20) -> dict:
+def explain(out_dir: str, val=None, model: str | None = None, calib=None, top: int = 20,
+            trust_model_code: bool = False) -> dict:
+    """The per-layer report of ``out_dir`` (see the module doc); ``trust_model_code`` as in :func:`edgeopt.convert`
+    (the source model is loaded again)."""
     man = _load_manifest(out_dir)
     src = man.get("source") or {}
     res = {"out_dir": os.path.abspath(out_dir), "source": src.get("file"), "target": man["target"]["name"],
@@ -78,13 +85,13 @@ def explain(out_dir: str, val=None, model: str | None = None, calib=None, top: i
         kw["histogram_samples"] = recipe["calibration_samples"]
     if recipe and not recipe.get("per_channel", True):
         kw["per_channel"] = False
-    import edgeopt
     tmp = tempfile.mkdtemp(prefix="edgeopt-explain-")
     try:
         m = edgeopt.convert(model, target=man["target"]["name"], calib=calib, val=val, out=os.path.join(tmp, "o"),
                             input_shapes=opts.get("input_shapes") or None, mean=cal.get("mean"), std=cal.get("std"),
                             io=opts.get("io"), allow_float_fallback=bool(opts.get("allow_float_fallback")),
-                            max_samples=cal.get("max_samples") or 200, explain=True, warn=lambda msg: None, **kw)
+                            max_samples=cal.get("max_samples") or DEFAULT_MAX_CALIB, explain=True,
+                            trust_model_code=trust_model_code, warn=lambda msg: None, **kw)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lay = m["layers"]

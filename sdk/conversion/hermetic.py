@@ -7,6 +7,8 @@ import contextlib
 import ipaddress
 import socket
 
+__all__ = ["NetworkBlocked", "offline"]
+
 
 class NetworkBlocked(OSError):
     pass

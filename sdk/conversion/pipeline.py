@@ -7,6 +7,7 @@ the end, so a failed conversion never leaves half-written files where a user or 
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -15,14 +16,22 @@ import tempfile
 
 import numpy as np
 
-from edgeopt import __version__
-from edgeopt.conversion import data as D
+from edgeopt import __version__, converters, runtime, targets
+from edgeopt.conversion import data, recover
+from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate
+from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL, IO_DTYPES
+from edgeopt.conversion.quiet import native_stderr_captured
+from edgeopt.converters import edgetpu, onnx_io
+from edgeopt.converters.onnx_tflite import layout_perm
 from edgeopt.errors import GateError, UsageError
 from edgeopt.hashing import sha256_file, sha256_tree
 
-DEFAULT_MAX_CALIB = 200
-DEFAULT_MAX_VAL = 1000
-IO_DTYPES = ("int8", "uint8", "float32")
+__all__ = ["RECIPE_OPTIONS", "detect_format", "parse_input_shapes", "Job", "convert", "check_replaceable",
+           "toolchain"]
+
+# Options read from ``options`` (the others are parameters): the calibration recipe, as recovery varies it.
+RECIPE_OPTIONS = frozenset({"calibration_method", "explain", "per_channel", "bias_correction", "calib_percentile",
+                            "histogram_samples"})
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -115,14 +124,13 @@ class Job:
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
     def calib_samples(self) -> list[list[np.ndarray]]:
-        n = D.count(self.calib)
+        n = data.count(self.calib)
         return [[self.calib[i["name"]][k:k + 1] for i in self.inputs] for k in range(n)]
 
     def static_onnx_path(self) -> str:
         """The source ONNX with every input fixed to its static shape (batch 1), saved in the workdir."""
         if self._static_onnx is None:
             import onnx
-            from edgeopt.converters import onnx_io
             m = onnx.ModelProto()
             m.CopyFrom(self.onnx_model)
             onnx_io.fix_shapes(m, {i["name"]: i["shape"] for i in self.inputs})
@@ -147,17 +155,19 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
             allow_float_fallback: bool = False, max_samples: int = DEFAULT_MAX_CALIB,
             max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, accuracy_target=None,
-            allow_cpu_ops: bool = False, **options) -> dict:
-    """See :func:`edgeopt.convert`."""
-    from edgeopt import converters, targets
-    from edgeopt.conversion.recover import parse_target
-
+            allow_cpu_ops: bool = False, trust_model_code: bool = False, **options) -> dict:
+    """See :func:`edgeopt.convert`. ``trust_model_code``: load models whose file can run code (Keras Lambda)."""
+    unknown = sorted(set(options) - RECIPE_OPTIONS)
+    if unknown:  # a misspelt option must not be silently ignored
+        raise TypeError(f"convert() got unexpected keyword argument(s): {', '.join(unknown)}")
     options = dict(options)
-    target_spec = parse_target(accuracy_target)
+    target_spec = recover.parse_target(accuracy_target)
     if target_spec:
         options["accuracy_target"] = target_spec
     if allow_cpu_ops:
         options["allow_cpu_ops"] = True
+    if trust_model_code:
+        options["trust_model_code"] = True
 
     try:
         tgt = targets.get(target)
@@ -168,12 +178,13 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     io_dtype = (io or tgt.io_dtype).lower()
     if io_dtype not in IO_DTYPES:
         raise UsageError(f"--io {io!r}: expected one of {', '.join(IO_DTYPES)}")
-    if tgt.family == "coral" and allow_float_fallback:
+    if tgt.integer_only and allow_float_fallback:
         raise UsageError("--allow-float-fallback is not possible for Coral: the Edge TPU runs only INT8 ops",
                          hint="convert for rpi to keep float ops on the CPU")
-    method = options.get("calibration_method", "minmax")
-    if method not in ("minmax", "percentile", "entropy"):
-        raise UsageError(f"calibration method {method!r}: expected minmax, percentile or entropy")
+    method = options.get("calibration_method", CALIBRATION_METHODS[0])
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"calibration method {method!r}: expected {', '.join(CALIBRATION_METHODS[:-1])} or "
+                         f"{CALIBRATION_METHODS[-1]}")
     if method != "minmax" and "onnx-qdq-int8" not in tgt.formats:
         raise UsageError(f"calibration method {method!r} is not available for {tgt.name}: the TFLite converter "
                          "calibrates with min-max only", hint="use --accuracy-target to recover accuracy instead")
@@ -181,6 +192,8 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     shapes = parse_input_shapes(input_shapes)
     routes = [converters.route(fmt, kind, tgt) for kind in tgt.formats]
     out = os.path.abspath(out or os.path.join("edgeopt-out", f"{_stem(model)}-{tgt.name}"))
+    if os.path.lexists(out):
+        check_replaceable(out)  # before minutes of conversion; checked again when the result is moved in
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -188,7 +201,6 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     workdir = tempfile.mkdtemp(prefix="edgeopt-work-")
-    from edgeopt.conversion.quiet import native_stderr_captured
     try:
         with native_stderr_captured():
             manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
@@ -214,12 +226,61 @@ def _stem(path: str) -> str:
     return os.path.splitext(base)[0] if not os.path.isdir(path) else base
 
 
+# Files edgeopt itself writes into an output directory besides the artifacts its manifest lists
+# (manifest.json; deploy's cache stamp, edgeopt.devices.deploy.STAMP).
+_OWN_FILES = ("manifest.json", ".edgeopt-deploy-key")
+_MAX_MANIFEST_BYTES = 64 << 20
+
+
+def check_replaceable(out: str) -> None:
+    """UsageError unless ``out`` may be replaced: empty, or an edgeopt output directory and nothing else.
+
+    Replacing deletes the old directory, so a directory that merely holds a ``manifest.json`` (a web
+    app's, a dataset's) is not enough: the manifest must be edgeopt's (``schema`` 1, an ``edgeopt``
+    version, ``artifacts`` and ``toolchain``) and the directory must hold only the files it lists.
+    """
+    def refuse(why):
+        raise UsageError(f"--out {out}: exists and is not an edgeopt output directory ({why}); refusing to "
+                         "replace it", hint="choose another --out, or remove the directory yourself")
+
+    if os.path.islink(out) or not os.path.isdir(out):
+        refuse("not a directory")
+    names = os.listdir(out)
+    if not names:
+        return
+    mpath = os.path.join(out, "manifest.json")
+    if os.path.islink(mpath) or not os.path.isfile(mpath):
+        refuse("no manifest.json")
+    try:
+        if os.path.getsize(mpath) > _MAX_MANIFEST_BYTES:
+            refuse("manifest.json is too large")
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        refuse("manifest.json is not readable JSON")
+    from edgeopt.runtime import check_artifact_name
+    if not (isinstance(manifest, dict) and manifest.get("schema") == 1 and isinstance(manifest.get("edgeopt"), str)
+            and isinstance(manifest.get("toolchain"), dict) and isinstance(manifest.get("artifacts"), list)):
+        refuse("its manifest.json was not written by edgeopt")
+    listed = set(_OWN_FILES)
+    for a in manifest["artifacts"]:
+        try:
+            listed.add(check_artifact_name(a.get("file") if isinstance(a, dict) else None))
+        except ValueError as e:
+            refuse(str(e))
+    for name in sorted(names):
+        path = os.path.join(out, name)
+        if name not in listed:
+            refuse(f"it holds {name!r}, which its manifest does not list")
+        if os.path.islink(path) or not os.path.isfile(path):
+            refuse(f"{name!r} is not a regular file")
+
+
 def _commit(staging: str, out: str):
     """Move the finished staging dir to `out`, replacing an earlier result atomically."""
     old = None
     if os.path.lexists(out):
-        if not os.path.isdir(out) or (os.listdir(out) and not os.path.exists(os.path.join(out, "manifest.json"))):
-            raise UsageError(f"--out {out}: exists and is not an edgeopt output directory; refusing to replace it")
+        check_replaceable(out)
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
         os.rmdir(old)
         os.rename(out, old)
@@ -229,18 +290,16 @@ def _commit(staging: str, out: str):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _source_io(model, fmt, progress):
+def _source_io(model, fmt, progress, trust_model_code=False):
     """(inputs, outputs, reference-callable factory, extra) of the source model."""
-    from edgeopt import converters
     if fmt == "onnx":
-        onnx_io = converters.load("edgeopt.converters.onnx_io")
         m = onnx_io.load(model)
         ins, outs = onnx_io.io_specs(m)
         return ins, outs, {"onnx_model": m}
     if fmt in ("keras", "saved_model"):
         _say(progress, "loading TensorFlow")
         tf_tflite = converters.load("edgeopt.converters.tf_tflite")
-        g = tf_tflite.load(model, fmt)
+        g = tf_tflite.load(model, fmt, trust_model_code=trust_model_code)
         return [dict(i) for i in g.inputs], [{"name": n, "shape": None, "dtype": "float32"} for n in g.outputs], {"graph": g}
     raise AssertionError(fmt)
 
@@ -255,11 +314,11 @@ def _static(inputs, shapes, fmt):
         shape = list(shapes.get(i["name"], i["shape"]))
         if i["name"] in shapes and len(shape) != len(i["shape"]):
             raise UsageError(f"--input-shape {i['name']}: rank {len(shape)} does not match the model's "
-                             f"{D._fmt(i['shape'])}")
+                             f"{data.shape_str(i['shape'])}")
         if shape and shape[0] is None:
             shape[0] = 1
         if any(d is None for d in shape):
-            raise UsageError(f"input {i['name']!r} has dynamic dimensions {D._fmt(i['shape'])}",
+            raise UsageError(f"input {i['name']!r} has dynamic dimensions {data.shape_str(i['shape'])}",
                              hint=f"fix them with --input-shape {i['name']}=1,...")
         if shape and shape[0] != 1:
             raise UsageError(f"input {i['name']!r}: batch {shape[0]}; edge artifacts are built for batch 1",
@@ -276,36 +335,38 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         return _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress, warn)
 
     _say(progress, f"reading {source['file']}")
-    src_in, src_out, extra = _source_io(model, fmt, progress)
+    src_in, src_out, extra = _source_io(model, fmt, progress, bool(options.get("trust_model_code")))
     static_in = _static(src_in, shapes, fmt)
     data_in = [dict(i, shape=[None] + i["shape"][1:]) for i in static_in]
 
     if calib is None:
         raise UsageError("calibration data is required for INT8 conversion",
                          hint="--calib data.npy | data.npz | images/ (or --calib random, for trying only)")
-    cal, cal_info = D.load(calib, data_in, "calibration", mean, std)
+    # read no more than is used: without --val the last fifth of what is read is held out for the check
+    cal_limit = max_samples if val is not None else max_samples + max_val_samples
+    cal, cal_info = data.load(calib, data_in, "calibration", mean, std, limit=cal_limit)
     if cal_info["source"] == "random":
         warn(cal_info["warning"])
-    n = D.count(cal)
+    n = data.count(cal)
     if val is not None:
-        vdata, v_info = D.load(val, data_in, "validation", mean, std)
+        vdata, v_info = data.load(val, data_in, "validation", mean, std, limit=max_val_samples)
         v_info["held_out"] = False
     elif n >= 5:
         k = max(1, n // 5)
-        vdata = D.take(cal, slice(n - k, n))
-        cal = D.take(cal, slice(0, n - k))
+        vdata = data.take(cal, slice(n - k, n))
+        cal = data.take(cal, slice(0, n - k))
         v_info = {"source": cal_info["source"], "held_out": True,
                   "note": f"no --val given: the last {k} of {n} calibration samples were held out for the check"}
     else:
         vdata = cal
         v_info = {"source": cal_info["source"], "held_out": False,
                   "note": "no --val given and too few calibration samples to hold any out: checked on calibration data"}
-    if D.count(cal) > max_samples:
-        cal = D.take(cal, slice(0, max_samples))
-    if D.count(vdata) > max_val_samples:
-        vdata = D.take(vdata, slice(0, max_val_samples))
-    cal_info.update(samples=D.count(cal), sha256=D.digest(cal), max_samples=max_samples)
-    v_info.update(samples=D.count(vdata), sha256=D.digest(vdata))
+    if data.count(cal) > max_samples:
+        cal = data.take(cal, slice(0, max_samples))
+    if data.count(vdata) > max_val_samples:
+        vdata = data.take(vdata, slice(0, max_val_samples))
+    cal_info.update(samples=data.count(cal), sha256=data.digest(cal), max_samples=max_samples)
+    v_info.update(samples=data.count(vdata), sha256=data.digest(vdata))
 
     job = Job(model, fmt, tgt, static_in, src_out, cal, io_dtype, workdir, onnx_model=extra.get("onnx_model"),
               options=dict(options, allow_float_fallback=allow_float_fallback))
@@ -322,7 +383,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         arts += got
 
     # reference outputs (FP32 source) on the validation samples
-    _say(progress, f"checking against FP32 on {D.count(vdata)} samples")
+    _say(progress, f"checking against FP32 on {data.count(vdata)} samples")
     ref = _reference(job, fmt)
     vlist = [vdata[i["name"]] for i in static_in]
     ref_out = _run_batched(ref, vlist)
@@ -330,16 +391,15 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     for o, r in zip(src_out, ref_out):
         o["shape"] = [None] + list(r.shape[1:])
 
-    labels = _labels(val, D.count(vdata)) if val is not None else None
+    labels = _labels(val, data.count(vdata)) if val is not None else None
     entries, by_artifact = [], {}
-    from edgeopt import runtime
 
     def check(a, path):
         """(manifest entry with accuracy) of an artifact written at path."""
         entry = _describe(a, path, static_in, src_out)
         m = runtime.Model(path, None, entry, threads=None)
         got = m.predict(vlist, batch_size=64)
-        acc = _accuracy(ref_out, got, out_names)
+        acc = compare_outputs(ref_out, got, out_names)
         if labels is not None:  # real task accuracy when the validation data carries labels
             for name, r, g in zip(out_names, ref_out, got):
                 if "top1_agreement" in acc[name]:
@@ -362,7 +422,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         entries.append(entry)
 
     preflight = None
-    if tgt.family == "coral":
+    if tgt.edgetpu_preflight:
         entries, preflight = _coral(entries, staging, progress, warn)
 
     for e in entries:
@@ -373,14 +433,13 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
                 "outputs": primary["accuracy"], "by_artifact": by_artifact}
     failures = []
     if min_sqnr is not None or min_top1 is not None:
-        failures = D_gate(primary["accuracy"], min_sqnr, min_top1)
+        failures = accuracy_gate(primary["accuracy"], min_sqnr, min_top1)
         accuracy["gate"] = {"min_sqnr": min_sqnr, "min_top1": min_top1, "passed": not failures,
                             "failures": failures}
     if target_spec:
-        from edgeopt.conversion.recover import failures as target_failures, target_str
-        missed = target_failures(primary["accuracy"], target_spec)
+        missed = recover.failures(primary["accuracy"], target_spec)
         if missed:
-            failures.append(f"accuracy target {target_str(target_spec)} not met even after recovery ("
+            failures.append(f"accuracy target {recover.target_str(target_spec)} not met even after recovery ("
                             + "; ".join(missed) + ")")
     manifest = _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt,
                          options, allow_float_fallback)
@@ -391,7 +450,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
             manifest["recovery"] = recovery
             manifest["options"]["accuracy_target"] = target_spec
     if layer_report is not None:
-        manifest["layers"] = dict(layer_report, layers=layer_report["layers"][:_top_layers()],
+        manifest["layers"] = dict(layer_report, layers=layer_report["layers"][:recover.TOP_LAYERS],
                                   total=len(layer_report["layers"]), artifact=arts[0]["file"])
     if preflight is not None:
         manifest["edgetpu"] = preflight
@@ -399,14 +458,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     return manifest, failures
 
 
-def _top_layers():
-    from edgeopt.conversion.recover import TOP_LAYERS
-    return TOP_LAYERS
-
-
 def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops):
     """(artifact, recovery report or None, layer report or None) for the primary artifact."""
-    from edgeopt.conversion import recover as R
     counter = [0]
 
     def evaluate(a, keep=False):
@@ -419,21 +472,23 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops)
             os.remove(path)
         return acc, path
 
-    samples = [[vdata[i["name"]][k:k + 1] for i in static_in] for k in range(min(D.count(vdata), R.DEBUG_SAMPLES))]
+    samples = [[vdata[i["name"]][k:k + 1] for i in static_in]
+               for k in range(min(data.count(vdata), recover.DEBUG_SAMPLES))]
     if getattr(job, "primary_prep", None):
         job.qdq_prep = job.primary_prep
     acc = evaluate(art)[0]
     if not target:  # explain only: the per-layer report of the plain artifact
         _say(progress, "per-layer error")
-        return art, {"chosen": {"recipe": R._recipe(job.options, [])}}, R.layers(job, art, samples)
-    if R.meets(acc, target) and not job.options.get("explain"):
-        report = {"target": target, "target_str": R.target_str(target), "met": True,
-                  "steps": [R._step({"recipe": R._recipe(job.options, []), "float": [], "acc": acc}, target)],
-                  "chosen": {"recipe": R._recipe(job.options, []), "float_layers": [], "accuracy": R._brief(acc)},
+        return art, {"chosen": {"recipe": recover.describe_recipe(job.options, [])}}, recover.layers(job, art, samples)
+    if recover.meets(acc, target) and not job.options.get("explain"):
+        plain = recover.describe_recipe(job.options, [])
+        report = {"target": target, "target_str": recover.target_str(target), "met": True,
+                  "steps": [recover.step_entry({"recipe": plain, "float": [], "acc": acc}, target)],
+                  "chosen": {"recipe": plain, "float_layers": [], "accuracy": recover.brief_accuracy(acc)},
                   "note": "the plain recipe meets the target"}
         return art, report, None
-    new, _, report = R.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops, progress=progress,
-                               samples=samples, n_val=D.count(vdata))
+    new, _, report = recover.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops,
+                                     progress=progress, samples=samples, n_val=data.count(vdata))
     return new, report, report.pop("layers", None)
 
 
@@ -441,27 +496,15 @@ def _labels(val, n):
     """Integer class labels stored beside the inputs in a validation .npz (key 'labels'), if any."""
     if not isinstance(val, (str, os.PathLike)) or not os.fspath(val).endswith(".npz"):
         return None
-    with np.load(val, allow_pickle=False) as z:
-        if "labels" not in z.files:
-            return None
-        lab = np.asarray(z["labels"]).reshape(-1)[:n]
+    lab = data.read_npz_array(os.fspath(val), "labels", limit=n)  # bounded, header checked, never pickle
+    if lab is None:
+        return None
+    lab = np.asarray(lab).reshape(-1)[:n]
     return lab.astype(np.int64) if lab.shape[0] == n and lab.dtype.kind in "iu" else None
 
 
-def D_gate(outputs, min_sqnr, min_top1):
-    from edgeopt.conversion.accuracy import gate
-    return gate(outputs, min_sqnr, min_top1)
-
-
-def _accuracy(ref_out, got, names):
-    from edgeopt.conversion.accuracy import compare
-    return compare(ref_out, got, names)
-
-
 def _reference(job, fmt):
-    from edgeopt import converters
     if fmt == "onnx":
-        onnx_io = converters.load("edgeopt.converters.onnx_io")
         return onnx_io.Reference(job.static_onnx_path(), [o["name"] for o in job.outputs])
     return job.graph
 
@@ -474,7 +517,6 @@ def _run_batched(fn, arrays, batch=1):
 
 def _describe(a: dict, path: str, static_in, src_out) -> dict:
     """Manifest entry of one artifact: file facts and its I/O in artifact terms, mapped to source names."""
-    from edgeopt import runtime
     m = runtime.load(path)
     ins, outs = m.inputs, m.outputs
     if a["format"] == "tflite":
@@ -487,7 +529,6 @@ def _describe(a: dict, path: str, static_in, src_out) -> dict:
         d = s.to_dict()
         d.update(name=src["name"], perm=perm, source_shape=src["shape"])
         inputs.append(d)
-    from edgeopt.converters.onnx_tflite import layout_perm
     for s, src in zip(outs, src_out):
         d = s.to_dict()
         d["name"] = src["name"]
@@ -523,7 +564,6 @@ def _layout_note(inputs) -> str:
 
 
 def _coral(entries, staging, progress, warn):
-    from edgeopt.converters import edgetpu
     _say(progress, "Edge TPU pre-flight")
     e = entries[0]
     path = os.path.join(staging, e["file"])
@@ -551,7 +591,7 @@ def _stamp(path):
 
 
 def toolchain(fmt: str) -> dict:
-    from edgeopt import converters
+    """Versions of edgeopt, Python, numpy and the converter packages a source format goes through."""
     tc = {"edgeopt": __version__, "python": ".".join(map(str, sys.version_info[:3])), "numpy": np.__version__}
     for mod in converters.TOOL_MODULES.get(fmt, ()):
         try:
@@ -580,9 +620,10 @@ def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src
     }
     if options.get("allow_cpu_ops"):
         m["options"]["allow_cpu_ops"] = True
+    if options.get("trust_model_code"):
+        m["options"]["trust_model_code"] = True
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch and epoch.isdigit():
-        import datetime
         m["created"] = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return m
 
@@ -605,7 +646,6 @@ def _json_default(o):
 
 def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress, warn):
     """A .tflite input: validated, described, checked against the target, copied as the artifact."""
-    from edgeopt import runtime
     try:
         m = runtime.load(model)
     except runtime.RuntimeMissing:
@@ -615,7 +655,7 @@ def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress
     q_in = all(np.dtype(s.dtype).kind in "iu" for s in m.inputs)
     ops = _tflite_ops(model)
     float_ops = ops["float_ops"]
-    if tgt.family == "coral" and (float_ops or not q_in):
+    if tgt.integer_only and (float_ops or not q_in):
         raise UsageError(f"{model}: a float TFLite model cannot run on the Edge TPU "
                          f"({len(float_ops)} float ops: {', '.join(float_ops[:5]) or 'float inputs'})",
                          hint="convert from the source model (.onnx/.keras/SavedModel) with --target coral")
@@ -630,7 +670,7 @@ def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress
     if float_ops:
         entry["float_ops"] = float_ops
     entries, preflight = [entry], None
-    if tgt.family == "coral":
+    if tgt.edgetpu_preflight:
         entries, preflight = _coral(entries, staging, progress, warn)
     manifest = _manifest(source, tgt, entries, {"source": None, "samples": 0, "note": "already converted"},
                          None, io_dtype, [], [], None, None, "tflite", {}, False)
@@ -643,7 +683,6 @@ def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress
 
 
 def _tflite_ops(path) -> dict:
-    from edgeopt.converters import edgetpu
     ops = edgetpu.read_ops(path)
     return {"ops": [o["op"] for o in ops],
             "float_ops": sorted({o["op"] for o in ops if o["float"] and o["op"] not in ("QUANTIZE", "DEQUANTIZE")})}

@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 
+__all__ = ["native_stderr_captured"]
+
 
 def _fd(stream) -> int | None:
     try:

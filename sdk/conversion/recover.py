@@ -24,10 +24,19 @@ artifact; size and 1-thread latency (edgeopt.runtime.bench on this host) of the 
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 
+import numpy as np
+
+from edgeopt import converters, runtime
+from edgeopt.conversion.accuracy import gate
+from edgeopt.converters import edgetpu
 from edgeopt.errors import UsageError
+
+__all__ = ["TOP_LAYERS", "DEBUG_SAMPLES", "parse_target", "failures", "meets", "score", "target_str", "wilson",
+           "brief_accuracy", "layers", "float_layer_policy", "recover", "describe_recipe", "step_entry"]
 
 TOP_LAYERS = 20          # layers kept in the manifest
 DEBUG_SAMPLES = 32       # samples the per-layer report runs on
@@ -62,7 +71,7 @@ def parse_target(spec) -> dict | None:
 
 
 def failures(outputs: dict, target: dict) -> list[str]:
-    from edgeopt.conversion.accuracy import gate
+    """What misses the target (empty list: met), one line per output and criterion."""
     return gate(outputs, target.get("sqnr"), target.get("top1"))
 
 
@@ -87,7 +96,6 @@ def target_str(target: dict) -> str:
 
 def wilson(p: float, n: int, z: float = 1.96) -> list[float]:
     """95% Wilson score interval of a proportion p measured on n samples."""
-    import math
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
@@ -98,7 +106,8 @@ def _n(k: int, word: str) -> str:
     return f"{k} {word}" + ("" if k == 1 else "s")
 
 
-def _brief(acc: dict) -> dict:
+def brief_accuracy(acc: dict) -> dict:
+    """Per output: only top-1 agreement, SQNR and cosine (the numbers the recovery report shows)."""
     return {n: {k: m[k] for k in ("top1_agreement", "sqnr_db", "cosine") if k in m} for n, m in acc.items()}
 
 
@@ -106,8 +115,6 @@ def _brief(acc: dict) -> dict:
 
 def layers(job, art: dict, samples: list[list]) -> dict:
     """Per-layer error report of an artifact of ``job`` (made by its converter in this process)."""
-    import numpy as np
-    from edgeopt import converters
     samples = samples[:DEBUG_SAMPLES]
     if art["format"] == "tflite":
         dbg = _debugger(job)
@@ -127,13 +134,12 @@ def layers(job, art: dict, samples: list[list]) -> dict:
 
 
 def _debugger(job):
-    dbg = getattr(job, "_tf_debugger", None)
+    dbg = getattr(job, "tf_debugger", None)
     if dbg is None:
-        from edgeopt import converters
         tf_tflite = converters.load("edgeopt.converters.tf_tflite")
         dbg = tf_tflite.Debugger(job.tf_graph, job.tf_calib, job.io_dtype, source=job.source_name,
                                  per_channel=bool(job.options.get("per_channel", True)))
-        job._tf_debugger = dbg
+        job.tf_debugger = dbg
     return dbg
 
 
@@ -155,6 +161,17 @@ _NOT_FLOAT_CANDIDATES = {"Clip", "Relu", "LeakyRelu", "MaxPool", "Reshape", "Fla
 
 # ------------------------------------------------------------------------------------------- recovery
 
+def float_layer_policy(target, fmt: str, allow_cpu_ops: bool = False) -> tuple[bool, bool]:
+    """(float_ok, search_anyway) for keeping layers in float, from the target's ``float_fallback``.
+
+    float_ok: recovery may apply float layers. An ONNX (QDQ) layer left in float runs in FP16 in TensorRT, so
+    it always may; a TFLite one only where float ops run with the INT8 ones ("allowed"), or where they leave
+    the accelerator ("cpu") and the user said ``--allow-cpu-ops``. search_anyway: without that flag, still find
+    what it would take, to report it, and apply nothing."""
+    leaves_accelerator = target.float_fallback == "cpu"
+    float_ok = fmt == "onnx" or target.float_fallback == "allowed" or (leaves_accelerator and allow_cpu_ops)
+    return float_ok, leaves_accelerator and not allow_cpu_ops
+
 def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bool = False,
             progress=None, samples=None, n_val: int | None = None) -> tuple[dict, dict, dict]:
     """(artifact, accuracy, report). ``evaluate(art) -> (accuracy, path)`` runs a candidate on the validation
@@ -162,10 +179,9 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     one tried when none does (the plain one for Coral without ``allow_cpu_ops``)."""
 
     say = progress or (lambda m: None)
-    fam = job.target.family
     steps = []
-    plain = {"art": art, "acc": acc, "recipe": _recipe(job.options, []), "float": []}
-    steps.append(_step(plain, target))
+    plain = {"art": art, "acc": acc, "recipe": describe_recipe(job.options, []), "float": []}
+    steps.append(step_entry(plain, target))
     best = plain
     report = {"target": target, "target_str": target_str(target), "steps": steps}
 
@@ -178,7 +194,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             if method == "entropy" and _out_sqnr(steps[-1]["accuracy"]) < _out_sqnr(acc) + ENTROPY_IF_DB:
                 # both clip outliers of the activation ranges; when percentile clipping does not help, outliers
                 # are not what is lost and entropy (minutes: histograms of every tensor) is not tried
-                steps.append({"recipe": dict(_recipe(dict(job.options, calibration_method=method), [])),
+                steps.append({"recipe": dict(describe_recipe(dict(job.options, calibration_method=method), [])),
                               "skipped": f"percentile clipping raised output SQNR by less than {ENTROPY_IF_DB} dB "
                                          "over min-max"})
                 continue
@@ -186,7 +202,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             opts = dict(job.options, calibration_method=method, histogram_samples=HISTOGRAM_SAMPLES)
             c = _build_onnx(job, opts, [])
             c["acc"] = evaluate(c["art"])[0]
-            steps.append(_step(c, target))
+            steps.append(step_entry(c, target))
             if better(c):
                 best = c
             if meets(c["acc"], target):
@@ -201,7 +217,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
                 c = _build_onnx(job, dict(job.options, **_recipe_options(dict(best["recipe"], bias_correction=True))),
                                 [])
             c["acc"] = evaluate(c["art"])[0]
-            st = _step(c, target)
+            st = step_entry(c, target)
             st["bias_correction"] = (getattr(_debugger(job), "bias_correction_info", None)
                                      if art["format"] == "tflite" else getattr(job, "bias_correction_info", None))
             steps.append(st)
@@ -210,7 +226,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
         except UsageError:
             raise
         except Exception as e:  # noqa: BLE001 - a recipe the model does not take: note it, go on
-            steps.append({"recipe": dict(_recipe(job.options, []), bias_correction=True),
+            steps.append({"recipe": dict(describe_recipe(job.options, []), bias_correction=True),
                           "error": str(e).strip().splitlines()[-1][:200]})
 
     if not meets(best["acc"], target) or job.options.get("explain"):
@@ -225,8 +241,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
         ranked = []
 
     # 3. float layers, fewest first
-    float_ok = art["format"] == "onnx" or fam == "rpi" or (fam == "coral" and allow_cpu_ops)
-    search_anyway = fam == "coral" and not allow_cpu_ops  # find what it would take, apply nothing
+    float_ok, search_anyway = float_layer_policy(job.target, art["format"], allow_cpu_ops)
     if ranked and not meets(best["acc"], target) and (float_ok or search_anyway):
         found = _search(job, art, best, ranked, target, evaluate, base_opts, say, steps, report)
         if found is not None and not float_ok:
@@ -236,7 +251,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
 
     report["met"] = meets(best["acc"], target)
     report["chosen"] = {"recipe": best["recipe"], "float_layers": best["float"],
-                        "accuracy": _brief(best["acc"])}
+                        "accuracy": brief_accuracy(best["acc"])}
     if n_val:
         ci = {k: wilson(m["top1_agreement"], n_val) for k, m in best["acc"].items() if "top1_agreement" in m}
         if ci:
@@ -258,7 +273,8 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     return best["art"], best["acc"], report
 
 
-def _recipe(options: dict, floats: list) -> dict:
+def describe_recipe(options: dict, floats: list) -> dict:
+    """The manifest's description of a recipe: converter options that matter and how many float layers."""
     r = {"calibration_method": options.get("calibration_method", "minmax"),
          "per_channel": bool(options.get("per_channel", True)), "float_layers": len(floats)}
     if options.get("bias_correction"):
@@ -271,7 +287,7 @@ def _recipe(options: dict, floats: list) -> dict:
 
 
 def _recipe_options(recipe: dict) -> dict:
-    """Converter options that rebuild a recipe (the inverse of _recipe, float layers aside)."""
+    """Converter options that rebuild a recipe (the inverse of describe_recipe, float layers aside)."""
     o = {"calibration_method": recipe["calibration_method"]}
     if recipe.get("bias_correction"):
         o["bias_correction"] = True
@@ -280,13 +296,13 @@ def _recipe_options(recipe: dict) -> dict:
     return o
 
 
-def _step(c: dict, target: dict) -> dict:
-    return {"recipe": c["recipe"], "float_layers": list(c["float"]), "accuracy": _brief(c["acc"]),
+def step_entry(c: dict, target: dict) -> dict:
+    """One tried candidate, as the recovery report lists it."""
+    return {"recipe": c["recipe"], "float_layers": list(c["float"]), "accuracy": brief_accuracy(c["acc"]),
             "met": meets(c["acc"], target)}
 
 
 def _build_onnx(job, options: dict, exclude: list[str]) -> dict:
-    from edgeopt import converters
     onnx_qdq = converters.load("edgeopt.converters.onnx_qdq")
     saved = job.options
     job.options = dict(options, nodes_to_exclude=list(exclude))
@@ -296,11 +312,10 @@ def _build_onnx(job, options: dict, exclude: list[str]) -> dict:
         job.options = saved
     if exclude:
         a["converter"] += f"; {len(exclude)} nodes kept in float (nodes_to_exclude)"
-    return {"art": a, "recipe": _recipe(options, exclude), "float": list(exclude)}
+    return {"art": a, "recipe": describe_recipe(options, exclude), "float": list(exclude)}
 
 
 def _build_tflite(job, art: dict, floats: list[str], bias_correction: bool = False) -> dict:
-    from edgeopt import converters
     tf_tflite = converters.load("edgeopt.converters.tf_tflite")
     data = _debugger(job).model(floats, job.io_dtype, bias_correction=bias_correction)
     a = dict(art, data=data)
@@ -311,7 +326,7 @@ def _build_tflite(job, art: dict, floats: list[str], bias_correction: bool = Fal
         a["converter"] = (art.get("converter", "") + f"; {len(floats)} layers kept in float "
                           "(QuantizationDebugger denylisted_nodes)")
         a["float_ops"] = tf_tflite.float_ops_of(data)
-    return {"art": a, "recipe": _recipe(dict(job.options, bias_correction=bias_correction), floats),
+    return {"art": a, "recipe": describe_recipe(dict(job.options, bias_correction=bias_correction), floats),
             "float": list(floats)}
 
 
@@ -348,7 +363,7 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
             steps.append({"float_layers": list(floats), "error": str(e).strip().splitlines()[-1][:200]})
             tried[key] = None
             return None
-        st = _step(c, target)
+        st = step_entry(c, target)
         if what:
             st["phase"] = "sensitivity"
         steps.append(st)
@@ -363,7 +378,7 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
         c = attempt([layer], f"sensitivity {i + 1}/{len(cands)}: {layer} alone in float")
         if c is not None:
             sens.append({"layer": layer, "rank": i, "sqnr_gain_db": round(_out_sqnr(c["acc"]) - base, 3),
-                         "accuracy": _brief(c["acc"])})
+                         "accuracy": brief_accuracy(c["acc"])})
     sens.sort(key=lambda r: (-r["sqnr_gain_db"], r["rank"]))
     if report is not None:
         report["sensitivity"] = {
@@ -408,7 +423,6 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
 
 
 def _bench_ms(path: str) -> float:
-    from edgeopt import runtime
     r = runtime.bench(path, warmup=3, runs=20, min_seconds=0.5, threads=1, keep_samples=False)
     return round(r["latency_ms"]["p50"], 3), r.get("note")
 
@@ -432,11 +446,10 @@ def _cost(plain: dict, best: dict, evaluate) -> dict:
 
 
 def _coral_cost(c: dict, evaluate) -> dict:
-    from edgeopt.converters import edgetpu
     path = evaluate(c["art"], keep=True)[1]
     s = edgetpu.preflight(path)["summary"]
     os.remove(path)
-    return {"float_layers": c["float"], "accuracy": _brief(c["acc"]), "edgetpu_ops": s["tpu_ops"],
+    return {"float_layers": c["float"], "accuracy": brief_accuracy(c["acc"]), "edgetpu_ops": s["tpu_ops"],
             "cpu_ops": s["cpu_ops"], "ops": s["ops"],
             "note": f"keeping {_n(len(c['float']), 'layer')} in float would move {s['cpu_ops']} of {s['ops']} ops off the "
                     "Edge TPU to the CPU; allow it with --allow-cpu-ops"}

@@ -1,6 +1,7 @@
 """Benchmark an artifact on devices: push it (content-addressed), pipe the runner over the connection, collect
-the JSON of the interface spec. Devices run in parallel (one thread each); on a device, one benchmark at a
-time (an flock in the device's workdir, taken by the runner: a second edgeopt waits, then fails clearly).
+the result JSON (docs/cli.md, "Bench result JSON"). Devices run in parallel (one thread each); on a device,
+one benchmark at a time (an flock in the device's workdir, taken by the runner: a second edgeopt waits, then
+fails clearly).
 
     import edgeopt.devices.bench, edgeopt.devices.inventory
     inv = edgeopt.devices.inventory.load()
@@ -8,37 +9,43 @@ time (an flock in the device's workdir, taken by the runner: a second edgeopt wa
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from edgeopt.devices.connection import Connection, connect, q
+from edgeopt import targets
+from edgeopt.devices import conditions
+from edgeopt.devices.connection import Connection, abort_all, connect, q
 from edgeopt.errors import DeviceError, EdgeoptError, UsageError
 from edgeopt.devices.inventory import Device
 from edgeopt.devices.push import push
+from edgeopt.runtime import PROBE_MARKS, RUNNER_DEFAULTS, runner_argv
+from edgeopt.results import sanitize
 
-__all__ = ["BenchOptions", "bench_device", "bench_devices", "resolve_artifact", "runner_source", "install_hint",
-           "for_each_device"]
+__all__ = ["BenchOptions", "bench_device", "bench_devices", "resolve_artifact", "manifest_target", "runner_source",
+           "install_hint", "for_each_device"]
 
 SPEC_KEYS = ("min", "p50", "p90", "p99", "mean", "std", "max")
 
 
 @dataclass
 class BenchOptions:
-    warmup: int = 10
-    runs: int = 100
-    min_seconds: float = 1.0
+    warmup: int = RUNNER_DEFAULTS["warmup"]
+    runs: int = RUNNER_DEFAULTS["runs"]
+    min_seconds: float = RUNNER_DEFAULTS["min_seconds"]
     threads: int | None = None
-    seed: int = 0
+    seed: int = RUNNER_DEFAULTS["seed"]
     input: str | None = None          # .npy/.npz with inputs in the source layout
-    lock_timeout: float = 600.0       # how long to wait for another benchmark on the same device
+    lock_timeout: float = RUNNER_DEFAULTS["lock_timeout"]  # how long to wait for another benchmark on the device
     keep_samples: bool = True
     progress: bool | None = None      # push progress bar (None: on a terminal)
     extra: dict = field(default_factory=dict)
-    warmup_seconds: float = 0.0       # and warm up at least this long
-    sustained: float = 0.0            # measure at least this long, temperature sampled every second
+    warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"]  # and warm up at least this long
+    sustained: float = RUNNER_DEFAULTS["sustained"]  # measure at least this long, temperature sampled every second
     conditions: bool = True           # probe device conditions before and after (clean / reasons)
     cv_threshold: float | None = None  # CV above which a run is flagged unstable (default stats.CV_THRESHOLD)
     thresholds: object = None         # conditions.Thresholds (default: its defaults)
@@ -46,7 +53,6 @@ class BenchOptions:
 
 def runner_source() -> bytes:
     """The on-device runner: edgeopt/runtime.py itself (stdlib + numpy + one runtime)."""
-    import importlib.util
     spec = importlib.util.find_spec("edgeopt.runtime")
     with open(spec.origin, "rb") as f:
         return f.read()
@@ -64,9 +70,15 @@ def resolve_artifact(path: str) -> tuple[str, dict | None]:
             with open(mpath) as f:
                 manifest = json.load(f)
             entry = manifest["artifacts"][0]
-        except (ValueError, KeyError, IndexError) as e:
+            name = entry["file"]
+        except (ValueError, KeyError, IndexError, TypeError) as e:
             raise UsageError(f"{mpath}: not an edgeopt manifest ({e})") from None
-        return os.path.join(p, entry["file"]), entry
+        from edgeopt.runtime import check_artifact_name
+        try:  # the manifest may come from anywhere: never push a file outside its directory
+            check_artifact_name(name)
+        except ValueError as e:
+            raise UsageError(f"{mpath}: {e}") from None
+        return os.path.join(p, name), entry
     if not os.path.isfile(p):
         raise UsageError(f"{p}: no such file")
     if not (p.endswith(".tflite") or p.endswith(".onnx")):
@@ -74,24 +86,33 @@ def resolve_artifact(path: str) -> tuple[str, dict | None]:
     return p, None
 
 
+def manifest_target(artifact: str) -> str | None:
+    """The target an edgeopt output dir (or an artifact beside its manifest) was converted for, if any."""
+    d = artifact if os.path.isdir(artifact) else os.path.dirname(os.path.abspath(artifact))
+    try:
+        with open(os.path.join(d, "manifest.json")) as f:
+            return (json.load(f).get("target") or {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def install_hint(target: str | None, artifact: str) -> str:
     """How to install the missing runtime, for this kind of device and artifact."""
-    fam = None
+    tgt = None  # the profile's runtime, delegate and board say what to install, not its family
     if target:
-        from edgeopt import targets as T
         try:
-            fam = T.get(target).family
+            tgt = targets.get(target)
         except KeyError:
             pass
-    if artifact.endswith("_edgetpu.tflite") or fam == "coral":
+    if artifact.endswith("_edgetpu.tflite") or getattr(tgt, "delegate", None) == "edgetpu":
         return ("on the device: install libedgetpu1-std from the Coral apt repository "
                 "(coral.ai/docs/accelerator/get-started) and python3 -m pip install ai-edge-litert")
     if artifact.endswith(".onnx"):
-        if fam == "jetson":
+        if getattr(tgt, "runtime", None) == "tensorrt":
             return ("on the Jetson: JetPack's TensorRT gives /usr/src/tensorrt/bin/trtexec "
                     "(sudo apt install nvidia-jetpack), or install the onnxruntime-gpu wheel built for your JetPack")
         return "on the device: python3 -m pip install onnxruntime"
-    if fam == "rpi":
+    if getattr(tgt, "board_probe", None) == "raspberrypi":
         return "on the Pi: python3 -m pip install ai-edge-litert (64-bit Raspberry Pi OS)"
     return "on the device: python3 -m pip install ai-edge-litert"
 
@@ -99,9 +120,8 @@ def install_hint(target: str | None, artifact: str) -> str:
 def _target_runtime(device: Device) -> str | None:
     if not device.target:
         return None
-    from edgeopt import targets as T
     try:
-        return T.get(device.target).runtime
+        return targets.get(device.target).runtime
     except KeyError:
         return None
 
@@ -111,9 +131,8 @@ def _default_threads(device: Device, opts: BenchOptions) -> int | None:
         return int(opts.threads)
     if device.local or not device.target:
         return None
-    from edgeopt import targets as T
     try:
-        return T.get(device.target).threads
+        return targets.get(device.target).threads
     except KeyError:
         return None
 
@@ -145,13 +164,13 @@ def _parse_runner(device: Device, res, artifact: str) -> dict:
         if kind == "busy":
             raise DeviceError(data["error"], device=device.name,
                               hint="wait for the other benchmark, or raise --lock-timeout")
-        raise DeviceError(f"remote run failed: {data['error']}", device=device.name)
-    return data
+        raise DeviceError(f"remote run failed: {sanitize.text(data['error'])}", device=device.name)
+    return sanitize.runner_output(data)
 
 
 def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None, accept_new: bool = False,
                  conn: Connection | None = None) -> dict:
-    """Push ``artifact`` to ``device`` and benchmark it there; returns the bench JSON of the spec."""
+    """Push ``artifact`` to ``device`` and benchmark it there; returns the bench result JSON."""
     opts = opts or BenchOptions()
     t_start = time.perf_counter()
     file, _entry = resolve_artifact(artifact)
@@ -161,33 +180,40 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
         t_conn = time.perf_counter()
         workdir = conn.expand(device.workdir)
         pushed = push(conn, file, workdir, progress=opts.progress, python=device.python)
-        argv = [device.python, "-", "bench", pushed.path, "--warmup", int(opts.warmup), "--runs", int(opts.runs),
-                "--min-seconds", float(opts.min_seconds), "--seed", int(opts.seed),
-                "--lock", f"{workdir}/bench.lock", "--lock-timeout", float(opts.lock_timeout)]
-        if opts.warmup_seconds:
-            argv += ["--warmup-seconds", float(opts.warmup_seconds)]
-        if opts.sustained:
-            argv += ["--sustained", float(opts.sustained)]
         threads = _default_threads(device, opts)
-        if threads:
-            argv += ["--threads", threads]
-        if file.endswith(".onnx") and _target_runtime(device) == "tensorrt":
-            argv += ["--prefer-tensorrt", "--engine-cache", f"{workdir}/engines"]
-            if device.trtexec:
-                argv += ["--trtexec", device.trtexec]
+        tensorrt = file.endswith(".onnx") and _target_runtime(device) == "tensorrt"
+        runner = {"warmup": opts.warmup, "runs": opts.runs, "min_seconds": opts.min_seconds, "seed": opts.seed,
+                  "lock": f"{workdir}/bench.lock", "lock_timeout": opts.lock_timeout,
+                  "warmup_seconds": opts.warmup_seconds, "sustained": opts.sustained, "threads": threads,
+                  "prefer_tensorrt": tensorrt, "engine_cache": f"{workdir}/engines" if tensorrt else None,
+                  "trtexec": device.trtexec if tensorrt else None}
         if opts.input:
             if not os.path.isfile(opts.input):
                 raise UsageError(f"--input {opts.input}: no such file")
-            argv += ["--input", push(conn, opts.input, workdir, progress=False, python=device.python).path]
+            runner["input"] = push(conn, opts.input, workdir, progress=False, python=device.python).path
+        timeout = device.command_timeout + opts.lock_timeout + float(opts.sustained or 0)
+        # the runner ends itself at our timeout too (a host that vanished cannot stop it); it probes the
+        # device's conditions inside the device lock (another benchmark's load is not this one's "before")
+        runner["time_limit"] = timeout
+        if opts.conditions:
+            runner["probe"] = f"{{ {conditions.command()}; }} </dev/null 2>/dev/null"
+        argv = [device.python, "-", *runner_argv(pushed.path, **runner)]
         t_run, epoch_run = time.perf_counter(), time.time()
-        cmd = _with_conditions(q(argv)) if opts.conditions else q(argv)
-        res = conn.run(cmd, input=runner_source(),
-                       timeout=device.command_timeout + opts.lock_timeout + float(opts.sustained or 0))
+        res = conn.run(q(argv), input=runner_source(), timeout=timeout)
         t_done = time.perf_counter()
         before = after = None
         if opts.conditions:
             before, res, after = _split_conditions(res)
         data = _parse_runner(device, res, file)
+        got = (data.get("artifact") or {}).get("sha256")
+        if got != pushed.sha256:  # what ran is not what we pushed (replaced or rotted on the device)
+            try:
+                conn.run(q(["rm", "-f", pushed.path]), timeout=30)  # the next push sends it again
+            except Exception:
+                pass
+            raise DeviceError(f"the artifact the device ran is not the one pushed: sha256 {str(got)[:12]}, "
+                              f"expected {pushed.sha256[:12]} ({pushed.path}); removed it", device=device.name,
+                              hint="rerun to send it again; if it persists, check the device's storage")
     finally:
         if own:
             conn.close()
@@ -207,7 +233,9 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     for key in ("peak_rss_mb", "notes", "fallback", "engine", "trtexec"):
         if data.get(key) is not None:
             out[key] = data[key]
-    measured_s = sum(data.get("samples_ms") or []) / 1e3 if data.get("samples_ms") else None
+    measured_s = data.get("measured_s")  # of all samples (the runner may report a thinned list)
+    if measured_s is None and data.get("samples_ms"):
+        measured_s = sum(data["samples_ms"]) / 1e3
     out["timing"] = {"wall_s": round(time.perf_counter() - t_start, 4), "connect_s": round(t_conn - t_start, 4),
                      "push_s": round(t_run - t_conn, 4), "remote_s": round(t_done - t_run, 4),
                      "measured_s": round(measured_s, 4) if measured_s is not None else None,
@@ -216,10 +244,9 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     out["host"] = device.describe()
     _add_protocol(out, data, opts)
     if opts.conditions:
-        from edgeopt.devices import conditions as C
-        verdict = C.assess(before, after, data.get("cpu_during"), opts.thresholds)
+        verdict = conditions.assess(before, after, data.get("cpu_during"), opts.thresholds)
         out["conditions"] = {"before": before, "after": after, "cpu_during": data.get("cpu_during"),
-                             "thresholds": (opts.thresholds or C.Thresholds()).to_dict(), **verdict}
+                             "thresholds": (opts.thresholds or conditions.Thresholds()).to_dict(), **verdict}
         out["clean"] = verdict["clean"]
         facts = dict((before or {}).get("facts") or {})
         if facts:
@@ -228,40 +255,31 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
         out["samples_ms"] = data["samples_ms"]
         if data.get("timestamps_s") is not None:
             out["timestamps_s"] = data["timestamps_s"]
-    return out
+    return sanitize.result(out)  # device strings (facts, conditions, runtime) are data: no control characters
 
 
-_RUN_MARK, _AFTER_MARK = "@@edgeopt-runner", "@@edgeopt-after"
-
-
-def _with_conditions(runner_cmd: str) -> str:
-    """One remote command: conditions probe, the runner (its exit status kept), conditions probe again.
-    The probes read nothing from stdin (the runner's source arrives there)."""
-    from edgeopt.devices import conditions as C
-    probe = f"{{ {C.command()}; }} </dev/null 2>/dev/null"
-    return (f"{probe}; echo {_RUN_MARK}; {runner_cmd}; rc=$?; echo; echo {_AFTER_MARK}; {probe}; exit $rc")
+_RUN_MARK, _AFTER_MARK = PROBE_MARKS
 
 
 def _split_conditions(res):
-    """(before, runner result, after) from the output of :func:`_with_conditions`."""
-    import dataclasses
-    from edgeopt.devices import conditions as C
+    """(before, runner result, after) from the output of a runner given ``--probe`` (it prints the probe's
+    output, the RUN mark, its JSON, the AFTER mark and the second probe's output)."""
     out = res.out
     before = after = None
     if _RUN_MARK in out:
         head, out = out.split(_RUN_MARK, 1)
-        before = C.parse(head)
+        before = conditions.parse(head)
         before["t"] = time.time() - res.seconds
     if _AFTER_MARK in out:
         out, tail = out.rsplit(_AFTER_MARK, 1)
-        after = C.parse(tail)
+        after = conditions.parse(tail)
         after["t"] = time.time()
-    return before, dataclasses.replace(res, stdout=out.encode("utf-8")), after
+    return before, replace(res, stdout=out.encode("utf-8")), after
 
 
 def _add_protocol(out: dict, data: dict, opts: BenchOptions) -> None:
     """Host-side statistics from the raw samples: percentiles, CV, bootstrap CIs, unstable, drift."""
-    from edgeopt.results import stats
+    from edgeopt.results import stats  # imports numpy: loaded in the background by _prefetch_stats
     cv_thr = stats.CV_THRESHOLD if opts.cv_threshold is None else float(opts.cv_threshold)
     out["protocol"] = {"warmup_seconds": float(opts.warmup_seconds), "sustained": float(opts.sustained or 0),
                        "cv_threshold": cv_thr, "bootstrap": {"n": stats.N_BOOT, "seed": stats.SEED}}
@@ -274,6 +292,9 @@ def _add_protocol(out: dict, data: dict, opts: BenchOptions) -> None:
         if data.get("trtexec"):  # trtexec's own summary stays authoritative; the samples add what it lacks
             lat = {**lat, **{k: v for k, v in (out.get("latency_ms") or {}).items() if v is not None}}
             out["latency_source"] = "trtexec summary; cv, ci95 from its exported times"
+        elif data.get("samples_total"):  # a thinned list: the runner's percentiles are of all samples
+            lat = {**lat, **{k: v for k, v in (out.get("latency_ms") or {}).items() if v is not None}}
+            out["samples_total"] = data["samples_total"]
         out["latency_ms"] = {**{k: lat.get(k) for k in SPEC_KEYS}, **{k: v for k, v in lat.items()
                                                                     if k not in SPEC_KEYS}}
         out["ci95"] = {"p50": s["ci95"]["p50"], "mean": s["ci95"]["mean"]}
@@ -289,7 +310,6 @@ def _add_protocol(out: dict, data: dict, opts: BenchOptions) -> None:
 
 def _prefetch_stats():
     """Import numpy (for the host-side statistics) while the devices connect and measure."""
-    import threading
 
     def imp():
         try:
@@ -312,8 +332,16 @@ def for_each_device(devices: list[Device], fn) -> list:
                     "exit_code": 3}
     if len(devices) == 1:
         return [one(devices[0])]
-    with ThreadPoolExecutor(max_workers=min(32, len(devices))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(32, len(devices)))
+    try:
         return list(pool.map(one, devices))
+    except BaseException:
+        # Ctrl-C: end every device's command now (their runners stop and free the device locks) instead of
+        # waiting for all the benchmarks to finish
+        abort_all()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def bench_devices(devices: list[Device], artifact: str, opts: BenchOptions | None = None,

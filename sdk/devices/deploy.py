@@ -7,20 +7,27 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 
+import edgeopt
+from edgeopt import __version__, targets
 from edgeopt.devices.bench import BenchOptions, bench_device, for_each_device
 from edgeopt.devices.connection import connect
 from edgeopt.errors import UsageError
 from edgeopt.devices.inventory import Device
 from edgeopt.devices.push import push, sha256_file
+from edgeopt.runtime import check_artifact_name
 
 __all__ = ["convert_cached", "deploy", "cache_key"]
 
 STAMP = ".edgeopt-deploy-key"
+# Distributions whose versions change what a conversion produces: part of the cache key.
+TOOLCHAIN = ("tensorflow", "keras", "tf_keras", "onnx", "onnxruntime", "onnx2tf", "numpy")
 
 
 def _hash_path(path: str, h) -> None:
@@ -37,7 +44,6 @@ def _hash_path(path: str, h) -> None:
 
 def cache_key(model: str, target: str, options: dict) -> str:
     """sha256 over the model's bytes, the target, the convert options (data files by content) and edgeopt's version."""
-    from edgeopt import __version__
     h = hashlib.sha256()
     _hash_path(model, h)
     h.update(b"\0target=" + target.encode())
@@ -49,7 +55,70 @@ def cache_key(model: str, target: str, options: dict) -> str:
         else:
             h.update(json.dumps(v, sort_keys=True, default=str).encode())
     h.update(b"\0edgeopt=" + __version__.encode())
+    h.update(b"\0toolchain=" + json.dumps(toolchain_versions(), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def toolchain_versions() -> dict:
+    """Installed versions of the converter stack (package metadata only: nothing is imported)."""
+    res = {}
+    for dist in TOOLCHAIN:
+        try:
+            res[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            res[dist] = None
+    return res
+
+
+@contextlib.contextmanager
+def _entry_lock(out: str, cache_root: str | None):
+    """Hold an exclusive lock on one cache entry: two deploys of the same model convert it once, in turn.
+
+    The lock file lives in the cache root (never beside a user's --out), named after the entry's path; an
+    flock is released by the kernel when a process dies, so a crashed deploy leaves no stale lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (conversions stage and rename, so a race costs time, not files)
+        yield
+        return
+    root = Path(cache_root) if cache_root else _default_cache_root()
+    name = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:32] + ".lock"
+    try:
+        (root / ".locks").mkdir(parents=True, exist_ok=True)
+        f = open(root / ".locks" / name, "a+")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _reusable(out: str, key: str) -> dict | None:
+    """The manifest of a finished cache entry for ``key`` whose primary artifact is intact, else None."""
+    stamp, mpath = Path(out) / STAMP, Path(out) / "manifest.json"
+    try:
+        if not (stamp.is_file() and mpath.is_file() and stamp.read_text().strip() == key):
+            return None
+        manifest = json.loads(mpath.read_text())
+        art = manifest["artifacts"][0]
+        name = art["file"]
+    except (ValueError, KeyError, IndexError, TypeError, OSError):
+        return None
+    try:  # a manifest is data: an artifact outside the entry's directory is never read or pushed
+        check_artifact_name(name)
+    except ValueError as e:
+        raise UsageError(f"{mpath}: {e}") from None
+    try:
+        if sha256_file(str(Path(out) / name)) == art["sha256"]:
+            return manifest
+    except (KeyError, OSError):
+        pass
+    return None
 
 
 def _default_cache_root() -> Path:
@@ -61,13 +130,10 @@ def _default_cache_root() -> Path:
 def convert_cached(model: str, target: str, out: str | None = None, cache_root: str | None = None,
                    **options) -> tuple[dict, str, bool]:
     """(manifest, output dir, reused) — runs ``edgeopt.convert`` only when the key changed."""
-    import edgeopt
-    from edgeopt import targets as T
-
     if not os.path.exists(model):
         raise UsageError(f"{model}: no such file or directory")
     try:
-        tname = T.get(target).name
+        tname = targets.get(target).name
     except KeyError as e:
         raise UsageError(e.args[0]) from None
     options = {k: v for k, v in options.items() if v is not None and v != [] and v != ()}
@@ -75,37 +141,40 @@ def convert_cached(model: str, target: str, out: str | None = None, cache_root: 
     if out is None:
         stem = Path(model.rstrip("/")).name.split(".")[0] or "model"
         out = str(Path(cache_root) if cache_root else _default_cache_root()) + f"/{stem}-{tname}-{key[:12]}"
-    stamp = Path(out) / STAMP
-    mpath = Path(out) / "manifest.json"
-    if stamp.is_file() and mpath.is_file() and stamp.read_text().strip() == key:
+    manifest = _reusable(out, key)
+    if manifest is not None:
+        return manifest, out, True
+    with _entry_lock(out, cache_root):
+        manifest = _reusable(out, key)  # another deploy may have converted it while this one waited
+        if manifest is not None:
+            return manifest, out, True
+        manifest = edgeopt.convert(model, target=tname, out=out, **options)
         try:
-            manifest = json.loads(mpath.read_text())
-            art = manifest["artifacts"][0]
-            if sha256_file(str(Path(out) / art["file"])) == art["sha256"]:
-                return manifest, out, True
-        except (ValueError, KeyError, IndexError, OSError):
+            (Path(out) / STAMP).write_text(key + "\n")
+        except OSError:
             pass
-    manifest = edgeopt.convert(model, target=tname, out=out, **options)
-    try:
-        stamp.write_text(key + "\n")
-    except OSError:
-        pass
     return manifest, out, False
 
 
 def deploy(model: str, target: str, devices: list[Device], out: str | None = None, calib=None, val=None,
            input_shapes=None, mean=None, std=None, io=None, bench: BenchOptions | None = None,
            no_bench: bool = False, accept_new: bool = False, cache_root: str | None = None,
-           convert_options: dict | None = None) -> dict:
+           convert_options: dict | None = None, trust_model_code: bool = False) -> dict:
     """Convert (or reuse), then push and bench on every device in parallel.
+
+    ``trust_model_code`` lets the conversion load a model whose file can run code (Keras Lambda layers);
+    it is part of the cache key.
 
     Returns ``{"manifest": ..., "results": [...], "out": DIR, "converted": bool}``; a device's failure is an
     entry ``{"device", "error", "hint", "exit_code"}`` in ``results``.
     """
     manifest, out_dir, reused = convert_cached(model, target, out=out, cache_root=cache_root, calib=calib, val=val,
                                                input_shapes=input_shapes, mean=mean, std=std, io=io,
-                                               **(convert_options or {}))
-    primary = os.path.join(out_dir, manifest["artifacts"][0]["file"])
+                                               **_with_trust(convert_options, trust_model_code))
+    try:
+        primary = os.path.join(out_dir, check_artifact_name(manifest["artifacts"][0]["file"]))
+    except ValueError as e:
+        raise UsageError(f"{out_dir}/manifest.json: {e}") from None
     opts = bench or BenchOptions()
 
     def one(dev: Device) -> dict:
@@ -120,3 +189,11 @@ def deploy(model: str, target: str, devices: list[Device], out: str | None = Non
     results = for_each_device(devices, one) if devices else []
     return {"manifest": {k: v for k, v in manifest.items() if not k.startswith("_")}, "results": results,
             "out": out_dir, "converted": not reused}
+
+
+def _with_trust(convert_options: dict | None, trust_model_code: bool) -> dict:
+    """The convert options with ``trust_model_code`` set only when asked for (the cache key of others is kept)."""
+    opts = dict(convert_options or {})
+    if trust_model_code:
+        opts["trust_model_code"] = True
+    return opts

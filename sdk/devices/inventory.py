@@ -20,11 +20,13 @@ Any problem is a :class:`edgeopt.errors.UsageError` (exit code 2) naming the fil
 """
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edgeopt import targets
 from edgeopt.errors import UsageError
 
 __all__ = ["Device", "Inventory", "load", "find", "local_device", "parse_jump", "ssh_config_lookup"]
@@ -33,6 +35,8 @@ ENV = "EDGEOPT_INVENTORY"
 DEFAULT_NAME = "edgeopt.toml"
 DEFAULT_WORKDIR = "~/.edgeopt"
 
+_TYPE_NAMES = {"port": "a whole number (1-65535)", "identity": "a path or a list of paths (strings)",
+               "connect_timeout": "a number of seconds", "command_timeout": "a number of seconds"}
 _KEYS = {"host": str, "port": int, "user": str, "identity": (str, list), "known_hosts": str,
          "proxy_jump": str, "target": str, "python": str, "workdir": str, "connect_timeout": (int, float),
          "command_timeout": (int, float), "trtexec": str, "description": str}
@@ -77,7 +81,6 @@ class Inventory:
 
     def get(self, name: str) -> Device:
         if name not in self.devices:
-            import difflib
             close = difflib.get_close_matches(name, list(self.devices), n=3)
             where = f" in {self.path}" if self.path else ""
             hint = f"did you mean {' or '.join(close)}?" if close else (
@@ -95,8 +98,7 @@ class Inventory:
         if all_devices:
             return list(self.devices.values())
         if family:
-            from edgeopt import targets as T
-            return [d for d in self.devices.values() if d.target and T.in_family(d.target, family)]
+            return [d for d in self.devices.values() if d.target and targets.in_family(d.target, family)]
         return []
 
 
@@ -150,7 +152,7 @@ def ssh_config_lookup(alias: str, config_path: str | None = None) -> dict:
 
 
 def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
-    """``[user@]host[:port]`` (or ``ssh://user@host:port``) -> (user, host, port)."""
+    """``[user@]host[:port]`` (or ``ssh://user@host:port``) -> (user, host, port); ValueError if malformed."""
     s = spec.strip()
     if s.startswith("ssh://"):
         s = s[6:]
@@ -161,13 +163,26 @@ def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
     if s.startswith("["):  # [v6]:port
         host, _, rest = s[1:].partition("]")
         if rest.startswith(":"):
-            port = int(rest[1:])
+            port = _port(rest[1:], spec)
     elif s.count(":") == 1:
         host, p = s.split(":")
-        port = int(p)
+        port = _port(p, spec)
     else:
         host = s
+    if not host.strip():
+        raise ValueError(f"{spec!r}: no host")
     return user, host, port
+
+
+def _port(text: str, spec: str) -> int:
+    """A TCP port from text; ValueError naming ``spec`` otherwise."""
+    try:
+        port = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{spec!r}: port {text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{spec!r}: port {port} out of range")
+    return port
 
 
 def _resolve_path(base: Path | None, value: str) -> str:
@@ -184,7 +199,10 @@ def _apply_ssh_config(dev: Device, cfg: dict, explicit: set, base: Path | None, 
     if "user" in cfg and "user" not in explicit:
         dev.user = cfg["user"]
     if "port" in cfg and "port" not in explicit:
-        dev.port = int(cfg["port"])
+        try:
+            dev.port = _port(cfg["port"], f"Port {cfg['port']}")
+        except ValueError as e:
+            raise UsageError(f"device {dev.name}: ssh config for {dev.host}: {e}") from None
     if cfg.get("identityfile"):
         extra = [_resolve_path(None, p) for p in cfg["identityfile"]]
         dev.identities += [p for p in extra if p not in dev.identities]
@@ -208,7 +226,12 @@ def _resolve_jumps(spec: str, dev: Device, base, inv_devices: dict, ssh_config, 
             hops += hop.proxy_jump
             hops.append(replace(hop, proxy_jump=[]))
             continue
-        user, host, port = parse_jump(part)
+        try:
+            user, host, port = parse_jump(part)
+        except ValueError as e:
+            raise UsageError(f"device {dev.name}: proxy_jump {e}",
+                             hint="proxy_jump takes an inventory device, an ~/.ssh/config alias or "
+                                  "[user@]host[:port], comma-separated") from None
         hop = Device(name=part, host=host, known_hosts=dev.known_hosts, connect_timeout=dev.connect_timeout)
         explicit = set()
         if user:
@@ -228,13 +251,20 @@ def _build_device(name: str, raw, base: Path | None, inv_devices: dict, ssh_conf
         raise UsageError(f"[devices.{name}] must be a table")
     for key, value in raw.items():
         if key not in _KEYS:
-            import difflib
             close = difflib.get_close_matches(key, list(_KEYS), n=1)
             raise UsageError(f"device {name}: unknown key {key!r}",
                              hint=f"did you mean {close[0]!r}?" if close else f"keys: {', '.join(_KEYS)}")
         typ = _KEYS[key]
         if not isinstance(value, typ) or isinstance(value, bool):
-            raise UsageError(f"device {name}: {key} = {value!r} has the wrong type")
+            raise UsageError(f"device {name}: {key} = {value!r} has the wrong type",
+                             hint=f"{key} takes {_TYPE_NAMES.get(key, 'a string')}")
+        if key == "identity" and isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+            raise UsageError(f"device {name}: identity = {value!r} has the wrong type",
+                             hint=_TYPE_NAMES["identity"])
+        if isinstance(value, str) and "\0" in value:
+            raise UsageError(f"device {name}: {key} holds a NUL character")
+        if key in ("connect_timeout", "command_timeout") and not 0 < value < float("inf"):
+            raise UsageError(f"device {name}: {key} = {value!r} must be a positive number of seconds")
     if "host" not in raw or not str(raw["host"]).strip():
         raise UsageError(f"device {name}: no host", hint='add host = "192.0.2.10" (or an ~/.ssh/config alias)')
     explicit = set(raw)
@@ -249,9 +279,8 @@ def _build_device(name: str, raw, base: Path | None, inv_devices: dict, ssh_conf
     if "known_hosts" in raw:
         dev.known_hosts = _resolve_path(base, raw["known_hosts"])
     if "target" in raw:
-        from edgeopt import targets as T
         try:
-            dev.target = T.get(raw["target"]).name
+            dev.target = targets.get(raw["target"]).name
         except KeyError as e:
             raise UsageError(f"device {name}: {e.args[0]}") from None
     dev.python = raw.get("python", "python3")
@@ -288,7 +317,10 @@ def load(path: str | os.PathLike | None = None, cwd: str | None = None, ssh_conf
     devices = {}
     for name, raw in raw_devices.items():
         try:
-            devices[name] = _build_device(name, raw, base, raw_devices, ssh_config)
+            try:
+                devices[name] = _build_device(name, raw, base, raw_devices, ssh_config)
+            except (ValueError, TypeError, AttributeError) as e:  # a value no check above foresaw: still exit 2
+                raise UsageError(f"device {name}: invalid entry ({e})") from None
         except UsageError as e:
             if str(p) not in e.message:
                 e.message = f"inventory {p}: {e.message}"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 
+from edgeopt import targets
+from edgeopt.results import sanitize
 from edgeopt.devices.connection import q
 
 __all__ = ["command", "parse", "parse_sections", "parse_uname", "parse_dt_model", "parse_tegra_release",
@@ -42,8 +44,9 @@ for mod, dists in (("numpy", ("numpy",)), ("ai_edge_litert", ("ai-edge-litert", 
     if found:
         r["modules"][mod] = {"version": ver(*dists)}
 try:
-    import onnxruntime as o
-    r["modules"]["onnxruntime"] = {"version": o.__version__, "providers": list(o.get_available_providers())}
+    import onnxruntime
+    r["modules"]["onnxruntime"] = {"version": onnxruntime.__version__,
+                                   "providers": list(onnxruntime.get_available_providers())}
 except Exception:
     pass
 print(json.dumps(r))
@@ -196,15 +199,6 @@ def parse(text: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------- assess
 
-_BOARD_WORDS = {
-    "rpi4": ("Raspberry Pi 4", "Compute Module 4", "Raspberry Pi 400"),
-    "rpi5": ("Raspberry Pi 5", "Compute Module 5", "Raspberry Pi 500"),
-    "jetson-orin-nano": ("Orin Nano",),
-    "jetson-orin-nx": ("Orin NX",),
-    "jetson-agx-orin": ("AGX Orin",),
-}
-
-
 def assess(info: dict, target: str | None) -> list[str]:
     """Warnings where the probed device does not fit its declared target (empty list: it fits)."""
     warnings = []
@@ -215,26 +209,27 @@ def assess(info: dict, target: str | None) -> list[str]:
         warnings.append("numpy is missing on the device (the runner needs it): pip install numpy")
     if not target:
         return warnings
-    from edgeopt import targets as T
     try:
-        t = T.get(target)
+        t = targets.get(target)
     except KeyError:
         return warnings + [f"unknown target {target!r}"]
     arch, model, rts = info.get("arch"), info.get("model"), info.get("runtimes") or {}
-    if arch and t.cpu_arch and arch != t.cpu_arch and t.name != "coral-usb":
+    # what is checked comes from the profile's fields (board_probe, board_models, runtime), not its family
+    if arch and t.cpu_arch and arch != t.cpu_arch and not t.any_host_arch:
         warnings.append(f"declared {t.name} ({t.cpu_arch}) but the device is {arch}")
-    if t.family == "rpi":
+    if t.board_probe == "raspberrypi":
         if model and "Raspberry Pi" not in model:
             warnings.append(f"declared {t.name} but the board is {model!r}")
-        elif model and not any(w in model for w in _BOARD_WORDS[t.name]):
+        elif model and t.board_models and not any(w in model for w in t.board_models):
             warnings.append(f"declared {t.name} but the board is {model!r}")
         elif not model and arch == t.cpu_arch:
             warnings.append(f"declared {t.name} but no device-tree model says so")
-    if t.family == "jetson":
+    if t.board_probe == "tegra":
         if info.get("tegra") is None and not (model and "Jetson" in model):
             warnings.append(f"declared {t.name} but this is not a Jetson (no /etc/nv_tegra_release)")
-        elif model and "Jetson" in model and not any(w in model for w in _BOARD_WORDS.get(t.name, ())):
+        elif model and "Jetson" in model and t.board_models and not any(w in model for w in t.board_models):
             warnings.append(f"declared {t.name} but the board is {model!r}")
+    if t.runtime == "tensorrt":
         if "trtexec" not in rts:
             warnings.append("no TensorRT (trtexec): ONNX artifacts will run on onnxruntime instead")
         if "onnxruntime" not in rts and "trtexec" not in rts:
@@ -254,6 +249,6 @@ def probe(conn, python: str | None = None, workdir: str | None = None, target: s
     """Run the probe on a connection; returns the parsed info plus ``warnings``."""
     dev = conn.device
     res = conn.run(command(python or dev.python, workdir or dev.workdir, dev.trtexec), timeout=60)
-    info = parse(res.out)
+    info = sanitize.result(parse(res.out))  # the device's words are data: no control characters
     info["warnings"] = assess(info, target if target is not None else dev.target)
     return info

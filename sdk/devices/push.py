@@ -1,6 +1,7 @@
 """Content-addressed upload: ``<workdir>/artifacts/<sha256>/<file name>``.
 
-An artifact already at its final path (same hash) is not sent again (0 bytes). Otherwise it goes to a
+An artifact already at its final path is not sent again (0 bytes) when its size and sha256 on the device
+match (a stored file changed behind our back, even at the same size, is sent again). Otherwise it goes to a
 hidden temporary name next to the final one, its size and sha256 are checked on the device, and only then
 is it renamed into place (``mv`` within one directory: atomic). After any failure nothing sits at a final
 path; stale temporaries (untouched for 2 minutes) are cleared by the next push of that artifact. A progress bar shows on a terminal.
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from edgeopt.devices.connection import Connection, q
-from edgeopt.errors import DeviceError
+from edgeopt.errors import DeviceError, UsageError
 from edgeopt.hashing import sha256_file
 
 __all__ = ["PushResult", "push", "sha256_file", "remote_path"]
@@ -40,13 +41,19 @@ _HASH_PY = ("import hashlib,sys\nh=hashlib.sha256()\nf=open(sys.argv[1],'rb')\n"
             "for b in iter(lambda: f.read(1<<20), b''): h.update(b)\nprint(h.hexdigest())")
 
 
-def _verify_and_rename(tmp: str, final: str, python: str, size: int, sha: str) -> str:
-    """One round trip: hash + size of the temp file; rename into place only when both match."""
-    t, f = q([tmp]), q([final])
+def _hash_into_h(path: str, python: str) -> str:
+    """Shell that sets ``$h`` to the sha256 of ``path`` on the device."""
+    t = q([path])
     # openssl uses the CPU's SHA extensions (3-4x faster than coreutils' sha256sum on x86 and ARMv8)
     return (f"if command -v openssl >/dev/null 2>&1; then h=$(openssl dgst -sha256 -r < {t} | cut -d' ' -f1); "
             f"elif command -v sha256sum >/dev/null 2>&1; then h=$(sha256sum < {t} | cut -d' ' -f1); "
-            f"else h=$({q([python])} -c {q([_HASH_PY])} {t}); fi; s=$(wc -c < {t} | tr -d ' '); "
+            f"else h=$({q([python])} -c {q([_HASH_PY])} {t}); fi")
+
+
+def _verify_and_rename(tmp: str, final: str, python: str, size: int, sha: str) -> str:
+    """One round trip: hash + size of the temp file; rename into place only when both match."""
+    t, f = q([tmp]), q([final])
+    return (f"{_hash_into_h(tmp, python)}; s=$(wc -c < {t} | tr -d ' '); "
             f"if [ \"$s\" = {size} ] && [ \"$h\" = {sha} ]; then mv -f {t} {f} && echo ok; "
             f"else rm -f {t}; echo \"bad $s $h\"; fi")
 
@@ -57,7 +64,6 @@ def push(conn: Connection, local: str, workdir: str, name: str | None = None, pr
     ``Connection.expand``). Returns where it is and what was sent."""
     dev = conn.device
     if not os.path.isfile(local):
-        from edgeopt.errors import UsageError
         raise UsageError(f"{local}: no such file")
     size = os.path.getsize(local)
     sha = sha256_file(local)
@@ -67,15 +73,23 @@ def push(conn: Connection, local: str, workdir: str, name: str | None = None, pr
     final = remote_path(workdir, sha, name)
     folder = os.path.dirname(final)
     t0 = time.perf_counter()
-    # Already there? (a final path only ever holds a verified file); else make the folder, clear stale temps.
-    res = conn.run(f"if [ -f {q([final])} ]; then wc -c < {q([final])}; else mkdir -p {q([folder])} && "
+    # Already there? Size, then sha256 (a final path only ever holds a verified file, but storage rots and
+    # files get replaced); else make the folder and clear stale temps.
+    f_q = q([final])
+    res = conn.run(f"if [ -f {f_q} ]; then s=$(wc -c < {f_q} | tr -d ' '); h=-; "
+                   f"if [ \"$s\" = {size} ]; then {_hash_into_h(final, python or dev.python)}; fi; "
+                   f"echo \"have $s $h\"; else mkdir -p {q([folder])} && "
                    f"find {q([folder])} -maxdepth 1 -name {q(['.' + name + '.part-*'])} -mmin +2 -exec rm -f {{}} + "
-                   f"2>/dev/null; echo missing; fi", timeout=60)
+                   f"2>/dev/null; echo missing; fi", timeout=600)
     if res.rc != 0:
         raise DeviceError(f"cannot prepare {folder}: {(res.err or res.out).strip()}", device=dev.name)
-    out = res.out.strip()
-    if out.isdigit() and int(out) == size:
-        return PushResult(final, sha, 0, time.perf_counter() - t0, True)
+    out = res.out.split()
+    if out[:1] == ["have"]:
+        if out[1:] == [str(size), sha]:
+            return PushResult(final, sha, 0, time.perf_counter() - t0, True)
+        # not what we would send: replace it (the rename below overwrites it only after verification)
+        sys.stderr.write(f"warning: {dev.name}: the stored {name} does not match its sha256 {sha[:12]}; "
+                         f"sending it again\n")
     tmp = f"{folder}/.{name}.part-{secrets.token_hex(6)}"
     bar = _progress(progress, dev.name, name, size)
     try:

@@ -6,9 +6,10 @@
 """
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+
+from edgeopt.results.private_file import write_private
 
 __all__ = ["Case", "write", "bench_cases"]
 
@@ -44,11 +45,7 @@ def write(path: str, suite: str, cases: list[Case]) -> None:
         if c.out:
             ET.SubElement(tc, "system-out").text = c.out
     ET.indent(root)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, path)
+    write_private(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def _numbers(r: dict) -> str:

@@ -16,7 +16,9 @@ from html import escape
 
 import numpy as np
 
+from edgeopt import __version__
 from edgeopt.results import sanitize, svgplot
+from edgeopt.results.compare import compare
 
 __all__ = ["html", "markdown", "label_of"]
 
@@ -233,7 +235,6 @@ def _manifest_html(r: dict) -> str:
 
 
 def _comparison_html(results: list[dict]) -> str:
-    from edgeopt.results.compare import compare
     try:
         rep = compare([results[0]], [results[1]])
     except Exception as e:  # a report never fails on the comparison
@@ -256,7 +257,6 @@ def _comparison_html(results: list[dict]) -> str:
 
 
 def html(results: list[dict], title: str = "edgeopt benchmark report") -> str:
-    from edgeopt import __version__
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results = [sanitize.result(r) for r in results]
     labels = [label_of(r, i) for i, r in enumerate(results)]
@@ -323,7 +323,6 @@ def markdown(results: list[dict], title: str = "edgeopt benchmark") -> str:
                      f"{_md_number(lat.get('p90'))} | {_md_number(lat.get('p99'))} | {_md_number(lat.get('cv'))} | "
                      f"{_md_number(r.get('runs'))} | {st} |")
     if len(results) == 2:
-        from edgeopt.results.compare import compare
         try:
             p = compare([results[0]], [results[1]])["pairs"][0]
             icon = {"regression": "🔴", "slower": "🟡", "faster": "🟢", "same": "⚪"}[p["verdict"]]

@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+from .build import onnx_graph, save_arrays
+
 VENV_REQS = {
     "litert": ["numpy==1.26.4", "ai-edge-litert==2.1.0"],
     "ort": ["numpy==1.26.4", "onnxruntime==1.23.0"],
@@ -77,40 +79,22 @@ def onnx_conv_nhwc(path: str) -> str:
     """A tiny float ONNX model whose input is NHWC (1,8,8,3): as if a converter had turned NCHW into NHWC.
 
     x (1,8,8,3) -> Transpose to NCHW -> Conv 3->4 (3x3, pad 1) -> Relu -> y (1,4,8,8)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
-    g = helper.make_graph(
-        [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
-         helper.make_node("Conv", ["xt", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["c"], ["y"])],
-        "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, b])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, path)
+    onnx_graph([("Transpose", ["x"], ["xt"], {"perm": [0, 3, 1, 2]}),
+                ("Conv", ["xt", "w", "b"], ["c"], {"pads": [1, 1, 1, 1]}), ("Relu", ["c"], ["y"])],
+               {"x": [1, 8, 8, 3]}, {"y": [1, 4, 8, 8]},
+               {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                "b": rng.standard_normal(4).astype(np.float32)}, path=path, name="nhwc")
     return path
 
 
 def onnx_int8_io(path: str) -> str:
     """A tiny ONNX model with int8 input and output: xq -> Dequantize(0.5, 3) -> Relu -> Quantize(0.25, -2) -> yq."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    init = [numpy_helper.from_array(np.array(0.5, np.float32), "s_in"),
-            numpy_helper.from_array(np.array(3, np.int8), "z_in"),
-            numpy_helper.from_array(np.array(0.25, np.float32), "s_out"),
-            numpy_helper.from_array(np.array(-2, np.int8), "z_out")]
-    g = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["xq", "s_in", "z_in"], ["x"]),
-         helper.make_node("Relu", ["x"], ["r"]),
-         helper.make_node("QuantizeLinear", ["r", "s_out", "z_out"], ["yq"])],
-        "q", [helper.make_tensor_value_info("xq", TensorProto.INT8, [1, 6])],
-        [helper.make_tensor_value_info("yq", TensorProto.INT8, [1, 6])], init)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, path)
+    onnx_graph([("DequantizeLinear", ["xq", "s_in", "z_in"], ["x"]), ("Relu", ["x"], ["r"]),
+                ("QuantizeLinear", ["r", "s_out", "z_out"], ["yq"])],
+               {"xq": ([1, 6], "int8")}, {"yq": ([1, 6], "int8")},
+               {"s_in": np.array(0.5, np.float32), "z_in": np.array(3, np.int8),
+                "s_out": np.array(0.25, np.float32), "z_out": np.array(-2, np.int8)}, path=path, name="q")
     return path
 
 
@@ -159,11 +143,8 @@ def fm_files(work, fmnist) -> dict:
     """calibration (200 training images) and validation (all 10,000 test images) .npy files, NCHW."""
     if "fm_files" not in _cache:
         xtr, _, xte, _ = fmnist
-        paths = {"calib": os.path.join(str(work), "fw_calib_nchw.npy"),
-                 "val": os.path.join(str(work), "fw_val10k_nchw.npy")}
-        np.save(paths["calib"], xtr[:200, None])
-        np.save(paths["val"], xte[:, None])
-        _cache["fm_files"] = paths
+        paths = save_arrays(work, fw_calib_nchw=xtr[:200, None], fw_val10k_nchw=xte[:, None])
+        _cache["fm_files"] = {"calib": paths["fw_calib_nchw"], "val": paths["fw_val10k_nchw"]}
     return _cache["fm_files"]
 
 

@@ -1,54 +1,19 @@
-"""Shared pieces of the device commands (bench, deploy, devices): device selection and result output."""
+"""What the benchmark results of device commands (bench, deploy; devices for failures) become: the failures
+raised, the gates (--max-p90-ms, --require-clean) checked, the table, the JSON, the history and JUnit XML."""
 from __future__ import annotations
 
-import json
 import sys
 
-import typer
-
-
-def select_devices(inventory: str | None, device: list[str] | None, all_devices: bool, local: bool,
-                   family: str | None = None, local_target: str | None = None, command: str = "bench"):
-    """(devices, single): the devices asked for; ``single`` when exactly one was named (JSON: an object)."""
-    from edgeopt.devices import inventory as I
-    from edgeopt.errors import UsageError
-
-    chosen = sum(bool(x) for x in (device, all_devices, local))
-    if chosen > 1:
-        raise UsageError("give one of --device, --all, --local")
-    if local:
-        return [I.local_device(target=local_target)], True
-    inv = I.load(inventory)
-    if device:
-        devs = inv.select(device)
-        return devs, len(devs) == 1 and len(device) == 1 and "," not in device[0]
-    if all_devices:
-        if not inv.devices:
-            raise UsageError("--all: the inventory has no devices" if inv.path else
-                             "--all: no inventory (no edgeopt.toml here, no --inventory, no $EDGEOPT_INVENTORY)",
-                             hint="use --local to run on this machine")
-        return list(inv.devices.values()), False
-    if family is not None:
-        devs = inv.select(family=family)
-        if devs:
-            return devs, False
-        if inv.path is None:  # no lab at all: this machine is the device
-            sys.stderr.write("note: no inventory, deploying to this machine (--local)\n")
-            return [I.local_device(target=local_target)], False
-        raise UsageError(f"no device in {inv.path} has a target in the {family} family",
-                         hint="name devices with --device, or use --local")
-    if inv.path is None:
-        sys.stderr.write("note: no inventory, benchmarking on this machine (--local)\n")
-        return [I.local_device(target=local_target)], True
-    raise UsageError(f"{command}: which devices? give --device NAME[,NAME...], --all or --local",
-                     hint=f"devices in {inv.path}: {', '.join(inv.devices) or 'none'}")
+from edgeopt.cli import console, styled
 
 
 def failures(results: list[dict]) -> list[dict]:
+    """The entries of devices that failed (``{"device", "error", "hint", "exit_code"}``)."""
     return [r for r in results if "error" in r]
 
 
 def raise_for_failures(results: list[dict]):
+    """Raise the failure of the one device that failed (its exit code), or a DeviceError naming all of them."""
     from edgeopt.errors import DeviceError, EdgeoptError
 
     bad = failures(results)
@@ -63,6 +28,7 @@ def raise_for_failures(results: list[dict]):
 
 
 def check_p90(results: list[dict], max_p90_ms: float | None):
+    """--max-p90-ms: a GateError naming every device whose p90 is over the budget."""
     if max_p90_ms is None:
         return
     from edgeopt.errors import GateError
@@ -75,33 +41,37 @@ def check_p90(results: list[dict], max_p90_ms: float | None):
 
 
 def public(result: dict, samples: bool = True) -> dict:
+    """A result as the JSON output shows it: without the raw samples under --no-samples."""
     return {k: v for k, v in result.items() if samples or k not in ("samples_ms", "timestamps_s")}
 
 
-def store_history(results: list[dict], history: str | None, command: str, manifest: dict | None = None,
-                  artifact: str | None = None, quiet: bool = False) -> None:
-    """Store the successful results in the history DB (sets result['id']); a DB problem is a warning only."""
-    from edgeopt.results import history as H
+def store_history(results: list[dict], path: str | None, command: str, manifest: dict | None = None,
+                  artifact: str | None = None) -> None:
+    """Store the successful results in the history DB at ``path`` (--history; None: the default one) and set
+    result['id']; a problem with the default DB is a warning only."""
     from edgeopt.errors import EdgeoptError
+    from edgeopt.results import history
     if manifest is None and artifact:
-        manifest = H.manifest_for(artifact)
+        manifest = history.manifest_for(artifact)
     try:
-        H.store(results, history, manifest=manifest, command=command)
+        history.store(results, path, manifest=manifest, command=command)
     except EdgeoptError as e:
-        if history:  # asked for explicitly: an error
+        if path:  # asked for explicitly: an error
             raise
         sys.stderr.write(f"warning: results not stored: {e.message}\n")
 
 
 def write_junit(path: str | None, results: list[dict], command: str, max_p90_ms: float | None,
                 require_clean: bool = False) -> None:
+    """--junit: one testcase per device, failed by an error or a gate."""
     if not path:
         return
-    from edgeopt.results import junit as J
-    J.write(path, f"edgeopt {command}", J.bench_cases(results, command, max_p90_ms, require_clean))
+    from edgeopt.results import junit
+    junit.write(path, f"edgeopt {command}", junit.bench_cases(results, command, max_p90_ms, require_clean))
 
 
 def check_clean(results: list[dict], require_clean: bool):
+    """--require-clean: a GateError naming every device that was throttled, hot or loaded."""
     if not require_clean:
         return
     from edgeopt.errors import GateError
@@ -112,15 +82,10 @@ def check_clean(results: list[dict], require_clean: bool):
             hint="let the device cool down / go idle and run again")
 
 
-def echo_json(obj):
-    typer.echo(json.dumps(obj, indent=2))
-
-
 def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
     """A rich table of results (nothing when every device failed: the errors go to stderr)."""
     if not any("error" not in r for r in results):
         return
-    from edgeopt.cli import console
     from rich.table import Table
 
     c = console()
@@ -131,7 +96,7 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
     notes = []
     for r in results:
         if "error" in r:
-            t.add_row(r["device"], r.get("target") or "-", "[red]failed (see below)[/red]", "-", "-", "-", "-", "-",
+            t.add_row(r["device"], r.get("target") or "-", styled(("failed (see below)", "red")), "-", "-", "-", "-", "-",
                       "-", "-", "-", "-")
             continue
         rt = r.get("runtime") or {}
@@ -151,14 +116,14 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
         else:
             mb = tr["bytes"] / 1e6
             trs = f"{mb:.2f} MB in {tr['seconds']:.2f} s"
-        st = {True: "clean", False: "[red]not clean[/red]", None: "-"}[r.get("clean")]
+        st = [{True: "clean", False: ("not clean", "red"), None: "-"}[r.get("clean")]]
         if r.get("unstable"):
-            st += " [yellow]unstable[/yellow]"
+            st += [" ", ("unstable", "yellow")]
         if r.get("id"):
-            st += f" #{r['id']}"
+            st.append(f" #{r['id']}")
         t.add_row(r["device"], r.get("target") or "-", how, fmt(lat.get("p50")), fmt(lat.get("p90")),
                   fmt(lat.get("p99")), fmt(lat.get("mean")), "-" if lat.get("cv") is None else f"{lat['cv']:.3f}",
-                  str(r.get("runs", "-")), fmt(r.get("init_ms")), trs, st)
+                  str(r.get("runs", "-")), fmt(r.get("init_ms")), trs, styled(*st))
         for n in r.get("notes") or []:
             notes.append(f"{r['device']}: {n}")
         for n in (r.get("conditions") or {}).get("reasons") or []:

