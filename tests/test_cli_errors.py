@@ -4,16 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from edgeopt_testkit import edgeopt_cli, save_arrays
+from edgeopt_testkit import assert_one_error, edgeopt_cli, save_arrays
 
 
-def _bad(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert r.stderr.startswith("error:"), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    for n in needles:
-        assert n in r.stderr, (n, r.stderr)
-    return r.stderr
 
 
 @pytest.fixture()
@@ -23,21 +16,21 @@ def calib_tiny(tmp_path):
 
 
 def test_missing_model(tmp_path):
-    _bad(edgeopt_cli("convert", tmp_path / "nope.onnx", "--target", "rpi", "--calib", "random"), "nope.onnx",
+    assert_one_error(edgeopt_cli("convert", tmp_path / "nope.onnx", "--target", "rpi", "--calib", "random"), "nope.onnx",
          "no such file")
 
 
 def test_empty_model(tmp_path):
     p = tmp_path / "empty.onnx"
     p.write_bytes(b"")
-    _bad(edgeopt_cli("convert", p, "--target", "rpi", "--calib", "random"), "empty.onnx", "empty")
+    assert_one_error(edgeopt_cli("convert", p, "--target", "rpi", "--calib", "random"), "empty.onnx", "empty")
 
 
 def test_truncated_onnx(tmp_path, tiny_onnx, calib_tiny):
     data = open(tiny_onnx, "rb").read()
     p = tmp_path / "trunc.onnx"
     p.write_bytes(data[: len(data) // 2])
-    _bad(edgeopt_cli("convert", p, "--target", "rpi", "--calib", calib_tiny, "--out", tmp_path / "o"),
+    assert_one_error(edgeopt_cli("convert", p, "--target", "rpi", "--calib", calib_tiny, "--out", tmp_path / "o"),
          "trunc.onnx", "not a valid ONNX model")
     assert not (tmp_path / "o").exists()
 
@@ -46,19 +39,19 @@ def test_truncated_onnx(tmp_path, tiny_onnx, calib_tiny):
 def test_random_bytes(tmp_path, suffix):
     p = tmp_path / f"random{suffix}"
     p.write_bytes(np.random.default_rng(1).bytes(4096))
-    _bad(edgeopt_cli("convert", p, "--target", "rpi", "--calib", "random", "--out", tmp_path / "o"), p.name)
+    assert_one_error(edgeopt_cli("convert", p, "--target", "rpi", "--calib", "random", "--out", tmp_path / "o"), p.name)
     assert not (tmp_path / "o").exists()
 
 
 def test_unknown_target(tiny_onnx):
-    err = _bad(edgeopt_cli("convert", tiny_onnx, "--target", "jetsn", "--calib", "random"), "unknown target")
+    err = assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "jetsn", "--calib", "random"), "unknown target")
     assert "did you mean 'jetson'" in err
 
 
 def test_wrong_calib_shape(tmp_path, tiny_onnx):
     p = tmp_path / "c.npy"
     np.save(p, np.zeros((10, 8, 8, 3), np.float32))
-    err = _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", p, "--out", tmp_path / "o"),
+    err = assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", p, "--out", tmp_path / "o"),
                "'x'", "expected (N, 3, 8, 8)", "found (10, 8, 8, 3)")
     assert "transposed" in err
     assert not (tmp_path / "o").exists() and not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
@@ -67,25 +60,25 @@ def test_wrong_calib_shape(tmp_path, tiny_onnx):
 def test_calib_missing_input_name_npz(tmp_path, tiny_onnx):
     p = tmp_path / "c.npz"
     np.savez(p, a=np.zeros((4, 3, 8, 8), np.float32), b=np.zeros((4, 3, 8, 8), np.float32))
-    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", p), "no array for input(s) ['x']")
+    assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", p), "no array for input(s) ['x']")
 
 
 def test_calib_required(tiny_onnx):
-    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi"), "calibration data is required")
+    assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi"), "calibration data is required")
 
 
 def test_unwritable_out(tmp_path, tiny_onnx, calib_tiny):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--out", blocker / "sub"),
+    assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--out", blocker / "sub"),
          "--out", "cannot write")
 
 
 def test_bad_io_and_shape_options(tiny_onnx, calib_tiny):
-    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--io", "int4"), "--io")
-    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--input-shape", "x=1,a"),
+    assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--io", "int4"), "--io")
+    assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--input-shape", "x=1,a"),
          "--input-shape")
-    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--input-shape", "z=1,3,8,8"),
+    assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", calib_tiny, "--input-shape", "z=1,3,8,8"),
          "no input named 'z'")
 
 
@@ -94,7 +87,7 @@ def test_keras_for_jetson_refused(tmp_path):
     import zipfile
     with zipfile.ZipFile(p, "w") as z:
         z.writestr("config.json", "{}")
-    _bad(edgeopt_cli("convert", p, "--target", "jetson", "--calib", "random"), "not converted for Jetson")
+    assert_one_error(edgeopt_cli("convert", p, "--target", "jetson", "--calib", "random"), "not converted for Jetson")
 
 
 def test_offline_guard_blocks_network():
@@ -183,5 +176,5 @@ def test_default_conversion_passes_no_options():
 
 
 def test_bad_calibration_method(tiny_onnx):
-    _bad(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--calibration", "kl"),
+    assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--calibration", "kl"),
          "--calibration 'kl': expected minmax, percentile or entropy")

@@ -10,16 +10,9 @@ import os
 import pytest
 
 from edgeopt.errors import UsageError
-from edgeopt_testkit import edgeopt_cli
+from edgeopt_testkit import assert_one_error, edgeopt_cli
 
 
-def _one_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines[0].startswith("error:") and sum(ln.startswith("error:") for ln in lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    for n in needles:
-        assert n in r.stderr, (n, r.stderr)
 
 
 def _edgeopt_dir(d, files=("model.int8.tflite",), extra=()):
@@ -40,7 +33,7 @@ def test_out_with_a_foreign_manifest_is_refused_and_untouched(tmp_path, tiny_onn
     (web / "manifest.json").write_text('{"name": "My PWA", "start_url": "/"}')
     (web / "index.html").write_text("<html>precious</html>")
     r = edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--out", web)
-    _one_error(r, "not an edgeopt output directory", "refusing to replace")
+    assert_one_error(r, "not an edgeopt output directory", "refusing to replace")
     assert sorted(os.listdir(web)) == ["index.html", "manifest.json"]
     assert (web / "index.html").read_text() == "<html>precious</html>"
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".webapp")]  # no staging left behind
@@ -99,7 +92,7 @@ def test_bench_refuses_a_manifest_naming_a_file_outside(tmp_path, name):
     with pytest.raises(UsageError, match="plain file name"):
         resolve_artifact(str(d))
     r = edgeopt_cli("bench", d, "--local", "--runs", "1")
-    _one_error(r, "manifest.json", "plain file name")
+    assert_one_error(r, "manifest.json", "plain file name")
 
 
 def test_runtime_load_refuses_a_manifest_naming_a_file_outside(tmp_path):

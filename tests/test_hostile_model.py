@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgeopt_testkit import edgeopt_cli
+from edgeopt_testkit import assert_one_error, edgeopt_cli
 
 # Builds the models in a child process (TensorFlow stays out of the test process). The Lambda writes the
 # canary file whenever it is called: building the model calls it once, so the canary is removed after.
@@ -52,15 +52,6 @@ def _build(kind, path, canary):
     assert os.path.exists(path) and not os.path.exists(canary)
 
 
-def _one_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines[0].startswith("error:"), r.stderr
-    assert sum(ln.startswith("error:") for ln in lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    for n in needles:
-        assert n in r.stderr, (n, r.stderr)
-    return r.stderr
 
 
 @pytest.fixture()
@@ -74,7 +65,7 @@ def test_h5_lambda_refused_and_its_code_never_runs(tmp_path, calib4):
     model, canary = tmp_path / "lambda.h5", tmp_path / "canary"
     _build("h5-lambda", model, canary)
     r = edgeopt_cli("convert", model, "--target", "rpi", "--calib", calib4, "--out", tmp_path / "o")
-    err = _one_error(r, "lambda.h5", "Lambda layer", "--trust-model-code")
+    err = assert_one_error(r, "lambda.h5", "Lambda layer", "--trust-model-code")
     assert not canary.exists(), "the Lambda layer's code ran while loading the model"
     assert not (tmp_path / "o").exists()
     assert "re-export" in err
@@ -84,7 +75,7 @@ def test_keras_lambda_refused_with_the_same_error(tmp_path, calib4):
     model, canary = tmp_path / "lambda.keras", tmp_path / "canary"
     _build("keras-lambda", model, canary)
     r = edgeopt_cli("convert", model, "--target", "rpi", "--calib", calib4, "--out", tmp_path / "o")
-    _one_error(r, "lambda.keras", "Lambda layer", "--trust-model-code")
+    assert_one_error(r, "lambda.keras", "Lambda layer", "--trust-model-code")
     assert not canary.exists()
 
 

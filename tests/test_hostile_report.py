@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from edgeopt.errors import UsageError
+from edgeopt.json_files import read_json
 from edgeopt.results import history, report, sanitize
 
 EDGEOPT = os.path.join(os.path.dirname(sys.executable), "edgeopt")
@@ -178,3 +180,23 @@ def test_bench_table_and_errors_print_device_text_as_text(capsys):
         error_exit(DeviceError(f"remote run failed: {DEVICE_TEXT}", device="d"))
     err = capsys.readouterr().err
     assert e.value.code == 3 and err.startswith("error: ") and "pi[/x]" in err and "\x1b" not in err
+
+
+def test_result_and_manifest_reads_are_bounded(tmp_path):
+    """A result file or manifest is read whole only when it is of a sane size and a regular file."""
+    from edgeopt_testkit import assert_one_error, edgeopt_cli
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:  # sparse: 2 GiB that cost nothing on disk
+        f.write(b'{"latency_ms": {}, "x": "')
+        f.truncate(2 << 30)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for bad, needle in ((huge, "larger than"), (fifo, "neither a result id nor a JSON file")):
+        p = edgeopt_cli("report", bad, "--out", tmp_path / "r.html", timeout=60)
+        assert_one_error(p, needle)
+    with pytest.raises(UsageError, match="not a regular file"):  # and opening it does not wait for a writer
+        read_json(str(fifo))
+    out = tmp_path / "o"
+    out.mkdir()
+    os.link(huge, out / "manifest.json")
+    assert_one_error(edgeopt_cli("bench", out, "--local", timeout=60), "larger than")

@@ -9,7 +9,6 @@ directory) and checked by SHA-256 - the manifest stores no host-specific paths -
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ import tempfile
 import edgeopt
 from edgeopt.conversion.defaults import DEFAULT_MAX_CALIB
 from edgeopt.errors import UsageError
+from edgeopt.json_files import read_json
 from edgeopt.hashing import sha256_file, sha256_tree
 
 __all__ = ["explain"]
@@ -26,11 +26,7 @@ def _load_manifest(out_dir: str) -> dict:
     path = os.path.join(out_dir, "manifest.json")
     if not os.path.isfile(path):
         raise UsageError(f"{out_dir}: no manifest.json (not an `edgeopt convert` output directory)")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path)
 
 
 def _find(name: str | None, out_dir: str, sha: str | None, what: str, flag: str) -> str:

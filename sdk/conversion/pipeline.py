@@ -24,6 +24,7 @@ from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
 from edgeopt.converters.onnx_tflite import layout_perm
 from edgeopt.errors import GateError, UsageError
+from edgeopt.json_files import read_json
 from edgeopt.hashing import sha256_file, sha256_tree
 
 __all__ = ["RECIPE_OPTIONS", "detect_format", "parse_input_shapes", "Job", "convert", "check_replaceable",
@@ -252,12 +253,9 @@ def check_replaceable(out: str) -> None:
     if os.path.islink(mpath) or not os.path.isfile(mpath):
         refuse("no manifest.json")
     try:
-        if os.path.getsize(mpath) > _MAX_MANIFEST_BYTES:
-            refuse("manifest.json is too large")
-        with open(mpath, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        refuse("manifest.json is not readable JSON")
+        manifest = read_json(mpath, limit=_MAX_MANIFEST_BYTES)
+    except UsageError:
+        refuse("manifest.json is not readable JSON of at most 64 MiB")
     from edgeopt.runtime import check_artifact_name
     if not (isinstance(manifest, dict) and manifest.get("schema") == 1 and isinstance(manifest.get("edgeopt"), str)
             and isinstance(manifest.get("toolchain"), dict) and isinstance(manifest.get("artifacts"), list)):

@@ -21,6 +21,7 @@ from edgeopt import targets
 from edgeopt.devices import conditions
 from edgeopt.devices.connection import Connection, abort_all, connect, q
 from edgeopt.errors import DeviceError, EdgeoptError, UsageError
+from edgeopt.json_files import read_json
 from edgeopt.devices.inventory import Device
 from edgeopt.devices.push import push
 from edgeopt.runtime import PROBE_MARKS, RUNNER_DEFAULTS, runner_argv
@@ -66,12 +67,11 @@ def resolve_artifact(path: str) -> tuple[str, dict | None]:
         if not os.path.isfile(mpath):
             raise UsageError(f"{p}: a directory without manifest.json",
                              hint="pass an artifact file or an edgeopt convert output directory")
+        manifest = read_json(mpath)
         try:
-            with open(mpath) as f:
-                manifest = json.load(f)
             entry = manifest["artifacts"][0]
             name = entry["file"]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+        except (KeyError, IndexError, TypeError) as e:
             raise UsageError(f"{mpath}: not an edgeopt manifest ({e})") from None
         from edgeopt.runtime import check_artifact_name
         try:  # the manifest may come from anywhere: never push a file outside its directory
@@ -90,9 +90,8 @@ def manifest_target(artifact: str) -> str | None:
     """The target an edgeopt output dir (or an artifact beside its manifest) was converted for, if any."""
     d = artifact if os.path.isdir(artifact) else os.path.dirname(os.path.abspath(artifact))
     try:
-        with open(os.path.join(d, "manifest.json")) as f:
-            return (json.load(f).get("target") or {}).get("name")
-    except (OSError, ValueError, AttributeError):
+        return (read_json(os.path.join(d, "manifest.json")).get("target") or {}).get("name")
+    except (UsageError, AttributeError):
         return None
 
 

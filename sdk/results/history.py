@@ -21,6 +21,7 @@ import sqlite3
 from array import array
 
 from edgeopt.errors import UsageError
+from edgeopt.json_files import read_json
 from edgeopt.results import sanitize
 
 __all__ = ["default_path", "open_db", "History", "manifest_for", "load_results"]
@@ -185,9 +186,8 @@ def manifest_for(artifact: str) -> dict | None:
     mpath = os.path.join(p, "manifest.json") if os.path.isdir(p) else os.path.join(os.path.dirname(p) or ".",
                                                                                   "manifest.json")
     try:
-        with open(mpath) as f:
-            m = json.load(f)
-    except (OSError, ValueError):
+        m = read_json(mpath)
+    except UsageError:
         return None
     if not isinstance(m, dict) or not isinstance(m.get("artifacts"), list):
         return None
@@ -229,11 +229,7 @@ def load_results(ref: str, path: str | None = None) -> list[dict]:
     if not os.path.isfile(ref):
         raise UsageError(f"{ref}: neither a result id nor a JSON file",
                          hint="ids are listed by `edgeopt results`; JSON comes from `bench --json`")
-    try:
-        with open(ref) as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise UsageError(f"{ref}: not JSON ({e})") from None
+    data = read_json(ref)
     manifest = None
     if isinstance(data, dict) and "results" in data:
         manifest = data.get("manifest")

@@ -38,3 +38,16 @@ def _in_process(argv):
         except SystemExit as e:  # how the entry point reports its exit status
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return subprocess.CompletedProcess(["edgeopt", *argv], code, out.getvalue(), err.getvalue())
+
+
+def assert_one_error(result, *needles, code: int = 2) -> str:
+    """A clear failure: exit ``code``, exactly one ``error:`` line (the first), no traceback, each of
+    ``needles`` in stderr. Returns stderr."""
+    assert result.returncode == code, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines and lines[0].startswith("error:"), result.stderr
+    assert sum(ln.startswith("error:") for ln in lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+    return result.stderr
