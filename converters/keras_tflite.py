@@ -84,7 +84,7 @@ def convert(job) -> list[dict]:
 
     job.tf_graph, job.tf_calib, job.tf_perms = job.graph, job.calib_samples(), [None] * len(job.inputs)
     data, info = tf_tflite.quantize(job.graph, job.tf_calib, job.io_dtype, job.allow_float_fallback,
-                                    source=job.source_name)
+                                    source=job.source_name, **tf_tflite.recipe_options(job.options))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": [None] * len(job.inputs),

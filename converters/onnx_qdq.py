@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from edgeopt.conversion import ranges
 from edgeopt.errors import UsageError
 
 __all__ = ["convert", "bias_corrected", "float_inputs", "check_symmetric"]
@@ -55,8 +56,9 @@ def convert(job) -> list[dict]:
             cache["prep"] = prep
     out = os.path.join(job.workdir, "model.int8.qdq.onnx")
     names = [i["name"] for i in job.inputs]
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[job.options.get("calibration_method", "minmax")]
+    method_name = job.options.get("calibration_method", "minmax")
+    ours = method_name in ranges.METHODS and method_name != "minmax"  # ranges estimated here, not by onnxruntime
+    method = CalibrationMethod.Entropy if method_name == "entropy" else CalibrationMethod.MinMax
     job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
     if job.options.get("bias_correction"):
         prep = bias_corrected(job, prep, names, set(job.options.get("nodes_to_exclude") or ()))
@@ -64,20 +66,23 @@ def convert(job) -> list[dict]:
     if job.options.get("calib_percentile") is not None:
         extra["CalibPercentile"] = float(job.options["calib_percentile"])
     calib = job.calib_samples()
-    if job.options.get("histogram_samples") and job.options.get("calibration_method", "minmax") != "minmax":
+    if job.options.get("histogram_samples") and method_name in ("percentile", "entropy"):
         # recovery: histograms of every tensor are costly (minutes), the first samples give the tails
         calib = calib[:int(job.options["histogram_samples"])]
-    if job.options.get("calibration_method", "minmax") != "minmax" and len(calib) > 16:
+    if method_name == "entropy" and len(calib) > 16:
         # histogram calibrators keep every sample's tensors until they histogram them: in chunks, memory
         # stays bounded (all samples at once, entropy on EfficientNet-Lite0 with 200 samples ran out of it)
         extra["CalibStridedMinMax"] = _stride(len(calib))
     exclude = list(job.options.get("nodes_to_exclude") or [])
-    key = (job.options.get("calibration_method", "minmax"), extra.get("CalibPercentile"),
-           bool(job.options.get("per_channel", True)), len(calib))
+    key = (method_name, extra.get("CalibPercentile"), bool(job.options.get("per_channel", True)), len(calib))
+    factory = None
+    if ours:
+        def factory(*a, **k):
+            return _RangeCalibrator(prep, method_name, extra.get("CalibPercentile"))
     try:
         # the histogram calibrators print their progress: on stderr with --debug, else nowhere
         sink = sys.stderr if os.environ.get("EDGEOPT_DEBUG") == "1" else io.StringIO()
-        with _reuse_calibration(cache, key), contextlib.redirect_stdout(sink):
+        with _reuse_calibration(cache, key, factory), contextlib.redirect_stdout(sink):
             quantize_static(
                 prep, out, _Reader(names, calib),
                 quant_format=QuantFormat.QDQ,
@@ -98,7 +103,8 @@ def convert(job) -> list[dict]:
         data = model.SerializeToString()
     check_symmetric(model)
     art = {"file": "model.int8.qdq.onnx", "format": "onnx", "precision": "int8", "kind": "onnx-qdq-int8",
-           "data": data, "converter": "onnxruntime.quantization.quantize_static (QDQ, symmetric, per-channel)"}
+           "data": data, "converter": "onnxruntime.quantization.quantize_static (QDQ, symmetric, per-channel)"
+           + (f"; activation ranges: {method_name} (edgeopt)" if ours else "")}
     if exclude:
         art["float_nodes"] = exclude
     return [art]
@@ -135,23 +141,77 @@ class _CachedCalibrator:
         return copy.deepcopy(self._data)
 
 
+class _RangeCalibrator:
+    """Stands in for onnxruntime's calibrator with edgeopt's range estimators (edgeopt.conversion.ranges):
+    the float graph runs once per calibration sample with every float activation as an extra output, and
+    each tensor gets a symmetric range (-t, t) (TensorRT: zero point 0) by ``method``."""
+
+    def __init__(self, model_path: str, method: str, percentile=None):
+        self.model_path, self.method = model_path, method
+        self.percentile = ranges.DEFAULT_PERCENTILE if percentile is None else float(percentile)
+        self.collector = ranges.Collector(keep_values=method in ranges.NEEDS_VALUES)
+        self.io: set = set()
+
+    def collect_data(self, reader):
+        import onnx
+        import onnxruntime as ort
+        m = onnx.load(self.model_path)
+        inits = {i.name for i in m.graph.initializer}
+        have = {o.name for o in m.graph.output}
+        # the model's inputs and outputs keep min-max ranges: a narrower output range would clip the top
+        # logits into ties (as on the TFLite route, tf_tflite.set_ranges)
+        self.io = have | {i.name for i in m.graph.input}
+        for n in m.graph.node:
+            if n.op_type in ("Constant", "QuantizeLinear", "DequantizeLinear"):
+                continue
+            for t in n.output:
+                if t and t not in have and t not in inits:
+                    m.graph.output.append(onnx.ValueInfoProto(name=t))
+                    have.add(t)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        # no graph optimisation: fused nodes would drop the intermediate tensors asked for
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+        outs = [o.name for o in sess.get_outputs()]
+        while True:
+            feed = reader.get_next()
+            if feed is None:
+                break
+            for name, v in feed.items():
+                self.collector.add(name, v)
+            for name, v in zip(outs, sess.run(None, feed)):
+                self.collector.add(name, v)
+
+    def compute_data(self):
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+        got = self.collector.ranges(self.method, symmetric=True, percentile=self.percentile)
+        got.update({k: v for k, v in self.collector.ranges("minmax", symmetric=True).items() if k in self.io})
+        return TensorsData(CalibrationMethod.MinMax,
+                           {k: (np.array(lo, np.float32), np.array(hi, np.float32)) for k, (lo, hi) in got.items()})
+
+
 class _reuse_calibration:
     """Within quantize_static, calibrate once per recipe key and reuse the ranges (TensorsData) afterwards.
 
     The ranges do not depend on nodes_to_exclude (the calibrator augments every quantizable tensor), so a
     candidate with float nodes gets exactly the artifact a fresh quantize_static would make, without running
-    the calibration data through the augmented model again. A no-op when ``cache`` is None (plain path).
+    the calibration data through the augmented model again. Without ``cache`` (plain path) it only puts
+    ``factory`` (edgeopt's range estimators, :class:`_RangeCalibrator`), when given, in place of onnxruntime's
+    calibrator.
     """
 
-    def __init__(self, cache, key):
-        self.cache, self.key = cache, key
+    def __init__(self, cache, key, factory=None):
+        self.cache, self.key, self.factory = cache, key, factory
 
     def __enter__(self):
-        if self.cache is None:
-            return self
         q = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
         self._mod, self._orig = q, q.create_calibrator
-        cache, key, orig = self.cache, self.key, q.create_calibrator
+        if self.cache is None:
+            if self.factory is not None:  # edgeopt's range estimators instead of onnxruntime's calibrator
+                q.create_calibrator = self.factory
+            return self
+        cache, key, orig = self.cache, self.key, self.factory or q.create_calibrator
         if key in cache:
             q.create_calibrator = lambda *a, **k: _CachedCalibrator(cache[key])
         else:
@@ -169,8 +229,7 @@ class _reuse_calibration:
         return self
 
     def __exit__(self, *exc):
-        if self.cache is not None:
-            self._mod.create_calibrator = self._orig
+        self._mod.create_calibrator = self._orig
         return False
 
 

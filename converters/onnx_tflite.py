@@ -139,7 +139,8 @@ def convert(job) -> list[dict]:
     real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:]) for s, g in zip(src_inputs, graph.inputs)]
     calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
     job.tf_graph, job.tf_calib, job.tf_perms = graph, calib, real_perms  # kept for accuracy recovery
-    data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name)
+    data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name,
+                                    **tf_tflite.recipe_options(job.options))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}

@@ -172,14 +172,29 @@ def _failing_ops(msg: str) -> list[str]:
     return sorted(set(ops))
 
 
+def recipe_options(options: dict) -> dict:
+    """The keywords of :func:`quantize` a conversion's options ask for (the recipe's one reading)."""
+    return {"method": options.get("calibration_method", "minmax"),
+            "bias_correction": bool(options.get("bias_correction")),
+            "per_channel": bool(options.get("per_channel", True))}
+
+
 def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_float_fallback: bool = False,
-             source: str = "model") -> tuple[bytes, dict]:
+             source: str = "model", method: str = "minmax", bias_correction: bool = False,
+             per_channel: bool = True) -> tuple[bytes, dict]:
     """Full-integer INT8 TFLite (per-channel weights) from a Graph with static batch-1 input shapes.
 
     calib: list of samples, each a list of arrays (batch 1) in the graph's input order and layout.
+    method: activation ranges (edgeopt.conversion.ranges.METHODS); "minmax" is the converter's own.
+    bias_correction: each convolution's bias absorbs its INT8 weights' mean output shift (Debugger.bias_corrected).
+    per_channel: one weight scale per output channel (False: one per tensor).
     Returns (tflite bytes, info) where info has the signature's tensor indices and any float ops kept.
     """
     cf = _frozen(graph, source)
+    if method != "minmax" or bias_correction:
+        # calibrate, set the ranges, quantize (what the converter does in one step, with our ranges between)
+        return _quantize_in_steps(cf, calib, io_dtype, allow_float_fallback, source, method, bias_correction,
+                                  per_channel)
 
     def representative():
         for sample in calib:
@@ -194,6 +209,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         conv.target_spec.supported_ops = ops
         conv.inference_input_type = io
         conv.inference_output_type = io
+        conv._experimental_disable_per_channel = not per_channel
         return conv
 
     float_ops: list[str] = []
@@ -219,6 +235,107 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     if left or float_ops:  # the fallback was used: record which ops really compute in float
         info["float_ops"] = left or float_ops
     return data, info
+
+
+def _quantize_in_steps(cf, calib, io_dtype, allow_float_fallback, source, method, bias_correction, per_channel):
+    """:func:`quantize` through the calibrated float model: min-max calibration by the converter, activation
+    ranges replaced by ``method`` (:func:`set_ranges`), optional bias correction, then the MLIR quantizer
+    with the I/O types (as TFLiteConverter.convert does after its own calibration)."""
+    from tensorflow.lite.python import convert as lite_convert
+
+    def representative():
+        for sample in calib:
+            yield [np.asarray(a, dtype=np.float32) for a in sample]
+
+    io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
+
+    def calibrated(ops):
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = ops
+        conv.experimental_new_quantizer = True
+        conv._experimental_calibrate_only = True
+        return conv.convert()
+
+    def final(model, io_type):
+        return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
+                                          output_data_type=io_type)
+
+    float_ops: list[str] = []
+    try:
+        cal = calibrated([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
+    except Exception as e:
+        msg = str(e)
+        ops = _failing_ops(msg)
+        if not allow_float_fallback:
+            what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else ""
+            raise UsageError(f"{source}: full-integer INT8 conversion failed:{what or ' ' + msg.strip().splitlines()[-1][:300]}",
+                             hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)") from None
+        cal = calibrated([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
+        float_ops = ops or ["(unnamed)"]
+    cal = set_ranges(cal, calib, method)
+    bc_info = None
+    if bias_correction:
+        shifts, bc_info = _bias_shifts(cal, final(cal, tf.float32), calib)
+        cal = _apply_biases(cal, shifts, set())
+    try:
+        data = final(cal, io)
+    except Exception as e:
+        msg = str(e)
+        ops = _failing_ops(msg)
+        what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else ""
+        raise UsageError(f"{source}: full-integer INT8 conversion failed:{what or ' ' + msg.strip().splitlines()[-1][:300]}",
+                         hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)") from None
+    info = io_order(data)
+    left = float_ops_of(data)
+    if left and not allow_float_fallback:
+        raise UsageError(f"{source}: ops that cannot be quantized to INT8: {', '.join(left)} "
+                         "(they would run in float)",
+                         hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)")
+    if left or float_ops:
+        info["float_ops"] = left or float_ops
+    if bc_info is not None:
+        info["bias_correction"] = bc_info
+    return data, info
+
+
+def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None = None) -> bytes:
+    """The calibrated float model (min/max per tensor, from the converter's calibration) with the ranges of
+    its activations chosen by ``method`` (edgeopt.conversion.ranges) from per-sample statistics of the float
+    model on ``calib``. The model's input and output tensors keep their min-max ranges: an output range
+    narrower than what the model gives would clip the top logits into ties. "minmax" returns the model as is."""
+    if method == "minmax":
+        return calibrated
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgeopt.conversion import ranges
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    sg = fm.subgraphs[0]
+    io = set(sg.inputs) | set(sg.outputs)
+    want = [i for i, t in enumerate(sg.tensors) if i not in io and t.quantization is not None
+            and t.quantization.min is not None and len(t.quantization.min) == 1
+            and t.quantization.max is not None and len(t.quantization.max) == 1]
+    with warnings.catch_warnings():  # "intended for debugging": that is what it is used for here
+        warnings.simplefilter("ignore", UserWarning)
+        fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    fi.allocate_tensors()
+    ins = [d["index"] for d in fi.get_input_details()]
+    col = ranges.Collector(keep_values=method in ranges.NEEDS_VALUES)
+    for sample in calib:
+        for i, a in zip(ins, sample):
+            fi.set_tensor(i, np.asarray(a, np.float32))
+        fi.invoke()
+        for i in want:
+            col.add(str(i), fi.get_tensor(i))
+    got = col.ranges(method, symmetric=False,
+                     percentile=ranges.DEFAULT_PERCENTILE if percentile is None else float(percentile))
+    for key, (lo, hi) in got.items():
+        q = sg.tensors[int(key)].quantization
+        q.min = np.array([lo], np.float32)
+        q.max = np.array([hi], np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
 
 
 def _frozen(graph: Graph, source: str):
@@ -253,7 +370,7 @@ class Debugger:
     """
 
     def __init__(self, graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, source: str = "model",
-                 per_channel: bool = True):
+                 per_channel: bool = True, method: str = "minmax"):
         cf = _frozen(graph, source)
         self.io_dtype = io_dtype
         self.calib = calib
@@ -274,6 +391,9 @@ class Debugger:
                 debug_options=tf.lite.experimental.QuantizationDebugOptions())
         except Exception as e:
             raise UsageError(f"{source}: quantization debugger failed: {str(e).strip().splitlines()[-1][:300]}") from None
+        if method != "minmax":  # the plain artifact's activation ranges, for the per-layer error and every candidate
+            self.dbg.calibrated_model = set_ranges(self.dbg.calibrated_model, calib, method)
+            self.dbg.options = self.dbg.options  # rebuilds its debug model from the calibrated model
 
     def _data(self):
         for sample in (self._debug_data if self._debug_data is not None else self.calib):

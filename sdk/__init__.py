@@ -21,10 +21,11 @@ __all__ = ["__version__", "convert", "bench", "deploy", "EdgeoptError", "UsageEr
 
 def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=None, mean=None, std=None,
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
-            accuracy_target=None, allow_float_fallback: bool = False, allow_cpu_ops: bool = False,
-            explain: bool = False, calibration_method: str | None = None, max_samples: int = DEFAULT_MAX_CALIB,
+            accuracy_target=None, max_float_layers=None, allow_float_fallback: bool = False,
+            allow_cpu_ops: bool = False, explain: bool = False, calibration_method: str | None = None,
+            max_samples: int = DEFAULT_MAX_CALIB,
             max_val_samples: int = DEFAULT_MAX_VAL, trust_model_code: bool = False, per_channel: bool = True,
-            bias_correction: bool = False, calib_percentile: float | None = None,
+            bias_correction: bool | None = None, calib_percentile: float | None = None,
             histogram_samples: int | None = None, progress=None, warn=None) -> dict:
     """Convert ``model`` for ``target`` and return the manifest (a dict, also written to ``out/manifest.json``).
 
@@ -37,8 +38,12 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     The keyword options are the CLI's flags: ``input_shapes`` (dict name -> shape, or ``["name=1,3,224,224"]``),
     ``mean``/``std`` (per channel, for image folders), ``io`` (int8|uint8|float32; default the target's),
     ``min_sqnr``/``min_top1`` (gates), ``accuracy_target`` (``"top1=0.99"`` and/or ``"sqnr=30"``: recover
-    accuracy until met), ``allow_float_fallback``, ``allow_cpu_ops`` (Coral: float layers on the CPU),
-    ``explain`` (per-layer error report in the manifest), ``calibration_method`` (minmax|percentile|entropy),
+    accuracy until met, selecting on half the validation samples and confirming on the other half),
+    ``max_float_layers`` (how many layers that recovery may keep in float: an int, or ``"P%"`` of the
+    quantizable layers; default None: 10%, at least 1, and no artifact over 0.4x the FP32 size),
+    ``allow_float_fallback``, ``allow_cpu_ops`` (Coral: float layers on the CPU),
+    ``explain`` (per-layer error report in the manifest), ``calibration_method`` (activation ranges:
+    mse (default)|minmax|mean_minmax|percentile|entropy),
     ``max_samples``/``max_val_samples``, ``trust_model_code`` (load models whose file can run code, such as
     Keras Lambda layers: only for files you trust). Recipe knobs, as recorded in
     ``manifest["calibration"]["recipe"]``: ``per_channel``, ``bias_correction``, ``calib_percentile``,
@@ -58,8 +63,8 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     # the pipeline reads the recipe knobs only when given: pass the non-defaults, as the CLI does
     if not per_channel:
         options["per_channel"] = False
-    if bias_correction:
-        options["bias_correction"] = True
+    if bias_correction is not None:  # None: the default recipe's (defaults.DEFAULT_BIAS_CORRECTION)
+        options["bias_correction"] = bool(bias_correction)
     if calib_percentile is not None:
         options["calib_percentile"] = calib_percentile
     if histogram_samples is not None:
@@ -68,6 +73,7 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
         options["warn"] = warn
     return pipeline.convert(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shapes, mean=mean,
                             std=std, io=io, min_sqnr=min_sqnr, min_top1=min_top1, accuracy_target=accuracy_target,
+                            max_float_layers=max_float_layers,
                             allow_float_fallback=allow_float_fallback, allow_cpu_ops=allow_cpu_ops,
                             max_samples=max_samples, max_val_samples=max_val_samples,
                             trust_model_code=trust_model_code, progress=progress, **options)
@@ -105,8 +111,9 @@ def bench(artifact, devices=None, *, local: bool = False, inventory=None, warmup
 
 def deploy(model, target: str, devices=None, *, local: bool = False, inventory=None, out=None, calib=None, val=None,
            input_shapes=None, mean=None, std=None, io: str | None = None, min_sqnr: float | None = None,
-           min_top1: float | None = None, accuracy_target=None, allow_float_fallback: bool = False,
-           allow_cpu_ops: bool = False, explain: bool = False, calibration_method: str | None = None,
+           min_top1: float | None = None, accuracy_target=None, max_float_layers=None,
+           allow_float_fallback: bool = False, allow_cpu_ops: bool = False, explain: bool = False,
+           calibration_method: str | None = None,
            max_samples: int = DEFAULT_MAX_CALIB, max_val_samples: int = DEFAULT_MAX_VAL,
            trust_model_code: bool = False, warmup: int = RUNNER_DEFAULTS["warmup"],
            runs: int = RUNNER_DEFAULTS["runs"], min_seconds: float = RUNNER_DEFAULTS["min_seconds"],
@@ -142,6 +149,7 @@ def deploy(model, target: str, devices=None, *, local: bool = False, inventory=N
                                      warmup_seconds=warmup_seconds, sustained=sustained, cv_threshold=cv_threshold)
     # only what differs from the defaults, as the CLI passes it: the same options give the same cache key
     given = {"min_sqnr": min_sqnr, "min_top1": min_top1, "accuracy_target": accuracy_target,
+             "max_float_layers": max_float_layers,
              "allow_cpu_ops": allow_cpu_ops or None, "allow_float_fallback": allow_float_fallback or None,
              "explain": explain or None, "calibration_method": calibration_method,
              "max_samples": None if max_samples == DEFAULT_MAX_CALIB else max_samples,

@@ -38,7 +38,7 @@ def test_cli_bad_target_and_method_exit_2(tmp_path, tiny_onnx):
     assert r.returncode == 2 and "error: --accuracy-target" in r.stderr
     r = edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--calibration", "entropy",
                     "--out", tmp_path / "o")
-    assert r.returncode == 2 and "min-max only" in r.stderr
+    assert r.returncode == 2 and "TFLite targets take mse, minmax, mean_minmax or percentile" in r.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -58,38 +58,40 @@ def lite0_recovered(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_lite0_rpi_recovers_top1(lite0_recovered):
+def test_lite0_rpi_default_recipe_and_float_budget(lite0_recovered):
+    """The default all-INT8 recipe (MSE activation ranges + bias correction) must not get worse than it is, and
+    recovery must stay INT8: never more float layers than the budget (10% of the candidates), never a float
+    model in disguise. The target is met within the budget (exit 0) or not (exit 1, all-INT8 artifact kept,
+    the budget named); both are honest outcomes on 100 confirmation crops."""
     d, onnx_path, r = lite0_recovered
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode in (0, 1), r.stderr[-3000:]
     m = json.loads(r.stdout)
     rec = m["recovery"]
     plain = rec["steps"][0]
     print(json.dumps({k: v for k, v in rec.items() if k != "steps"}, indent=1))
-    # the plain min-max recipe misses the target on these photos; the recovered artifact reaches it
-    assert plain["float_layers"] == [] and not plain["met"]
-    assert plain["accuracy"]["logits"]["top1_agreement"] < 0.98
-    assert rec["met"] and m["accuracy"]["outputs"]["logits"]["top1_agreement"] >= 0.98
-    # bias correction is tried before any layer is kept in float, and helps on its own
-    bc = next(s for s in rec["steps"] if s.get("recipe", {}).get("bias_correction") and not s["float_layers"])
-    assert bc["accuracy"]["logits"]["sqnr_db"] > plain["accuracy"]["logits"]["sqnr_db"] + 2
-    assert rec["chosen"]["recipe"]["bias_correction"] is True
-    # a handful of float layers, not all of them (3 of 60 here)
-    floats = rec["chosen"]["float_layers"]
+    assert plain["float_layers"] == []
+    assert plain["recipe"]["calibration_method"] == "mse" and plain["recipe"]["bias_correction"] is True
+    assert plain["accuracy"]["logits"]["sqnr_db"] > 20  # min-max without bias correction: ~18 dB here
+    # the budget: 10% of the float candidates, and no candidate tried beyond it
+    budget = rec["budget"]["max_float_layers"]
     total = m["layers"]["total"]
-    assert total > 40 and 1 <= len(floats) <= total // 4
-    # they are the first of the end-to-end sensitivity order (output SQNR gain of each layer alone in float)
-    sens = rec["sensitivity"]["layers"]
-    gains = [x["sqnr_gain_db"] for x in sens]
-    assert gains == sorted(gains, reverse=True) and gains[0] > 0.5
-    assert [x["layer"] for x in sens][:len(floats)] == floats
+    assert total > 40 and budget == max(1, rec["budget"]["float_candidates"] // 10) <= total // 10
+    assert all(len(s.get("float_layers") or []) <= budget for s in rec["steps"])
+    floats = rec["chosen"]["float_layers"]
     a = m["artifacts"][0]
-    assert a["float_ops"] and "CONV_2D" in a["float_ops"]  # those layers compute in float on the Pi's CPU
-    cost = rec["cost"]
-    assert cost["bytes"] == a["bytes"] and cost["bytes"] < 1.1 * cost["bytes_plain"]
-    assert cost["latency_ms"] > 0 and cost["latency_ms_plain"] > 0
-    assert m["calibration"]["recipe"]["float_layers"] == len(floats)
-    # the artifact in OUT_DIR is the recovered one and runs in edgeopt.runtime; on the held-out crops it
-    # agrees with FP32 far more often than plain INT8 did on the validation crops
+    if r.returncode == 1:  # unmet: the best all-INT8 artifact, and the error says what the budget allowed
+        assert not rec["met"] and floats == [] and not a.get("float_ops")
+        assert "--max-float-layers" in r.stderr and "budget" in r.stderr
+    else:
+        assert rec["met"] and 1 <= len(floats) <= budget and "CONV_2D" in a["float_ops"]
+        assert m["accuracy"]["outputs"]["logits"]["top1_agreement"] >= 0.98
+    assert a["bytes"] <= 0.35 * rec["budget"]["fp32_bytes"]
+    # the claim is the confirmation half's, with its interval; selection and confirmation add up
+    split = rec["split"]
+    assert split["selection_samples"] + split["confirmation_samples"] == 200
+    assert m["accuracy"]["samples"] == split["confirmation_samples"] == rec["chosen"]["confirmation_samples"]
+    # the artifact in OUT_DIR runs in edgeopt.runtime; on 200 crops used for nothing else it agrees with FP32 as
+    # the default recipe does today (0.955, 22.3 dB; min-max alone: 0.87, 18.3 dB)
     import onnxruntime as ort
     x = np.load(d / "test.npy")
     ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
@@ -97,14 +99,15 @@ def test_lite0_rpi_recovers_top1(lite0_recovered):
     (out,) = model.run(x)
     assert out.shape == (200, 1000)
     held_out = float(np.mean(out.argmax(1) == ref.argmax(1)))
-    print("held-out top-1 agreement", held_out)
-    assert held_out >= 0.95 > plain["accuracy"]["logits"]["top1_agreement"]
+    sqnr = float(10 * np.log10(np.sum(ref ** 2) / np.sum((out - ref) ** 2)))
+    print("held-out top-1 agreement", held_out, "SQNR", sqnr)
+    assert held_out >= 0.94 and sqnr >= 21.5
 
 
 @pytest.mark.slow
 def test_lite0_layers_ranked_in_manifest_and_explain(lite0_recovered):
     d, _, r = lite0_recovered
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode in (0, 1), r.stderr[-3000:]
     m = json.loads(r.stdout)
     lay = m["layers"]
     vals = [x["rmse_scale"] for x in lay["layers"]]
@@ -117,9 +120,9 @@ def test_lite0_layers_ranked_in_manifest_and_explain(lite0_recovered):
     assert e.returncode == 0, e.stderr
     rep = json.loads(e.stdout)
     assert [x["tensor"] for x in rep["layers"]["layers"]] == [x["tensor"] for x in lay["layers"][:5]]
-    assert rep["recovery"]["met"] is True
+    assert rep["recovery"]["met"] is m["recovery"]["met"]
     t = edgeopt_cli("explain", d / "rpi")
-    assert t.returncode == 0 and "RMSE/step" in t.stdout and "layers in float" in t.stdout
+    assert t.returncode == 0 and "RMSE/step" in t.stdout and " in float" in t.stdout
 
 
 def _tiny_job(tiny_onnx, tmp_path, cache):
@@ -318,13 +321,19 @@ def test_qdq_recovery_fmnist_jetson(onnx_cnn, fm_data, tmp_path):
     assert not steps[0]["met"] and steps[0]["accuracy"]["logits"]["sqnr_db"] < 45
     assert steps[1]["recipe"]["calibration_method"] == "percentile" and steps[1]["recipe"]["calibration_samples"] == 64
     assert [s for s in steps if "error" in s] == []  # every recipe and candidate was built and measured
-    bc = [s for s in steps if s.get("recipe", {}).get("bias_correction") and not s.get("float_layers")]
+    bc = [s for s in steps if s.get("recipe", {}).get("bias_correction") and not s.get("float_layers")
+          and "skipped" not in s]  # bias correction is in the default recipe: the plain step has it too
     assert bc and all("error" not in s and s["accuracy"]["logits"]["sqnr_db"] > 30 for s in bc), bc
     floats = rec["chosen"]["float_layers"]
-    assert rec["met"] and 1 <= len(floats) <= 2 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 45
+    # the default budget: 10% of the 4 quantizable layers (Conv, Conv, Gemm, Gemm), at least 1
+    assert rec["budget"]["max_float_layers"] == 1 and rec["budget"]["float_candidates"] == 4
+    assert rec["met"] and len(floats) == 1 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 45
     assert m["calibration"]["recipe"]["float_layers"] == len(floats)
     lo, hi = rec["chosen"]["top1_ci95"]["logits"]
-    assert rec["chosen"]["validation_samples"] == 1000
+    # chosen on the even-indexed half of the 1000 validation samples, claimed on the odd-indexed half
+    assert rec["chosen"]["confirmation_samples"] == m["accuracy"]["samples"] == 500
+    assert rec["split"]["selection_samples"] + rec["split"]["confirmation_samples"] == 1000
+    assert rec["chosen"]["selection"]["accuracy"]["logits"]["sqnr_db"] >= 45
     assert lo < m["accuracy"]["outputs"]["logits"]["top1_agreement"] <= hi and hi - lo < 0.03
     # every candidate the sensitivity pass tried is a compute node, not an activation or data movement
     assert {x["layer"].rsplit("/", 1)[-1] for x in rec["sensitivity"]["layers"]} <= {"Conv", "Gemm"}

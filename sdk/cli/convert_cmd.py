@@ -94,8 +94,9 @@ def print_recovery(c, manifest: dict):
             + (f", {n} layer{'s' if n != 1 else ''} kept in float" if n else ""))
     for name, (lo, hi) in (ch.get("top1_ci95") or {}).items():
         top1 = ch["accuracy"][name]["top1_agreement"]
-        c.print(f"  {name}: top-1 agreement {top1:.3f} on {ch['validation_samples']} validation samples "
-                f"(95% interval {lo:.3f}-{hi:.3f}; selected on them, not held out)")
+        sel = (ch.get("selection") or {}).get("samples")
+        c.print(f"  {name}: top-1 agreement {top1:.3f} on {ch['confirmation_samples']} confirmation samples "
+                f"(95% interval {lo:.3f}-{hi:.3f}; chosen on {sel} other validation samples)")
     cost = rec.get("cost")
     if cost:
         c.print(f"  cost: size x{cost['size_ratio']} ({cost['bytes_plain']} -> {cost['bytes']} bytes), latency "

@@ -123,10 +123,13 @@ CONVERSION = [
                 "in float); exit 1 with the best result kept if it cannot be met."),
     option("allow_cpu_ops", bool, False, "--allow-cpu-ops",
            help="Coral: let --accuracy-target keep layers in float, on the CPU."),
+    option("max_float_layers", Optional[str], None, "--max-float-layers",
+           help="--accuracy-target keeps at most N layers (or P% of the quantizable layers) in float; default "
+                "10%, at least 1, and no artifact over 0.4x the FP32 size. 0: all-INT8 recipes only."),
     option("explain", bool, False, "--explain", help="Store the per-layer error report in the manifest."),
     option("calibration_method", Optional[str], None, "--calibration",
-           help="Calibration method: minmax (default), percentile or entropy (ONNX QDQ only; TFLite calibrates "
-                "with min-max)."),
+           help="Activation ranges: mse (default: least INT8 error per tensor), minmax, mean_minmax, percentile, "
+                "or entropy (ONNX QDQ only)."),
     option("max_samples", int, DEFAULT_MAX_CALIB, "--max-samples", help="At most this many calibration samples."),
     option("max_val_samples", int, DEFAULT_MAX_VAL, "--max-val-samples",
            help="At most this many validation samples."),

@@ -19,7 +19,8 @@ import numpy as np
 from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover
 from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate
-from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL, IO_DTYPES
+from edgeopt.conversion.defaults import (CALIBRATION_METHODS, DEFAULT_BIAS_CORRECTION, DEFAULT_MAX_CALIB,
+                                         DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
 from edgeopt.converters.onnx_tflite import layout_perm
@@ -156,7 +157,7 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
             allow_float_fallback: bool = False, max_samples: int = DEFAULT_MAX_CALIB,
             max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, accuracy_target=None,
-            allow_cpu_ops: bool = False, trust_model_code: bool = False, **options) -> dict:
+            allow_cpu_ops: bool = False, trust_model_code: bool = False, max_float_layers=None, **options) -> dict:
     """See :func:`edgeopt.convert`. ``trust_model_code``: load models whose file can run code (Keras Lambda)."""
     unknown = sorted(set(options) - RECIPE_OPTIONS)
     if unknown:  # a misspelt option must not be silently ignored
@@ -165,6 +166,11 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     target_spec = recover.parse_target(accuracy_target)
     if target_spec:
         options["accuracy_target"] = target_spec
+    budget = recover.parse_max_float_layers(max_float_layers)
+    if budget is not None:
+        if not target_spec:  # it bounds recovery only: without a target it would be silently ignored
+            raise UsageError("--max-float-layers bounds --accuracy-target's recovery; give --accuracy-target too")
+        options["max_float_layers"] = budget
     if allow_cpu_ops:
         options["allow_cpu_ops"] = True
     if trust_model_code:
@@ -182,13 +188,18 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     if tgt.integer_only and allow_float_fallback:
         raise UsageError("--allow-float-fallback is not possible for Coral: the Edge TPU runs only INT8 ops",
                          hint="convert for rpi to keep float ops on the CPU")
-    method = options.get("calibration_method", CALIBRATION_METHODS[0])
+    method = options.get("calibration_method") or CALIBRATION_METHODS[0]
     if method not in CALIBRATION_METHODS:
         raise UsageError(f"calibration method {method!r}: expected {', '.join(CALIBRATION_METHODS[:-1])} or "
                          f"{CALIBRATION_METHODS[-1]}")
-    if method != "minmax" and "onnx-qdq-int8" not in tgt.formats:
-        raise UsageError(f"calibration method {method!r} is not available for {tgt.name}: the TFLite converter "
-                         "calibrates with min-max only", hint="use --accuracy-target to recover accuracy instead")
+    if method not in TFLITE_METHODS and "onnx-qdq-int8" not in tgt.formats:
+        raise UsageError(f"calibration method {method!r} is not available for {tgt.name}: TFLite targets take "
+                         f"{', '.join(TFLITE_METHODS[:-1])} or {TFLITE_METHODS[-1]}",
+                         hint="use --accuracy-target to recover accuracy instead")
+    # the default recipe, spelt out: converters and recovery read the options, the manifest records them
+    options["calibration_method"] = method
+    if options.get("bias_correction") is None:
+        options["bias_correction"] = DEFAULT_BIAS_CORRECTION
     mean, std = _floats(mean, "mean"), _floats(std, "std")
     shapes = parse_input_shapes(input_shapes)
     routes = [converters.route(fmt, kind, tgt) for kind in tgt.formats]
@@ -216,6 +227,9 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     manifest["_out"] = out  # not written to disk: where the caller finds the files
     if failures:
         need = (manifest.get("recovery") or {}).get("needs_cpu_ops")
+        unmet = (manifest.get("recovery") or {}).get("unmet")
+        if unmet and target_spec:
+            failures = failures + [unmet]
         raise GateError("accuracy gate failed: " + "; ".join(failures),
                         hint=(need["note"] + "; " if need else "") + f"artifacts and report kept in {out}",
                         result=manifest)
@@ -363,6 +377,9 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         cal = data.take(cal, slice(0, max_samples))
     if data.count(vdata) > max_val_samples:
         vdata = data.take(vdata, slice(0, max_val_samples))
+    split = None
+    if options.get("accuracy_target"):  # select on one half, confirm on the other; refused before converting
+        split = recover.split_samples(data.count(vdata), options["accuracy_target"], max_val_samples)
     cal_info.update(samples=data.count(cal), sha256=data.digest(cal), max_samples=max_samples)
     v_info.update(samples=data.count(vdata), sha256=data.digest(vdata))
 
@@ -391,33 +408,43 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
 
     labels = _labels(val, data.count(vdata)) if val is not None else None
     entries, by_artifact = [], {}
+    # the samples each part sees: all of them, or (with --accuracy-target) the selection / confirmation half
+    parts = {None: (vlist, ref_out, labels)}
+    for part, idx in (split or {}).items():
+        parts[part] = ([v[idx] for v in vlist], [r[idx] for r in ref_out], None if labels is None else labels[idx])
 
-    def check(a, path):
-        """(manifest entry with accuracy) of an artifact written at path."""
+    def check(a, path, part=None):
+        """(manifest entry with accuracy) of an artifact written at path, on the samples of ``part``."""
+        inputs, refs, labs = parts[part]
         entry = _describe(a, path, static_in, src_out)
         m = runtime.Model(path, None, entry, threads=None)
-        got = m.predict(vlist, batch_size=64)
-        acc = compare_outputs(ref_out, got, out_names)
-        if labels is not None:  # real task accuracy when the validation data carries labels
-            for name, r, g in zip(out_names, ref_out, got):
+        got = m.predict(inputs, batch_size=64)
+        acc = compare_outputs(refs, got, out_names)
+        if labs is not None:  # real task accuracy when the validation data carries labels
+            for name, r, g in zip(out_names, refs, got):
                 if "top1_agreement" in acc[name]:
-                    acc[name]["fp32_top1_accuracy"] = round(float(np.mean(np.argmax(r.reshape(len(r), -1), 1) == labels)), 6)
-                    acc[name]["top1_accuracy"] = round(float(np.mean(np.argmax(g.reshape(len(g), -1), 1) == labels)), 6)
+                    acc[name]["fp32_top1_accuracy"] = round(float(np.mean(np.argmax(r.reshape(len(r), -1), 1) == labs)), 6)
+                    acc[name]["top1_accuracy"] = round(float(np.mean(np.argmax(g.reshape(len(g), -1), 1) == labs)), 6)
         entry["accuracy"] = acc
         return entry
 
     recovery = layer_report = None
     target_spec = options.get("accuracy_target")
+    selection_acc = None
     if target_spec or options.get("explain"):
-        arts[0], recovery, layer_report = _recover(job, arts[0], check, target_spec, vdata, static_in, progress,
-                                                   bool(options.get("allow_cpu_ops")))
+        arts[0], recovery, layer_report, selection_acc = _recover(job, arts[0], check, target_spec, vdata, static_in,
+                                                                  progress, bool(options.get("allow_cpu_ops")), split)
+    final = "confirmation" if split else None  # the claim is measured on samples no choice saw
     for a in arts:
         path = os.path.join(staging, a["file"])
         with open(path, "wb") as f:
             f.write(a["data"])
-        entry = check(a, path)
+        entry = check(a, path, final)
         by_artifact[a["file"]] = entry["accuracy"]
         entries.append(entry)
+    if split and recovery is not None:
+        recover.confirm(recovery, target_spec, selection_acc, by_artifact[arts[0]["file"]],
+                        len(split["selection"]), len(split["confirmation"]))
 
     preflight = None
     if tgt.edgetpu_preflight:
@@ -429,6 +456,13 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     accuracy = {"reference": "fp32 source model (" + ("onnxruntime CPU" if fmt == "onnx" else "TensorFlow") + ")",
                 "data": v_info, "samples": v_info["samples"], "artifact": primary["file"],
                 "outputs": primary["accuracy"], "by_artifact": by_artifact}
+    if split:
+        n_sel, n_conf = len(split["selection"]), len(split["confirmation"])
+        accuracy["samples"] = n_conf
+        accuracy["split"] = {"method": recovery["split"]["method"], "confirmation_samples": n_conf,
+                             "selection_samples": n_sel, "selection_outputs": recovery["chosen"]["selection"]["accuracy"]}
+        if "top1_ci95" in recovery["chosen"]:
+            accuracy["top1_ci95"] = recovery["chosen"]["top1_ci95"]
     failures = []
     if min_sqnr is not None or min_top1 is not None:
         failures = accuracy_gate(primary["accuracy"], min_sqnr, min_top1)
@@ -456,38 +490,43 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     return manifest, failures
 
 
-def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops):
-    """(artifact, recovery report or None, layer report or None) for the primary artifact."""
+def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops, split=None):
+    """(artifact, recovery report or None, layer report or None, its accuracy on the samples it was chosen on)
+    for the primary artifact. With ``split``, every choice sees the selection samples only."""
     counter = [0]
+    part = "selection" if split else None
 
     def evaluate(a, keep=False):
         counter[0] += 1
         path = os.path.join(job.workdir, f"candidate-{counter[0]}-{a['file']}")
         with open(path, "wb") as f:
             f.write(a["data"])
-        acc = check(a, path)["accuracy"]
+        acc = check(a, path, part)["accuracy"]
         if not keep:
             os.remove(path)
         return acc, path
 
-    samples = [[vdata[i["name"]][k:k + 1] for i in static_in]
-               for k in range(min(data.count(vdata), recover.DEBUG_SAMPLES))]
+    chosen_from = split["selection"] if split else range(data.count(vdata))
+    samples = [[vdata[i["name"]][k:k + 1] for i in static_in] for k in chosen_from[:recover.DEBUG_SAMPLES]]
     if getattr(job, "primary_prep", None):
         job.qdq_prep = job.primary_prep
     acc = evaluate(art)[0]
     if not target:  # explain only: the per-layer report of the plain artifact
         _say(progress, "per-layer error")
-        return art, {"chosen": {"recipe": recover.describe_recipe(job.options, [])}}, recover.layers(job, art, samples)
+        return (art, {"chosen": {"recipe": recover.describe_recipe(job.options, [])}},
+                recover.layers(job, art, samples), acc)
     if recover.meets(acc, target) and not job.options.get("explain"):
         plain = recover.describe_recipe(job.options, [])
         report = {"target": target, "target_str": recover.target_str(target), "met": True,
                   "steps": [recover.step_entry({"recipe": plain, "float": [], "acc": acc}, target)],
                   "chosen": {"recipe": plain, "float_layers": [], "accuracy": recover.brief_accuracy(acc)},
                   "note": "the plain recipe meets the target"}
-        return art, report, None
-    new, _, report = recover.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops,
-                                     progress=progress, samples=samples, n_val=data.count(vdata))
-    return new, report, report.pop("layers", None)
+        return art, report, None, acc
+    new, new_acc, report = recover.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops,
+                                           progress=progress, samples=samples,
+                                           n_val=None if split else data.count(vdata),
+                                           max_float_layers=job.options.get("max_float_layers"))
+    return new, report, report.pop("layers", None), new_acc
 
 
 def _labels(val, n):
@@ -609,7 +648,9 @@ def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src
         "target": {"name": tgt.name, "family": tgt.family, "runtime": tgt.runtime, "delegate": tgt.delegate,
                    "io_dtype": io_dtype, "threads": tgt.threads, "cpu_arch": tgt.cpu_arch},
         "artifacts": entries,
+        # the recipe of a conversion (a .tflite passed through was not calibrated here: no recipe)
         "calibration": dict(cal_info, method=options.get("calibration_method", "minmax"),
+                            **({"recipe": recover.describe_recipe(options, [])} if fmt != "tflite" else {}),
                             mean=mean, std=std),
         "accuracy": accuracy,
         "options": {"io": io_dtype, "allow_float_fallback": bool(allow_float_fallback),
@@ -618,6 +659,8 @@ def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src
     }
     if options.get("allow_cpu_ops"):
         m["options"]["allow_cpu_ops"] = True
+    if options.get("max_float_layers") is not None:
+        m["options"]["max_float_layers"] = options["max_float_layers"]
     if options.get("trust_model_code"):
         m["options"]["trust_model_code"] = True
     epoch = os.environ.get("SOURCE_DATE_EPOCH")

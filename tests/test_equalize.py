@@ -1,0 +1,268 @@
+"""Cross-layer equalization (edgeopt.converters.onnx_equalize): the float function is unchanged, the
+per-channel weight ranges of each pair end up equal, and patterns it must not touch are left alone."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
+
+from edgeopt.converters import onnx_equalize  # noqa: E402
+
+
+def _conv_w(rng, out_c, in_c, k, spread=3.0):
+    """Conv weights whose output channels differ in range by up to 10**spread (what CLE evens out)."""
+    w = rng.standard_normal((out_c, in_c, k, k))
+    return (w * 10 ** rng.uniform(-spread / 2, spread / 2, (out_c, 1, 1, 1))).astype(np.float32)
+
+
+def _model(nodes, inits, in_c=3, out_c=4, size=8, extra_outputs=()):
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, in_c, size, size])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, None, None]) for n in ("y",) + tuple(extra_outputs)]
+    graph = helper.make_graph(nodes, "g", [inp], outs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _separable(rng, clip_hi=6.0, multiplier=1, pad_value=0.0):
+    """conv 3->8 + Relu -> depthwise 3x3 (x multiplier) + Clip(0, clip_hi) -> Pad -> 1x1 conv -> 4."""
+    c, m = 8, 8 * multiplier
+    inits = {"w1": _conv_w(rng, c, 3, 3), "b1": rng.standard_normal(c).astype(np.float32),
+             "w2": _conv_w(rng, m, 1, 3), "b2": rng.standard_normal(m).astype(np.float32),
+             "w3": _conv_w(rng, 4, m, 1), "b3": rng.standard_normal(4).astype(np.float32),
+             "lo": np.array(0.0, np.float32), "hi": np.array(clip_hi, np.float32),
+             "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pv": np.array(pad_value, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c2", "lo", "hi"], ["a2"]),
+             helper.make_node("Pad", ["a2", "pads", "pv"], ["p2"]),
+             helper.make_node("Conv", ["p2", "w3", "b3"], ["y"])]
+    return _model(nodes, inits)
+
+
+def _run(model, x):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})
+
+
+def _inputs(rng, n=4, c=3, size=8):
+    # scaled up so that the ReLU6 bound is reached on many channels (the clip rewrite must be exact there)
+    return (rng.standard_normal((n, c, size, size)) * 3).astype(np.float32)
+
+
+def _weights(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _assert_same(a, b, rel=1e-5):
+    for u, v in zip(a, b):
+        assert np.max(np.abs(u - v)) <= rel * max(1e-6, float(np.max(np.abs(u)))), np.max(np.abs(u - v))
+
+
+def test_separable_block_float_unchanged_and_ranges_equal():
+    rng = np.random.default_rng(0)
+    model = _separable(rng)
+    x = _inputs(rng)
+    ref = _run(model, x)
+    assert np.mean(ref[0] != 0) > 0.5
+    out, report = onnx_equalize.equalize(model, clip="exact")
+    assert report["pairs"] == 2 and report["depthwise_pairs"] == 2 and report["clips_rewritten"] == 1
+    _assert_same(ref, _run(out, x))
+    w = _weights(out)
+    # pair 1: output channel i of w1 and the depthwise filter i; pair 2: depthwise i and input column i of w3
+    r1 = np.abs(w["w1"]).reshape(8, -1).max(1)
+    r2 = np.abs(w["w2"]).reshape(8, -1).max(1)
+    r3 = np.abs(w["w3"][:, :, 0, 0]).max(0)
+    # iterated to a fixed point: every channel's range equals its partner's on both sides of the dw conv
+    np.testing.assert_allclose(r1, r2, rtol=1e-3)
+    np.testing.assert_allclose(r2, r3, rtol=1e-3)
+    assert report["range_spread_after"] < report["range_spread_before"]
+    # the ReLU6 became Relu + a per-channel Min (bounds 6 / s_i), and the old scalar bounds are gone
+    ops = [n.op_type for n in out.graph.node]
+    assert "Clip" not in ops and ops.count("Min") == 1
+    bound = next(v for k, v in w.items() if k.endswith("_hi"))
+    assert bound.shape == (1, 8, 1, 1) and not np.allclose(bound, 6.0)
+    assert "hi" not in w and "lo" not in w
+
+
+def test_bias_scaled_with_its_channel():
+    rng = np.random.default_rng(1)
+    model = _separable(rng)
+    out, _ = onnx_equalize.equalize(model, clip="exact")
+    before, after = _weights(model), _weights(out)
+    s = before["w1"].reshape(8, -1)[:, 0] / after["w1"].reshape(8, -1)[:, 0]
+    np.testing.assert_allclose(before["b1"] / s, after["b1"], rtol=1e-5)
+
+
+def test_skip_mode_leaves_relu6_pairs_alone():
+    rng = np.random.default_rng(2)
+    model = _separable(rng)
+    x = _inputs(rng)
+    out, report = onnx_equalize.equalize(model, clip="skip")
+    assert report["pairs"] == 1 and report["clips_rewritten"] == 0
+    assert report["skipped"] == {"clip with a finite bound (clip='skip')": 1}
+    before, after = _weights(model), _weights(out)
+    np.testing.assert_array_equal(before["w3"], after["w3"])  # the pair behind the clip is untouched
+    assert not np.allclose(before["w1"], after["w1"])           # the Relu pair is equalized
+    assert [n.op_type for n in out.graph.node].count("Clip") == 1
+    # float32 rounding of intermediates ~100x larger than the output (weights spread over 10**3)
+    _assert_same(_run(model, x), _run(out, x), rel=1e-4)
+
+
+def test_depthwise_multiplier_channel_correspondence():
+    rng = np.random.default_rng(3)
+    model = _separable(rng, multiplier=2)  # depthwise 8 -> 16: input channel i feeds output rows 2i, 2i+1
+    x = _inputs(rng)
+    out, report = onnx_equalize.equalize(model, clip="exact")
+    assert report["pairs"] == 2
+    _assert_same(_run(model, x), _run(out, x))
+    w = _weights(out)
+    r1 = np.abs(w["w1"]).reshape(8, -1).max(1)
+    r2 = np.abs(w["w2"]).reshape(8, -1).max(1)  # both filters of input channel i together
+    np.testing.assert_allclose(r1, r2, rtol=1e-3)
+
+
+def test_grouped_conv_channel_correspondence():
+    rng = np.random.default_rng(4)
+    inits = {"w1": _conv_w(rng, 8, 3, 3), "w2": _conv_w(rng, 6, 4, 3), "w3": _conv_w(rng, 4, 6, 1)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("LeakyRelu", ["c1"], ["a1"], alpha=0.1),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], group=2, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c2", "w3"], ["y"])]
+    model = _model(nodes, inits)
+    x = _inputs(rng)
+    out, report = onnx_equalize.equalize(model, clip="exact")
+    assert report["pairs"] == 2
+    _assert_same(_run(model, x), _run(out, x))
+    w = _weights(out)
+    r1 = np.abs(w["w1"]).reshape(8, -1).max(1)
+    # input channel i of the grouped conv: group i // 4 (output rows 3g..3g+2), column i % 4
+    r2 = np.array([np.abs(w["w2"][3 * (i // 4):3 * (i // 4) + 3, i % 4]).max() for i in range(8)])
+    np.testing.assert_allclose(r1, r2, rtol=1e-3)
+
+
+def test_clip_with_negative_lower_bound_is_exact():
+    rng = np.random.default_rng(5)
+    inits = {"w1": _conv_w(rng, 8, 3, 3), "w2": _conv_w(rng, 4, 8, 1),
+             "lo": np.array(-1.0, np.float32), "hi": np.array(2.0, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w2"], ["y"])]
+    model = _model(nodes, inits)
+    x = _inputs(rng)
+    out, report = onnx_equalize.equalize(model, clip="exact")
+    assert report["clips_rewritten"] == 1
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Max", "Min", "Conv"]
+    _assert_same(_run(model, x), _run(out, x))
+
+
+@pytest.mark.parametrize("case", ["residual", "graph_output", "sigmoid", "pad_value", "shared_weights"])
+def test_patterns_left_alone(case):
+    rng = np.random.default_rng(6)
+    inits = {"w1": _conv_w(rng, 8, 3, 3), "w2": _conv_w(rng, 8, 8, 1), "w3": _conv_w(rng, 4, 8, 1),
+             "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pv": np.array(0.5, np.float32)}
+    extra = ()
+    act = helper.make_node("Relu", ["c1"], ["a1"])
+    tail = [helper.make_node("Conv", ["a1", "w2"], ["c2"]), helper.make_node("Conv", ["c2", "w3"], ["y"])]
+    if case == "residual":      # the activation is read by the conv and by an Add: scaling one reader breaks the other
+        tail = [helper.make_node("Conv", ["a1", "w2"], ["c2"]), helper.make_node("Add", ["c2", "a1"], ["s"]),
+                helper.make_node("Conv", ["s", "w3"], ["y"])]
+    elif case == "graph_output":
+        extra = ("a1",)
+    elif case == "sigmoid":     # not positively homogeneous
+        act = helper.make_node("Sigmoid", ["c1"], ["a1"])
+    elif case == "pad_value":   # padding with 0.5 does not commute with scaling
+        act = helper.make_node("Pad", ["c1", "pads", "pv"], ["a1"])
+        tail = [helper.make_node("Conv", ["a1", "w2"], ["c2"]), helper.make_node("Relu", ["c2"], ["r2"]),
+                helper.make_node("Add", ["r2", "r2"], ["y"])]
+    elif case == "shared_weights":
+        tail = [helper.make_node("Conv", ["a1", "w2"], ["c2"]), helper.make_node("Conv", ["c2", "w2"], ["c3"]),
+                helper.make_node("Add", ["c3", "c3"], ["y"])]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), act] + tail
+    model = _model(nodes, inits, extra_outputs=extra)
+    out, report = onnx_equalize.equalize(model, clip="exact")
+    before, after = _weights(model), _weights(out)
+    # the first pair (w1 -> w2) must not be scaled in any of these graphs
+    np.testing.assert_array_equal(before["w1"], after["w1"])
+    # what remains equalizable: w2 -> w3 where c2 is read by w3 alone
+    assert report["pairs"] == {"residual": 0, "graph_output": 1, "sigmoid": 1, "pad_value": 0,
+                               "shared_weights": 0}[case]
+    if case == "pad_value":
+        assert report["skipped"] == {"pad that mixes channels or pads with a non-zero value": 1}
+    x = _inputs(rng)
+    _assert_same(_run(model, x), _run(out, x))
+
+
+def test_default_leaves_bounded_clips_alone():
+    """The default (clip="skip"): measured on EfficientNet-Lite0, rewriting ReLU6 cost INT8 accuracy."""
+    out, report = onnx_equalize.equalize(_separable(np.random.default_rng(10)))
+    assert report["clip_mode"] == "skip" and report["pairs"] == 1 and report["clips_rewritten"] == 0
+
+
+def test_bad_clip_mode():
+    with pytest.raises(ValueError, match="clip must be one of"):
+        onnx_equalize.equalize(_separable(np.random.default_rng(7)), clip="relu")
+
+
+def test_equalize_file_roundtrip(tmp_path):
+    rng = np.random.default_rng(8)
+    model = _separable(rng)
+    src, dst = tmp_path / "m.onnx", tmp_path / "m.cle.onnx"
+    onnx.save(model, str(src))
+    report = onnx_equalize.equalize_file(str(src), str(dst), clip="exact")
+    assert report["pairs"] == 2 and dst.exists()
+    x = _inputs(rng)
+    _assert_same(_run(model, x), _run(onnx.load(str(dst)), x))
+
+
+def test_conv_pool_conv_and_dense_pairs():
+    """The Fashion-MNIST CNN's shape: conv -> Relu -> MaxPool -> conv, then Gemm (B transposed) -> Relu ->
+    Gemm, and MatMul -> ReLU6 -> MatMul (per-channel Min on the last axis)."""
+    rng = np.random.default_rng(9)
+    inits = {"w1": _conv_w(rng, 8, 3, 3), "b1": rng.standard_normal(8).astype(np.float32),
+             "w2": _conv_w(rng, 8, 8, 3),
+             "g1": _conv_w(rng, 16, 8 * 4 * 4, 1)[:, :, 0, 0], "c1": rng.standard_normal(16).astype(np.float32),
+             "g2": _conv_w(rng, 12, 16, 1)[:, :, 0, 0].T.copy(),  # (K, N): not transposed
+             "m1": _conv_w(rng, 10, 12, 1)[:, :, 0, 0].T.copy(), "m2": _conv_w(rng, 4, 10, 1)[:, :, 0, 0].T.copy(),
+             "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1o"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1o"], ["a1"]),
+             helper.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2o"], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c2o"], ["f"]),
+             helper.make_node("Gemm", ["f", "g1", "c1"], ["d1"], transB=1),
+             helper.make_node("Relu", ["d1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "g2"], ["d2"]),
+             helper.make_node("MatMul", ["d2", "m1"], ["e1"]),
+             helper.make_node("Clip", ["e1", "lo", "hi"], ["q1"]),
+             helper.make_node("MatMul", ["q1", "m2"], ["y"])]
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])
+    out_vi = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
+    model = helper.make_model(helper.make_graph(nodes, "g", [inp], [out_vi],
+                                                [numpy_helper.from_array(v, k) for k, v in inits.items()]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = _inputs(rng)
+    out, report = onnx_equalize.equalize(model, clip="exact")
+    # conv->pool->conv, Gemm->Relu->Gemm, Gemm->MatMul (identity), MatMul->Clip->MatMul; not conv->Flatten->Gemm
+    assert report["pairs"] == 4 and report["clips_rewritten"] == 1
+    _assert_same(_run(model, x), _run(out, x), rel=1e-4)
+    w = _weights(out)
+    np.testing.assert_allclose(np.abs(w["w1"]).reshape(8, -1).max(1),
+                               np.abs(w["w2"]).transpose(1, 0, 2, 3).reshape(8, -1).max(1), rtol=1e-3)
+    np.testing.assert_allclose(np.abs(w["m1"]).max(0), np.abs(w["m2"]).max(1), rtol=1e-3)
+    assert next(v for k, v in w.items() if k.endswith("_hi")).shape == (10,)
+
+
+def test_module_import_is_light():
+    """Importing the module pulls in neither onnx nor onnxruntime (edgeopt imports converters lazily)."""
+    import subprocess
+    import sys
+    code = ("import sys, edgeopt.converters.onnx_equalize; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -1,0 +1,229 @@
+"""--accuracy-target stays INT8 and reports honest numbers: the float-layer budget (--max-float-layers, the size
+cap of the default budget), the selection / confirmation split of the validation samples, and the refusal of a
+top-1 target the confirmation samples cannot resolve. Fast tests on tiny named ONNX models (Jetson QDQ route);
+one slow one on the Fashion-MNIST CNN."""
+import json
+
+import numpy as np
+import pytest
+
+import edgeopt
+import edgeopt.runtime
+from edgeopt.conversion import recover
+from edgeopt.errors import GateError, UsageError
+from edgeopt_testkit import edgeopt_cli, onnx_graph, save_arrays
+
+
+# ----------------------------------------------------------------------------------------------- units
+
+def test_parse_max_float_layers_and_budget():
+    assert recover.parse_max_float_layers(None) is None
+    assert recover.parse_max_float_layers("3") == {"layers": 3} == recover.parse_max_float_layers(3)
+    assert recover.parse_max_float_layers("0") == {"layers": 0}
+    assert recover.parse_max_float_layers("25%") == {"percent": 25.0}
+    for bad in ("-1", "2.5", "abc", "150%", "x%", True):
+        with pytest.raises(UsageError, match="--max-float-layers"):
+            recover.parse_max_float_layers(bad)
+    # default: 10% of the quantizable layers, rounded down, at least 1
+    assert recover.float_budget(None, 69)[0] == 6 and recover.float_budget(None, 60)[0] == 6
+    assert recover.float_budget(None, 9)[0] == 1 and recover.float_budget(None, 4)[0] == 1
+    assert "default" in recover.float_budget(None, 4)[1]
+    assert recover.float_budget({"percent": 50.0}, 9)[0] == 4
+    assert recover.float_budget({"percent": 0.0}, 9)[0] == 0
+    assert recover.float_budget({"layers": 5}, 3) == (3, "--max-float-layers 5")
+
+
+def test_split_and_resolution_rule():
+    # the target must allow >= 2 disagreements among the confirmation samples: n >= 2 / (1 - top1)
+    assert recover.confirmation_needed(0.98) == 100 and recover.confirmation_needed(0.99) == 200
+    assert recover.confirmation_needed(0.9) == 20 and recover.confirmation_needed(1.0) is None
+    s = recover.split_samples(200, {"top1": 0.98})
+    sel, conf = s["selection"], s["confirmation"]
+    assert len(sel) == len(conf) == 100 and not set(sel) & set(conf) and sorted([*sel, *conf]) == list(range(200))
+    assert list(sel[:3]) == [0, 2, 4] and list(conf[:3]) == [1, 3, 5]  # interleaved, deterministic
+    with pytest.raises(UsageError, match="200 validation samples are needed") as e:
+        recover.split_samples(199, {"top1": 0.98})
+    assert "(99)" in str(e.value) and "top1=0.979" in e.value.hint  # what the given samples would resolve
+    with pytest.raises(UsageError, match="4000 validation samples are needed") as e:
+        recover.split_samples(1000, {"top1": 0.999}, max_val_samples=1000)
+    assert "--max-val-samples" in str(e.value)
+    with pytest.raises(UsageError, match="no number of samples"):
+        recover.split_samples(5000, {"top1": 1.0})
+    with pytest.raises(UsageError, match="at least 2"):
+        recover.split_samples(1, {"sqnr": 30.0})
+    assert len(recover.split_samples(3, {"sqnr": 30.0})["confirmation"]) == 1  # SQNR needs no count
+
+
+# ------------------------------------------------------------------------------------- tiny models
+
+@pytest.fixture(scope="module")
+def three_layers(tmp_path_factory):
+    """conv1 -> relu -> conv2 -> relu -> GAP -> fc, named: four float candidates (conv1, conv2, gap, fc), logits
+    (1, 10); calibration (40) and validation (60) samples."""
+    d = tmp_path_factory.mktemp("budget")
+    rng = np.random.default_rng(7)
+    w = {"w1": rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3,
+         "w2": rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.1,
+         "fw": rng.standard_normal((32, 10)).astype(np.float32) * 0.3}
+    path = str(d / "three.onnx")
+    onnx_graph([("Conv", ["x", "w1"], ["c1"], {"pads": [1, 1, 1, 1], "name": "conv1"}),
+                ("Relu", ["c1"], ["r1"], {"name": "relu1"}),
+                ("Conv", ["r1", "w2"], ["c2"], {"pads": [1, 1, 1, 1], "name": "conv2"}),
+                ("Relu", ["c2"], ["r2"], {"name": "relu2"}),
+                ("GlobalAveragePool", ["r2"], ["g"], {"name": "gap"}),
+                ("Flatten", ["g"], ["f"], {"name": "flat"}),
+                ("Gemm", ["f", "fw"], ["logits"], {"name": "fc"})],
+               {"x": [1, 3, 8, 8]}, {"logits": [1, 10]}, w, path=path, name="three")
+    files = save_arrays(d, calib=rng.standard_normal((40, 3, 8, 8)).astype(np.float32),
+                        val=rng.standard_normal((60, 3, 8, 8)).astype(np.float32))
+    return d, path, files
+
+
+def _convert(three_layers, out, **kw):
+    d, path, files = three_layers
+    try:
+        return edgeopt.convert(path, "jetson", calib=files["calib"], val=files["val"], out=str(d / out), **kw), None
+    except GateError as e:
+        return e.result, e
+
+
+def _float_nodes(out_dir) -> set:
+    """Compute nodes of the written QDQ model whose weights are float (no DequantizeLinear feeds them)."""
+    import onnx
+    q = onnx.load(str(out_dir / "model.int8.qdq.onnx"))
+    made_by = {o: n.op_type for n in q.graph.node for o in n.output}
+    return {n.name for n in q.graph.node if n.op_type in ("Conv", "Gemm")
+            and made_by.get(n.input[1]) != "DequantizeLinear"}
+
+
+def test_budget_respected_best_int8_kept(three_layers):
+    """sqnr=100 is reached only with all four candidates in float: a budget of 1 (the default) or 3 ends in a
+    GateError naming the budget, with the best all-INT8 artifact written; a budget of 100% meets it."""
+    d = three_layers[0]
+    m, err = _convert(three_layers, "default", accuracy_target="sqnr=100")
+    assert err is not None and err.exit_code == 1
+    rec = m["recovery"]
+    assert rec["budget"]["max_float_layers"] == 1 and rec["budget"]["float_candidates"] == 4
+    assert "the budget allowed 1 float layer (the default, --max-float-layers 10% of the 4" in str(err)
+    assert "raise --max-float-layers" in str(err) and "best all-INT8 artifact was kept" in str(err)
+    assert not rec["met"] and rec["chosen"]["float_layers"] == [] and rec["chosen"]["recipe"]["float_layers"] == 0
+    assert max(len(s.get("float_layers") or []) for s in rec["steps"]) == 1  # nothing over the budget was tried
+    assert len(rec["best_float"]["float_layers"]) == 1 and not rec["best_float"]["met"]
+    assert _float_nodes(d / "default") == set()  # the artifact written is all INT8
+    assert m["calibration"]["recipe"]["float_layers"] == 0
+
+    m, err = _convert(three_layers, "three", accuracy_target="sqnr=100", max_float_layers=3)
+    assert err is not None and "the budget allowed 3 float layers (--max-float-layers 3)" in str(err)
+    assert max(len(s.get("float_layers") or []) for s in m["recovery"]["steps"]) == 3
+    assert m["recovery"]["chosen"]["float_layers"] == [] and _float_nodes(d / "three") == set()
+    assert m["options"]["max_float_layers"] == {"layers": 3}
+
+    m, err = _convert(three_layers, "all", accuracy_target="sqnr=100", max_float_layers="100%")
+    assert err is None, str(err)
+    rec = m["recovery"]
+    assert rec["met"] and sorted(rec["chosen"]["float_layers"]) == ["conv1", "conv2", "fc", "gap"]
+    assert _float_nodes(d / "all") == {"conv1", "conv2", "fc"}
+    assert m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 100
+
+
+def test_default_budget_never_returns_a_float_model(tmp_path):
+    """One large layer: keeping it in float meets any SQNR target but makes the artifact ~1x the FP32 size.
+    The default budget (1 layer) refuses that (over 0.4x) and keeps the INT8 one; an explicit budget takes it."""
+    rng = np.random.default_rng(3)
+    path = str(tmp_path / "one.onnx")
+    onnx_graph([("Conv", ["x", "w"], ["y"], {"pads": [1, 1, 1, 1], "name": "big"})], {"x": [1, 16, 8, 8]},
+               {"y": [1, 64, 8, 8]}, {"w": rng.standard_normal((64, 16, 3, 3)).astype(np.float32) * 0.1},
+               path=path, name="one")
+    files = save_arrays(tmp_path, calib=rng.standard_normal((20, 16, 8, 8)).astype(np.float32),
+                        val=rng.standard_normal((20, 16, 8, 8)).astype(np.float32))
+    with pytest.raises(GateError) as e:
+        edgeopt.convert(path, "jetson", calib=files["calib"], val=files["val"], out=str(tmp_path / "a"),
+                        accuracy_target="sqnr=80")
+    rec = e.value.result["recovery"]
+    assert rec["best_float"]["float_layers"] == ["big"] and not rec["best_float"]["met"]
+    assert rec["best_float"]["bytes"] > rec["budget"]["max_bytes"] == int(0.4 * rec["budget"]["fp32_bytes"])
+    assert "over the 0.4x" in str(e.value) and "--max-float-layers 1" in str(e.value)
+    assert rec["chosen"]["float_layers"] == [] and e.value.result["artifacts"][0]["bytes"] < rec["budget"]["max_bytes"]
+    m = edgeopt.convert(path, "jetson", calib=files["calib"], val=files["val"], out=str(tmp_path / "b"),
+                        accuracy_target="sqnr=80", max_float_layers=1)
+    assert m["recovery"]["met"] and m["recovery"]["chosen"]["float_layers"] == ["big"]
+    assert "max_bytes" not in m["recovery"]["budget"]  # the user raised the budget: no size cap
+
+
+def test_claim_is_the_confirmations(three_layers):
+    """The selection and confirmation counts add up; the manifest's accuracy and recovery.chosen are what the
+    artifact scores on the odd-indexed (confirmation) samples, the selection numbers on the even ones."""
+    import onnxruntime as ort
+
+    d, path, files = three_layers
+    m, err = _convert(three_layers, "split", accuracy_target="top1=0.9")
+    rec, acc = m["recovery"], m["accuracy"]
+    split = rec["split"]
+    assert split["selection_samples"] + split["confirmation_samples"] == m["accuracy"]["data"]["samples"] == 60
+    assert split["confirmation_samples"] == rec["chosen"]["confirmation_samples"] == acc["samples"] == 30
+    assert acc["split"]["selection_samples"] == rec["chosen"]["selection"]["samples"] == 30
+
+    x = np.load(files["val"])
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    ref = np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    (got,) = edgeopt.runtime.load(str(d / "split")).run(x)
+
+    def top1(idx):
+        return float(np.mean(ref[idx].argmax(1) == got[idx].argmax(1)))
+    conf, sel = np.arange(1, 60, 2), np.arange(0, 60, 2)
+    claim = rec["chosen"]["accuracy"]["logits"]["top1_agreement"]
+    assert claim == pytest.approx(top1(conf)) == acc["outputs"]["logits"]["top1_agreement"]
+    assert rec["chosen"]["selection"]["accuracy"]["logits"]["top1_agreement"] == pytest.approx(top1(sel))
+    assert acc["split"]["selection_outputs"] == rec["chosen"]["selection"]["accuracy"]
+    assert rec["chosen"]["top1_ci95"]["logits"] == acc["top1_ci95"]["logits"] == recover.wilson(claim, 30)
+    assert rec["met"] == (claim >= 0.9) and (err is None) == rec["met"]
+    assert "confirmation" in rec["note"]
+
+
+def test_cli_unresolvable_target_and_bad_budget_exit_2(three_layers, tmp_path):
+    d, path, files = three_layers
+    base = ["convert", path, "--target", "jetson", "--calib", files["calib"], "--val", files["val"]]
+    # 60 validation samples: 30 confirm; top1=0.95 needs 2 / 0.05 = 40 of them, 80 validation samples
+    r = edgeopt_cli(*base, "--accuracy-target", "top1=0.95", "--out", tmp_path / "o")
+    assert r.returncode == 2 and r.stderr.startswith("error: --accuracy-target top1=0.95")
+    assert "80 validation samples are needed" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()  # refused before converting
+    r = edgeopt_cli(*base, "--accuracy-target", "sqnr=30", "--max-float-layers", "lots", "--out", tmp_path / "o")
+    assert r.returncode == 2 and r.stderr.startswith("error: --max-float-layers 'lots'")
+    r = edgeopt_cli(*base, "--max-float-layers", "2", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "give --accuracy-target too" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------- Fashion-MNIST, slow
+
+@pytest.mark.slow
+def test_fmnist_jetson_budget(onnx_cnn, fm_data, tmp_path):
+    """sqnr=50 on the Fashion-MNIST CNN (4 quantizable layers; plain ~40 dB, the last Gemm alone in float
+    ~48 dB) needs 2 layers in float: the default budget (1) exits 1 with the all-INT8 artifact and says what 1
+    float layer reached; --max-float-layers 2 meets it, confirmed on the 500 samples no choice saw."""
+    args = ["convert", onnx_cnn, "--target", "jetson", "--calib", fm_data["calib_nchw"], "--val",
+            fm_data["val_nchw"], "--accuracy-target", "sqnr=50", "--json"]
+    r = edgeopt_cli(*args, "--out", tmp_path / "a")
+    assert r.returncode == 1, r.stderr[-3000:]
+    m = json.loads(r.stdout)
+    rec = m["recovery"]
+    assert rec["budget"]["max_float_layers"] == 1 and rec["budget"]["float_candidates"] == 4
+    assert "the budget allowed 1 float layer" in r.stderr and "raise --max-float-layers" in r.stderr
+    best = rec["best_float"]
+    assert len(best["float_layers"]) == 1 and 45 < best["accuracy"]["logits"]["sqnr_db"] < 50
+    assert f"sqnr_db {best['accuracy']['logits']['sqnr_db']:g}" in r.stderr  # what that candidate reached
+    assert rec["chosen"]["float_layers"] == [] and m["accuracy"]["outputs"]["logits"]["sqnr_db"] < 45
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["recovery"]["chosen"]["float_layers"] == []
+
+    r = edgeopt_cli(*args, "--out", tmp_path / "b", "--max-float-layers", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout)
+    rec = m["recovery"]
+    assert rec["met"] and len(rec["chosen"]["float_layers"]) == 2
+    assert rec["chosen"]["float_layers"][0] == best["float_layers"][0]  # the most sensitive one first
+    assert rec["split"] == {"method": rec["split"]["method"], "selection_samples": 500, "confirmation_samples": 500,
+                            "validation_samples": 1000}
+    assert m["accuracy"]["samples"] == 500 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 50
+    assert rec["chosen"]["selection"]["accuracy"]["logits"]["sqnr_db"] >= 50
+    assert rec["cost"]["size_ratio_fp32"] < 0.4
