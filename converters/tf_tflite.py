@@ -191,39 +191,53 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     Returns (tflite bytes, info) where info has the signature's tensor indices and any float ops kept.
     """
     cf = _frozen(graph, source)
-    if method != "minmax" or bias_correction:
-        # calibrate, set the ranges, quantize (what the converter does in one step, with our ranges between)
-        return _quantize_in_steps(cf, calib, io_dtype, allow_float_fallback, source, method, bias_correction,
-                                  per_channel)
+    # min-max without bias correction is the converter's own one-step conversion; any other recipe calibrates
+    # only, sets the ranges it chose (set_ranges), corrects biases, then runs the MLIR quantizer with the I/O
+    # types, as TFLiteConverter.convert does after its own calibration
+    stepwise = method != "minmax" or bias_correction
+    io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
 
     def representative():
         for sample in calib:
             yield [np.asarray(a, dtype=np.float32) for a in sample]
 
-    io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
-
-    def make(ops):
+    def convert(ops):
         conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = ops
-        conv.inference_input_type = io
-        conv.inference_output_type = io
         conv._experimental_disable_per_channel = not per_channel
-        return conv
+        if stepwise:
+            conv.experimental_new_quantizer = True
+            conv._experimental_calibrate_only = True
+        else:
+            conv.inference_input_type = io
+            conv.inference_output_type = io
+        return conv.convert()
 
     float_ops: list[str] = []
     try:
-        data = make([tf.lite.OpsSet.TFLITE_BUILTINS_INT8]).convert()
+        data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
     except Exception as e:
-        msg = str(e)
-        ops = _failing_ops(msg)
         if not allow_float_fallback:
-            what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else ""
-            raise UsageError(f"{source}: full-integer INT8 conversion failed:{what or ' ' + msg.strip().splitlines()[-1][:300]}",
-                             hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)") from None
-        data = make([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]).convert()
-        float_ops = ops or ["(unnamed)"]
+            raise _int8_failure(e, source) from None
+        data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
+        float_ops = _failing_ops(str(e)) or ["(unnamed)"]
+    bc_info = None
+    if stepwise:
+        from tensorflow.lite.python import convert as lite_convert
+
+        def final(model, io_type):
+            return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
+                                              output_data_type=io_type)
+        cal = set_ranges(data, calib, method)
+        if bias_correction:
+            shifts, bc_info = _bias_shifts(cal, final(cal, tf.float32), calib)
+            cal = _apply_biases(cal, shifts, set())
+        try:
+            data = final(cal, io)
+        except Exception as e:
+            raise _int8_failure(e, source) from None
     info = io_order(data)
     # The converter may leave an op without an int8 kernel in float (wrapped in DEQUANTIZE/QUANTIZE) even
     # with TFLITE_BUILTINS_INT8 only: check the result itself.
@@ -234,70 +248,19 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
                          hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)")
     if left or float_ops:  # the fallback was used: record which ops really compute in float
         info["float_ops"] = left or float_ops
-    return data, info
-
-
-def _quantize_in_steps(cf, calib, io_dtype, allow_float_fallback, source, method, bias_correction, per_channel):
-    """:func:`quantize` through the calibrated float model: min-max calibration by the converter, activation
-    ranges replaced by ``method`` (:func:`set_ranges`), optional bias correction, then the MLIR quantizer
-    with the I/O types (as TFLiteConverter.convert does after its own calibration)."""
-    from tensorflow.lite.python import convert as lite_convert
-
-    def representative():
-        for sample in calib:
-            yield [np.asarray(a, dtype=np.float32) for a in sample]
-
-    io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
-
-    def calibrated(ops):
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = ops
-        conv.experimental_new_quantizer = True
-        conv._experimental_calibrate_only = True
-        return conv.convert()
-
-    def final(model, io_type):
-        return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
-                                          output_data_type=io_type)
-
-    float_ops: list[str] = []
-    try:
-        cal = calibrated([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
-    except Exception as e:
-        msg = str(e)
-        ops = _failing_ops(msg)
-        if not allow_float_fallback:
-            what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else ""
-            raise UsageError(f"{source}: full-integer INT8 conversion failed:{what or ' ' + msg.strip().splitlines()[-1][:300]}",
-                             hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)") from None
-        cal = calibrated([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
-        float_ops = ops or ["(unnamed)"]
-    cal = set_ranges(cal, calib, method)
-    bc_info = None
-    if bias_correction:
-        shifts, bc_info = _bias_shifts(cal, final(cal, tf.float32), calib)
-        cal = _apply_biases(cal, shifts, set())
-    try:
-        data = final(cal, io)
-    except Exception as e:
-        msg = str(e)
-        ops = _failing_ops(msg)
-        what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else ""
-        raise UsageError(f"{source}: full-integer INT8 conversion failed:{what or ' ' + msg.strip().splitlines()[-1][:300]}",
-                         hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)") from None
-    info = io_order(data)
-    left = float_ops_of(data)
-    if left and not allow_float_fallback:
-        raise UsageError(f"{source}: ops that cannot be quantized to INT8: {', '.join(left)} "
-                         "(they would run in float)",
-                         hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)")
-    if left or float_ops:
-        info["float_ops"] = left or float_ops
     if bc_info is not None:
         info["bias_correction"] = bc_info
     return data, info
+
+
+def _int8_failure(e: Exception, source: str) -> UsageError:
+    """The converter's refusal of a full-integer conversion as one clear error naming the ops, if it does."""
+    msg = str(e)
+    ops = _failing_ops(msg)
+    last = (msg.strip().splitlines() or [type(e).__name__])[-1]
+    what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else " " + last[:300]
+    return UsageError(f"{source}: full-integer INT8 conversion failed:{what}",
+                      hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)")
 
 
 def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None = None) -> bytes:
