@@ -8,9 +8,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
+helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
 from edgeopt.converters import onnx_equalize  # noqa: E402
+from edgeopt_testkit import onnx_graph  # noqa: E402
 
 
 def _conv_w(rng, out_c, in_c, k, spread=3.0):
@@ -19,11 +20,9 @@ def _conv_w(rng, out_c, in_c, k, spread=3.0):
     return (w * 10 ** rng.uniform(-spread / 2, spread / 2, (out_c, 1, 1, 1))).astype(np.float32)
 
 
-def _model(nodes, inits, in_c=3, out_c=4, size=8, extra_outputs=()):
-    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, in_c, size, size])
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, None, None]) for n in ("y",) + tuple(extra_outputs)]
-    graph = helper.make_graph(nodes, "g", [inp], outs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def _model(nodes, inits, in_c=3, out_c=4, size=8, extra_outputs=(), out_shape=(None, None, None, None)):
+    model = onnx_graph(nodes, {"x": [None, in_c, size, size]},
+                       {n: list(out_shape) for n in ("y",) + tuple(extra_outputs)}, inits)
     onnx.checker.check_model(model)
     return model
 
@@ -241,11 +240,7 @@ def test_conv_pool_conv_and_dense_pairs():
              helper.make_node("MatMul", ["d2", "m1"], ["e1"]),
              helper.make_node("Clip", ["e1", "lo", "hi"], ["q1"]),
              helper.make_node("MatMul", ["q1", "m2"], ["y"])]
-    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])
-    out_vi = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
-    model = helper.make_model(helper.make_graph(nodes, "g", [inp], [out_vi],
-                                                [numpy_helper.from_array(v, k) for k, v in inits.items()]),
-                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = _model(nodes, inits, out_shape=(None, 4))
     x = _inputs(rng)
     out, report = onnx_equalize.equalize(model, clip="exact")
     # conv->pool->conv, Gemm->Relu->Gemm, Gemm->MatMul (identity), MatMul->Clip->MatMul; not conv->Flatten->Gemm

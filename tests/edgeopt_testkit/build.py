@@ -21,13 +21,13 @@ def onnx_graph(nodes, inputs, outputs, initializers=None, path=None, name="g", i
     """An ONNX model (ModelProto) of ``nodes``, saved to ``path`` when given.
 
     nodes: ``(op, inputs, outputs)`` or ``(op, inputs, outputs, attributes)`` (attributes may hold the node's
-    ``name``); inputs / outputs: ``{name: shape}`` (float32) or ``{name: (shape, dtype)}``, a shape entry may be
+    ``name``), or ready ``onnx.NodeProto``s; inputs / outputs: ``{name: shape}`` (float32) or ``{name: (shape, dtype)}``, a shape entry may be
     a symbolic name; initializers: ``{name: numpy array}``.
     """
     import onnx
     from onnx import helper, numpy_helper
     graph = helper.make_graph(
-        [helper.make_node(op, list(ins), list(outs), **(attrs[0] if attrs else {})) for op, ins, outs, *attrs in nodes],
+        [node if isinstance(node, onnx.NodeProto) else _node(*node) for node in nodes],
         name, [_value_info(k, v) for k, v in inputs.items()], [_value_info(k, v) for k, v in outputs.items()],
         [numpy_helper.from_array(np.asarray(a), k) for k, a in (initializers or {}).items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -35,6 +35,11 @@ def onnx_graph(nodes, inputs, outputs, initializers=None, path=None, name="g", i
     if path is not None:
         onnx.save(model, str(path))
     return model
+
+
+def _node(op, ins, outs, attrs=None):
+    from onnx import helper
+    return helper.make_node(op, list(ins), list(outs), **(attrs or {}))
 
 
 def save_arrays(directory, **arrays) -> dict:
