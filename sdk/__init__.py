@@ -163,27 +163,9 @@ def deploy(model, target: str, devices=None, *, local: bool = False, inventory=N
 
 def _select_devices(devices, local: bool, inventory, family: str | None = None, local_target: str | None = None,
                     command: str = "bench") -> list:
-    """The devices :func:`bench` / :func:`deploy` run on (the CLI's --device / --local / default rules)."""
-    from edgeopt.devices import inventory as device_inventory
+    """The devices :func:`bench` / :func:`deploy` run on: the command line's rules, in the API's words."""
+    from edgeopt.devices import selection
 
-    if local:
-        if devices:
-            raise UsageError(f"{command}: give devices or local=True, not both")
-        return [device_inventory.local_device(target=local_target)]
-    if devices is not None and not isinstance(devices, (str, list, tuple)):
-        devices = [devices]
-    if devices and all(isinstance(d, device_inventory.Device) for d in devices):
-        return list(devices)
-    inv = device_inventory.load(inventory)
-    if devices:
-        return inv.select(devices)
-    chosen = inv.select(family=family) if family else []
-    if chosen:
-        return chosen
-    if inv.path is None:  # no lab at all: this machine is the device, as on the command line
-        return [device_inventory.local_device(target=local_target)]
-    if family:
-        raise UsageError(f"no device in {inv.path} has a target in the {family} family",
-                         hint="name devices, or use local=True")
-    raise UsageError(f"{command}: which devices? name them, or use local=True",
-                     hint=f"devices in {inv.path}: {', '.join(inv.devices) or 'none'}")
+    chosen, _single = selection.select(devices, local=local, inventory_path=inventory, family=family,
+                                       local_target=local_target, command=command, wording=selection.API)
+    return chosen
