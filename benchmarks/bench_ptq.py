@@ -19,6 +19,11 @@ margin is >= 0.1 (crops that sit on a near-tie flip on any rounding); output SQN
 QDQ models (edgeopt jetson, NNCF) are run with Q/DQ as explicit ops through edgeopt.runtime (TensorRT's
 arithmetic; x86 fused int8 kernels saturate) and cross-checked with onnxruntime at ORT_DISABLE_ALL; the JSON
 says whether every Q/DQ is signed INT8 with zero point 0 (what TensorRT requires).
+NNCF's model as it comes is in neither route's form: it quantizes the inputs of depthwise convolutions with
+one scale per channel (TensorRT and TFLite take one per activation tensor) and non-negative activations as
+uint8 (TensorRT takes signed int8 only). Rows "nncf, rpi form" and "nncf, jetson form" are that model made
+deployable (route_form: the largest channel scale; for jetson, uint8 zero point 0 as int8 with the same
+maximum), judged the same way.
 NNCF's telemetry is off (NNCF_CI=1, set before it is imported); nothing here needs a network.
 Results: a Markdown table on stdout and benchmarks/out/ptq.json.
 """
@@ -230,6 +235,56 @@ def _nncf(src, calib_path, out):
     return art, time.perf_counter() - t0, {"nncf": nncf.__version__}
 
 
+def route_form(src, dst, signed):
+    """NNCF's QDQ model in the form a route can run: activation scales per tensor (NNCF gives depthwise
+    convolutions' inputs one scale per channel, which neither TensorRT nor TFLite takes for activations:
+    the largest one, so nothing more is clipped) and, for TensorRT (``signed``), uint8 zero-point-0
+    activations as signed int8 zero point 0 with the same maximum (scale x 255/127). Weights are untouched.
+    For TFLite, uint8 with zero point 0 is the same grid as TFLite's asymmetric int8 with zero point -128.
+    Returns (per-channel activation scales made per tensor, uint8 activations made signed)."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(src)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def get(name):
+        return numpy_helper.to_array(inits[name] if name in inits else consts[name].attribute[0].t)
+
+    def put(name, arr):
+        if name in inits:
+            inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+        else:
+            consts[name].attribute[0].t.CopyFrom(numpy_helper.from_array(arr))
+
+    activations = {n.output[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    done, per_channel, unsigned = set(), 0, 0
+    for n in graph.node:
+        is_act = n.op_type == "QuantizeLinear" or (n.op_type == "DequantizeLinear" and n.input[0] in activations)
+        if not is_act or len(n.input) < 3:
+            continue
+        scale, zp = get(n.input[1]), get(n.input[2])
+        if scale.size > 1:
+            for attr in list(n.attribute):
+                if attr.name == "axis":
+                    n.attribute.remove(attr)
+        if n.input[1] in done:
+            continue
+        if scale.size > 1:
+            per_channel += 1
+            scale, zp = np.array(scale.max(), np.float32), zp.reshape(-1)[:1].reshape(())
+        if signed and zp.dtype == np.uint8:
+            unsigned += 1
+            scale, zp = (scale * 255 / 127).astype(np.float32), np.zeros(zp.shape, np.int8)
+        put(n.input[1], np.asarray(scale, np.float32))
+        put(n.input[2], zp)
+        done.update(n.input[1:3])
+    del graph.value_info[:]  # Q outputs change type: let onnxruntime infer them again
+    onnx.save(model, dst)
+    return per_channel, unsigned
+
+
 def run(name, targets, work, a):
     """Every row for one model: FP32, edgeopt per target (plain, and with --accuracy-target), NNCF."""
     src, paths = _prepare(name, work, a.calib, a.held_out, a.val if a.accuracy_target else 0)
@@ -255,6 +310,15 @@ def run(name, targets, work, a):
         art, secs, extra = _nncf(src, paths["calib"], os.path.join(work, f"{name}-nncf"))
         rows.append(_row(name, "nncf", "qdq", art, ref, x, secs, src_bytes, extra))
         print(json.dumps(rows[-1]), flush=True)
+        # the same model in each route's form (what a user of NNCF would have to do to deploy it there)
+        for target, signed in (("rpi", False), ("jetson", True)):
+            if target not in targets:
+                continue
+            dst = art.replace(".nncf.qdq.", f".nncf-{target}.qdq.")
+            per_channel, unsigned = route_form(art, dst, signed)
+            rows.append(_row(name, f"nncf, {target} form", target, dst, ref, x, None, src_bytes,
+                             dict(extra, per_channel_made_per_tensor=per_channel, uint8_made_int8=unsigned)))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

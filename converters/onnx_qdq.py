@@ -2,6 +2,10 @@
 
 TensorRT takes INT8 only as symmetric quantization with zero point 0 (TensorRT Developer Guide,
 "Explicit Quantization"): activations and weights are both symmetric int8, weights per channel.
+
+Placement follows TensorRT's (and NNCF's): Q/DQ on the inputs of operations, not between a Conv/Gemm/MatMul
+and the activation after it. TensorRT fuses the activation into the layer and runs it on the layer's
+higher-precision output, so a quantizer there would be an error TensorRT does not make.
 """
 from __future__ import annotations
 
@@ -18,6 +22,18 @@ from edgeopt.conversion import ranges
 from edgeopt.errors import UsageError
 
 __all__ = ["convert", "bias_corrected", "float_inputs", "check_symmetric"]
+
+# activations TensorRT fuses into the layer before them: no Q/DQ of their own (their output is quantized
+# where a consumer takes it as input)
+FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+# layers whose output is not quantized by the layer itself (only where a consumer quantizes its input)
+OUTPUT_NOT_QUANTIZED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _op_types() -> list[str]:
+    """onnxruntime's default set of op types to quantize, less the fused activations."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - FUSED_ACTIVATIONS)
 
 
 class _Reader:
@@ -62,7 +78,8 @@ def convert(job) -> list[dict]:
     job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
     if job.options.get("bias_correction"):
         prep = bias_corrected(job, prep, names, set(job.options.get("nodes_to_exclude") or ()))
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+             "OpTypesToExcludeOutputQuantization": list(OUTPUT_NOT_QUANTIZED)}
     if job.options.get("calib_percentile") is not None:
         extra["CalibPercentile"] = float(job.options["calib_percentile"])
     calib = job.calib_samples()
@@ -90,6 +107,7 @@ def convert(job) -> list[dict]:
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
+                op_types_to_quantize=_op_types(),
                 nodes_to_exclude=exclude,
                 extra_options=extra,
             )

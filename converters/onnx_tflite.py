@@ -128,17 +128,20 @@ def convert(job) -> list[dict]:
     """Job -> [artifact dict] with one full-integer INT8 TFLite file (see edgeopt.conversion.pipeline.Job)."""
     from edgeopt.converters import tf_tflite
 
-    src_inputs = job.inputs
-    samples = job.calib_samples()  # list of [arrays in source layout, batch 1]
-    perms = [nhwc_perm(len(s["shape"])) if s["dtype"].startswith("float") else None for s in src_inputs]
-    sample_nhwc = None
-    if len(src_inputs) == 1 and perms[0] and len(src_inputs[0]["shape"]) == 4:
-        sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
-    keras_model = to_keras(simplify(job.static_onnx_path(), job.source_name), sample_nhwc, job.source_name)
-    graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
-    real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:]) for s, g in zip(src_inputs, graph.inputs)]
-    calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
-    job.tf_graph, job.tf_calib, job.tf_perms = graph, calib, real_perms  # kept for accuracy recovery
+    if getattr(job, "tf_graph", None) is None:  # built once per job: recipes ("auto") quantize the same graph
+        src_inputs = job.inputs
+        samples = job.calib_samples()  # list of [arrays in source layout, batch 1]
+        perms = [nhwc_perm(len(s["shape"])) if s["dtype"].startswith("float") else None for s in src_inputs]
+        sample_nhwc = None
+        if len(src_inputs) == 1 and perms[0] and len(src_inputs[0]["shape"]) == 4:
+            sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
+        keras_model = to_keras(simplify(job.static_onnx_path(), job.source_name), sample_nhwc, job.source_name)
+        graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
+        real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:])
+                      for s, g in zip(src_inputs, graph.inputs)]
+        calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
+        job.tf_graph, job.tf_calib, job.tf_perms = graph, calib, real_perms  # kept for accuracy recovery
+    graph, calib, real_perms = job.tf_graph, job.tf_calib, job.tf_perms
     data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name,
                                     **tf_tflite.recipe_options(job.options))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",

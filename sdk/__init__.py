@@ -43,7 +43,8 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     quantizable layers; default None: 10%, at least 1, and no artifact over 0.4x the FP32 size),
     ``allow_float_fallback``, ``allow_cpu_ops`` (Coral: float layers on the CPU),
     ``explain`` (per-layer error report in the manifest), ``calibration_method`` (activation ranges:
-    mse (default)|minmax|mean_minmax|percentile|entropy),
+    auto (default: the better of mse and mean_minmax on the calibration samples)|mse|minmax|mean_minmax|
+    percentile|entropy),
     ``max_samples``/``max_val_samples``, ``trust_model_code`` (load models whose file can run code, such as
     Keras Lambda layers: only for files you trust). Recipe knobs, as recorded in
     ``manifest["calibration"]["recipe"]``: ``per_channel``, ``bias_correction``, ``calib_percentile``,

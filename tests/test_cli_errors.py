@@ -177,4 +177,4 @@ def test_default_conversion_passes_no_options():
 
 def test_bad_calibration_method(tiny_onnx):
     assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--calibration", "kl"),
-         "--calibration 'kl': expected mse, minmax, mean_minmax, percentile or entropy")
+         "--calibration 'kl': expected auto, mse, minmax, mean_minmax, percentile or entropy")

@@ -128,8 +128,9 @@ CONVERSION = [
                 "10%, at least 1, and no artifact over 0.4x the FP32 size. 0: all-INT8 recipes only."),
     option("explain", bool, False, "--explain", help="Store the per-layer error report in the manifest."),
     option("calibration_method", Optional[str], None, "--calibration",
-           help="Activation ranges: mse (default: least INT8 error per tensor), minmax, mean_minmax, percentile, "
-                "or entropy (ONNX QDQ only)."),
+           help="Activation ranges: auto (default: the better of mse and mean_minmax on the calibration "
+                "samples), mse (least INT8 error per tensor), minmax, mean_minmax, percentile, or entropy (ONNX "
+                "QDQ only)."),
     option("max_samples", int, DEFAULT_MAX_CALIB, "--max-samples", help="At most this many calibration samples."),
     option("max_val_samples", int, DEFAULT_MAX_VAL, "--max-val-samples",
            help="At most this many validation samples."),

@@ -19,8 +19,8 @@ import numpy as np
 from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover
 from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate
-from edgeopt.conversion.defaults import (CALIBRATION_METHODS, DEFAULT_BIAS_CORRECTION, DEFAULT_MAX_CALIB,
-                                         DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
+from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_BIAS_CORRECTION,
+                                         DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
 from edgeopt.converters.onnx_tflite import layout_perm
@@ -390,9 +390,14 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         job.calib_cache = {}  # recovery rebuilds with float layers: calibrate once per recipe (onnx_qdq)
 
     arts = []
+    auto = None
     for kind, fn in routes:
         _say(progress, f"converting to {kind}")
-        got = fn(job)
+        if kind == routes[0][0] and job.options.get("calibration_method") == "auto":
+            got, auto = _auto_ranges(job, fn, fmt, progress)
+            options["calibration_method"] = job.options["calibration_method"]
+        else:
+            got = fn(job)
         if kind == routes[0][0] and getattr(job, "qdq_prep", None):  # keep the primary's float graph
             job.primary_prep = job.qdq_prep
         arts += got
@@ -475,6 +480,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
                             + "; ".join(missed) + ")")
     manifest = _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt,
                          options, allow_float_fallback)
+    if auto is not None:
+        manifest["calibration"]["auto"] = auto
     if recovery is not None:
         manifest["calibration"]["method"] = recovery["chosen"]["recipe"]["calibration_method"]
         manifest["calibration"]["recipe"] = recovery["chosen"]["recipe"]
@@ -488,6 +495,38 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         manifest["edgetpu"] = preflight
     _write_manifest(staging, manifest)
     return manifest, failures
+
+
+def _auto_ranges(job, fn, fmt, progress):
+    """(artifacts, report) of the primary route built with each of AUTO_METHODS, keeping the one whose outputs
+    are closest to FP32 (the worst output's SQNR) on the first AUTO_SAMPLES calibration samples. The choice
+    sees calibration data only, never the validation samples the check reports on."""
+    n = min(AUTO_SAMPLES, data.count(job.calib))
+    inputs = [job.calib[i["name"]][:n] for i in job.inputs]
+    refs = _run_batched(_reference(job, fmt), inputs)
+    names = [o["name"] for o in job.outputs]
+    src_out = [dict(o, shape=[None] + list(r.shape[1:])) for o, r in zip(job.outputs, refs)]
+    tried, best = {}, None
+    for method in AUTO_METHODS:
+        _say(progress, f"activation ranges: trying {method}")
+        job.options["calibration_method"] = method
+        got = fn(job)
+        path = os.path.join(job.workdir, f"auto-{method}-{got[0]['file']}")
+        with open(path, "wb") as f:
+            f.write(got[0]["data"])
+        entry = _describe(got[0], path, job.inputs, src_out)
+        outs = runtime.Model(path, None, entry, threads=None).predict(inputs, batch_size=64)
+        os.remove(path)
+        acc = compare_outputs(refs, outs, names)
+        tried[method] = min(m["sqnr_db"] for m in acc.values())
+        if best is None or tried[method] > tried[best[0]]:
+            best = (method, got, getattr(job, "qdq_prep", None))
+    method, got, prep = best
+    job.options["calibration_method"] = method
+    if prep is not None:
+        job.qdq_prep = prep
+    return got, {"chosen": method, "sqnr_db": tried, "samples": n,
+                 "by": "worst output SQNR against FP32 on the calibration samples"}
 
 
 def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops, split=None):
