@@ -199,11 +199,11 @@ def test_cli_unresolvable_target_and_bad_budget_exit_2(three_layers, tmp_path):
 
 @pytest.mark.slow
 def test_fmnist_jetson_budget(onnx_cnn, fm_data, tmp_path):
-    """sqnr=50 on the Fashion-MNIST CNN (4 quantizable layers; plain ~40 dB, the last Gemm alone in float
-    ~48 dB) needs 2 layers in float: the default budget (1) exits 1 with the all-INT8 artifact and says what 1
+    """sqnr=51.5 on the Fashion-MNIST CNN (4 quantizable layers; plain ~44.6 dB, the last Gemm alone in float
+    ~50.3 dB, both Gemms ~52.5 dB) needs 2 layers in float: the default budget (1) exits 1 with the all-INT8 artifact and says what 1
     float layer reached; --max-float-layers 2 meets it, confirmed on the 500 samples no choice saw."""
     args = ["convert", onnx_cnn, "--target", "jetson", "--calib", fm_data["calib_nchw"], "--val",
-            fm_data["val_nchw"], "--accuracy-target", "sqnr=50", "--json"]
+            fm_data["val_nchw"], "--accuracy-target", "sqnr=51.5", "--json"]
     r = edgeopt_cli(*args, "--out", tmp_path / "a")
     assert r.returncode == 1, r.stderr[-3000:]
     m = json.loads(r.stdout)
@@ -211,7 +211,7 @@ def test_fmnist_jetson_budget(onnx_cnn, fm_data, tmp_path):
     assert rec["budget"]["max_float_layers"] == 1 and rec["budget"]["float_candidates"] == 4
     assert "the budget allowed 1 float layer" in r.stderr and "raise --max-float-layers" in r.stderr
     best = rec["best_float"]
-    assert len(best["float_layers"]) == 1 and 45 < best["accuracy"]["logits"]["sqnr_db"] < 50
+    assert len(best["float_layers"]) == 1 and 48 < best["accuracy"]["logits"]["sqnr_db"] < 51.5
     assert f"sqnr_db {best['accuracy']['logits']['sqnr_db']:g}" in r.stderr  # what that candidate reached
     assert rec["chosen"]["float_layers"] == [] and m["accuracy"]["outputs"]["logits"]["sqnr_db"] < 45
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["recovery"]["chosen"]["float_layers"] == []
@@ -224,6 +224,7 @@ def test_fmnist_jetson_budget(onnx_cnn, fm_data, tmp_path):
     assert rec["chosen"]["float_layers"][0] == best["float_layers"][0]  # the most sensitive one first
     assert rec["split"] == {"method": rec["split"]["method"], "selection_samples": 500, "confirmation_samples": 500,
                             "validation_samples": 1000}
-    assert m["accuracy"]["samples"] == 500 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 50
-    assert rec["chosen"]["selection"]["accuracy"]["logits"]["sqnr_db"] >= 50
-    assert rec["cost"]["size_ratio_fp32"] < 0.4
+    assert m["accuracy"]["samples"] == 500 and m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 51.5
+    assert rec["chosen"]["selection"]["accuracy"]["logits"]["sqnr_db"] >= 51.5
+    # the two Gemms hold most of this CNN's weights: a budget the user raised lifts the 0.4x size cap too
+    assert rec["cost"]["size_ratio_fp32"] > 0.4
