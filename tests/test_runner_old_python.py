@@ -210,3 +210,26 @@ def test_load_and_run_equals_the_host(runner_python, model, request, tmp_path):
         assert a.dtype == b.dtype and a.shape == b.shape
         # float32 kernels of other runtime releases may round differently in the last bits; INT8 ones may not
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- over real SSH, via the CLI
+
+@pytest.mark.ssh
+def test_cli_bench_over_ssh_old_and_supported_python(lab, onnx_model, runner_python):
+    """``edgeopt bench`` over a real sshd: a device whose python is 3.6 is that device's error (exit 3, the
+    runner's line, a hint); one whose python is 3.8/3.10 gives a result from that Python's onnxruntime."""
+    from edgeopt_testkit.cli import edgeopt_cli
+    old = _interpreter("3.6")
+    lab.start("jp4")
+    p = edgeopt_cli("bench", onnx_model, "--device", "jp4", "--inventory", lab.inventory(python=old), "--runs", 1,
+                    "--min-seconds", 0)
+    assert p.returncode == 3 and p.stdout == "" and "Traceback" not in p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[0] == "error: jp4: " + _expected_refusal(old).removeprefix("error: ")
+    assert lines[1].startswith("hint: set python = ")
+    p = edgeopt_cli("bench", onnx_model, "--device", "jp4", "--inventory", lab.inventory(python=runner_python),
+                    "--runs", 3, "--min-seconds", 0, "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)  # one device: its result itself
+    assert res["runtime"]["name"] == "onnxruntime"
+    assert res["runtime"]["version"] == _versions(runner_python)["onnxruntime"]
