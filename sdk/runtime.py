@@ -8,13 +8,29 @@ This file is self-contained on purpose: it needs only the standard library, nump
 (ai_edge_litert, tflite_runtime, tensorflow.lite, onnxruntime). It never imports edgeopt or TensorFlow
 (unless TensorFlow is the only TFLite runtime present). The same file is the on-device benchmark runner:
 the host pipes it over SSH and runs ``python3 - bench ARTIFACT ...``, so what is benchmarked is what runs.
-"""
-from __future__ import annotations
 
+It runs on Python 3.8 and newer. On an older Python it says so in one line and exits 3 (PYTHON_GUARD below):
+the file parses on Python 3.6, hence no ``from __future__ import annotations`` (a SyntaxError before 3.7) and
+quoted annotations (``str | None`` is evaluated at definition time without that import, and fails before 3.10).
+"""
 import json
 import os
 import sys
 import time
+
+# Python 3.8 is the floor (JetPack 5's Python). The check is source in Python 2.7/3.5-era syntax, kept as a
+# string so that one text serves two places: it runs here, on import or as a script, and the host
+# (edgeopt.devices.bench.runner_source) sends it ahead of this file, for an interpreter that cannot even parse
+# this file (f-strings: Python 3.5 and older) to give the same line instead of a SyntaxError.
+PYTHON_FLOOR = (3, 8)
+PYTHON_GUARD = """import sys
+if sys.version_info[:2] < (%d, %d):
+    sys.stderr.write("error: edgeopt runner needs Python %d.%d or newer (this is Python %%d.%%d at %%s)\\n"
+                     %% (sys.version_info[0], sys.version_info[1], sys.executable or "an unknown path"))
+    sys.stderr.flush()
+    sys.exit(3)
+""" % (PYTHON_FLOOR * 2)
+exec(PYTHON_GUARD)
 
 class _NumpyOnFirstUse:
     """numpy, imported on first use: the host's CLI reads RUNNER_OPTIONS (its benchmark defaults) at start-up
@@ -30,7 +46,7 @@ np = _NumpyOnFirstUse()
 
 __all__ = ["load", "Model", "IOSpec", "RuntimeMissing", "InputError", "bench", "latency_stats",
            "check_artifact_name", "RUNNER_OPTIONS", "RUNNER_DEFAULTS", "runner_parser", "runner_argv",
-           "import_tflite_interpreter", "KEEP_FLOAT_OPTIMIZERS"]
+           "import_tflite_interpreter", "KEEP_FLOAT_OPTIMIZERS", "PYTHON_FLOOR", "PYTHON_GUARD"]
 
 MANIFEST = "manifest.json"
 
@@ -160,7 +176,7 @@ def _unpermute_shape(shape, perm):
     return [shape[i] for i in inv]
 
 
-def _transpose(a: np.ndarray, perm) -> np.ndarray:
+def _transpose(a: "np.ndarray", perm) -> "np.ndarray":
     """A contiguous ``a.transpose(perm)``. NCHW -> NHWC with few channels (images) is copied channel by channel:
     about 5x faster than numpy's general strided transpose, which matters per call for a 224x224x3 input."""
     if a.ndim == 4 and list(perm) == [0, 2, 3, 1] and a.shape[1] <= 16:
@@ -171,7 +187,7 @@ def _transpose(a: np.ndarray, perm) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(a, perm))
 
 
-def _quantize(x: np.ndarray, spec: IOSpec) -> np.ndarray:
+def _quantize(x: "np.ndarray", spec: "IOSpec") -> "np.ndarray":
     dt = np.dtype(spec.dtype)
     if spec.scale and dt.kind in "iu":
         info = np.iinfo(dt)
@@ -180,7 +196,7 @@ def _quantize(x: np.ndarray, spec: IOSpec) -> np.ndarray:
     return x.astype(dt, copy=False)
 
 
-def _dequantize(q: np.ndarray, spec: IOSpec) -> np.ndarray:
+def _dequantize(q: "np.ndarray", spec: "IOSpec") -> "np.ndarray":
     if spec.scale and q.dtype.kind in "iu":
         return ((q.astype(np.float32) - np.float32(spec.zero_point or 0)) * np.float32(spec.scale))
     return q.astype(np.float32, copy=False)
@@ -214,7 +230,7 @@ def _x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
-def _dist_version(name: str) -> str | None:
+def _dist_version(name: str) -> "str | None":
     try:
         from importlib.metadata import version
         return version(name)
@@ -226,7 +242,7 @@ EDGETPU_LIBS = ("libedgetpu.so.1", "libedgetpu.1.dylib", "edgetpu.dll")
 
 
 class _TFLiteBackend:
-    def __init__(self, path: str, threads: int | None, delegate: str | None):
+    def __init__(self, path: str, threads: "int | None", delegate: "str | None"):
         Interpreter, load_delegate, self.name, self.version = import_tflite_interpreter()
         self.delegate = None
         self.note = None
@@ -274,14 +290,14 @@ class _TFLiteBackend:
                     "perm": None, "index": int(d["index"])}
         return [spec(d) for d in self.input_details], [spec(d) for d in self.output_details]
 
-    def set_inputs(self, arrays: list[np.ndarray], specs: list[IOSpec]):
+    def set_inputs(self, arrays: "list[np.ndarray]", specs: "list[IOSpec]"):
         for a, s in zip(arrays, specs):
             self.interp.set_tensor(s.index, a)
 
     def invoke(self):
         self.interp.invoke()
 
-    def get_outputs(self, specs: list[IOSpec]) -> list[np.ndarray]:
+    def get_outputs(self, specs: "list[IOSpec]") -> "list[np.ndarray]":
         return [self.interp.get_tensor(s.index) for s in specs]
 
 
@@ -298,7 +314,7 @@ class _OnnxBackend:
     SHORT = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
              "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
-    def __init__(self, path: str, threads: int | None, provider: str | None, qdq: bool = False):
+    def __init__(self, path: str, threads: "int | None", provider: "str | None", qdq: bool = False):
         try:
             import onnxruntime as ort  # type: ignore
         except ImportError:
@@ -396,8 +412,8 @@ class Model:
     Inputs whose leading (batch) dimension exceeds the artifact's batch of 1 are run sample by sample.
     """
 
-    def __init__(self, path: str, manifest: dict | None = None, artifact: dict | None = None,
-                 threads: int | None = None, delegate: str | None = None, provider: str | None = None):
+    def __init__(self, path: str, manifest: "dict | None" = None, artifact: "dict | None" = None,
+                 threads: "int | None" = None, delegate: "str | None" = None, provider: "str | None" = None):
         self.path = path
         self.manifest = manifest
         self.artifact = artifact or {}
@@ -431,7 +447,7 @@ class Model:
         return f"<edgeopt.runtime.Model {os.path.basename(self.path)} {self.runtime['name']} inputs={self.inputs}>"
 
     # -- running
-    def _normalize(self, inputs) -> list[np.ndarray]:
+    def _normalize(self, inputs) -> "list[np.ndarray]":
         names = [s.name for s in self.inputs]
         if isinstance(inputs, dict):
             missing = [n for n in names if n not in inputs]
@@ -475,7 +491,7 @@ class Model:
                              + ", ".join(f"{s.name!r} {a.shape[0]}" for s, a in zip(self.inputs, out)))
         return out
 
-    def _prepare(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def _prepare(self, arrays: "list[np.ndarray]") -> "list[np.ndarray]":
         """Source-layout float arrays -> artifact tensors (transposed and quantized)."""
         res = []
         for a, s in zip(arrays, self.inputs):
@@ -484,7 +500,7 @@ class Model:
             res.append(np.ascontiguousarray(_quantize(a, s)))
         return res
 
-    def _finish(self, outs: list[np.ndarray]) -> list[np.ndarray]:
+    def _finish(self, outs: "list[np.ndarray]") -> "list[np.ndarray]":
         res = []
         for q, s in zip(outs, self.outputs):
             a = _dequantize(np.asarray(q), s)
@@ -493,16 +509,16 @@ class Model:
             res.append(a)
         return res
 
-    def _batch_of_artifact(self) -> int | None:
+    def _batch_of_artifact(self) -> "int | None":
         b = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
         return b
 
     @property
-    def batch_size(self) -> int | None:
+    def batch_size(self) -> "int | None":
         """The artifact's own batch (1 for edge artifacts; None = dynamic). Larger batches run sample by sample."""
         return self._batch_of_artifact()
 
-    def run(self, inputs) -> list[np.ndarray]:
+    def run(self, inputs) -> "list[np.ndarray]":
         """Like calling the model, but returns the outputs as a list in manifest order."""
         arrays = self._normalize(inputs)
         n = arrays[0].shape[0] if arrays[0].ndim else 1
@@ -530,7 +546,7 @@ class Model:
         """Run on float inputs in the source layout; returns {output name: float32 array} in source layout."""
         return {s.name: a for s, a in zip(self.outputs, self.run(inputs))}
 
-    def predict(self, inputs, batch_size: int = 256) -> list[np.ndarray]:
+    def predict(self, inputs, batch_size: int = 256) -> "list[np.ndarray]":
         """Run a large set in chunks; returns the outputs as a list in manifest order."""
         chunks = [outs for _, outs in self._chunks(inputs, batch_size)]
         return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(self.outputs))]
@@ -549,7 +565,7 @@ class Model:
             yield i, self.run([a[i:i + int(batch_size)] for a in arrays])
 
     # -- benchmarking: time only the runtime's invoke on fixed, already-prepared inputs
-    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
+    def example_inputs(self, seed: int = 0) -> "list[np.ndarray]":
         """Deterministic inputs in the source layout (batch 1), from the artifact's input specs."""
         rng = np.random.default_rng(seed)
         res = []
@@ -575,8 +591,8 @@ def _fmt_batch(shape) -> str:
     return "[" + ", ".join(dims) + "]"
 
 
-def load(path: str | None = None, threads: int | None = None, artifact: str | int | None = None,
-         delegate: str | None = None, provider: str | None = None) -> Model:
+def load(path: "str | None" = None, threads: "int | None" = None, artifact: "str | int | None" = None,
+         delegate: "str | None" = None, provider: "str | None" = None) -> "Model":
     """Load an artifact directory (with manifest.json) or a single artifact file.
 
     path:     default: the bundle this module was unpacked with (`edgeopt bundle`: manifest.json one level up).
@@ -633,7 +649,7 @@ def load(path: str | None = None, threads: int | None = None, artifact: str | in
     return Model(file, manifest, entry, threads=_threads(threads, manifest), delegate=delegate, provider=provider)
 
 
-def _threads(threads, manifest) -> int | None:
+def _threads(threads, manifest) -> "int | None":
     if threads:
         return int(threads)
     env = os.environ.get("EDGEOPT_THREADS", "").strip()
@@ -663,7 +679,7 @@ def latency_stats(samples_ms) -> dict:
             "cv": (std / mean) if mean > 0 else 0.0}
 
 
-def _peak_rss_mb() -> float | None:
+def _peak_rss_mb() -> "float | None":
     try:
         import resource
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -704,7 +720,7 @@ class _CpuWatch:
     def __init__(self):
         self.j0, self.t0, self.w0 = _cpu_jiffies(), os.times(), time.perf_counter()
 
-    def result(self) -> dict | None:
+    def result(self) -> "dict | None":
         j1, t1, w1 = _cpu_jiffies(), os.times(), time.perf_counter()
         if not self.j0 or not j1 or j1[1] <= self.j0[1]:
             return None
@@ -718,7 +734,7 @@ class _CpuWatch:
 
 
 def bench(path: str, warmup: int = RUNNER_DEFAULTS["warmup"], runs: int = RUNNER_DEFAULTS["runs"],
-          min_seconds: float = RUNNER_DEFAULTS["min_seconds"], threads: int | None = None,
+          min_seconds: float = RUNNER_DEFAULTS["min_seconds"], threads: "int | None" = None,
           seed: int = RUNNER_DEFAULTS["seed"], inputs=None, artifact=None, delegate=None, provider=None,
           keep_samples: bool = True, warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"],
           sustained: float = RUNNER_DEFAULTS["sustained"], max_samples: int = RUNNER_DEFAULTS["max_samples"]) -> dict:
@@ -785,7 +801,7 @@ def bench(path: str, warmup: int = RUNNER_DEFAULTS["warmup"], runs: int = RUNNER
     return res
 
 
-def _keep_samples(res: dict, samples: list, stamps: list | None, max_samples: int) -> None:
+def _keep_samples(res: dict, samples: list, stamps: "list | None", max_samples: int) -> None:
     """Put the samples in ``res``, at most ``max_samples`` of them, evenly spaced over the run.
 
     A fast model measured for minutes gives millions of samples (hundreds of MB of JSON piped back over SSH);
@@ -819,7 +835,7 @@ def _sha256(path: str) -> str:
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
 
 
-def find_trtexec(explicit: str | None = None) -> str | None:
+def find_trtexec(explicit: "str | None" = None) -> "str | None":
     """trtexec: the given path, then PATH, then JetPack's /usr/src/tensorrt/bin."""
     import shutil
     for cand in ([explicit] if explicit else []) + [shutil.which("trtexec")] + list(TRTEXEC_PATHS):
@@ -828,7 +844,7 @@ def find_trtexec(explicit: str | None = None) -> str | None:
     return None
 
 
-def parse_trtexec_version(text: str) -> str | None:
+def parse_trtexec_version(text: str) -> "str | None":
     """'[TensorRT v100200]' -> '10.2.0', '[TensorRT v8602]' -> '8.6.2', or 'TensorRT version: 8.6.3'."""
     import re
     m = re.search(r"TensorRT version:\s*([\d.]+)", text or "")
@@ -903,7 +919,7 @@ def _trtexec_version(trtexec: str) -> str:
 
 def bench_trtexec(path: str, trtexec: str, warmup: int = RUNNER_DEFAULTS["warmup"],
                   runs: int = RUNNER_DEFAULTS["runs"], min_seconds: float = RUNNER_DEFAULTS["min_seconds"],
-                  cache_dir: str | None = None, keep_samples: bool = True,
+                  cache_dir: "str | None" = None, keep_samples: bool = True,
                   warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"]) -> dict:
     """Build (once, cached by artifact hash and TensorRT version) and time a TensorRT engine with trtexec."""
     import subprocess
@@ -996,7 +1012,7 @@ class _Watchdog:
     The runner's source arrives on stdin (``python3 -``), so stdin is at EOF from the start and cannot tell.
     """
 
-    def __init__(self, time_limit: float | None, period: float = 0.25):
+    def __init__(self, time_limit: "float | None", period: float = 0.25):
         import threading
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.time_limit = time_limit
@@ -1025,7 +1041,7 @@ class _Watchdog:
                                       "kind": "time_limit"}))
 
     @staticmethod
-    def _end(message: str | None):
+    def _end(message: "str | None"):
         import signal
         me = str(os.getpid())
         try:  # our children (trtexec, the probe) go with us
@@ -1066,7 +1082,7 @@ def _run_probe(cmd: str) -> str:
 class _DeviceLock:
     """One benchmark at a time on this device: an flock on a file in the workdir (freed if we die)."""
 
-    def __init__(self, path: str | None, timeout: float):
+    def __init__(self, path: "str | None", timeout: float):
         self.path, self.timeout, self.fd = path, timeout, None
 
     def __enter__(self):

@@ -24,7 +24,7 @@ from edgeopt.errors import DeviceError, EdgeoptError, UsageError
 from edgeopt.json_files import read_json
 from edgeopt.devices.inventory import Device
 from edgeopt.devices.push import push
-from edgeopt.runtime import PROBE_MARKS, RUNNER_DEFAULTS, runner_argv
+from edgeopt.runtime import PROBE_MARKS, PYTHON_GUARD, RUNNER_DEFAULTS, runner_argv
 from edgeopt.results import sanitize
 
 __all__ = ["BenchOptions", "bench_device", "bench_devices", "resolve_artifact", "manifest_target", "runner_source",
@@ -53,10 +53,19 @@ class BenchOptions:
 
 
 def runner_source() -> bytes:
-    """The on-device runner: edgeopt/runtime.py itself (stdlib + numpy + one runtime)."""
+    """What the host pipes to ``python3 -`` on a device: the on-device runner, edgeopt/runtime.py itself (stdlib +
+    numpy + one runtime), behind its Python version guard.
+
+    The guard (edgeopt.runtime.PYTHON_GUARD) comes first as a few lines any Python parses, 2.7 included, and the
+    runner follows as a string compiled only once the guard has passed: Python compiles all of stdin before it
+    runs any of it, so an interpreter too old to parse the runner would otherwise stop at a SyntaxError instead
+    of saying which Python the runner needs (one line on stderr, exit 3).
+    """
     spec = importlib.util.find_spec("edgeopt.runtime")
     with open(spec.origin, "rb") as f:
-        return f.read()
+        source = f.read()
+    # '<stdin>' and the file's own line numbers: a traceback reads as it did when the file itself was piped
+    return (PYTHON_GUARD + f"exec(compile({source!r}, '<stdin>', 'exec'))\n").encode()
 
 
 def resolve_artifact(path: str) -> tuple[str, dict | None]:
@@ -136,6 +145,9 @@ def _default_threads(device: Device, opts: BenchOptions) -> int | None:
         return None
 
 
+_TOO_OLD = "error: edgeopt runner needs Python "
+
+
 def _parse_runner(device: Device, res, artifact: str) -> dict:
     data = None
     for line in reversed(res.out.strip().splitlines()):
@@ -148,6 +160,11 @@ def _parse_runner(device: Device, res, artifact: str) -> dict:
     if data is None:
         tail = (res.err or res.out).strip().splitlines()
         why = tail[-1] if tail else f"exit {res.rc}"
+        too_old = [ln for ln in (res.err or "").splitlines() if ln.startswith(_TOO_OLD)]
+        if res.rc == 3 and too_old:  # the runner's Python version guard (edgeopt.runtime.PYTHON_GUARD)
+            raise DeviceError(sanitize.text(too_old[-1].removeprefix("error: ")), device=device.name,
+                              hint="set python = \"/path/to/python3\" (3.8 or newer, with numpy and a runtime) "
+                                   "for the device in the inventory")
         if res.rc == 127:
             raise DeviceError(f"the device's Python ({device.python}) was not found: {why}", device=device.name,
                               hint="set python = \"/path/to/python3\" for the device in the inventory")

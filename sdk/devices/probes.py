@@ -14,6 +14,7 @@ import re
 from edgeopt import targets
 from edgeopt.results import sanitize
 from edgeopt.devices.connection import q
+from edgeopt.runtime import PYTHON_FLOOR
 
 __all__ = ["command", "parse", "parse_sections", "parse_uname", "parse_dt_model", "parse_tegra_release",
            "parse_python", "parse_df", "parse_lines", "assess", "probe"]
@@ -199,12 +200,24 @@ def parse(text: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------- assess
 
+def _older_than_floor(version) -> bool:
+    """Whether a probed ``platform.python_version()`` (``"3.6.9"``) is below the runner's floor."""
+    try:
+        return tuple(int(part) for part in str(version).split(".")[:2]) < PYTHON_FLOOR
+    except ValueError:  # "3.13.0rc1" splits fine; anything else is not ours to judge
+        return False
+
+
 def assess(info: dict, target: str | None) -> list[str]:
     """Warnings where the probed device does not fit its declared target (empty list: it fits)."""
     warnings = []
     py = info.get("python") or {}
     if py.get("error"):
         warnings.append(f"python: {py['error']}")
+    elif _older_than_floor(py.get("python")):
+        warnings.append(f"python {py['python']} ({py.get('executable') or 'python'}): the runner needs Python "
+                        f"{'.'.join(map(str, PYTHON_FLOOR))} or newer; set python = \"/path/to/python3\" for the "
+                        f"device in the inventory")
     elif info.get("numpy") is None:
         warnings.append("numpy is missing on the device (the runner needs it): pip install numpy")
     if not target:
