@@ -23,17 +23,23 @@ from edgeopt.errors import UsageError
 
 __all__ = ["convert", "bias_corrected", "float_inputs", "check_symmetric"]
 
-# activations TensorRT fuses into the layer before them: no Q/DQ of their own (their output is quantized
-# where a consumer takes it as input)
-FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+# What gets Q/DQ on its inputs: the compute layers, pooling, and residual Adds (two computed inputs: TensorRT
+# fuses the Add into the layer before it when both inputs are INT8). Everything else (activations, LayerNorm,
+# Softmax, GELU, elementwise arithmetic) runs in higher precision, as TensorRT runs an op without Q/DQ: a
+# quantizer inside a LayerNorm's arithmetic cost Google's Magika its output (cosine 0.72).
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool",
+                 "Add")
 # layers whose output is not quantized by the layer itself (only where a consumer quantizes its input)
 OUTPUT_NOT_QUANTIZED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _op_types() -> list[str]:
-    """onnxruntime's default set of op types to quantize, less the fused activations."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-    return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - FUSED_ACTIVATIONS)
+def _constant_input_adds(path: str) -> list[str]:
+    """Add nodes with a constant input (a bias, a LayerNorm's beta or epsilon): not residuals, left float."""
+    import onnx
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "Add" and any(i in constants for i in n.input)]
 
 
 class _Reader:
@@ -78,8 +84,12 @@ def convert(job) -> list[dict]:
     job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
     if job.options.get("bias_correction"):
         prep = bias_corrected(job, prep, names, set(job.options.get("nodes_to_exclude") or ()))
+    # biases stay float, as TensorRT's explicit quantization keeps them (it adds them in the layer's higher
+    # precision); onnxruntime's int32 bias path would also rescale weights for it, and fails on some per-channel
+    # layers ("truth value of an array" on Google's Magika)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
-             "OpTypesToExcludeOutputQuantization": list(OUTPUT_NOT_QUANTIZED)}
+             "OpTypesToExcludeOutputQuantization": list(OUTPUT_NOT_QUANTIZED),
+             "QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True}
     if job.options.get("calib_percentile") is not None:
         extra["CalibPercentile"] = float(job.options["calib_percentile"])
     calib = job.calib_samples()
@@ -107,8 +117,8 @@ def convert(job) -> list[dict]:
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
-                op_types_to_quantize=_op_types(),
-                nodes_to_exclude=exclude,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=exclude + _constant_input_adds(prep),
                 extra_options=extra,
             )
     except Exception as e:

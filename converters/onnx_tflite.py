@@ -141,6 +141,7 @@ def convert(job) -> list[dict]:
                       for s, g in zip(src_inputs, graph.inputs)]
         calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
         job.tf_graph, job.tf_calib, job.tf_perms = graph, calib, real_perms  # kept for accuracy recovery
+        job.tf_graph_check = graph_check(job, graph, samples, calib)
     graph, calib, real_perms = job.tf_graph, job.tf_calib, job.tf_perms
     data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name,
                                     **tf_tflite.recipe_options(job.options))
@@ -149,7 +150,42 @@ def convert(job) -> list[dict]:
            "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}
     if info.get("float_ops"):
         art["float_ops"] = info["float_ops"]
+    if job.tf_graph_check:
+        art["graph_check"] = job.tf_graph_check
     return [art]
+
+
+GRAPH_CHECK_SAMPLES = 4
+GRAPH_CHECK_COSINE = 0.99
+
+
+def graph_check(job, graph, samples, calib) -> dict | None:
+    """onnx2tf's float graph against the ONNX model on a few calibration samples, before any quantization:
+    when they already disagree (worst output cosine under GRAPH_CHECK_COSINE), the INT8 artifact cannot be
+    right, and the error is the graph conversion's, not INT8's. None when they agree."""
+    from edgeopt.converters import onnx_io, tf_tflite
+    names = [o["name"] for o in job.outputs]
+    dtypes = [i["dtype"] for i in graph.inputs]
+    reference = onnx_io.Reference(job.static_onnx_path(), names)
+    worst = None
+    for source_sample, graph_sample in list(zip(samples, calib))[:GRAPH_CHECK_SAMPLES]:
+        for name, want, got in zip(names, reference(source_sample), graph(tf_tflite.feed(graph_sample, dtypes))):
+            want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+            perm = layout_perm(list(want.shape), list(got.shape))
+            if perm:  # channels-last output: back to the source layout
+                got = np.transpose(got, np.argsort(perm))
+            if got.shape != want.shape:
+                continue
+            denom = np.linalg.norm(want) * np.linalg.norm(got)
+            cosine = float(np.dot(want.ravel(), got.ravel()) / denom) if denom > 0 else float(
+                np.allclose(want, got))
+            if worst is None or cosine < worst[1]:
+                worst = (name, cosine)
+    if worst is None or worst[1] >= GRAPH_CHECK_COSINE:
+        return None
+    return {"output": worst[0], "cosine": round(worst[1], 4), "samples": min(len(calib), GRAPH_CHECK_SAMPLES),
+            "note": f"onnx2tf's float graph already disagrees with the ONNX model (output {worst[0]!r}: cosine "
+                    f"{worst[1]:.4f}), before INT8: the graph conversion is wrong, not the quantization"}
 
 
 def versions() -> dict:

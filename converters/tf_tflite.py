@@ -48,6 +48,12 @@ class Graph:
         return [np.asarray(out[n]) for n in self.outputs]
 
 
+def feed(sample, dtypes) -> list[np.ndarray]:
+    """One calibration sample as the graph takes it: each array in its input's dtype (float32, or an integer
+    or bool input's own type: token ids and byte values are fed as they are, never as floats)."""
+    return [np.asarray(a, dtype=np.dtype(t) if t else np.float32) for a, t in zip(sample, dtypes)]
+
+
 def _shape(s) -> list:
     return [None if d is None else int(d) for d in s]
 
@@ -197,9 +203,11 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     stepwise = method != "minmax" or bias_correction
     io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
 
+    dtypes = [i["dtype"] for i in graph.inputs]
+
     def representative():
         for sample in calib:
-            yield [np.asarray(a, dtype=np.float32) for a in sample]
+            yield feed(sample, dtypes)
 
     def convert(ops):
         conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
@@ -285,10 +293,11 @@ def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None =
         fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
     fi.allocate_tensors()
     ins = [d["index"] for d in fi.get_input_details()]
+    in_types = [d["dtype"] for d in fi.get_input_details()]
     col = ranges.Collector(keep_values=method in ranges.NEEDS_VALUES)
     for sample in calib:
-        for i, a in zip(ins, sample):
-            fi.set_tensor(i, np.asarray(a, np.float32))
+        for i, a, t in zip(ins, sample, in_types):
+            fi.set_tensor(i, np.asarray(a, t))
         fi.invoke()
         for i in want:
             col.add(str(i), fi.get_tensor(i))
@@ -338,9 +347,11 @@ class Debugger:
         self.io_dtype = io_dtype
         self.calib = calib
 
+        self.dtypes = [i["dtype"] for i in graph.inputs]
+
         def representative():
             for sample in calib:
-                yield [np.asarray(a, dtype=np.float32) for a in sample]
+                yield feed(sample, self.dtypes)
 
         conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -360,7 +371,7 @@ class Debugger:
 
     def _data(self):
         for sample in (self._debug_data if self._debug_data is not None else self.calib):
-            yield [np.asarray(a, dtype=np.float32) for a in sample]
+            yield feed(sample, self.dtypes)
 
     def layers(self, data: list[list[np.ndarray]] | None = None) -> list[dict]:
         """[{tensor, op, rmse_scale, rmse, max_abs_err, scale, elements}] worst first (float-I/O model)."""
@@ -449,11 +460,12 @@ def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict
         fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
     fi.allocate_tensors()
     ins = [d["index"] for d in fi.get_input_details()]
+    in_types = [d["dtype"] for d in fi.get_input_details()]
     want = {inputs[0] for _, inputs, _ in layers}
     sums, n = {}, 0
     for sample in calib:
-        for i, a in zip(ins, sample):
-            fi.set_tensor(i, np.asarray(a, np.float32))
+        for i, a, t in zip(ins, sample, in_types):
+            fi.set_tensor(i, np.asarray(a, t))
         fi.invoke()
         n += 1
         for t in want:
