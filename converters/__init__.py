@@ -75,8 +75,11 @@ def resolve(spec: str):
 
 
 def hooks(kind: str):
-    """The module holding the recovery hooks (HOOK_NAMES) of an artifact kind, imported now; KeyError for a
-    kind without float-layer recovery."""
+    """The module holding the recovery hooks (HOOK_NAMES) of an artifact kind, imported now; UsageError for a
+    kind recovery cannot rebuild (a target profile whose primary artifact is, say, FP16)."""
+    if kind not in HOOKS:
+        raise UsageError(f"--accuracy-target and --explain need an INT8 primary artifact; {kind} has no per-layer "
+                         "report or recovery", hint=f"kinds with one: {', '.join(HOOKS)}")
     return load(HOOKS[kind])
 
 

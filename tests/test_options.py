@@ -164,6 +164,11 @@ def test_every_kind_with_recovery_has_all_its_hooks():
         assert not missing, f"{module} lacks {sorted(missing)}"
 
 
+def test_a_kind_without_hooks_is_a_usage_error():
+    with pytest.raises(UsageError, match="onnx-fp16 has no per-layer report or recovery"):
+        converters.hooks("onnx-fp16")
+
+
 def test_recover_has_no_route_branches():
     """recover.py searches; building and measuring are the routes' hooks: no comparison with an artifact's
     format or with a format's name outside float_layer_policy (which targets' float fallback decides)."""
