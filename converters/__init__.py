@@ -9,7 +9,7 @@ import importlib
 
 from edgeopt.errors import UsageError
 
-__all__ = ["ROUTES", "REFUSED", "TOOL_MODULES", "MODULES", "load", "resolve", "route"]
+__all__ = ["ROUTES", "HOOKS", "HOOK_NAMES", "REFUSED", "TOOL_MODULES", "MODULES", "load", "resolve", "route", "hooks"]
 
 # (source format, artifact kind) -> "module:function"
 ROUTES: dict[tuple[str, str], str] = {
@@ -19,6 +19,18 @@ ROUTES: dict[tuple[str, str], str] = {
     ("onnx", "onnx-qdq-int8"): "edgeopt.converters.onnx_qdq:convert",
     ("onnx", "onnx-fp16"): "edgeopt.converters.onnx_fp16:convert",
 }
+
+# artifact kind -> the module that owns that kind's accuracy-recovery hooks (edgeopt.conversion.recover keeps only
+# the search): rebuild(job, art, recipe) -> artifact, layer_errors(job, art, samples) -> per-layer report,
+# float_candidates(report) -> layer names, fp32_bytes(job), bias_correction_info(job), and RECOVERY_METHODS (the
+# calibration methods recovery tries, cheapest first) and MANY_FLOAT_ADVICE (what to say when most layers stay
+# float). Both TFLite routes (Keras, ONNX via onnx2tf) leave their graph on the job for tf_tflite's hooks.
+HOOKS: dict[str, str] = {
+    "tflite-int8": "edgeopt.converters.tf_tflite",
+    "onnx-qdq-int8": "edgeopt.converters.onnx_qdq",
+}
+HOOK_NAMES = ("rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info",
+              "RECOVERY_METHODS", "MANY_FLOAT_ADVICE")
 
 # Routes we refuse on purpose, with the reason users get.
 REFUSED: dict[tuple[str, str], str] = {
@@ -62,6 +74,15 @@ def resolve(spec: str):
     return getattr(load(mod), fn)
 
 
+def hooks(kind: str):
+    """The module holding the recovery hooks (HOOK_NAMES) of an artifact kind, imported now; UsageError for a
+    kind recovery cannot rebuild (a target profile whose primary artifact is, say, FP16)."""
+    if kind not in HOOKS:
+        raise UsageError(f"--accuracy-target and --explain need an INT8 primary artifact; {kind} has no per-layer "
+                         "report or recovery", hint=f"kinds with one: {', '.join(HOOKS)}")
+    return load(HOOKS[kind])
+
+
 def route(fmt: str, kind: str, target=None):
     """(kind, converter function) for a source format and an artifact kind; UsageError if refused."""
     if (fmt, kind) in REFUSED:
@@ -81,5 +102,6 @@ class _Lazy:
     def __init__(self, spec: str):
         self.spec = spec
 
-    def __call__(self, job):
-        return resolve(self.spec)(job)
+    def __call__(self, job, recipe=None):
+        """The route's artifacts for ``job``, quantized with ``recipe`` (None: the job's own, ``job.recipe``)."""
+        return resolve(self.spec)(job, recipe)

@@ -79,12 +79,15 @@ def code_risks(config) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def convert(job) -> list[dict]:
+def convert(job, recipe=None) -> list[dict]:
+    """[the full-integer INT8 TFLite artifact] of a Keras/SavedModel ``job``, quantized with ``recipe``
+    (None: ``job.recipe``)."""
     from edgeopt.converters import tf_tflite
 
+    recipe = job.recipe if recipe is None else recipe
     job.tf_graph, job.tf_calib, job.tf_perms = job.graph, job.calib_samples(), [None] * len(job.inputs)
     data, info = tf_tflite.quantize(job.graph, job.tf_calib, job.io_dtype, job.allow_float_fallback,
-                                    source=job.source_name, **tf_tflite.recipe_options(job.options))
+                                    source=job.source_name, **tf_tflite.recipe_options(recipe))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": [None] * len(job.inputs),

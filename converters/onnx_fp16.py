@@ -4,7 +4,8 @@ from __future__ import annotations
 __all__ = ["convert"]
 
 
-def convert(job) -> list[dict]:
+def convert(job, recipe=None) -> list[dict]:
+    """[the FP16 ONNX artifact] of ``job``; ``recipe`` is an INT8 route's and does not apply here."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

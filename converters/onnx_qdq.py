@@ -21,7 +21,8 @@ import numpy as np
 from edgeopt.conversion import ranges
 from edgeopt.errors import UsageError
 
-__all__ = ["convert", "bias_corrected", "float_inputs", "check_symmetric"]
+__all__ = ["convert", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "MANY_FLOAT_ADVICE",
+           "rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info"]
 
 # What gets Q/DQ on its inputs: the compute layers, pooling, and residual Adds (two computed inputs: TensorRT
 # fuses the Add into the layer before it when both inputs are INT8). Everything else (activations, LayerNorm,
@@ -64,10 +65,13 @@ def _stride(n: int, most: int = 16) -> int:
     return next(d for d in range(min(most, n), 0, -1) if n % d == 0)
 
 
-def convert(job) -> list[dict]:
+def convert(job, recipe=None) -> list[dict]:
+    """[the INT8 QDQ ONNX artifact] of ``job`` quantized with ``recipe`` (an edgeopt.conversion.options.Recipe;
+    None: ``job.recipe``). Its float layers are ONNX node names (``nodes_to_exclude``, with float inputs)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    recipe = job.recipe if recipe is None else recipe
     src = job.static_onnx_path()
     cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
     if cache is not None and "prep" in cache:  # recovery candidates: the same float graph as the first
@@ -78,30 +82,30 @@ def convert(job) -> list[dict]:
             cache["prep"] = prep
     out = os.path.join(job.workdir, "model.int8.qdq.onnx")
     names = [i["name"] for i in job.inputs]
-    method_name = job.options.get("calibration_method", "minmax")
+    method_name = recipe.calibration_method
     ours = method_name in ranges.METHODS and method_name != "minmax"  # ranges estimated here, not by onnxruntime
     method = CalibrationMethod.Entropy if method_name == "entropy" else CalibrationMethod.MinMax
     job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
-    if job.options.get("bias_correction"):
-        prep = bias_corrected(job, prep, names, set(job.options.get("nodes_to_exclude") or ()))
+    if recipe.bias_correction:
+        prep = bias_corrected(job, prep, names, set(recipe.float_layers), recipe)
     # biases stay float, as TensorRT's explicit quantization keeps them (it adds them in the layer's higher
     # precision); onnxruntime's int32 bias path would also rescale weights for it, and fails on some per-channel
     # layers ("truth value of an array" on Google's Magika)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
              "OpTypesToExcludeOutputQuantization": list(OUTPUT_NOT_QUANTIZED),
              "QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True}
-    if job.options.get("calib_percentile") is not None:
-        extra["CalibPercentile"] = float(job.options["calib_percentile"])
+    if recipe.calib_percentile is not None:
+        extra["CalibPercentile"] = float(recipe.calib_percentile)
     calib = job.calib_samples()
-    if job.options.get("histogram_samples") and method_name in ("percentile", "entropy"):
+    if recipe.histogram_samples and method_name in ("percentile", "entropy"):
         # recovery: histograms of every tensor are costly (minutes), the first samples give the tails
-        calib = calib[:int(job.options["histogram_samples"])]
+        calib = calib[:int(recipe.histogram_samples)]
     if method_name == "entropy" and len(calib) > 16:
         # histogram calibrators keep every sample's tensors until they histogram them: in chunks, memory
         # stays bounded (all samples at once, entropy on EfficientNet-Lite0 with 200 samples ran out of it)
         extra["CalibStridedMinMax"] = _stride(len(calib))
-    exclude = list(job.options.get("nodes_to_exclude") or [])
-    key = (method_name, extra.get("CalibPercentile"), bool(job.options.get("per_channel", True)), len(calib))
+    exclude = list(recipe.float_layers)
+    key = (method_name, extra.get("CalibPercentile"), bool(recipe.per_channel), len(calib))
     factory = None
     if ours:
         def factory(*a, **k):
@@ -113,7 +117,7 @@ def convert(job) -> list[dict]:
             quantize_static(
                 prep, out, _Reader(names, calib),
                 quant_format=QuantFormat.QDQ,
-                per_channel=bool(job.options.get("per_channel", True)),
+                per_channel=bool(recipe.per_channel),
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
@@ -261,21 +265,20 @@ class _reuse_calibration:
         return False
 
 
-def bias_corrected(job, prep: str, names: list[str], skip: set) -> str:
+def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> str:
     """The float graph with bias correction (Nagel et al. 2019, empirical variant): a Conv/Gemm whose INT8
     weights are W + dW gets bias b - dW . E[x], dW read from the QDQ model the plain recipe makes (exact
     scales and rounding), E[x] the per-channel mean of its input in the float graph on the calibration
-    samples. Nodes in ``skip`` (kept in float) keep their bias. Same node and tensor names as ``prep``."""
+    samples. Nodes in ``skip`` (kept in float) keep their bias. Same node and tensor names as ``prep``.
+    ``recipe``: the recipe being built (None: ``job.recipe``); dW is that of its all-INT8 form."""
     import onnx
     from onnx import numpy_helper
     cache = job.__dict__.setdefault("_bias_cache", {})
     if prep not in cache:
-        opts = job.options
-        job.options = {k: v for k, v in opts.items() if k not in ("bias_correction", "nodes_to_exclude")}
+        plain = (job.recipe if recipe is None else recipe).replace(bias_correction=False, float_layers=())
         try:
-            qdq = onnx.load_from_string(convert(job)[0]["data"])
+            qdq = onnx.load_from_string(convert(job, plain)[0]["data"])
         finally:
-            job.options = opts
             job.qdq_prep = prep
         fm = onnx.load(prep)
         inits = {i.name: i for i in fm.graph.initializer}
@@ -421,3 +424,56 @@ def check_symmetric(model) -> None:
             zp = inits.get(node.input[2])
             if zp is not None and np.any(numpy_helper.to_array(zp) != 0):
                 raise UsageError(f"QDQ node {node.name}: zero point is not 0 (TensorRT needs symmetric INT8)")
+
+
+# ------------------------------------------------------------ accuracy recovery hooks (edgeopt.converters.HOOKS)
+
+# calibration methods recovery tries after the plain recipe, cheapest first (entropy: onnxruntime's histograms)
+RECOVERY_METHODS = ("percentile", "entropy")
+MANY_FLOAT_ADVICE = ("the FP16 artifact (model.fp16.onnx) is the simpler choice, and TensorRT runs float layers in "
+                     "FP16 anyway")
+
+# Activation-only nodes (Clip/Relu after a Conv) add no error of their own (a Clip on its input's INT8 grid is exact)
+# and join a float layer they feed by themselves (float_inputs); TensorRT fuses them into the conv. Data movement
+# ops add no error of their own either.
+_NOT_FLOAT_CANDIDATES = {"Clip", "Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                         "Transpose", "Concat", "Split", "Pad", "Gather", "Resize", "Where", "ArgMax"}
+
+
+def rebuild(job, art: dict, recipe) -> dict:
+    """The QDQ artifact of ``job`` made again with ``recipe`` (its float layers: nodes_to_exclude, with float
+    inputs). Calibration is reused per recipe when the job has a ``calib_cache``."""
+    a = convert(job, recipe)[0]
+    if recipe.float_layers:
+        a["converter"] += f"; {len(recipe.float_layers)} nodes kept in float (nodes_to_exclude)"
+    return a
+
+
+def layer_errors(job, art: dict, samples: list[list]) -> dict:
+    """Per-layer error report of a QDQ artifact of ``job`` against the float graph it was made from
+    (``job.qdq_prep``) on ``samples`` (lists of arrays in the job's input order)."""
+    from edgeopt.converters import debug_onnx
+    names = [i["name"] for i in job.inputs]
+    rows = debug_onnx.layer_errors(job.qdq_prep, art["data"], [dict(zip(names, s)) for s in samples])
+    return {"method": "QDQ model's intermediate tensors against the float model's (onnxruntime); sqnr_db of "
+                      "each node's output, added_db = dB lost at that node",
+            "metric": "added_db", "samples": len(samples), "layers": rows}
+
+
+def float_candidates(report: dict) -> list[str]:
+    """The nodes of a :func:`layer_errors` report recovery may keep in float, in the report's order.
+
+    A node whose output SQNR is above its input's (added_db 0: a conv averages uncorrelated noise) still adds
+    INT8 error of its own, so it stays a candidate, after the others (the report's order)."""
+    return [r["node"] for r in report["layers"]
+            if r.get("quantized") and r["node"] and r["op"] not in _NOT_FLOAT_CANDIDATES]
+
+
+def fp32_bytes(job) -> int:
+    """Size of the FP32 model in this route's format: the source ONNX with static shapes."""
+    return os.path.getsize(job.static_onnx_path())
+
+
+def bias_correction_info(job) -> dict | None:
+    """What the last bias correction of ``job`` did (layers corrected, of how many), None before any."""
+    return getattr(job, "bias_correction_info", None)

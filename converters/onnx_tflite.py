@@ -124,10 +124,12 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None, name: str | None = 
     return model
 
 
-def convert(job) -> list[dict]:
-    """Job -> [artifact dict] with one full-integer INT8 TFLite file (see edgeopt.conversion.pipeline.Job)."""
+def convert(job, recipe=None) -> list[dict]:
+    """Job -> [artifact dict] with one full-integer INT8 TFLite file (see edgeopt.conversion.pipeline.Job),
+    quantized with ``recipe`` (None: ``job.recipe``)."""
     from edgeopt.converters import tf_tflite
 
+    recipe = job.recipe if recipe is None else recipe
     if getattr(job, "tf_graph", None) is None:  # built once per job: recipes ("auto") quantize the same graph
         src_inputs = job.inputs
         samples = job.calib_samples()  # list of [arrays in source layout, batch 1]
@@ -144,7 +146,7 @@ def convert(job) -> list[dict]:
         job.tf_graph_check = graph_check(job, graph, samples, calib)
     graph, calib, real_perms = job.tf_graph, job.tf_calib, job.tf_perms
     data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name,
-                                    **tf_tflite.recipe_options(job.options))
+                                    **tf_tflite.recipe_options(recipe))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}

@@ -22,7 +22,9 @@ import warnings  # noqa: E402
 
 import absl.logging  # noqa: E402
 
-__all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of"]
+__all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
+           "RECOVERY_METHODS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
+           "bias_correction_info"]
 
 absl.logging.set_verbosity(absl.logging.ERROR)
 warnings.filterwarnings("ignore", module=r"tensorflow\..*")
@@ -178,11 +180,11 @@ def _failing_ops(msg: str) -> list[str]:
     return sorted(set(ops))
 
 
-def recipe_options(options: dict) -> dict:
-    """The keywords of :func:`quantize` a conversion's options ask for (the recipe's one reading)."""
-    return {"method": options.get("calibration_method", "minmax"),
-            "bias_correction": bool(options.get("bias_correction")),
-            "per_channel": bool(options.get("per_channel", True))}
+def recipe_options(recipe) -> dict:
+    """The keywords of :func:`quantize` a recipe (edgeopt.conversion.options.Recipe) asks for. Its float layers
+    are recovery's (:func:`rebuild`): a first conversion has none."""
+    return {"method": recipe.calibration_method, "bias_correction": bool(recipe.bias_correction),
+            "per_channel": bool(recipe.per_channel)}
 
 
 def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_float_fallback: bool = False,
@@ -551,3 +553,69 @@ def float_ops_of(data: bytes) -> list[str]:
         if any(tensors[i]["dtype"] == np.float32 for i in idx):
             res.append(op["op_name"])
     return sorted(set(res))
+
+
+# ------------------------------------------------------------ accuracy recovery hooks (edgeopt.converters.HOOKS)
+# Both TFLite routes (keras_tflite, onnx_tflite) leave on the job the graph they quantized (job.tf_graph), its
+# calibration samples in the graph's layout (job.tf_calib) and the source-to-graph input permutations
+# (job.tf_perms); recovery requantizes from those with a Debugger (seconds per candidate, no new conversion).
+
+RECOVERY_METHODS = ()   # recovery tries no other calibration method: the plain recipe's ranges are kept
+MANY_FLOAT_ADVICE = "consider the float model, or a looser --accuracy-target"
+
+
+def _debugger(job, recipe) -> Debugger:
+    """The job's Debugger for a recipe's activation ranges and weight granularity, calibrated once."""
+    key = (recipe.calibration_method, bool(recipe.per_channel))
+    debuggers = job.__dict__.setdefault("tf_debuggers", {})
+    if key not in debuggers:
+        debuggers[key] = Debugger(job.tf_graph, job.tf_calib, job.io_dtype, source=job.source_name,
+                                  per_channel=key[1], method=key[0])
+    return debuggers[key]
+
+
+def rebuild(job, art: dict, recipe) -> dict:
+    """``art`` (the route's plain artifact) quantized again with ``recipe``: its bias correction, and its float
+    layers (tensor names from :func:`layer_errors`) as denylisted nodes that run as float kernels."""
+    floats = list(recipe.float_layers)
+    dbg = _debugger(job, recipe)
+    data = dbg.model(floats, job.io_dtype, bias_correction=bool(recipe.bias_correction))
+    if recipe.bias_correction:
+        job.bias_correction_info = getattr(dbg, "bias_correction_info", None)
+    a = dict(art, data=data)
+    a.update(io_order(data))
+    if recipe.bias_correction:
+        a["converter"] = art.get("converter", "") + "; bias correction (E[x]-weighted INT8 weight error)"
+    if floats:
+        a["converter"] = (art.get("converter", "") + f"; {len(floats)} layers kept in float "
+                          "(QuantizationDebugger denylisted_nodes)")
+        a["float_ops"] = float_ops_of(data)
+    return a
+
+
+def layer_errors(job, art: dict, samples: list[list]) -> dict:
+    """Per-layer error report of the job's TFLite artifact (its plain recipe) on ``samples`` (lists of arrays
+    in the source layout; transposed to the graph's here)."""
+    dbg = _debugger(job, job.recipe)
+    perms = getattr(job, "tf_perms", None) or [None] * len(samples[0])
+    data = [[np.transpose(a, p) if p else a for a, p in zip(s, perms)] for s in samples]
+    rows = dbg.layers(data)
+    return {"method": "tf.lite.experimental.QuantizationDebugger: each quantized op's INT8 output against "
+                      "the same op in float on the same inputs; rmse_scale = RMSE / quantization step "
+                      "(0.29 is rounding alone)",
+            "metric": "rmse_scale", "samples": len(data), "layers": rows}
+
+
+def float_candidates(report: dict) -> list[str]:
+    """The tensors of a :func:`layer_errors` report recovery may keep in float: all of them, worst first."""
+    return [r["tensor"] for r in report["layers"]]
+
+
+def fp32_bytes(job) -> int:
+    """Size of the FP32 model in this route's format: the calibrated float TFLite model."""
+    return len(_debugger(job, job.recipe).dbg.calibrated_model)
+
+
+def bias_correction_info(job) -> dict | None:
+    """What the last bias-corrected rebuild of ``job`` did (layers corrected, of how many), None before any."""
+    return getattr(job, "bias_correction_info", None)

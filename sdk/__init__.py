@@ -56,28 +56,18 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     """
     from edgeopt.conversion import pipeline
 
-    options = {}
-    if explain:
-        options["explain"] = True
-    if calibration_method is not None:
-        options["calibration_method"] = calibration_method
-    # the pipeline reads the recipe knobs only when given: pass the non-defaults, as the CLI does
-    if not per_channel:
-        options["per_channel"] = False
-    if bias_correction is not None:  # None: the default recipe's (defaults.DEFAULT_BIAS_CORRECTION)
-        options["bias_correction"] = bool(bias_correction)
-    if calib_percentile is not None:
-        options["calib_percentile"] = calib_percentile
-    if histogram_samples is not None:
-        options["histogram_samples"] = histogram_samples
-    if warn is not None:
-        options["warn"] = warn
+    # the pipeline makes one ConversionOptions of these (edgeopt.conversion.options): None is its default
+    recipe = {"explain": explain, "calibration_method": calibration_method, "per_channel": per_channel,
+              "bias_correction": bias_correction, "calib_percentile": calib_percentile,
+              "histogram_samples": histogram_samples}
+    if warn is not None:  # None: the pipeline's (printed on stderr)
+        recipe["warn"] = warn
     return pipeline.convert(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shapes, mean=mean,
                             std=std, io=io, min_sqnr=min_sqnr, min_top1=min_top1, accuracy_target=accuracy_target,
                             max_float_layers=max_float_layers,
                             allow_float_fallback=allow_float_fallback, allow_cpu_ops=allow_cpu_ops,
                             max_samples=max_samples, max_val_samples=max_val_samples,
-                            trust_model_code=trust_model_code, progress=progress, **options)
+                            trust_model_code=trust_model_code, progress=progress, **recipe)
 
 
 def bench(artifact, devices=None, *, local: bool = False, inventory=None, warmup: int = RUNNER_DEFAULTS["warmup"],

@@ -8,6 +8,7 @@ import edgeopt
 import edgeopt.runtime
 from edgeopt_testkit import edgeopt_cli, models, onnx_graph, save_arrays
 from edgeopt.errors import UsageError
+from edgeopt.conversion.options import Recipe
 from edgeopt.conversion.recover import meets, parse_target, score
 
 
@@ -177,8 +178,7 @@ def test_qdq_calibration_reused_across_candidates_is_exact(tiny_onnx, tmp_path):
     q = converters.load("edgeopt.converters.onnx_qdq")
 
     def conv(job, **o):
-        job.options = o
-        return q.convert(job)[0]["data"]
+        return q.convert(job, Recipe(**o))[0]["data"]
     cache = {}
     shared = _tiny_job(tiny_onnx, tmp_path, cache)
     assert conv(_tiny_job(tiny_onnx, tmp_path, None)) == conv(shared) == conv(shared)
@@ -324,8 +324,7 @@ def test_qdq_float_nodes_read_float_activations(tmp_path):
             {"x": x}, "int8", str(tmp_path), onnx_model=m, options={})
 
     def build(exclude):
-        j.options = {"nodes_to_exclude": exclude}
-        q = onnx.load_from_string(onnx_qdq.convert(j)[0]["data"])
+        q = onnx.load_from_string(onnx_qdq.convert(j, Recipe(float_layers=exclude))[0]["data"])
         return {n.name: list(n.input) for n in q.graph.node}, {n.input[0] for n in q.graph.node
                                                                if n.op_type == "QuantizeLinear"}
     ins, quantized = build([])

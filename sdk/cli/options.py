@@ -21,6 +21,7 @@ import typer
 
 from edgeopt.cli import app
 from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL
+from edgeopt.conversion.options import ConversionOptions
 from edgeopt.runtime import RUNNER_DEFAULTS
 
 _UNSET = object()
@@ -140,7 +141,8 @@ CONVERSION = [
 
 def conversion_options(values) -> dict:
     """The CONVERSION values as :func:`edgeopt.convert` keywords, those left at their default omitted: the
-    pipeline applies the same defaults, and a default deploy keeps the cache key it always had."""
+    pipeline applies the same defaults, and a default deploy keeps the cache key it always had. Those of
+    :class:`edgeopt.conversion.options.ConversionOptions` go through it (checked here, before any work)."""
     chosen = {}
     for param in CONVERSION:
         value = getattr(values, param.name)
@@ -151,7 +153,9 @@ def conversion_options(values) -> dict:
         from edgeopt.errors import UsageError
         raise UsageError(f"--calibration {method!r}: expected {', '.join(CALIBRATION_METHODS[:-1])} or "
                          f"{CALIBRATION_METHODS[-1]}")
-    return chosen
+    options = ConversionOptions.from_keywords(**{name: chosen.pop(name) for name in list(chosen)
+                                                 if name in ConversionOptions.KEYWORDS})
+    return dict(chosen, **options.keywords())
 
 
 # ------------------------------------------------------------------------------------ device selection

@@ -17,3 +17,4 @@ AUTO_METHODS = ("mse", "mean_minmax")   # what "auto" chooses from
 AUTO_SAMPLES = 32                       # calibration samples "auto" compares the candidates on
 DEFAULT_BIAS_CORRECTION = True   # bias correction in the plain recipe (E[x]-weighted INT8 weight error)
 IO_DTYPES = ("int8", "uint8", "float32")
+DEFAULT_PERCENTILE = 99.99      # percentile calibration's percentile (edgeopt.conversion.ranges)

@@ -19,8 +19,9 @@ import numpy as np
 from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover
 from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate
-from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_BIAS_CORRECTION,
-                                         DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
+from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
+                                         DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
+from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
 from edgeopt.converters.onnx_tflite import layout_perm
@@ -28,12 +29,7 @@ from edgeopt.errors import GateError, UsageError
 from edgeopt.json_files import read_json
 from edgeopt.hashing import sha256_file, sha256_tree
 
-__all__ = ["RECIPE_OPTIONS", "detect_format", "parse_input_shapes", "Job", "convert", "check_replaceable",
-           "toolchain"]
-
-# Options read from ``options`` (the others are parameters): the calibration recipe, as recovery varies it.
-RECIPE_OPTIONS = frozenset({"calibration_method", "explain", "per_channel", "bias_correction", "calib_percentile",
-                            "histogram_samples"})
+__all__ = ["detect_format", "parse_input_shapes", "Job", "convert", "check_replaceable", "toolchain"]
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -106,10 +102,12 @@ def _floats(v, what):
 
 
 class Job:
-    """What a converter needs: source, static I/O specs, calibration samples, target options, a workdir."""
+    """What a converter needs: source, static I/O specs, calibration samples, target, options (the recipe
+    among them), a workdir. Converters read ``job.recipe``; recovery hands its candidates' recipes to the
+    route's hooks and never changes the job's options."""
 
     def __init__(self, source: str, fmt: str, target, inputs, outputs, calib: dict, io_dtype: str,
-                 workdir: str, onnx_model=None, options: dict | None = None):
+                 workdir: str, onnx_model=None, options: ConversionOptions | None = None):
         self.source = source
         self.source_name = os.path.basename(source.rstrip("/"))
         self.format = fmt
@@ -120,10 +118,19 @@ class Job:
         self.io_dtype = io_dtype
         self.workdir = workdir
         self.onnx_model = onnx_model
-        self.options = options or {}
-        self.allow_float_fallback = bool(self.options.get("allow_float_fallback"))
+        self.options = options or ConversionOptions()
         self._static_onnx = None
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe of this conversion (its options'): what a route quantizes with unless given another."""
+        return self.options.recipe
+
+    @property
+    def allow_float_fallback(self) -> bool:
+        """Ops that cannot be INT8 may stay float (not for Coral)."""
+        return self.options.allow_float_fallback
 
     def calib_samples(self) -> list[list[np.ndarray]]:
         n = data.count(self.calib)
@@ -157,24 +164,15 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
             allow_float_fallback: bool = False, max_samples: int = DEFAULT_MAX_CALIB,
             max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, accuracy_target=None,
-            allow_cpu_ops: bool = False, trust_model_code: bool = False, max_float_layers=None, **options) -> dict:
-    """See :func:`edgeopt.convert`. ``trust_model_code``: load models whose file can run code (Keras Lambda)."""
-    unknown = sorted(set(options) - RECIPE_OPTIONS)
-    if unknown:  # a misspelt option must not be silently ignored
-        raise TypeError(f"convert() got unexpected keyword argument(s): {', '.join(unknown)}")
-    options = dict(options)
-    target_spec = recover.parse_target(accuracy_target)
-    if target_spec:
-        options["accuracy_target"] = target_spec
-    budget = recover.parse_max_float_layers(max_float_layers)
-    if budget is not None:
-        if not target_spec:  # it bounds recovery only: without a target it would be silently ignored
-            raise UsageError("--max-float-layers bounds --accuracy-target's recovery; give --accuracy-target too")
-        options["max_float_layers"] = budget
-    if allow_cpu_ops:
-        options["allow_cpu_ops"] = True
-    if trust_model_code:
-        options["trust_model_code"] = True
+            allow_cpu_ops: bool = False, trust_model_code: bool = False, max_float_layers=None, **recipe) -> dict:
+    """See :func:`edgeopt.convert`. ``trust_model_code``: load models whose file can run code (Keras Lambda).
+    ``recipe``: the recipe keywords (calibration_method, per_channel, bias_correction, calib_percentile,
+    histogram_samples) and ``explain``; another keyword is a TypeError naming it."""
+    # one typed object from here on (converters, recovery, manifest); a misspelt keyword is a TypeError
+    options = ConversionOptions.from_keywords(
+        accuracy_target=accuracy_target, max_float_layers=max_float_layers, allow_cpu_ops=allow_cpu_ops,
+        allow_float_fallback=allow_float_fallback, trust_model_code=trust_model_code, **recipe)
+    target_spec = options.accuracy_target
 
     try:
         tgt = targets.get(target)
@@ -188,7 +186,7 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     if tgt.integer_only and allow_float_fallback:
         raise UsageError("--allow-float-fallback is not possible for Coral: the Edge TPU runs only INT8 ops",
                          hint="convert for rpi to keep float ops on the CPU")
-    method = options.get("calibration_method") or CALIBRATION_METHODS[0]
+    method = options.recipe.calibration_method
     if method not in CALIBRATION_METHODS:
         raise UsageError(f"calibration method {method!r}: expected {', '.join(CALIBRATION_METHODS[:-1])} or "
                          f"{CALIBRATION_METHODS[-1]}")
@@ -196,10 +194,6 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
         raise UsageError(f"calibration method {method!r} is not available for {tgt.name}: TFLite targets take "
                          f"{', '.join(TFLITE_METHODS[:-1])} or {TFLITE_METHODS[-1]}",
                          hint="use --accuracy-target to recover accuracy instead")
-    # the default recipe, spelt out: converters and recovery read the options, the manifest records them
-    options["calibration_method"] = method
-    if options.get("bias_correction") is None:
-        options["bias_correction"] = DEFAULT_BIAS_CORRECTION
     mean, std = _floats(mean, "mean"), _floats(std, "std")
     shapes = parse_input_shapes(input_shapes)
     routes = [converters.route(fmt, kind, tgt) for kind in tgt.formats]
@@ -216,8 +210,8 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     try:
         with native_stderr_captured():
             manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
-                                          io_dtype, min_sqnr, min_top1, allow_float_fallback, max_samples,
-                                          max_val_samples, progress, warn, options)
+                                          io_dtype, min_sqnr, min_top1, max_samples, max_val_samples, progress,
+                                          warn, options)
         _commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -340,14 +334,14 @@ def _static(inputs, shapes, fmt):
 
 
 def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std, io_dtype, min_sqnr,
-             min_top1, allow_float_fallback, max_samples, max_val_samples, progress, warn, options):
+             min_top1, max_samples, max_val_samples, progress, warn, options: ConversionOptions):
     source = {"file": os.path.basename(model.rstrip("/")), "format": fmt,
               "sha256": sha256_tree(model) if os.path.isdir(model) else sha256_file(model)}
     if fmt == "tflite":
         return _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress, warn)
 
     _say(progress, f"reading {source['file']}")
-    src_in, src_out, extra = _source_io(model, fmt, progress, bool(options.get("trust_model_code")))
+    src_in, src_out, extra = _source_io(model, fmt, progress, options.trust_model_code)
     static_in = _static(src_in, shapes, fmt)
     data_in = [dict(i, shape=[None] + i["shape"][1:]) for i in static_in]
 
@@ -378,24 +372,25 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     if data.count(vdata) > max_val_samples:
         vdata = data.take(vdata, slice(0, max_val_samples))
     split = None
-    if options.get("accuracy_target"):  # select on one half, confirm on the other; refused before converting
-        split = recover.split_samples(data.count(vdata), options["accuracy_target"], max_val_samples)
+    if options.accuracy_target:  # select on one half, confirm on the other; refused before converting
+        split = recover.split_samples(data.count(vdata), options.accuracy_target, max_val_samples)
     cal_info.update(samples=data.count(cal), sha256=data.digest(cal), max_samples=max_samples)
     v_info.update(samples=data.count(vdata), sha256=data.digest(vdata))
 
     job = Job(model, fmt, tgt, static_in, src_out, cal, io_dtype, workdir, onnx_model=extra.get("onnx_model"),
-              options=dict(options, allow_float_fallback=allow_float_fallback))
+              options=options)
     job.graph = extra.get("graph")
-    if options.get("accuracy_target") or options.get("explain"):
+    if options.accuracy_target or options.explain:
         job.calib_cache = {}  # recovery rebuilds with float layers: calibrate once per recipe (onnx_qdq)
 
     arts = []
     auto = None
     for kind, fn in routes:
         _say(progress, f"converting to {kind}")
-        if kind == routes[0][0] and job.options.get("calibration_method") == "auto":
+        if kind == routes[0][0] and options.recipe.calibration_method == "auto":
             got, auto = _auto_ranges(job, fn, fmt, progress)
-            options["calibration_method"] = job.options["calibration_method"]
+            # the chosen method is the recipe from here on: the other routes, recovery and the manifest
+            options = job.options = options.with_recipe(calibration_method=auto["chosen"])
         else:
             got = fn(job)
         if kind == routes[0][0] and getattr(job, "qdq_prep", None):  # keep the primary's float graph
@@ -434,11 +429,11 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         return entry
 
     recovery = layer_report = None
-    target_spec = options.get("accuracy_target")
+    target_spec = options.accuracy_target
     selection_acc = None
-    if target_spec or options.get("explain"):
+    if target_spec or options.explain:
         arts[0], recovery, layer_report, selection_acc = _recover(job, arts[0], check, target_spec, vdata, static_in,
-                                                                  progress, bool(options.get("allow_cpu_ops")), split)
+                                                                  progress, options.allow_cpu_ops, split)
     final = "confirmation" if split else None  # the claim is measured on samples no choice saw
     for a in arts:
         path = os.path.join(staging, a["file"])
@@ -479,7 +474,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
             failures.append(f"accuracy target {recover.target_str(target_spec)} not met even after recovery ("
                             + "; ".join(missed) + ")")
     manifest = _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt,
-                         options, allow_float_fallback)
+                         options)
     if auto is not None:
         manifest["calibration"]["auto"] = auto
     if recovery is not None:
@@ -509,8 +504,7 @@ def _auto_ranges(job, fn, fmt, progress):
     tried, best = {}, None
     for method in AUTO_METHODS:
         _say(progress, f"activation ranges: trying {method}")
-        job.options["calibration_method"] = method
-        got = fn(job)
+        got = fn(job, job.recipe.replace(calibration_method=method))
         path = os.path.join(job.workdir, f"auto-{method}-{got[0]['file']}")
         with open(path, "wb") as f:
             f.write(got[0]["data"])
@@ -522,7 +516,6 @@ def _auto_ranges(job, fn, fmt, progress):
         if best is None or tried[method] > tried[best[0]]:
             best = (method, got, getattr(job, "qdq_prep", None))
     method, got, prep = best
-    job.options["calibration_method"] = method
     if prep is not None:
         job.qdq_prep = prep
     return got, {"chosen": method, "sqnr_db": tried, "samples": n,
@@ -552,19 +545,18 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops,
     acc = evaluate(art)[0]
     if not target:  # explain only: the per-layer report of the plain artifact
         _say(progress, "per-layer error")
-        return (art, {"chosen": {"recipe": recover.describe_recipe(job.options, [])}},
-                recover.layers(job, art, samples), acc)
-    if recover.meets(acc, target) and not job.options.get("explain"):
-        plain = recover.describe_recipe(job.options, [])
+        return (art, {"chosen": {"recipe": job.recipe.to_manifest()}}, recover.layers(job, art, samples), acc)
+    if recover.meets(acc, target) and not job.options.explain:
         report = {"target": target, "target_str": recover.target_str(target), "met": True,
-                  "steps": [recover.step_entry({"recipe": plain, "float": [], "acc": acc}, target)],
-                  "chosen": {"recipe": plain, "float_layers": [], "accuracy": recover.brief_accuracy(acc)},
+                  "steps": [recover.step_entry({"recipe": job.recipe, "float": [], "acc": acc}, target)],
+                  "chosen": {"recipe": job.recipe.to_manifest(), "float_layers": [],
+                             "accuracy": recover.brief_accuracy(acc)},
                   "note": "the plain recipe meets the target"}
         return art, report, None, acc
     new, new_acc, report = recover.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops,
                                            progress=progress, samples=samples,
                                            n_val=None if split else data.count(vdata),
-                                           max_float_layers=job.options.get("max_float_layers"))
+                                           max_float_layers=job.options.max_float_layers)
     return new, report, report.pop("layers", None), new_acc
 
 
@@ -677,8 +669,9 @@ def toolchain(fmt: str) -> dict:
     return dict(sorted(tc.items()))
 
 
-def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt, options,
-              allow_float_fallback) -> dict:
+def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt,
+              options: ConversionOptions) -> dict:
+    flags = options.to_manifest()
     m = {
         "schema": 1,
         "edgeopt": __version__,
@@ -688,20 +681,14 @@ def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src
                    "io_dtype": io_dtype, "threads": tgt.threads, "cpu_arch": tgt.cpu_arch},
         "artifacts": entries,
         # the recipe of a conversion (a .tflite passed through was not calibrated here: no recipe)
-        "calibration": dict(cal_info, method=options.get("calibration_method", "minmax"),
-                            **({"recipe": recover.describe_recipe(options, [])} if fmt != "tflite" else {}),
+        "calibration": dict(cal_info, method=options.recipe.calibration_method,
+                            **({"recipe": options.recipe.to_manifest()} if fmt != "tflite" else {}),
                             mean=mean, std=std),
         "accuracy": accuracy,
-        "options": {"io": io_dtype, "allow_float_fallback": bool(allow_float_fallback),
-                    "input_shapes": {i["name"]: i["shape"] for i in static_in}},
+        "options": {"io": io_dtype, "allow_float_fallback": flags.pop("allow_float_fallback"),
+                    "input_shapes": {i["name"]: i["shape"] for i in static_in}, **flags},
         "toolchain": toolchain(fmt),
     }
-    if options.get("allow_cpu_ops"):
-        m["options"]["allow_cpu_ops"] = True
-    if options.get("max_float_layers") is not None:
-        m["options"]["max_float_layers"] = options["max_float_layers"]
-    if options.get("trust_model_code"):
-        m["options"]["trust_model_code"] = True
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch and epoch.isdigit():
         m["created"] = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -753,7 +740,7 @@ def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress
     if tgt.edgetpu_preflight:
         entries, preflight = _coral(entries, staging, progress, warn)
     manifest = _manifest(source, tgt, entries, {"source": None, "samples": 0, "note": "already converted"},
-                         None, io_dtype, [], [], None, None, "tflite", {}, False)
+                         None, io_dtype, [], [], None, None, "tflite", ConversionOptions())
     manifest["source"]["inputs"] = entry["inputs"]
     manifest["source"]["outputs"] = entry["outputs"]
     if preflight is not None:

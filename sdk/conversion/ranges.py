@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeopt.conversion.defaults import DEFAULT_PERCENTILE
+
 __all__ = ["METHODS", "NEEDS_VALUES", "Collector", "estimate", "mse_range"]
 
 METHODS = ("minmax", "mean_minmax", "percentile", "mse")
 NEEDS_VALUES = frozenset({"percentile", "mse"})   # methods that look at the values, not only min/max
-DEFAULT_PERCENTILE = 99.99
 KEEP_PER_SAMPLE = 1024   # values kept per tensor and sample for percentile/mse (a fixed pseudo-random subset)
 _CANDIDATES = 100        # clipping points tried per side by the MSE search
 

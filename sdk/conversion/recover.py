@@ -30,25 +30,29 @@ and the accuracy claimed, on the confirmation part, with the 95% Wilson interval
 top-1 target the confirmation part cannot resolve is refused before converting. Every candidate is run in
 edgeopt.runtime, like the plain artifact; size and 1-thread latency (edgeopt.runtime.bench on this host) of
 the chosen one are reported.
+
+This module is the search only. What depends on the artifact's route (rebuilding it with a recipe, the
+per-layer error, which layers may be kept in float, which calibration methods to try) is the route's: the
+hooks of its converter module, found by artifact kind (edgeopt.converters.HOOKS). A candidate is a
+:class:`edgeopt.conversion.options.Recipe`, float layers included, handed to the route's ``rebuild``.
 """
 from __future__ import annotations
 
 import math
 import os
-import re
 
 import numpy as np
 
 from edgeopt import converters, runtime
-from edgeopt.conversion import ranges
 from edgeopt.conversion.accuracy import gate
+from edgeopt.conversion.options import parse_max_float_layers, parse_target, target_str
 from edgeopt.converters import edgetpu
 from edgeopt.errors import UsageError
 
 __all__ = ["TOP_LAYERS", "DEBUG_SAMPLES", "DEFAULT_FLOAT_BUDGET", "MAX_SIZE_RATIO", "parse_target",
            "parse_max_float_layers", "float_budget", "split_samples", "confirmation_needed", "confirm", "failures",
            "meets", "score", "target_str", "wilson", "brief_accuracy", "layers", "float_layer_policy", "recover",
-           "describe_recipe", "step_entry"]
+           "step_entry"]
 
 TOP_LAYERS = 20          # layers kept in the manifest
 DEBUG_SAMPLES = 32       # samples the per-layer report runs on
@@ -59,31 +63,6 @@ ENTROPY_IF_DB = 0.5      # entropy calibration only when percentile gained at le
 DEFAULT_FLOAT_BUDGET = 10.0  # percent of the float candidates recovery may keep in float by default
 MAX_SIZE_RATIO = 0.4     # with the default budget, no artifact over this fraction of the FP32 model's size
 MIN_DISAGREEMENTS = 2    # a top-1 target must allow this many disagreements among the confirmation samples
-
-_KEYS = {"top1": "top1", "top1_agreement": "top1", "sqnr": "sqnr", "sqnr_db": "sqnr"}
-
-
-def parse_target(spec) -> dict | None:
-    """'top1=0.99' / 'sqnr=30' / 'top1=0.98,sqnr=25' (or a dict) -> {'top1': 0.99, 'sqnr': 30.0}."""
-    if spec is None or spec == "" or spec == {}:
-        return None
-    items = spec.items() if isinstance(spec, dict) else [p.split("=", 1) if "=" in p else (p, None)
-                                                          for p in re.split(r"[,\s]+", str(spec).strip()) if p]
-    res = {}
-    for k, v in items:
-        key = _KEYS.get(str(k).strip().lower())
-        try:
-            val = float(v)
-        except (TypeError, ValueError):
-            val = None
-        if key is None or val is None:
-            raise UsageError(f"--accuracy-target {spec!r}: expected top1=FRACTION and/or sqnr=DB, "
-                             "e.g. top1=0.99 or sqnr=30")
-        if key == "top1" and not 0 < val <= 1:
-            raise UsageError(f"--accuracy-target {spec!r}: top1 is a fraction in (0, 1], e.g. top1=0.99")
-        res[key] = val
-    return res
-
 
 def failures(outputs: dict, target: dict) -> list[str]:
     """What misses the target (empty list: met), one line per output and criterion."""
@@ -105,10 +84,6 @@ def score(outputs: dict, target: dict) -> float:
     return min(margins) if margins else 0.0
 
 
-def target_str(target: dict) -> str:
-    return ",".join(f"{k}={v:g}" for k, v in target.items())
-
-
 def wilson(p: float, n: int, z: float = 1.96) -> list[float]:
     """95% Wilson score interval of a proportion p measured on n samples."""
     d = 1 + z * z / n
@@ -127,30 +102,6 @@ def brief_accuracy(acc: dict) -> dict:
 
 
 # ------------------------------------------------------------------------- float budget, honest statistics
-
-def parse_max_float_layers(spec) -> dict | None:
-    """``--max-float-layers``: N (an integer >= 0) or P% (0..100) -> {"layers": N} or {"percent": P};
-    None: the default (DEFAULT_FLOAT_BUDGET percent)."""
-    if spec is None or spec == "":
-        return None
-    if isinstance(spec, bool):
-        raise UsageError(f"--max-float-layers {spec!r}: expected a number of layers (e.g. 3) or a percentage "
-                         "(e.g. 10%)")
-    text = str(spec).strip()
-    try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not 0 <= pct <= 100 or pct != pct:
-                raise ValueError
-            return {"percent": pct}
-        n = float(text)
-        if n != int(n) or n < 0:
-            raise ValueError
-        return {"layers": int(n)}
-    except ValueError:
-        raise UsageError(f"--max-float-layers {spec!r}: expected a number of layers >= 0 (e.g. 3) or a percentage "
-                         "of the quantizable layers (e.g. 10%)") from None
-
 
 def float_budget(spec: dict | None, candidates: int) -> tuple[int, str]:
     """(most layers recovery may keep in float, how that number came about) for ``candidates`` float
@@ -243,50 +194,14 @@ def confirm(report: dict, target: dict, selection_acc: dict, confirmation_acc: d
 # ------------------------------------------------------------------------------------- per-layer error
 
 def layers(job, art: dict, samples: list[list]) -> dict:
-    """Per-layer error report of an artifact of ``job`` (made by its converter in this process)."""
-    samples = samples[:DEBUG_SAMPLES]
-    if art["format"] == "tflite":
-        dbg = _debugger(job)
-        perms = getattr(job, "tf_perms", None) or [None] * len(samples[0])
-        data = [[np.transpose(a, p) if p else a for a, p in zip(s, perms)] for s in samples]
-        rows = dbg.layers(data)
-        return {"method": "tf.lite.experimental.QuantizationDebugger: each quantized op's INT8 output against "
-                          "the same op in float on the same inputs; rmse_scale = RMSE / quantization step "
-                          "(0.29 is rounding alone)",
-                "metric": "rmse_scale", "samples": len(data), "layers": rows}
-    debug_onnx = converters.load("edgeopt.converters.debug_onnx")
-    names = [i["name"] for i in job.inputs]
-    rows = debug_onnx.layer_errors(job.qdq_prep, art["data"], [dict(zip(names, s)) for s in samples])
-    return {"method": "QDQ model's intermediate tensors against the float model's (onnxruntime); sqnr_db of "
-                      "each node's output, added_db = dB lost at that node",
-            "metric": "added_db", "samples": len(samples), "layers": rows}
+    """Per-layer error report of an artifact of ``job`` (made by its converter in this process), on the first
+    DEBUG_SAMPLES of ``samples``: the ``layer_errors`` hook of its route."""
+    return _hooks(art).layer_errors(job, art, samples[:DEBUG_SAMPLES])
 
 
-def _debugger(job):
-    dbg = getattr(job, "tf_debugger", None)
-    if dbg is None:
-        tf_tflite = converters.load("edgeopt.converters.tf_tflite")
-        dbg = tf_tflite.Debugger(job.tf_graph, job.tf_calib, job.io_dtype, source=job.source_name,
-                                 per_channel=bool(job.options.get("per_channel", True)),
-                                 method=job.options.get("calibration_method", "minmax"))
-        job.tf_debugger = dbg
-    return dbg
-
-
-def _candidates(report: dict, fmt: str) -> list[str]:
-    rows = report["layers"]
-    if fmt == "tflite":
-        return [r["tensor"] for r in rows]
-    # Activation-only nodes (Clip/Relu after a Conv) add no error of their own (a Clip on its input's INT8 grid
-    # is exact) and join a float layer they feed by themselves (onnx_qdq.float_inputs); TensorRT fuses them
-    # into the conv. Data movement ops add no error of their own either.
-    # A node whose output SQNR is above its input's (added_db 0: a conv averages uncorrelated noise) still
-    # adds INT8 error of its own, so it stays a candidate, after the others.
-    return [r["node"] for r in rows if r.get("quantized") and r["node"] and r["op"] not in _NOT_FLOAT_CANDIDATES]
-
-
-_NOT_FLOAT_CANDIDATES = {"Clip", "Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                         "Transpose", "Concat", "Split", "Pad", "Gather", "Resize", "Where", "ArgMax"}
+def _hooks(art: dict):
+    """The recovery hooks of the route that made ``art`` (edgeopt.converters.HOOKS, by artifact kind)."""
+    return converters.hooks(art["kind"])
 
 
 # ------------------------------------------------------------------------------------------- recovery
@@ -302,6 +217,7 @@ def float_layer_policy(target, fmt: str, allow_cpu_ops: bool = False) -> tuple[b
     float_ok = fmt == "onnx" or target.float_fallback == "allowed" or (leaves_accelerator and allow_cpu_ops)
     return float_ok, leaves_accelerator and not allow_cpu_ops
 
+
 def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bool = False,
             progress=None, samples=None, n_val: int | None = None,
             max_float_layers: dict | None = None) -> tuple[dict, dict, dict]:
@@ -311,8 +227,9 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     over MAX_SIZE_RATIO of the FP32 size), or else the best all-INT8 one tried."""
 
     say = progress or (lambda m: None)
+    hooks = _hooks(art)
     steps = []
-    plain = {"art": art, "acc": acc, "recipe": describe_recipe(job.options, []), "float": []}
+    plain = {"art": art, "acc": acc, "recipe": job.recipe, "float": []}
     steps.append(step_entry(plain, target))
     best = plain
     report = {"target": target, "target_str": target_str(target), "steps": steps}
@@ -320,57 +237,52 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     def better(c):
         return score(c["acc"], target) > score(best["acc"], target)
 
-    # 1. calibration recipes, in order of cost
-    if art["format"] == "onnx" and not meets(acc, target):
-        for method in ("percentile", "entropy"):
-            if method == job.options.get("calibration_method"):
+    def build(recipe):
+        """A candidate: the route's artifact made again with ``recipe``, measured on the selection samples."""
+        c = {"art": hooks.rebuild(job, art, recipe), "recipe": recipe, "float": list(recipe.float_layers)}
+        c["acc"] = evaluate(c["art"])[0]
+        return c
+
+    # 1. calibration recipes, in order of cost (those the route offers)
+    if not meets(acc, target):
+        for method in hooks.RECOVERY_METHODS:
+            if method == job.recipe.calibration_method:
                 continue  # the plain recipe
             if method == "entropy" and _out_sqnr(steps[-1]["accuracy"]) < _out_sqnr(acc) + ENTROPY_IF_DB:
                 # both clip outliers of the activation ranges; when percentile clipping does not help, outliers
                 # are not what is lost and entropy (minutes: histograms of every tensor) is not tried
-                steps.append({"recipe": dict(describe_recipe(dict(job.options, calibration_method=method), [])),
+                steps.append({"recipe": job.recipe.replace(calibration_method=method).to_manifest(),
                               "skipped": f"percentile clipping raised output SQNR by less than {ENTROPY_IF_DB} dB "
                                          "over min-max"})
                 continue
             say(f"accuracy recovery: {method} calibration")
-            opts = dict(job.options, calibration_method=method, histogram_samples=HISTOGRAM_SAMPLES)
-            c = _build_onnx(job, opts, [])
-            c["acc"] = evaluate(c["art"])[0]
+            c = build(job.recipe.replace(calibration_method=method, histogram_samples=HISTOGRAM_SAMPLES))
             steps.append(step_entry(c, target))
             if better(c):
                 best = c
             if meets(c["acc"], target):
                 break
 
-    if not meets(best["acc"], target) and not best["recipe"].get("bias_correction"):  # unless the plain has it
+    if not meets(best["acc"], target) and not best["recipe"].bias_correction:  # unless the plain has it
         say("accuracy recovery: bias correction")
         try:
-            if art["format"] == "tflite":
-                c = _build_tflite(job, art, [], bias_correction=True)
-            else:
-                c = _build_onnx(job, dict(job.options, **_recipe_options(dict(best["recipe"], bias_correction=True))),
-                                [])
-            c["acc"] = evaluate(c["art"])[0]
+            c = build(best["recipe"].replace(bias_correction=True))
             st = step_entry(c, target)
-            st["bias_correction"] = (getattr(_debugger(job), "bias_correction_info", None)
-                                     if art["format"] == "tflite" else getattr(job, "bias_correction_info", None))
+            st["bias_correction"] = hooks.bias_correction_info(job)
             steps.append(st)
             if better(c) or meets(c["acc"], target):
                 best = c
         except UsageError:
             raise
         except Exception as e:  # noqa: BLE001 - a recipe the model does not take: note it, go on
-            steps.append({"recipe": dict(describe_recipe(job.options, []), bias_correction=True),
+            steps.append({"recipe": job.recipe.replace(bias_correction=True).to_manifest(),
                           "error": str(e).strip().splitlines()[-1][:200]})
 
-    if not meets(best["acc"], target) or job.options.get("explain"):
+    if not meets(best["acc"], target) or job.options.explain:
         # 2. per-layer error of the best recipe so far
         say("accuracy recovery: per-layer error")
-        base_opts = dict(job.options, **_recipe_options(best["recipe"]))
-        if art["format"] == "onnx" and best is not plain:
-            _build_onnx(job, base_opts, [])  # job.qdq_prep for that recipe (same float graph)
         report["layers"] = layers(job, best["art"], samples)
-        ranked = _candidates(report["layers"], art["format"])
+        ranked = hooks.float_candidates(report["layers"])
     else:
         ranked = []
 
@@ -379,13 +291,14 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     if ranked and not meets(best["acc"], target) and (float_ok or search_anyway):
         budget, why = float_budget(max_float_layers, len(ranked))
         report["budget"] = {"max_float_layers": budget, "float_candidates": len(ranked), "rule": why}
-        fp32 = report["budget"]["fp32_bytes"] = _fp32_bytes(job, art)
+        fp32 = report["budget"]["fp32_bytes"] = hooks.fp32_bytes(job)
         max_bytes = None
         if max_float_layers is None:  # the default budget: no float model in disguise either
             max_bytes = int(MAX_SIZE_RATIO * fp32)
             report["budget"].update(max_bytes=max_bytes, max_size_ratio=MAX_SIZE_RATIO)
-        found = (_search(job, art, best, ranked, target, evaluate, base_opts, say, steps, report, budget=budget,
-                         max_bytes=max_bytes) if budget else None)
+        base = best["recipe"]  # float layers on top of the best all-INT8 recipe
+        found = (_search(lambda floats: build(base.replace(float_layers=tuple(floats))), best, ranked, target, say,
+                         steps, report, budget=budget, max_bytes=max_bytes) if budget else None)
         reached = found is not None and _fits(found, target, max_bytes)
         if found is not None:
             report["best_float"] = {"float_layers": list(found["float"]), "accuracy": brief_accuracy(found["acc"]),
@@ -398,7 +311,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             report["unmet"] = _budget_note(report["budget"], found, target)
 
     report["met"] = meets(best["acc"], target)
-    report["chosen"] = {"recipe": best["recipe"], "float_layers": best["float"],
+    report["chosen"] = {"recipe": best["recipe"].to_manifest(), "float_layers": best["float"],
                         "accuracy": brief_accuracy(best["acc"])}
     if n_val:
         ci = {k: wilson(m["top1_agreement"], n_val) for k, m in best["acc"].items() if "top1_agreement" in m}
@@ -409,9 +322,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
         report["chosen"]["float_candidates"] = len(ranked)
     if ranked and len(best["float"]) > len(ranked) // 2:
         report["advice"] = (f"{len(best['float'])} of {len(ranked)} layers are kept in float: INT8 buys little "
-                            "here; " + ("the FP16 artifact (model.fp16.onnx) is the simpler choice, and TensorRT "
-                                       "runs float layers in FP16 anyway" if art["format"] == "onnx" else
-                                       "consider the float model, or a looser --accuracy-target"))
+                            "here; " + hooks.MANY_FLOAT_ADVICE)
     if best is not plain:
         report["cost"] = _cost(plain, best, evaluate)
         if report.get("budget", {}).get("fp32_bytes"):
@@ -426,14 +337,6 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
 def _fits(c: dict, target: dict, max_bytes: int | None) -> bool:
     """A float-layer candidate that may be returned: it meets the target and is not over the size cap."""
     return meets(c["acc"], target) and (max_bytes is None or len(c["art"]["data"]) <= max_bytes)
-
-
-def _fp32_bytes(job, art: dict) -> int:
-    """Size of the FP32 model in the artifact's format: the calibrated float TFLite model (TFLite), the source
-    ONNX with static shapes (QDQ)."""
-    if art["format"] == "tflite":
-        return len(_debugger(job).dbg.calibrated_model)
-    return os.path.getsize(job.static_onnx_path())
 
 
 def _budget_note(budget: dict, found: dict | None, target: dict) -> str:
@@ -454,60 +357,10 @@ def _budget_note(budget: dict, found: dict | None, target: dict) -> str:
             "the best all-INT8 artifact was kept")
 
 
-def describe_recipe(options: dict, floats: list) -> dict:
-    """The manifest's description of a recipe: converter options that matter and how many float layers."""
-    r = {"calibration_method": options.get("calibration_method", "minmax"),
-         "per_channel": bool(options.get("per_channel", True)), "float_layers": len(floats)}
-    r["bias_correction"] = bool(options.get("bias_correction"))
-    if r["calibration_method"] == "percentile":
-        r["percentile"] = float(options.get("calib_percentile") or ranges.DEFAULT_PERCENTILE)
-    if options.get("histogram_samples") and r["calibration_method"] != "minmax":
-        r["calibration_samples"] = int(options["histogram_samples"])
-    return r
-
-
-def _recipe_options(recipe: dict) -> dict:
-    """Converter options that rebuild a recipe (the inverse of describe_recipe, float layers aside)."""
-    o = {"calibration_method": recipe["calibration_method"]}
-    if recipe.get("bias_correction"):
-        o["bias_correction"] = True
-    if recipe.get("calibration_samples"):
-        o["histogram_samples"] = recipe["calibration_samples"]
-    return o
-
-
 def step_entry(c: dict, target: dict) -> dict:
-    """One tried candidate, as the recovery report lists it."""
-    return {"recipe": c["recipe"], "float_layers": list(c["float"]), "accuracy": brief_accuracy(c["acc"]),
-            "met": meets(c["acc"], target)}
-
-
-def _build_onnx(job, options: dict, exclude: list[str]) -> dict:
-    onnx_qdq = converters.load("edgeopt.converters.onnx_qdq")
-    saved = job.options
-    job.options = dict(options, nodes_to_exclude=list(exclude))
-    try:
-        a = onnx_qdq.convert(job)[0]
-    finally:
-        job.options = saved
-    if exclude:
-        a["converter"] += f"; {len(exclude)} nodes kept in float (nodes_to_exclude)"
-    return {"art": a, "recipe": describe_recipe(options, exclude), "float": list(exclude)}
-
-
-def _build_tflite(job, art: dict, floats: list[str], bias_correction: bool = False) -> dict:
-    tf_tflite = converters.load("edgeopt.converters.tf_tflite")
-    data = _debugger(job).model(floats, job.io_dtype, bias_correction=bias_correction)
-    a = dict(art, data=data)
-    a.update(tf_tflite.io_order(data))
-    if bias_correction:
-        a["converter"] = art.get("converter", "") + "; bias correction (E[x]-weighted INT8 weight error)"
-    if floats:
-        a["converter"] = (art.get("converter", "") + f"; {len(floats)} layers kept in float "
-                          "(QuantizationDebugger denylisted_nodes)")
-        a["float_ops"] = tf_tflite.float_ops_of(data)
-    return {"art": a, "recipe": describe_recipe(dict(job.options, bias_correction=bias_correction), floats),
-            "float": list(floats)}
+    """One tried candidate (``recipe``: a Recipe), as the recovery report lists it."""
+    return {"recipe": c["recipe"].to_manifest(), "float_layers": list(c["float"]),
+            "accuracy": brief_accuracy(c["acc"]), "met": meets(c["acc"], target)}
 
 
 def _out_sqnr(acc: dict) -> float:
@@ -516,10 +369,10 @@ def _out_sqnr(acc: dict) -> float:
     return min(vals) if vals else 0.0
 
 
-def _search(job, art, best, ranked, target, evaluate, options, say, steps, report=None, budget=None,
-            max_bytes=None):
+def _search(build, best, ranked, target, say, steps, report=None, budget=None, max_bytes=None):
     """Fewest float layers that meet the target (and are at most ``max_bytes``), never more than ``budget``;
-    failing that, the best candidate tried.
+    failing that, the best candidate tried. ``build(float_layers)`` makes and measures a candidate (the best
+    recipe with those layers in float).
 
     1. End-to-end sensitivity: each of the first SENS_CANDIDATES layers of the per-layer ranking is kept in
        float alone, and the gain in output SQNR on the validation samples is measured (the per-layer metric
@@ -528,8 +381,6 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
        last miss and the first hit; failing that, the rest of the per-layer ranking is added in its order.
     """
     tried: dict[tuple, dict] = {}
-    build = ((lambda fl: _build_onnx(job, options, fl)) if art["format"] == "onnx"
-             else (lambda fl: _build_tflite(job, art, fl, bool(options.get("bias_correction")))))
 
     def attempt(floats, what=None):
         key = tuple(floats)
@@ -538,7 +389,6 @@ def _search(job, art, best, ranked, target, evaluate, options, say, steps, repor
         say(f"accuracy recovery: {what or _n(len(floats), 'layer') + ' in float'}")
         try:
             c = build(list(floats))
-            c["acc"] = evaluate(c["art"])[0]
         except UsageError:
             raise
         except Exception as e:  # a candidate the converter cannot build: note it, go on

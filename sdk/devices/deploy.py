@@ -16,6 +16,7 @@ from pathlib import Path
 
 import edgeopt
 from edgeopt import __version__, targets
+from edgeopt.conversion.options import ConversionOptions
 from edgeopt.devices.bench import BenchOptions, bench_device, for_each_device
 from edgeopt.devices.connection import connect
 from edgeopt.errors import UsageError
@@ -137,6 +138,12 @@ def convert_cached(model: str, target: str, out: str | None = None, cache_root: 
     except KeyError as e:
         raise UsageError(e.args[0]) from None
     options = {k: v for k, v in options.items() if v is not None and v != [] and v != ()}
+    # the conversion options as one typed object, back as keywords: the same request spelt differently
+    # ("top1=0.99" or {"top1": 0.99}, an explicit default) keys the same entry, and a default run's key is
+    # the data's and the target's alone, as it always was
+    chosen = ConversionOptions.from_keywords(**{k: options.pop(k) for k in list(options)
+                                                if k in ConversionOptions.KEYWORDS})
+    options.update(chosen.keywords())
     key = cache_key(model, tname, options)
     if out is None:
         stem = Path(model.rstrip("/")).name.split(".")[0] or "model"
