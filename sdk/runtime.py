@@ -571,7 +571,11 @@ class Model:
         res = []
         for s in self.inputs:
             shape = [d if d is not None else 1 for d in s.source_shape]
-            res.append(rng.standard_normal(shape).astype(np.float32))
+            kind = np.dtype(s.source_dtype).kind
+            if kind in "iub":  # ids, byte values, masks: small values every such input takes (0 and 1)
+                res.append(rng.integers(0, 2, shape).astype(s.source_dtype))
+            else:
+                res.append(rng.standard_normal(shape).astype(np.float32))
         return res
 
     def set_inputs(self, arrays):

@@ -20,7 +20,7 @@ from typing import List, Optional
 import typer
 
 from edgeopt.cli import app
-from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL
+from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_MAX_CALIB, DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE
 from edgeopt.conversion.options import ConversionOptions
 from edgeopt.runtime import RUNNER_DEFAULTS
 
@@ -117,6 +117,9 @@ CONVERSION = [
     option("io", Optional[str], None, "--io", help="I/O dtype of the artifact: int8, uint8 or float32."),
     option("min_sqnr", Optional[float], None, "--min-sqnr", help="Gate: fail (exit 1) below this SQNR (dB)."),
     option("min_top1", Optional[float], None, "--min-top1", help="Gate: fail (exit 1) below this top-1 agreement."),
+    option("min_cosine", float, DEFAULT_MIN_COSINE, "--min-cosine",
+           help="Sanity floor: fail (exit 1) when any output of any artifact has a cosine against FP32 below this "
+                "(a broken artifact); 0 turns it off."),
     option("allow_float_fallback", bool, False, "--allow-float-fallback",
            help="Keep ops that cannot be INT8 in float (not for Coral)."),
     option("accuracy_target", Optional[str], None, "--accuracy-target",

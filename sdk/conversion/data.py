@@ -214,6 +214,14 @@ def load(src, inputs: list[dict], what: str = "calibration", mean=None, std=None
         arrays = {}
         for i in inputs:
             shape = [1 if d is None else d for d in i["shape"]]
+            kind = _dtype(i).kind
+            if kind in "iu":  # token ids, byte values, indices: which values are valid is the model's to know
+                raise UsageError(f"{what} data 'random': input {i['name']!r} takes {i['dtype']} values (ids, byte "
+                                 "values or indices) that random data cannot stand for",
+                                 hint="give real samples in a .npy/.npz file (one array per input, named after it)")
+            if kind == "b":
+                arrays[i["name"]] = rng.integers(0, 2, [random_samples] + shape[1:]).astype(bool)
+                continue
             arrays[i["name"]] = rng.standard_normal([random_samples] + shape[1:]).astype(np.float32)
         info = {"source": "random", "warning": f"{what} used random data: quantization ranges do not reflect "
                                                 "real inputs; accuracy numbers are not meaningful"}
@@ -272,13 +280,45 @@ def load(src, inputs: list[dict], what: str = "calibration", mean=None, std=None
             raise UsageError(f"{what} data for input {spec['name']!r} is empty")
         if not np.all(np.isfinite(a)) if a.dtype.kind == "f" else False:
             raise UsageError(f"{what} data for input {spec['name']!r} holds NaN or infinite values")
-        data[spec["name"]] = np.ascontiguousarray(a.astype(np.float32, copy=False) if spec["dtype"].startswith("float") else a)
+        data[spec["name"]] = np.ascontiguousarray(_as_input_dtype(a, spec, what))
     info["samples"] = int(n)
     available = max(totals.values()) if totals else n
     if available > n:  # capped while reading: the manifest says how many there were
         info["available"] = int(available)
     info["sha256"] = digest(data)
     return data, info
+
+
+def _dtype(spec: dict) -> np.dtype:
+    """The numpy dtype of an input spec's ``dtype`` name (float32 when it names none numpy knows)."""
+    try:
+        return np.dtype(spec.get("dtype") or "float32")
+    except TypeError:
+        return np.dtype(np.float32)
+
+
+def _as_input_dtype(a: np.ndarray, spec: dict, what: str) -> np.ndarray:
+    """``a`` in the input's own dtype: float inputs take float32; integer and bool inputs (token ids, masks,
+    byte values) take their own type, unchanged in value: fractional or out-of-range data is refused, never
+    rounded or wrapped into other ids."""
+    want = _dtype(spec)
+    if want.kind == "f":
+        return a.astype(np.float32, copy=False)
+    if a.dtype == want:
+        return a
+    if want.kind == "b":
+        if a.dtype.kind != "b" and not np.all((a == 0) | (a == 1)):
+            raise UsageError(f"{what} data for input {spec['name']!r}: it takes bool; the data holds values other "
+                             "than 0 and 1")
+        return a.astype(bool)
+    if a.dtype.kind == "f" and not np.all(np.floor(a) == a):
+        raise UsageError(f"{what} data for input {spec['name']!r}: it takes {want} values; the data holds "
+                         "fractional ones", hint=f"save the samples as integers ({want})")
+    info = np.iinfo(want)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise UsageError(f"{what} data for input {spec['name']!r}: values {a.min():g}..{a.max():g} do not fit "
+                         f"{want} ({info.min}..{info.max})")
+    return a.astype(want)
 
 
 def _load_npz(path: str, inputs: list[dict], what: str, limit: int | None) -> tuple[dict, dict]:

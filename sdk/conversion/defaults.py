@@ -16,5 +16,9 @@ TFLITE_METHODS = ("auto", "mse", "minmax", "mean_minmax", "percentile")   # thos
 AUTO_METHODS = ("mse", "mean_minmax")   # what "auto" chooses from
 AUTO_SAMPLES = 32                       # calibration samples "auto" compares the candidates on
 DEFAULT_BIAS_CORRECTION = True   # bias correction in the plain recipe (E[x]-weighted INT8 weight error)
+# The sanity floor: an artifact whose output has a cosine against FP32 under this is broken, not imprecise
+# (a good INT8 classifier keeps > 0.99; Magika's QDQ with a quantized LayerNorm gave 0.72), and the conversion
+# fails (exit 1) instead of reporting it as a success.
+DEFAULT_MIN_COSINE = 0.9
 IO_DTYPES = ("int8", "uint8", "float32")
 DEFAULT_PERCENTILE = 99.99      # percentile calibration's percentile (edgeopt.conversion.ranges)

@@ -20,6 +20,7 @@ from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover
 from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
+                                         DEFAULT_MIN_COSINE,
                                          DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
@@ -162,6 +163,7 @@ def _warn(msg):
 
 def convert(model, target: str, calib=None, val=None, out=None, input_shapes=None, mean=None, std=None,
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
+            min_cosine: float = DEFAULT_MIN_COSINE,
             allow_float_fallback: bool = False, max_samples: int = DEFAULT_MAX_CALIB,
             max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, accuracy_target=None,
             allow_cpu_ops: bool = False, trust_model_code: bool = False, max_float_layers=None, **recipe) -> dict:
@@ -173,6 +175,8 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
         accuracy_target=accuracy_target, max_float_layers=max_float_layers, allow_cpu_ops=allow_cpu_ops,
         allow_float_fallback=allow_float_fallback, trust_model_code=trust_model_code, **recipe)
     target_spec = options.accuracy_target
+    if min_cosine is None or not 0 <= float(min_cosine) <= 1:
+        raise UsageError(f"--min-cosine {min_cosine!r}: expected a cosine between 0 (off) and 1, e.g. 0.9")
 
     try:
         tgt = targets.get(target)
@@ -210,8 +214,8 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     try:
         with native_stderr_captured():
             manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
-                                          io_dtype, min_sqnr, min_top1, max_samples, max_val_samples, progress,
-                                          warn, options)
+                                          io_dtype, (min_sqnr, min_top1, min_cosine), max_samples, max_val_samples,
+                                          progress, warn, options)
         _commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -333,8 +337,9 @@ def _static(inputs, shapes, fmt):
     return res
 
 
-def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std, io_dtype, min_sqnr,
-             min_top1, max_samples, max_val_samples, progress, warn, options: ConversionOptions):
+def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std, io_dtype, gates,
+             max_samples, max_val_samples, progress, warn, options: ConversionOptions):
+    min_sqnr, min_top1, min_cosine = gates
     source = {"file": os.path.basename(model.rstrip("/")), "format": fmt,
               "sha256": sha256_tree(model) if os.path.isdir(model) else sha256_file(model)}
     if fmt == "tflite":
@@ -464,6 +469,10 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         if "top1_ci95" in recovery["chosen"]:
             accuracy["top1_ci95"] = recovery["chosen"]["top1_ci95"]
     failures = []
+    sanity = _sanity(entries, min_cosine)
+    if sanity is not None:
+        accuracy["sanity"] = sanity
+        failures += sanity["failures"]
     if min_sqnr is not None or min_top1 is not None:
         failures = accuracy_gate(primary["accuracy"], min_sqnr, min_top1)
         accuracy["gate"] = {"min_sqnr": min_sqnr, "min_top1": min_top1, "passed": not failures,
@@ -490,6 +499,26 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         manifest["edgetpu"] = preflight
     _write_manifest(staging, manifest)
     return manifest, failures
+
+
+def _sanity(entries: list[dict], floor: float) -> dict | None:
+    """The sanity floor over every artifact: each output whose cosine against FP32 is below ``floor`` is a
+    failure naming the artifact, the output and its numbers (and, where the converter found it, that the
+    float graph was already wrong). None when the floor is off (0 or less)."""
+    if not floor or floor <= 0:
+        return None
+    failures = []
+    for e in entries:
+        for name, m in (e.get("accuracy") or {}).items():
+            cosine = m.get("cosine")
+            if cosine is None or cosine >= floor:
+                continue
+            why = (f"{e['file']}: output {name!r} has cosine {cosine:.4f} (SQNR {m.get('sqnr_db')} dB) against "
+                   f"FP32, below the sanity floor {floor:g} (--min-cosine): a broken artifact, not an imprecise one")
+            if e.get("graph_check"):
+                why += "; " + e["graph_check"]["note"]
+            failures.append(why)
+    return {"min_cosine": floor, "passed": not failures, "failures": failures}
 
 
 def _auto_ranges(job, fn, fmt, progress):
@@ -619,6 +648,8 @@ def _describe(a: dict, path: str, static_in, src_out) -> dict:
              "layout": _layout_note(inputs), "converter": a.get("converter")}
     if a.get("float_ops"):
         entry["float_ops"] = a["float_ops"]
+    if a.get("graph_check"):
+        entry["graph_check"] = a["graph_check"]
     return entry
 
 

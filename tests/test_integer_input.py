@@ -1,0 +1,150 @@
+"""A real model with an integer input, on both routes: Google's Magika file-type classifier (``magika`` from
+PyPI: int32 input ``bytes``, 2048 byte values 0..255 plus the padding token 256; 214 class scores), calibrated
+and checked on the first and last bytes of real files (this Python's standard library). Also the sanity floor
+(``--min-cosine``): a broken artifact is a failure with one line, never a success."""
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+
+import numpy as np
+import pytest
+
+import edgeopt
+from edgeopt.conversion import pipeline
+from edgeopt_testkit import assert_one_error, edgeopt_cli, save_arrays
+
+PAD = 256  # Magika's padding token
+
+
+def _magika_onnx() -> str:
+    import magika
+    path = os.path.join(os.path.dirname(magika.__file__), "models", "standard_v3_3", "model.onnx")
+    assert os.path.isfile(path), path
+    return path
+
+
+def _features(path: str) -> np.ndarray:
+    """Magika's input for one file: its first 1024 bytes (leading whitespace stripped, padded after) and its
+    last 1024 (trailing whitespace stripped, padded before)."""
+    with open(path, "rb") as f:
+        content = f.read()
+    beg, end = content.lstrip()[:1024], content.rstrip()[-1024:]
+    row = np.full(2048, PAD, np.int32)
+    row[:len(beg)] = np.frombuffer(beg, np.uint8)
+    row[2048 - len(end):] = np.frombuffer(end, np.uint8)
+    return row
+
+
+def _real_files(n: int) -> list[str]:
+    """``n`` files of this Python's standard library, of every kind it has (sources, data, shared objects),
+    in a fixed order."""
+    found = []
+    for root, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
+        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "__pycache__"))
+        found += [os.path.join(root, f) for f in sorted(files) if os.path.getsize(os.path.join(root, f)) >= 64]
+    by_kind: dict = {}
+    for p in found:
+        by_kind.setdefault(os.path.splitext(p)[1], []).append(p)
+    rows = [iter(v) for _, v in sorted(by_kind.items())]
+    picked = []
+    while len(picked) < n and rows:  # round-robin over the kinds: not 300 Python sources
+        for it in list(rows):
+            p = next(it, None)
+            if p is None:
+                rows.remove(it)
+            elif len(picked) < n:
+                picked.append(p)
+    return picked
+
+
+@pytest.fixture(scope="module")
+def magika(tmp_path_factory):
+    d = tmp_path_factory.mktemp("magika")
+    files = _real_files(300)
+    x = np.stack([_features(p) for p in files])
+    arrays = save_arrays(d, calib=x[0::2][:120], val=x[1::2][:120])
+    return d, _magika_onnx(), arrays
+
+
+@pytest.mark.slow
+def test_magika_jetson_int32_input_passes_through(magika):
+    """QDQ: the int32 input goes in as it is (no Q/DQ on it), the INT8 artifact agrees with FP32."""
+    import onnx
+    d, model, arrays = magika
+    m = edgeopt.convert(model, target="jetson", calib=arrays["calib"], val=arrays["val"], out=str(d / "jetson"))
+    art = m["artifacts"][0]
+    assert art["file"] == "model.int8.qdq.onnx"
+    assert [(i["name"], i["dtype"]) for i in art["inputs"]] == [("bytes", "int32")]
+    acc = m["accuracy"]["outputs"]["target_label"]
+    print(json.dumps(acc))
+    assert acc["cosine"] >= 0.95 and acc["top1_agreement"] >= 0.9  # 0.989 / 0.965 measured (200 files)
+    assert m["accuracy"]["sanity"]["passed"] is True
+    graph = onnx.load(str(d / "jetson" / art["file"])).graph
+    assert not [n for n in graph.node if "bytes" in n.input and n.op_type == "QuantizeLinear"]
+    # the runtime takes the byte values as int32, unchanged
+    x = np.load(arrays["val"])[:4]
+    out = edgeopt.runtime.load(str(d / "jetson"), artifact=art["file"]).run(x)[0]
+    assert out.shape == (4, 214) and np.allclose(out.sum(1), 1, atol=0.05)  # softmax scores
+
+
+@pytest.mark.slow
+def test_magika_rpi_broken_graph_is_a_failure_not_a_success(magika):
+    """TFLite: LayerNorm's DIV/SQRT have no INT8 kernels (exit 2, named); with --allow-float-fallback the
+    int32 calibration reaches the converter, but onnx2tf's float graph of this model is already wrong, so the
+    artifact is broken: exit 1, one line naming the output, its cosine and the graph, artifacts kept."""
+    d, model, arrays = magika
+    r = edgeopt_cli("convert", model, "--target", "rpi", "--calib", arrays["calib"], "--val", arrays["val"],
+                    "--out", d / "rpi-int8")
+    assert_one_error(r, "ops that cannot be quantized to INT8", "DIV", "SQRT")
+    r = edgeopt_cli("convert", model, "--target", "rpi", "--calib", arrays["calib"], "--val", arrays["val"],
+                    "--out", d / "rpi", "--allow-float-fallback")
+    line = assert_one_error(r, "model.int8.tflite: output 'target_label' has cosine", "sanity floor 0.9",
+                            "onnx2tf's float graph already disagrees with the ONNX model", code=1)
+    assert "Cannot set tensor" not in line and "FLOAT32" not in line  # the int32 input was fed as int32
+    m = json.loads((d / "rpi" / "manifest.json").read_text())
+    assert m["accuracy"]["sanity"]["passed"] is False and m["artifacts"][0]["graph_check"]["cosine"] < 0.5
+
+
+def test_random_calibration_refuses_integer_inputs(tmp_path):
+    r = edgeopt_cli("convert", _magika_onnx(), "--target", "jetson", "--calib", "random", "--out", tmp_path / "o")
+    assert_one_error(r, "input 'bytes' takes int32 values", "random data cannot stand for")
+    assert not (tmp_path / "o").exists()
+
+
+def test_integer_data_is_checked_not_rounded(tmp_path):
+    x = np.full((4, 2048), 3.5, np.float32)
+    files = save_arrays(tmp_path, frac=x, big=np.full((4, 2048), 2 ** 40, np.int64))
+    for name, needle in (("frac", "fractional"), ("big", "do not fit int32")):
+        r = edgeopt_cli("convert", _magika_onnx(), "--target", "jetson", "--calib", files[name],
+                        "--out", tmp_path / name)
+        assert_one_error(r, "input 'bytes'", needle)
+
+
+def test_sanity_floor(tmp_path, tiny_onnx):
+    """--min-cosine 1 fails any INT8 artifact (exit 1, artifacts kept, the numbers in the line); 0 turns the
+    floor off; out of [0, 1] is refused before any work."""
+    calib = save_arrays(tmp_path, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    args = ["convert", tiny_onnx, "--target", "rpi", "--calib", calib["x"]]
+    r = edgeopt_cli(*args, "--out", tmp_path / "strict", "--min-cosine", "1")
+    assert_one_error(r, "model.int8.tflite: output 'y' has cosine", "below the sanity floor 1", code=1)
+    m = json.loads((tmp_path / "strict" / "manifest.json").read_text())
+    assert m["accuracy"]["sanity"] == {"min_cosine": 1.0, "passed": False, "failures": m["accuracy"]["sanity"]["failures"]}
+    assert len(m["accuracy"]["sanity"]["failures"]) == 1
+    r = edgeopt_cli(*args, "--out", tmp_path / "off", "--min-cosine", "0", "--json")
+    assert r.returncode == 0 and "sanity" not in json.loads(r.stdout)["accuracy"]
+    r = edgeopt_cli(*args, "--out", tmp_path / "bad", "--min-cosine", "1.5")
+    assert_one_error(r, "--min-cosine 1.5")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_sanity_failures_name_artifact_output_and_graph():
+    entries = [{"file": "a.tflite", "accuracy": {"y": {"cosine": 0.5, "sqnr_db": 1.0}, "z": {"cosine": 0.99}},
+                "graph_check": {"note": "the graph was wrong"}},
+               {"file": "b.onnx", "accuracy": {"y": {"cosine": 0.95}}}]
+    got = pipeline._sanity(entries, 0.9)
+    assert got["passed"] is False and len(got["failures"]) == 1
+    assert got["failures"][0].startswith("a.tflite: output 'y' has cosine 0.5000 (SQNR 1.0 dB)")
+    assert got["failures"][0].endswith("; the graph was wrong")
+    assert pipeline._sanity(entries, 0.4)["passed"] is True and pipeline._sanity(entries, 0) is None
