@@ -21,7 +21,7 @@ __all__ = ["__version__", "convert", "bench", "deploy", "EdgeoptError", "UsageEr
 
 def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=None, mean=None, std=None,
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
-            min_cosine: float = DEFAULT_MIN_COSINE,
+            min_cosine: float = DEFAULT_MIN_COSINE, output_kinds=None,
             accuracy_target=None, max_float_layers=None, allow_float_fallback: bool = False,
             allow_cpu_ops: bool = False, explain: bool = False, calibration_method: str | None = None,
             max_samples: int = DEFAULT_MAX_CALIB,
@@ -39,7 +39,9 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     The keyword options are the CLI's flags: ``input_shapes`` (dict name -> shape, or ``["name=1,3,224,224"]``),
     ``mean``/``std`` (per channel, for image folders), ``io`` (int8|uint8|float32; default the target's),
     ``min_sqnr``/``min_top1`` (gates), ``min_cosine`` (the sanity floor: any output of any artifact with a
-    cosine against FP32 below it fails the conversion, as a broken artifact; 0 turns it off), ``accuracy_target`` (``"top1=0.99"`` and/or ``"sqnr=30"``: recover
+    cosine against FP32 below it fails the conversion, as a broken artifact; 0 turns it off), ``output_kinds``
+    (``{"name": "embedding"}`` or ``["name=embedding"]``: scores, embedding or dense, what the check reports
+    for that output; guessed from shape and name otherwise), ``accuracy_target`` (``"top1=0.99"`` and/or ``"sqnr=30"``: recover
     accuracy until met, selecting on half the validation samples and confirming on the other half),
     ``max_float_layers`` (how many layers that recovery may keep in float: an int, or ``"P%"`` of the
     quantizable layers; default None: 10%, at least 1, and no artifact over 0.4x the FP32 size),
@@ -66,6 +68,7 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
         recipe["warn"] = warn
     return pipeline.convert(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shapes, mean=mean,
                             std=std, io=io, min_sqnr=min_sqnr, min_top1=min_top1, min_cosine=min_cosine,
+                            output_kinds=output_kinds,
                             accuracy_target=accuracy_target,
                             max_float_layers=max_float_layers,
                             allow_float_fallback=allow_float_fallback, allow_cpu_ops=allow_cpu_ops,
@@ -105,7 +108,8 @@ def bench(artifact, devices=None, *, local: bool = False, inventory=None, warmup
 
 def deploy(model, target: str, devices=None, *, local: bool = False, inventory=None, out=None, calib=None, val=None,
            input_shapes=None, mean=None, std=None, io: str | None = None, min_sqnr: float | None = None,
-           min_top1: float | None = None, min_cosine: float = DEFAULT_MIN_COSINE, accuracy_target=None,
+           min_top1: float | None = None, min_cosine: float = DEFAULT_MIN_COSINE, output_kinds=None,
+           accuracy_target=None,
            max_float_layers=None, allow_float_fallback: bool = False, allow_cpu_ops: bool = False,
            explain: bool = False,
            calibration_method: str | None = None,
@@ -144,7 +148,8 @@ def deploy(model, target: str, devices=None, *, local: bool = False, inventory=N
                                      warmup_seconds=warmup_seconds, sustained=sustained, cv_threshold=cv_threshold)
     # only what differs from the defaults, as the CLI passes it: the same options give the same cache key
     given = {"min_sqnr": min_sqnr, "min_top1": min_top1,
-             "min_cosine": None if min_cosine == DEFAULT_MIN_COSINE else min_cosine, "accuracy_target": accuracy_target,
+             "min_cosine": None if min_cosine == DEFAULT_MIN_COSINE else min_cosine,
+             "output_kinds": output_kinds or None, "accuracy_target": accuracy_target,
              "max_float_layers": max_float_layers,
              "allow_cpu_ops": allow_cpu_ops or None, "allow_float_fallback": allow_float_fallback or None,
              "explain": explain or None, "calibration_method": calibration_method,

@@ -14,7 +14,8 @@ _ = inspect.Parameter.empty
 
 CONVERT = {
     "model": _, "target": _, "calib": None, "val": None, "out": None, "input_shapes": None, "mean": None,
-    "std": None, "io": None, "min_sqnr": None, "min_top1": None, "min_cosine": 0.9, "accuracy_target": None,
+    "std": None, "io": None, "min_sqnr": None, "min_top1": None, "min_cosine": 0.9, "output_kinds": None,
+    "accuracy_target": None,
     "max_float_layers": None,
     "allow_float_fallback": False, "allow_cpu_ops": False, "explain": False, "calibration_method": None,
     "max_samples": 200, "max_val_samples": 1000, "trust_model_code": False, "per_channel": True,
@@ -28,7 +29,7 @@ BENCH = {
 DEPLOY = {
     "model": _, "target": _, "devices": None, "local": False, "inventory": None, "out": None, "calib": None,
     "val": None, "input_shapes": None, "mean": None, "std": None, "io": None, "min_sqnr": None, "min_top1": None,
-    "min_cosine": 0.9, "accuracy_target": None, "max_float_layers": None, "allow_float_fallback": False, "allow_cpu_ops": False,
+    "min_cosine": 0.9, "output_kinds": None, "accuracy_target": None, "max_float_layers": None, "allow_float_fallback": False, "allow_cpu_ops": False,
     "explain": False, "calibration_method": None, "max_samples": 200, "max_val_samples": 1000, "trust_model_code": False,
     "warmup": 10, "runs": 100, "min_seconds": 1.0, "threads": None, "seed": 0, "input": None,
     "lock_timeout": 600.0, "warmup_seconds": 0.0, "sustained": 0.0, "cv_threshold": None, "no_bench": False,

@@ -117,6 +117,9 @@ CONVERSION = [
     option("io", Optional[str], None, "--io", help="I/O dtype of the artifact: int8, uint8 or float32."),
     option("min_sqnr", Optional[float], None, "--min-sqnr", help="Gate: fail (exit 1) below this SQNR (dB)."),
     option("min_top1", Optional[float], None, "--min-top1", help="Gate: fail (exit 1) below this top-1 agreement."),
+    option("output_kinds", List[str], [], "--output-kind",
+           help="NAME=scores|embedding|dense: what an output is, for the check's metrics (guessed from shape and "
+                "name otherwise)."),
     option("min_cosine", float, DEFAULT_MIN_COSINE, "--min-cosine",
            help="Sanity floor: fail (exit 1) when any output of any artifact has a cosine against FP32 below this "
                 "(a broken artifact); 0 turns it off."),

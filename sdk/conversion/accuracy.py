@@ -2,11 +2,20 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
+from edgeopt.errors import UsageError
 
-__all__ = ["looks_like_scores", "metrics", "compare", "gate"]
+
+__all__ = ["OUTPUT_KINDS", "looks_like_scores", "guess_kind", "parse_output_kinds", "metrics", "compare", "gate"]
+
+# What an output is decides which numbers mean something: class scores (top-1 agreement), an embedding (cosine:
+# its direction is what is compared downstream), a dense map or boxes (SQNR and max error).
+OUTPUT_KINDS = ("scores", "embedding", "dense")
+# names that say "a vector to compare", not "a score per class"
+_EMBEDDING_WORDS = re.compile(r"embed|pool|sentence|feature|vector|hidden|encod|latent", re.IGNORECASE)
 
 
 def looks_like_scores(shape) -> bool:
@@ -15,8 +24,37 @@ def looks_like_scores(shape) -> bool:
     return len(s) == 1 and s[0] >= 2
 
 
-def metrics(ref: np.ndarray, got: np.ndarray) -> dict:
-    """cosine, SQNR (dB), max/mean abs error; top1_agreement for class-score outputs."""
+def guess_kind(name: str, shape) -> str:
+    """An output's kind from its shape and name: one vector per sample is class scores unless its name says
+    embedding (``pooler_output``, ``sentence_embedding``, ...); anything else is dense. ``--output-kind``
+    overrides the guess."""
+    if not looks_like_scores(shape):
+        return "dense"
+    return "embedding" if _EMBEDDING_WORDS.search(name or "") else "scores"
+
+
+def parse_output_kinds(spec, outputs: list[str]) -> dict:
+    """``--output-kind NAME=KIND`` items (or a dict) -> {output name: kind}, checked against the model's outputs."""
+    if not spec:
+        return {}
+    items = spec.items() if isinstance(spec, dict) else [str(s).split("=", 1) if "=" in str(s) else (s, None)
+                                                          for s in spec]
+    res = {}
+    for name, kind in items:
+        kind = (kind or "").strip().lower()
+        if kind not in OUTPUT_KINDS:
+            raise UsageError(f"--output-kind {name}={kind}: expected NAME=KIND with KIND one of "
+                             f"{', '.join(OUTPUT_KINDS)}")
+        if name not in outputs:
+            raise UsageError(f"--output-kind {name}={kind}: the model has no output {name!r}; its outputs are "
+                             f"{', '.join(repr(o) for o in outputs)}")
+        res[name] = kind
+    return res
+
+
+def metrics(ref: np.ndarray, got: np.ndarray, kind: str | None = None) -> dict:
+    """``kind`` (guessed from the shape when None), cosine, SQNR (dB), max/mean abs error; top1_agreement for
+    class scores only."""
     r = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
     g = np.asarray(got, dtype=np.float64).reshape(got.shape[0], -1)
     err = r - g
@@ -29,13 +67,17 @@ def metrics(ref: np.ndarray, got: np.ndarray) -> dict:
            "sqnr_db": round(sqnr, 3) if math.isfinite(sqnr) else 999.0,
            "max_abs_err": round(float(np.max(np.abs(err))), 6),
            "mean_abs_err": round(float(np.mean(np.abs(err))), 6)}
-    if looks_like_scores(ref.shape):
+    kind = kind or ("scores" if looks_like_scores(ref.shape) else "dense")
+    res["kind"] = kind
+    if kind == "scores":
         res["top1_agreement"] = round(float(np.mean(np.argmax(r, 1) == np.argmax(g, 1))), 6)
     return res
 
 
-def compare(refs: list[np.ndarray], gots: list[np.ndarray], names: list[str]) -> dict:
-    return {n: metrics(r, g) for n, r, g in zip(names, refs, gots)}
+def compare(refs: list[np.ndarray], gots: list[np.ndarray], names: list[str], kinds: dict | None = None) -> dict:
+    """{output name: metrics}; ``kinds`` {name: kind} (declared), else guessed from name and shape."""
+    kinds = kinds or {}
+    return {n: metrics(r, g, kinds.get(n) or guess_kind(n, r.shape)) for n, r, g in zip(names, refs, gots)}
 
 
 def gate(outputs: dict, min_sqnr: float | None, min_top1: float | None) -> list[str]:

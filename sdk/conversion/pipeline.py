@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover
-from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate
+from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate, guess_kind, parse_output_kinds
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
                                          DEFAULT_MIN_COSINE,
                                          DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
@@ -163,7 +163,7 @@ def _warn(msg):
 
 def convert(model, target: str, calib=None, val=None, out=None, input_shapes=None, mean=None, std=None,
             io: str | None = None, min_sqnr: float | None = None, min_top1: float | None = None,
-            min_cosine: float = DEFAULT_MIN_COSINE,
+            min_cosine: float = DEFAULT_MIN_COSINE, output_kinds=None,
             allow_float_fallback: bool = False, max_samples: int = DEFAULT_MAX_CALIB,
             max_val_samples: int = DEFAULT_MAX_VAL, progress=None, warn=_warn, accuracy_target=None,
             allow_cpu_ops: bool = False, trust_model_code: bool = False, max_float_layers=None, **recipe) -> dict:
@@ -214,8 +214,9 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
     try:
         with native_stderr_captured():
             manifest, failures = _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std,
-                                          io_dtype, (min_sqnr, min_top1, min_cosine), max_samples, max_val_samples,
-                                          progress, warn, options)
+                                          io_dtype, {"min_sqnr": min_sqnr, "min_top1": min_top1,
+                                                     "min_cosine": min_cosine, "output_kinds": output_kinds},
+                                          max_samples, max_val_samples, progress, warn, options)
         _commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -337,9 +338,9 @@ def _static(inputs, shapes, fmt):
     return res
 
 
-def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std, io_dtype, gates,
+def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean, std, io_dtype, check_spec,
              max_samples, max_val_samples, progress, warn, options: ConversionOptions):
-    min_sqnr, min_top1, min_cosine = gates
+    min_sqnr, min_top1, min_cosine = check_spec["min_sqnr"], check_spec["min_top1"], check_spec["min_cosine"]
     source = {"file": os.path.basename(model.rstrip("/")), "format": fmt,
               "sha256": sha256_tree(model) if os.path.isdir(model) else sha256_file(model)}
     if fmt == "tflite":
@@ -349,6 +350,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     src_in, src_out, extra = _source_io(model, fmt, progress, options.trust_model_code)
     static_in = _static(src_in, shapes, fmt)
     data_in = [dict(i, shape=[None] + i["shape"][1:]) for i in static_in]
+    declared_kinds = parse_output_kinds(check_spec["output_kinds"], [o["name"] for o in src_out])
 
     if calib is None:
         raise UsageError("calibration data is required for INT8 conversion",
@@ -410,6 +412,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     out_names = [o["name"] for o in src_out]
     for o, r in zip(src_out, ref_out):
         o["shape"] = [None] + list(r.shape[1:])
+    kinds = {name: declared_kinds.get(name) or guess_kind(name, r.shape) for name, r in zip(out_names, ref_out)}
 
     labels = _labels(val, data.count(vdata)) if val is not None else None
     entries, by_artifact = [], {}
@@ -424,7 +427,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         entry = _describe(a, path, static_in, src_out)
         m = runtime.Model(path, None, entry, threads=None)
         got = m.predict(inputs, batch_size=64)
-        acc = compare_outputs(refs, got, out_names)
+        acc = compare_outputs(refs, got, out_names, kinds)
         if labs is not None:  # real task accuracy when the validation data carries labels
             for name, r, g in zip(out_names, refs, got):
                 if "top1_agreement" in acc[name]:

