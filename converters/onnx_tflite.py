@@ -62,15 +62,20 @@ def _quiet():
 
 def simplify(onnx_path: str, name: str) -> str:
     """onnxsim in this process (onnx2tf would run the `onnxsim` command from PATH, which is missing when the
-    venv is not activated, and then silently converts an unsimplified graph that can fail). Returns a path."""
+    venv is not activated, and then silently converts an unsimplified graph that can fail), then the exact
+    rewrites of edgeopt.converters.onnx_rewrite (patterns onnx2tf converts wrongly). Returns a path."""
     import onnx
     from onnxsim import simplify as onnxsim_simplify
+
+    from edgeopt.converters import onnx_rewrite
+    model = onnx.load(onnx_path)
     try:
-        model, ok = onnxsim_simplify(onnx.load(onnx_path))
+        simplified, ok = onnxsim_simplify(model)
+        if ok:
+            model = simplified
     except Exception:  # onnxsim cannot handle every graph; onnx2tf copes with the original
-        return onnx_path
-    if not ok:
-        return onnx_path
+        pass
+    model, notes = onnx_rewrite.rewrite(model)
     out = os.path.join(os.path.dirname(onnx_path), f"{os.path.splitext(name)[0]}.sim.onnx")
     onnx.save(model, out)
     return out
@@ -106,6 +111,9 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None, name: str | None = 
                 not_use_onnxsim=True,  # simplified in-process above
                 non_verbose=True,
                 verbosity="error",
+                # Erf (GELU) has no TFLite kernel at all, not even a float one: onnx2tf's pseudo-Erf computes it
+                # from builtins (ABS, MUL, EXP, ...) that TFLite and XNNPACK run
+                replace_to_pseudo_operators=["erf"],
             )
     except UsageError:
         raise

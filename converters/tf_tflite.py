@@ -231,7 +231,14 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     except Exception as e:
         if not allow_float_fallback:
             raise _int8_failure(e, source) from None
-        data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
+        try:
+            data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
+        except Exception as fallback_error:  # e.g. an op TFLite has no kernel for at all, float included
+            ops = _failing_ops(str(fallback_error))
+            raise UsageError(f"{source}: TFLite conversion failed even with float kernels: "
+                             + (f"no TFLite kernel for {', '.join(ops)}" if ops else
+                                (str(fallback_error).strip().splitlines() or ["unknown error"])[-1][:300]),
+                             hint="convert for jetson (ONNX) instead, or replace those ops in the source model")
         float_ops = _failing_ops(str(e)) or ["(unnamed)"]
     bc_info = None
     if stepwise:

@@ -1,0 +1,87 @@
+"""Exact ONNX rewrites before onnx2tf (edgeopt.converters.onnx_rewrite), and GELU (Erf) on the TFLite route."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import edgeopt
+from edgeopt.converters import onnx_rewrite
+from edgeopt_testkit import edgeopt_cli, onnx_graph, save_arrays
+
+K, L, D = 257, 64, 16
+
+
+def _onehot_model(path=None):
+    """A one-hot embedding lookup as JAX exports it (Magika's first layer), then a classifier head."""
+    rng = np.random.default_rng(0)
+    nodes = [("Reshape", ["ids", "shape"], ["ids2"]), ("Expand", ["ids2", "shape1"], ["ids3"]),
+             ("Equal", ["ids3", "arange"], ["hot"]),
+             ("Cast", ["hot"], ["hotf"], {"to": 1}), ("MatMul", ["hotf", "emb"], ["e"]),
+             ("ReduceMean", ["e", "axis1"], ["pooled"], {"keepdims": 0}), ("MatMul", ["pooled", "head"], ["logits"])]
+    init = {"shape": np.array([-1, L, 1], np.int64), "shape1": np.array([1, L, 1], np.int64), "arange": np.arange(K, dtype=np.int32).reshape(1, 1, K),
+            "emb": rng.standard_normal((K, D)).astype(np.float32),
+            "axis1": np.array([1], np.int64), "head": rng.standard_normal((D, 10)).astype(np.float32)}
+    return onnx_graph(nodes, {"ids": ([1, L], "int32")}, {"logits": [1, 10]}, init, path=path, opset=18)
+
+
+def _run(model, x):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"ids": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def test_onehot_matmul_becomes_gather_exactly():
+    x = np.random.default_rng(1).integers(0, K, (8, L)).astype(np.int32)
+    before = _run(_onehot_model(), x)
+    model, notes = onnx_rewrite.rewrite(_onehot_model())
+    ops = [n.op_type for n in model.graph.node]
+    assert notes == ["1 one-hot MatMul embedding lookup(s) as Gather"]
+    assert "Equal" not in ops and "Gather" in ops and ops.count("MatMul") == 1
+    np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_rewrite_leaves_other_equals_alone():
+    from onnx import numpy_helper
+    model = _onehot_model()
+    for init in model.graph.initializer:
+        if init.name == "arange":  # not arange(K): a comparison, not a one-hot
+            init.CopyFrom(numpy_helper.from_array(
+                (np.arange(K, dtype=np.int32) * 2).reshape(1, 1, K), "arange"))
+    model, notes = onnx_rewrite.rewrite(model)
+    assert notes == [] and "Equal" in [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.slow
+def test_onehot_model_on_rpi(tmp_path):
+    """The int32 ids go through calibration and the check as int32 and the float graph is right (no
+    graph_check); the artifact agrees with the ONNX model."""
+    path = tmp_path / "onehot.onnx"
+    _onehot_model(path)
+    ids = np.random.default_rng(2).integers(0, K, (96, L)).astype(np.int32)
+    files = save_arrays(tmp_path, calib=ids[:64], val=ids[64:])
+    m = edgeopt.convert(str(path), target="rpi", calib=files["calib"], val=files["val"], out=str(tmp_path / "o"))
+    art = m["artifacts"][0]
+    assert "graph_check" not in art and art["inputs"][0]["dtype"] == "int32"
+    assert m["accuracy"]["outputs"]["logits"]["cosine"] > 0.99
+
+
+@pytest.mark.slow
+def test_gelu_erf_on_rpi(tmp_path):
+    """GELU with Erf (no TFLite kernel at all): onnx2tf's pseudo-Erf from builtins; with float fallback the
+    artifact agrees with FP32 (before: an internal error from the converter)."""
+    rng = np.random.default_rng(0)
+    nodes = [("MatMul", ["x", "w1"], ["h"]), ("Div", ["h", "sq2"], ["hd"]), ("Erf", ["hd"], ["e"]),
+             ("Add", ["e", "one"], ["e1"]), ("Mul", ["h", "e1"], ["hm"]), ("Mul", ["hm", "half"], ["g"]),
+             ("MatMul", ["g", "w2"], ["logits"])]
+    init = {"w1": (rng.standard_normal((64, 128)) / 8).astype(np.float32),
+            "w2": (rng.standard_normal((128, 10)) / 11).astype(np.float32),
+            "sq2": np.array(2 ** 0.5, np.float32), "one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32)}
+    onnx_graph(nodes, {"x": [1, 64]}, {"logits": [1, 10]}, init, path=tmp_path / "gelu.onnx")
+    files = save_arrays(tmp_path, calib=rng.standard_normal((64, 64)).astype(np.float32))
+    r = edgeopt_cli("convert", tmp_path / "gelu.onnx", "--target", "rpi", "--calib", files["calib"],
+                    "--out", tmp_path / "o", "--allow-float-fallback", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(r.stdout)
+    assert m["accuracy"]["outputs"]["logits"]["cosine"] > 0.99 and "internal error" not in r.stderr
