@@ -21,7 +21,7 @@ def test_parse_max_float_layers_and_budget():
     assert recover.parse_max_float_layers("3") == {"layers": 3} == recover.parse_max_float_layers(3)
     assert recover.parse_max_float_layers("0") == {"layers": 0}
     assert recover.parse_max_float_layers("25%") == {"percent": 25.0}
-    for bad in ("-1", "2.5", "abc", "150%", "x%", True):
+    for bad in ("-1", "2.5", "abc", "150%", "x%", True, "inf", "nan", "1e400"):
         with pytest.raises(UsageError, match="--max-float-layers"):
             recover.parse_max_float_layers(bad)
     # default: 10% of the quantizable layers, rounded down, at least 1

@@ -217,6 +217,6 @@ def parse_max_float_layers(spec) -> dict | None:
         if n != int(n) or n < 0:
             raise ValueError
         return {"layers": int(n)}
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: int(float("inf"))
         raise UsageError(f"--max-float-layers {spec!r}: expected a number of layers >= 0 (e.g. 3) or a percentage "
                          "of the quantizable layers (e.g. 10%)") from None
