@@ -488,6 +488,41 @@ def classify(row: dict) -> str:
     return "good" if min(cosines) >= GOOD_COSINE else ("low" if min(cosines) >= 0.9 else "garbage")
 
 
+def emit(rows: list, row: dict) -> None:
+    """Classify ``row``, add it to ``rows``, print it and save it into zoo.json at once (a run cut short by a
+    timeout keeps what it measured)."""
+    row["cell"] = classify(row)
+    rows.append(row)
+    print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+    save([row])
+
+
+def save(rows: list, write: bool = True) -> list:
+    """Merge ``rows`` into benchmarks/out/zoo.json (replacing rows of the same model, tool and route) and
+    return all its rows, classified as this version of the script defines the classes."""
+    path = os.path.join(OUT, "zoo.json")
+    old = json.load(open(path)) if os.path.exists(path) else {"rows": []}
+    done = {(r["model"], r["tool"], r["route"]) for r in rows}
+    kept = [r for r in old["rows"] if (r["model"], r["tool"], r["route"]) not in done]
+    order = {n: i for i, n in enumerate(MODELS)}
+    tools = {"edgeopt": 0, "edgeopt+fix": 1, "ort-qdq": 2, "nncf": 3}
+    routes = {"rpi": 0, "jetson": 1, "coral": 2}
+    all_rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), tools.get(r["tool"], 9),
+                                                  routes.get(r["route"], 9)))
+    for r in all_rows:
+        if r.get("cell") != "setup":
+            r["cell"] = classify(r)
+    if not write:
+        return all_rows
+    result = {"edgeopt": _state(), "date": time.strftime("%Y-%m-%d"), "load_avg": os.getloadavg(),
+              "summary": summary(all_rows), "rows": all_rows}
+    os.makedirs(OUT, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return all_rows
+
+
 def run_model(name: str, routes, a) -> list[dict]:
     """Every row of one model: edgeopt per route, then the anchors (ONNX sources only)."""
     info = MODELS[name]
@@ -501,18 +536,14 @@ def run_model(name: str, routes, a) -> list[dict]:
             continue
         row = edgeopt_cell(name, route, spec, os.path.join(WORK, f"{name}-{route}"))
         row.update(base)
-        row["cell"] = classify(row)
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+        emit(rows, row)
     if (a.fix or a.fix_only) and name in PADDLE:
         fixed = dict(spec, src=fold_constants(spec["src"], os.path.join(WORK, f"{name}.folded.onnx")))
         for route in routes:
             if route in info["routes"]:
                 row = edgeopt_cell(name, route, fixed, os.path.join(WORK, f"{name}-{route}-fix"))
                 row.update(base, tool="edgeopt+fix")
-                row["cell"] = classify(row)
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+                emit(rows, row)
     if spec["src"].endswith(".onnx") and not (a.no_anchors or a.fix_only):
         src = _fixed(spec["src"], spec["input_shapes"], os.path.join(WORK, f"{name}.fixed.onnx"))
         ref = _ort_run(src, spec["held"])
@@ -525,9 +556,7 @@ def run_model(name: str, routes, a) -> list[dict]:
                 row["size_x"] = round(row["bytes"] / base["source_bytes"], 3)
             except Exception as e:
                 row.update(status="internal", error=f"{type(e).__name__}: {_first_line(e)}"[:300])
-            row["cell"] = classify(row)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            emit(rows, row)
     return rows
 
 
@@ -600,11 +629,10 @@ def main(argv=None):
     ap.add_argument("--fix-only", action="store_true", help="only the +fix rows (the others kept from zoo.json)")
     ap.add_argument("--table-only", action="store_true", help="print the table of benchmarks/out/zoo.json")
     a = ap.parse_args(argv)
-    path = os.path.join(OUT, "zoo.json")
-    old = json.load(open(path)) if os.path.exists(path) else {"rows": []}
     if a.table_only:
-        print(table(old["rows"]))
-        print(json.dumps(summary(old["rows"])))
+        rows = save([], write=False)
+        print(table(rows))
+        print(json.dumps(summary(rows)))
         return
     names = a.models.split(",")
     unknown = [m for m in names if m not in MODELS]
@@ -622,22 +650,11 @@ def main(argv=None):
                          "status": "internal", "cell": "setup", "error": f"{type(e).__name__}: {_first_line(e)}"})
             print(traceback.format_exc(), flush=True)
         print(f"# {name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    done = {(r["model"], r["tool"], r["route"]) for r in rows}
-    kept = [r for r in old["rows"] if (r["model"], r["tool"], r["route"]) not in done]
-    order = {n: i for i, n in enumerate(MODELS)}
-    all_rows = sorted(kept + rows, key=lambda r: order.get(r["model"], 99))
-    for r in all_rows:  # the classes as this version of the script defines them
-        if r.get("cell") != "setup":
-            r["cell"] = classify(r)
-    result = {"edgeopt": _state(), "date": time.strftime("%Y-%m-%d"), "load_avg": os.getloadavg(),
-              "summary": summary(all_rows), "rows": all_rows}
-    os.makedirs(OUT, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    all_rows = save(rows)
     print()
     print(table(all_rows))
     print()
-    print(json.dumps(result["summary"]))
+    print(json.dumps(summary(all_rows)))
 
 
 if __name__ == "__main__":

@@ -260,9 +260,8 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     # with TFLITE_BUILTINS_INT8 only: check the result itself.
     left = float_ops_of(data)
     if left and not allow_float_fallback:
-        raise UsageError(f"{source}: ops that cannot be quantized to INT8: {', '.join(left)} "
-                         "(they would run in float)",
-                         hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)")
+        raise _no_int8_kernel(UsageError(f"{source}: ops that cannot be quantized to INT8: {', '.join(left)} "
+                                         "(they would run in float)", hint=FLOAT_FALLBACK_HINT))
     if left or float_ops:  # the fallback was used: record which ops really compute in float
         info["float_ops"] = left or float_ops
     if bc_info is not None:
@@ -276,8 +275,18 @@ def _int8_failure(e: Exception, source: str) -> UsageError:
     ops = _failing_ops(msg)
     last = (msg.strip().splitlines() or [type(e).__name__])[-1]
     what = f" ops that cannot be quantized to INT8: {', '.join(ops)}" if ops else " " + last[:300]
-    return UsageError(f"{source}: full-integer INT8 conversion failed:{what}",
-                      hint="allow float kernels for those ops with --allow-float-fallback (not for Coral)")
+    return _no_int8_kernel(UsageError(f"{source}: full-integer INT8 conversion failed:{what}",
+                                      hint=FLOAT_FALLBACK_HINT))
+
+
+FLOAT_FALLBACK_HINT = "allow float kernels for those ops with --allow-float-fallback (not for Coral)"
+
+
+def _no_int8_kernel(error: UsageError) -> UsageError:
+    """Marks a refusal that float kernels would resolve: the pipeline words the hint for targets that have
+    none (``integer_only``: the Edge TPU), where --allow-float-fallback is refused."""
+    error.needs_float_kernels = True
+    return error
 
 
 def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None = None) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 
 import edgeopt
 from edgeopt.converters import onnx_rewrite
-from edgeopt_testkit import edgeopt_cli, onnx_graph, save_arrays
+from edgeopt_testkit import assert_one_error, edgeopt_cli, onnx_graph, save_arrays
 
 K, L, D = 257, 64, 16
 
@@ -67,10 +67,7 @@ def test_onehot_model_on_rpi(tmp_path):
     assert m["accuracy"]["outputs"]["logits"]["cosine"] > 0.99
 
 
-@pytest.mark.slow
-def test_gelu_erf_on_rpi(tmp_path):
-    """GELU with Erf (no TFLite kernel at all): onnx2tf's pseudo-Erf from builtins; with float fallback the
-    artifact agrees with FP32 (before: an internal error from the converter)."""
+def _gelu_model(path):
     rng = np.random.default_rng(0)
     nodes = [("MatMul", ["x", "w1"], ["h"]), ("Div", ["h", "sq2"], ["hd"]), ("Erf", ["hd"], ["e"]),
              ("Add", ["e", "one"], ["e1"]), ("Mul", ["h", "e1"], ["hm"]), ("Mul", ["hm", "half"], ["g"]),
@@ -78,8 +75,24 @@ def test_gelu_erf_on_rpi(tmp_path):
     init = {"w1": (rng.standard_normal((64, 128)) / 8).astype(np.float32),
             "w2": (rng.standard_normal((128, 10)) / 11).astype(np.float32),
             "sq2": np.array(2 ** 0.5, np.float32), "one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32)}
-    onnx_graph(nodes, {"x": [1, 64]}, {"logits": [1, 10]}, init, path=tmp_path / "gelu.onnx")
-    files = save_arrays(tmp_path, calib=rng.standard_normal((64, 64)).astype(np.float32))
+    onnx_graph(nodes, {"x": [1, 64]}, {"logits": [1, 10]}, init, path=path)
+    return save_arrays(path.parent, calib=rng.standard_normal((64, 64)).astype(np.float32))
+
+
+@pytest.mark.slow
+def test_gelu_on_coral_names_the_ops_and_a_hint_that_applies(tmp_path):
+    files = _gelu_model(tmp_path / "gelu.onnx")
+    r = edgeopt_cli("convert", tmp_path / "gelu.onnx", "--target", "coral", "--calib", files["calib"],
+                    "--out", tmp_path / "o")
+    err = assert_one_error(r, "ops that cannot be quantized to INT8", "DIV", "runs INT8 ops only")
+    assert "--allow-float-fallback (not for Coral)" not in err  # the rpi hint, which Coral refuses
+
+
+@pytest.mark.slow
+def test_gelu_erf_on_rpi(tmp_path):
+    """GELU with Erf (no TFLite kernel at all): onnx2tf's pseudo-Erf from builtins; with float fallback the
+    artifact agrees with FP32 (before: an internal error from the converter)."""
+    files = _gelu_model(tmp_path / "gelu.onnx")
     r = edgeopt_cli("convert", tmp_path / "gelu.onnx", "--target", "rpi", "--calib", files["calib"],
                     "--out", tmp_path / "o", "--allow-float-fallback", "--json")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -392,17 +392,14 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
 
     arts = []
     auto = None
-    for kind, fn in routes:
-        _say(progress, f"converting to {kind}")
-        if kind == routes[0][0] and options.recipe.calibration_method == "auto":
-            got, auto = _auto_ranges(job, fn, fmt, progress)
-            # the chosen method is the recipe from here on: the other routes, recovery and the manifest
-            options = job.options = options.with_recipe(calibration_method=auto["chosen"])
-        else:
-            got = fn(job)
-        if kind == routes[0][0] and getattr(job, "qdq_prep", None):  # keep the primary's float graph
-            job.primary_prep = job.qdq_prep
-        arts += got
+    try:
+        arts, auto = _run_routes(job, routes, fmt, progress)
+    except UsageError as e:
+        if tgt.integer_only and getattr(e, "needs_float_kernels", False):
+            e.hint = (f"{tgt.name} runs INT8 ops only, so these cannot map there: convert for a target with float "
+                      "kernels (rpi with --allow-float-fallback, or jetson), or replace those ops in the model")
+        raise
+    options = job.options  # with auto, the recipe of the method chosen
 
     # reference outputs (FP32 source) on the validation samples
     _say(progress, f"checking against FP32 on {data.count(vdata)} samples")
@@ -502,6 +499,23 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         manifest["edgetpu"] = preflight
     _write_manifest(staging, manifest)
     return manifest, failures
+
+
+def _run_routes(job, routes, fmt, progress) -> tuple[list[dict], dict | None]:
+    """(artifacts of every route, the auto-ranges report or None). With ``auto``, the primary route picks the
+    range method and ``job.options`` carries the chosen one from then on (other routes, recovery, manifest)."""
+    arts, auto = [], None
+    for kind, fn in routes:
+        _say(progress, f"converting to {kind}")
+        if kind == routes[0][0] and job.options.recipe.calibration_method == "auto":
+            got, auto = _auto_ranges(job, fn, fmt, progress)
+            job.options = job.options.with_recipe(calibration_method=auto["chosen"])
+        else:
+            got = fn(job)
+        if kind == routes[0][0] and getattr(job, "qdq_prep", None):  # keep the primary's float graph
+            job.primary_prep = job.qdq_prep
+        arts += got
+    return arts, auto
 
 
 def _sanity(entries: list[dict], floor: float) -> dict | None:
