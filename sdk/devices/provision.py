@@ -146,8 +146,9 @@ def resolve_wheels(packages, optional, arch: str, glibc: tuple[int, int], pyver:
     notes, why = [], [None]
 
     def attempt(reqs):
-        for offline in ((True,) if offline_only else (True, False)):
-            for pinned in ((True, False) if pins else (False,)):
+        # the device's own numpy first, from the cache, then from the index; only then without it
+        for pinned in ((True, False) if pins else (False,)):
+            for offline in ((True,) if offline_only else (True, False)):
                 paths, why[0] = _pip_download(reqs + (pins if pinned else []), tags, pyver, cache, offline)
                 if paths:
                     if pins and not pinned:
