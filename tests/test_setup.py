@@ -18,6 +18,7 @@ from edgeopt.devices import probes, provision
 
 DEBIAN_PY = "/usr/bin/python3"
 PY310 = "/root/.pyenv/versions/3.10.13/bin/python3"
+PY311_NUMPY = "/root/.pyenv/versions/3.11.7/bin/python3"  # a Python with its own numpy, as Debian's python3-numpy
 
 # Captured from a Raspberry Pi 5 (Raspberry Pi OS bookworm, 64-bit) by probes.setup_command, before any setup.
 RPI5_SETUP = """@@uname
@@ -100,8 +101,11 @@ def test_setup_makes_a_bare_device_ready_offline(lab, tflite_model):
         pytest.skip(f"needs {DEBIAN_PY} and {PY310}")
     ns = lab.netns()  # no route beyond the host: the devices have no internet
     bare, py310 = lab.start("pi-bare", netns=ns, target="rpi5"), lab.start("pi-310", netns=ns, target="rpi5")
-    # pi-bare: no python key (python3 on its PATH: Debian's, PEP 668); pi-310: pyenv's 3.10
-    inv = lab.inventory(per_device={"pi-bare": {"python": None}, "pi-310": {"python": PY310}})
+    with_numpy = lab.start("pi-numpy", netns=ns, target="rpi5") if os.access(PY311_NUMPY, os.X_OK) else None
+    # pi-bare: no python key (python3 on its PATH: Debian's, PEP 668); pi-310: pyenv's 3.10; pi-numpy: a
+    # Python whose numpy the venv keeps (its wheel is not sent)
+    inv = lab.inventory(per_device={"pi-bare": {"python": None}, "pi-310": {"python": PY310},
+                                    "pi-numpy": {"python": PY311_NUMPY}})
     run = ["--runs", 1, "--min-seconds", 0, "--warmup", 0, "--warmup-seconds", 0, "--inventory", inv]
 
     # bare: the runtime is missing, and the hint says what works there
@@ -128,7 +132,11 @@ def test_setup_makes_a_bare_device_ready_offline(lab, tflite_model):
         assert r["python"] == f"{lab.devices[name].workdir}/venv/bin/python"
         litert = next(w["file"] for w in r["wheels"] if w["file"].startswith("ai_edge_litert-"))
         assert f"-{tag}-" in litert  # the wheel for that device's Python
-    print(f"\nsetup of two bare devices: {first_s:.1f} s, "
+    if with_numpy:
+        r = done["pi-numpy"]
+        assert r["found"]["numpy"] and not any(w["file"].startswith("numpy-") for w in r["wheels"]), r
+        assert not os.path.exists(f"{with_numpy.workdir}/venv/lib/python3.11/site-packages/numpy")
+    print(f"\nsetup of {len(done)} bare devices in parallel: {first_s:.1f} s, "
           f"{sum(r['bytes_sent'] for r in done.values()) / 2**20:.1f} MiB sent")
 
     # idempotent: nothing sent, nothing changed on the devices
@@ -142,13 +150,17 @@ def test_setup_makes_a_bare_device_ready_offline(lab, tflite_model):
     assert os.stat(f"{bare.workdir}/venv/{probes.MARKER}").st_mtime_ns == marker
 
     # bench now runs through the venv's ai_edge_litert, with no python key in the inventory
-    for name in ("pi-bare", "pi-310"):
+    for name in ("pi-bare", "pi-310") + (("pi-numpy",) if with_numpy else ()):
         r = js(edgeopt_cli("bench", tflite_model, "--device", name, *run, "--json"))
         assert r["runtime"]["name"] == "ai_edge_litert"
         assert r["runtime"]["version"] == _wheel_version(done[name], "ai_edge_litert")
     probe = js(edgeopt_cli("devices", "--device", "pi-bare", "--inventory", inv, "--json"))["devices"][0]
     assert probe["python"]["executable"] == f"{bare.workdir}/venv/bin/python"
     assert "ai_edge_litert" in probe["runtimes"] and not any("TFLite" in w for w in probe["warnings"])
+    # another interpreter named in the inventory: the venv made from python3 is no longer used
+    other = lab.inventory(path=lab.base / "other.toml", per_device={"pi-bare": {"python": PY310}})
+    p = edgeopt_cli("bench", tflite_model, "--device", "pi-bare", *run[:-1], other)
+    assert p.returncode == 3 and "edgeopt devices --setup --device pi-bare" in p.stderr, p.stderr  # no numpy there
     # the system Python was never touched
     check = "import importlib.util as u, sys; sys.exit(u.find_spec('ai_edge_litert') is not None)"
     assert os.spawnv(os.P_WAIT, DEBIAN_PY, [DEBIAN_PY, "-c", check]) == 0

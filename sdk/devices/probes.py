@@ -18,7 +18,7 @@ from edgeopt.runtime import PYTHON_FLOOR
 
 __all__ = ["command", "parse", "parse_sections", "parse_uname", "parse_dt_model", "parse_tegra_release",
            "parse_python", "parse_df", "parse_lines", "assess", "probe", "setup_command", "parse_glibc",
-           "parse_setup", "VENV", "MARKER"]
+           "parse_setup", "parse_marker", "VENV", "MARKER"]
 
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
 

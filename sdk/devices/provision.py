@@ -253,6 +253,12 @@ def setup_device(conn: Connection, dry_run: bool = False) -> Plan:
     if tgt.system_runtime and not found.get(tgt.system_runtime):
         plan.notes.append(f"no {tgt.system_runtime} on the device (not a wheel): {tgt.system_install}")
 
+    can_venv = bool(py.get("venv") and py.get("ensurepip"))
+    if not can_venv and found["venv"] != "importable":  # before any download: it could not be used
+        if not dry_run:
+            raise _no_venv(dev, "no ensurepip" if py.get("venv") else "no venv module")
+        plan.notes.append(f"{dev.python} cannot create a venv: on the device run sudo apt install python3-venv")
+
     have = {"numpy": py["numpy"]} if py.get("numpy") else {}
     paths, left_out, notes, missing = resolve_wheels(tgt.setup_packages, tgt.setup_optional, found["arch"],
                                                      found["glibc"], pyver, have, offline_only=dry_run)
@@ -289,8 +295,8 @@ def setup_device(conn: Connection, dry_run: bool = False) -> Plan:
         plan.seconds = time.perf_counter() - t0
         return plan
 
-    if not (py.get("venv") and py.get("ensurepip")):
-        raise _no_venv(dev, "venv" if not py.get("venv") else "ensurepip")
+    if not can_venv:
+        raise _no_venv(dev, "no ensurepip" if py.get("venv") else "no venv module")
     # build from scratch: the marker goes last, so a venv cut short is never taken for a ready one
     plan.changed = True
     made = conn.run(f"rm -rf {q([venv])} && mkdir -p {q([workdir])} && "
