@@ -222,7 +222,8 @@ def import_tflite_interpreter():
     except ImportError:
         pass
     raise RuntimeMissing("no TFLite runtime found (tried ai_edge_litert, tflite_runtime, tensorflow.lite); "
-                         "install one: pip install ai-edge-litert")
+                         "install one: edgeopt devices --setup from the host, or pip install ai-edge-litert "
+                         "in a venv (Raspberry Pi OS refuses pip into the system Python)")
 
 
 def _x86() -> bool:
@@ -318,8 +319,9 @@ class _OnnxBackend:
         try:
             import onnxruntime as ort  # type: ignore
         except ImportError:
-            raise RuntimeMissing("onnxruntime not found; install it: pip install onnxruntime "
-                                 "(on a Jetson: the onnxruntime-gpu wheel for your JetPack)") from None
+            raise RuntimeMissing("onnxruntime not found; install it: edgeopt devices --setup from the host, "
+                                 "or pip install onnxruntime in a venv (on a Jetson: the onnxruntime-gpu wheel "
+                                 "for your JetPack)") from None
         self.name, self.version, self.delegate = "onnxruntime", ort.__version__, None
         self.note = None
         available = ort.get_available_providers()

@@ -65,6 +65,16 @@ class Target:
     # Words of the device-tree model that identify this exact board (a Pi 4 is not a Pi 5), so a probe can warn
     # when the inventory declares the wrong one; empty: only board_probe's check.
     board_models: tuple[str, ...] = ()
+    # What `edgeopt devices --setup` installs into the device's own venv (<workdir>/venv, made with
+    # --system-site-packages so the OS's numpy and JetPack's TensorRT stay visible): pip requirements, from
+    # wheels the host downloads for the device's CPU, glibc and Python. setup_packages must all have a wheel
+    # (setup fails naming the one that has none); each of setup_optional is added only where a wheel fits.
+    setup_packages: tuple[str, ...] = ()
+    setup_optional: tuple[str, ...] = ()
+    # A system library the runtime needs that no wheel provides, and the command that installs it on the
+    # board: setup checks for it and says so (it never runs sudo).
+    system_runtime: str | None = None
+    system_install: str | None = None
 
     def __post_init__(self):
         # profiles are data someone types: a misspelt value would silently pick the wrong behaviour
@@ -86,6 +96,8 @@ class Target:
         d["formats"] = list(self.formats)
         d["notes"] = list(self.notes)
         d["board_models"] = list(self.board_models)
+        d["setup_packages"] = list(self.setup_packages)
+        d["setup_optional"] = list(self.setup_optional)
         return d
 
 
@@ -106,6 +118,7 @@ _PROFILES = [
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="float32", delegate="xnnpack",
         threads=4, host_compiler=None, memory_gb=8,
         board_probe="raspberrypi", board_models=("Raspberry Pi 4", "Compute Module 4", "Raspberry Pi 400"),
+        setup_packages=("ai-edge-litert",),
         source="Raspberry Pi 4 Model B product brief; raspberrypi.com/documentation/computers/processors.html#bcm2711",
     ),
     # Raspberry Pi 5 product brief and processors.html#bcm2712: quad-core Cortex-A76 (ARMv8.2-A) @ 2.4 GHz,
@@ -116,6 +129,7 @@ _PROFILES = [
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="float32", delegate="xnnpack",
         threads=4, host_compiler=None, memory_gb=8,
         board_probe="raspberrypi", board_models=("Raspberry Pi 5", "Compute Module 5", "Raspberry Pi 500"),
+        setup_packages=("ai-edge-litert",),
         source="Raspberry Pi 5 product brief; raspberrypi.com/documentation/computers/processors.html#bcm2712",
     ),
     # NVIDIA Jetson Orin Nano / Orin NX / AGX Orin series data sheets and JetPack 6 docs: Cortex-A78AE CPU
@@ -127,6 +141,7 @@ _PROFILES = [
         accelerator="Ampere GPU, 1024 CUDA cores, 32 Tensor Cores",
         formats=("onnx-qdq-int8", "onnx-fp16"), runtime="tensorrt", io_dtype="float32", delegate=None,
         threads=6, host_compiler=None, memory_gb=8, board_probe="tegra", board_models=("Orin Nano",),
+        setup_optional=("onnxruntime",),
         source="Jetson Orin Nano Series Data Sheet (DS-11105); TensorRT Developer Guide, 'Explicit Quantization'",
         notes=("TensorRT engines are built on the device (trtexec) and cached by artifact hash and TensorRT version.",),
     ),
@@ -136,6 +151,7 @@ _PROFILES = [
         accelerator="Ampere GPU, 1024 CUDA cores, 32 Tensor Cores; 2x NVDLA v2",
         formats=("onnx-qdq-int8", "onnx-fp16"), runtime="tensorrt", io_dtype="float32", delegate=None,
         threads=8, host_compiler=None, memory_gb=16, board_probe="tegra", board_models=("Orin NX",),
+        setup_optional=("onnxruntime",),
         source="Jetson Orin NX Series Data Sheet (DS-10712); TensorRT Developer Guide, 'Explicit Quantization'",
     ),
     Target(
@@ -144,6 +160,7 @@ _PROFILES = [
         accelerator="Ampere GPU, 2048 CUDA cores, 64 Tensor Cores; 2x NVDLA v2",
         formats=("onnx-qdq-int8", "onnx-fp16"), runtime="tensorrt", io_dtype="float32", delegate=None,
         threads=12, host_compiler=None, memory_gb=64, board_probe="tegra", board_models=("AGX Orin",),
+        setup_optional=("onnxruntime",),
         source="Jetson AGX Orin Series Data Sheet (DS-10662); TensorRT Developer Guide, 'Explicit Quantization'",
     ),
     # coral.ai/docs/edgetpu/models-intro: the Edge TPU runs only fully 8-bit quantized TFLite models with
@@ -158,6 +175,9 @@ _PROFILES = [
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="uint8", delegate="edgetpu",
         threads=1, host_compiler="edgetpu_compiler", static_shapes=True, memory_gb=None,
         float_fallback="cpu", edgetpu_preflight=True, any_host_arch=True,
+        setup_packages=("ai-edge-litert",), system_runtime="libedgetpu",
+        system_install="sudo apt install libedgetpu1-std (after adding the Coral apt repository: "
+                       "coral.ai/docs/accelerator/get-started)",
         source="coral.ai/docs/edgetpu/models-intro (model requirements); coral.ai/docs/accelerator/datasheet",
     ),
     Target(
@@ -167,6 +187,9 @@ _PROFILES = [
         formats=("tflite-int8",), runtime="ai_edge_litert", io_dtype="uint8", delegate="edgetpu",
         threads=1, host_compiler="edgetpu_compiler", static_shapes=True, memory_gb=1,
         float_fallback="cpu", edgetpu_preflight=True,
+        setup_packages=("ai-edge-litert",), system_runtime="libedgetpu",
+        system_install="sudo apt install libedgetpu1-std (Mendel Linux ships it; else the Coral apt "
+                       "repository: coral.ai/docs/accelerator/get-started)",
         source="coral.ai/docs/edgetpu/models-intro; coral.ai/docs/dev-board/datasheet",
     ),
 ]

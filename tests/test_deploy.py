@@ -124,7 +124,9 @@ def test_missing_runtime_over_ssh_names_device_with_hint(lab, tflite_model, tmp_
     inv = lab.inventory(python=str(py))
     p = edgeopt_cli("bench", tflite_model, "--device", "pi-bare", "--inventory", inv, "--runs", 1)
     assert p.returncode == 3
-    assert p.stderr.startswith("error: pi-bare: runtime missing") and "hint: on the Pi: python3 -m pip install ai-edge-litert" in p.stderr
+    assert p.stderr.startswith("error: pi-bare: runtime missing")
+    assert "hint: run edgeopt devices --setup --device pi-bare" in p.stderr
+    assert f"{py} -m venv --system-site-packages" in p.stderr and "-m pip install ai-edge-litert" in p.stderr
     p = edgeopt_cli("devices", "--inventory", inv, "--json")
     dev = js(p)["devices"][0]
     assert dev["reachable"] and dev["arch"] == os.uname().machine

@@ -195,7 +195,8 @@ def test_new_family_with_coral_fields_gets_coral_behaviour(monkeypatch, tmp_path
             "runtimes": {"ai_edge_litert": {}}}
     assert probes.assess(info, "npu-x") == ["no libedgetpu: install libedgetpu1-std from the Coral apt repository"]
     assert "libedgetpu" in bench.install_hint("npu-x", "model.int8.tflite")
-    assert bench.install_hint("sbc-x", "model.int8.tflite").startswith("on the Pi")
+    hint = bench.install_hint("sbc-x", "model.int8.tflite")
+    assert hint.startswith("run edgeopt devices --setup") and "-m venv --system-site-packages" in hint
 
 
 def test_new_family_with_jetson_fields_gets_jetson_probe(monkeypatch):

@@ -1,48 +1,98 @@
-"""edgeopt devices [--inventory FILE] [--json]"""
+"""edgeopt devices [--inventory FILE] [--setup [--dry-run]] [--json]"""
 from __future__ import annotations
 
 from edgeopt.cli import console, echo_json, styled
-from edgeopt.cli.options import ACCEPT_NEW, DEBUG, DEVICES, INVENTORY, JSON, LOCAL, command, variant
+from edgeopt.cli.options import ACCEPT_NEW, DEBUG, DEVICES, DRY_RUN, INVENTORY, JSON, LOCAL, SETUP, command, variant
 
 
 def probe_device(dev, accept_new: bool) -> dict:
     """Connect to ``dev`` and probe it: the ``devices`` JSON entry of one reachable device."""
-    from edgeopt.devices import probes
+    from edgeopt.devices import probes, provision
     from edgeopt.devices.connection import connect
 
     with connect(dev, accept_new=accept_new) as conn:
-        info = probes.probe(conn)
+        info = probes.probe(conn, python=provision.interpreter(conn))
     return {"device": dev.name, "target": dev.target, "address": dev.describe(), "reachable": True, **info}
+
+
+def setup_device(dev, accept_new: bool, dry_run: bool) -> dict:
+    """Connect to ``dev`` and make it ready (``--setup``): the JSON entry of one device."""
+    from edgeopt.devices import provision
+    from edgeopt.devices.connection import connect
+
+    with connect(dev, accept_new=accept_new) as conn:
+        plan = provision.setup_device(conn, dry_run=dry_run)
+    return {**plan.to_dict(), "address": dev.describe(), "reachable": True}
 
 
 @command("devices", INVENTORY,
          variant(DEVICES, help="Only these devices: NAME[,NAME...]."),
          variant(LOCAL, help="Probe this machine."),
-         ACCEPT_NEW, JSON, DEBUG)
+         SETUP, DRY_RUN, ACCEPT_NEW, JSON, DEBUG)
 def devices(o):
-    """Probe each device: reachable or why not, CPU, board, Python, runtimes, free space, fit to its target."""
+    """Probe each device: reachable or why not, CPU, board, Python, runtimes, free space, fit to its target.
+    With --setup, make each one ready to run its target's artifacts offline."""
     from edgeopt.cli.bench_output import raise_for_failures
     from edgeopt.devices import inventory
     from edgeopt.devices.bench import for_each_device
+    from edgeopt.errors import UsageError
 
+    if o.dry_run and not o.setup:
+        raise UsageError("--dry-run goes with --setup")
+    if o.setup and o.local:
+        raise UsageError("--setup is for inventory devices, not --local",
+                         hint="this machine's Python is yours to manage")
     if o.local:
         devs = [inventory.local_device()]
     else:
         inv = inventory.load(o.inventory)
         devs = inv.select(o.device) if o.device else list(inv.devices.values())
+        if not devs and o.setup:
+            raise UsageError("--setup: no inventory devices",
+                             hint="write edgeopt.toml (docs/inventory.md) or pass --inventory FILE")
         if not devs:
             import sys
             sys.stderr.write("note: no inventory devices; probing this machine (--local)\n")
             devs = [inventory.local_device()]
-    results = for_each_device(devs, lambda d: probe_device(d, o.accept_new))
+    if o.setup:
+        results = for_each_device(devs, lambda d: setup_device(d, o.accept_new, o.dry_run))
+    else:
+        results = for_each_device(devs, lambda d: probe_device(d, o.accept_new))
     for r, d in zip(results, devs):
         if "error" in r:
             r.update({"reachable": False, "address": d.describe()})
     if o.json_out:
         echo_json({"devices": results})
+    elif o.setup:
+        _setup_table(results, o.dry_run)
     else:
         _table(results)
     raise_for_failures(results)
+
+
+def _setup_table(results, dry_run: bool):
+    from rich.table import Table
+
+    c = console()
+    t = Table(title="edgeopt devices --setup" + (" --dry-run" if dry_run else ""))
+    for col in ("device", "target", "found", "did" if not dry_run else "would do", "sent", "seconds"):
+        t.add_column(col)
+    notes = []
+    for r in results:
+        if "error" in r:
+            t.add_row(r["device"], r.get("target") or "-", "-", styled(("failed", "red")), "-", "-")
+            notes.append(styled((r["error"], "red"), f"\n  hint: {r['hint']}" if r.get("hint") else ""))
+            continue
+        f = r["found"]
+        found = (f"{f.get('arch')}, glibc {f.get('glibc')}\nPython {f.get('python')}"
+                 + (f", numpy {f['numpy']}" if f.get("numpy") else "")
+                 + (" (PEP 668)" if f.get("externally_managed") else ""))
+        t.add_row(r["device"], r.get("target") or "-", found, "\n".join(r["actions"]),
+                  f"{r['bytes_sent'] / 2**20:.1f} MiB" if r["bytes_sent"] else "0 B", f"{r['seconds']:.1f}")
+        notes += [styled((f"{r['device']}: note: {n}", "yellow")) for n in r.get("notes") or []]
+    c.print(t)
+    for n in notes:
+        c.print(n)
 
 
 def _table(results):

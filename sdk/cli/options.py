@@ -172,6 +172,12 @@ LOCAL = option("local", bool, False, "--local", help="This machine, through the 
 INVENTORY = option("inventory", Optional[str], None, "--inventory", "-i",
                    help="Inventory file (default ./edgeopt.toml or $EDGEOPT_INVENTORY).")
 
+# edgeopt devices --setup (edgeopt.devices.provision)
+SETUP = option("setup", bool, False, "--setup",
+               help="Make each device ready offline: wheels of its target's runtime downloaded here for its CPU, "
+                    "glibc and Python, pushed, installed into <workdir>/venv (--system-site-packages).")
+DRY_RUN = option("dry_run", bool, False, "--dry-run", help="With --setup: say what it would do; change nothing.")
+
 # read by edgeopt.cli.device_selection.select_devices
 DEVICE_SELECTION = [
     DEVICES,

@@ -23,6 +23,7 @@ from edgeopt.devices.connection import Connection, abort_all, connect, q
 from edgeopt.errors import DeviceError, EdgeoptError, UsageError
 from edgeopt.json_files import read_json
 from edgeopt.devices.inventory import Device
+from edgeopt.devices.provision import with_interpreter
 from edgeopt.devices.push import push
 from edgeopt.runtime import PROBE_MARKS, PYTHON_GUARD, RUNNER_DEFAULTS, runner_argv
 from edgeopt.results import sanitize
@@ -104,25 +105,38 @@ def manifest_target(artifact: str) -> str | None:
         return None
 
 
-def install_hint(target: str | None, artifact: str) -> str:
-    """How to install the missing runtime, for this kind of device and artifact."""
-    tgt = None  # the profile's runtime, delegate and board say what to install, not its family
+def install_hint(target: str | None, artifact: str, device: Device | None = None) -> str:
+    """How to install the missing runtime on this device: a command that works there.
+
+    ``edgeopt devices --setup`` first (offline, into the device's venv, for the board's Python); then the same
+    by hand on a device with internet: a venv with ``--system-site-packages`` (Raspberry Pi OS refuses ``pip``
+    into the system Python, PEP 668) named as the device's ``python`` in the inventory."""
+    tgt = None  # the profile's runtime, delegate and packages say what to install, not its family
     if target:
         try:
             tgt = targets.get(target)
         except KeyError:
             pass
-    if artifact.endswith("_edgetpu.tflite") or getattr(tgt, "delegate", None) == "edgetpu":
-        return ("on the device: install libedgetpu1-std from the Coral apt repository "
-                "(coral.ai/docs/accelerator/get-started) and python3 -m pip install ai-edge-litert")
-    if artifact.endswith(".onnx"):
-        if getattr(tgt, "runtime", None) == "tensorrt":
-            return ("on the Jetson: JetPack's TensorRT gives /usr/src/tensorrt/bin/trtexec "
-                    "(sudo apt install nvidia-jetpack), or install the onnxruntime-gpu wheel built for your JetPack")
-        return "on the device: python3 -m pip install onnxruntime"
-    if getattr(tgt, "board_probe", None) == "raspberrypi":
-        return "on the Pi: python3 -m pip install ai-edge-litert (64-bit Raspberry Pi OS)"
-    return "on the device: python3 -m pip install ai-edge-litert"
+    name = device.name if device else None
+    workdir = (device.workdir if device else None) or "~/.edgeopt"
+    base = (device.python if device else None) or "python3"
+    venv = f"{workdir.rstrip('/')}/venv"
+    setup = f"edgeopt devices --setup --device {name}" if name else "edgeopt devices --setup --device NAME"
+    onnx = artifact.endswith(".onnx")
+    if onnx and getattr(tgt, "runtime", None) == "tensorrt":
+        return (f"on the Jetson, JetPack's TensorRT gives /usr/src/tensorrt/bin/trtexec: sudo apt install "
+                f"nvidia-jetpack; or run {setup} (onnxruntime in {venv}, where a wheel fits its Python)")
+    package = "onnxruntime" if onnx else ((tgt.setup_packages[0] if tgt and tgt.setup_packages else None)
+                                          or "ai-edge-litert")
+    hint = (f"run {setup} (downloads {package} here, installs it offline into {venv} on the device); or, with "
+            f"internet on the device: {base} -m venv --system-site-packages {venv} && {venv}/bin/python -m pip "
+            f"install {package}, then set python = \"{venv}/bin/python\" for the device in the inventory")
+    system = getattr(tgt, "system_install", None)
+    if system and (artifact.endswith("_edgetpu.tflite") or getattr(tgt, "delegate", None) == "edgetpu"):
+        hint += f"; the Edge TPU also needs libedgetpu: {system}"
+    elif artifact.endswith("_edgetpu.tflite"):
+        hint += "; the Edge TPU also needs libedgetpu: sudo apt install libedgetpu1-std (Coral apt repository)"
+    return hint
 
 
 def _target_runtime(device: Device) -> str | None:
@@ -170,13 +184,13 @@ def _parse_runner(device: Device, res, artifact: str) -> dict:
                               hint="set python = \"/path/to/python3\" for the device in the inventory")
         if "No module named 'numpy'" in (res.err or ""):
             raise DeviceError("numpy is missing on the device (the runner needs it)", device=device.name,
-                              hint="on the device: python3 -m pip install numpy")
+                              hint=install_hint(device.target, artifact, device))
         raise DeviceError(f"remote run failed (exit {res.rc}): {why}", device=device.name)
     if "error" in data:
         kind = data.get("kind")
         if kind == "runtime_missing":
             raise DeviceError(f"runtime missing: {data['error']}", device=device.name,
-                              hint=install_hint(device.target, artifact))
+                              hint=install_hint(device.target, artifact, device))
         if kind == "busy":
             raise DeviceError(data["error"], device=device.name,
                               hint="wait for the other benchmark, or raise --lock-timeout")
@@ -193,6 +207,7 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     own = conn is None
     conn = conn or connect(device, accept_new=accept_new)
     try:
+        device = with_interpreter(conn, device)  # the venv `devices --setup` made, when there is one
         t_conn = time.perf_counter()
         workdir = conn.expand(device.workdir)
         pushed = push(conn, file, workdir, progress=opts.progress, python=device.python)

@@ -17,7 +17,8 @@ from edgeopt.devices.connection import q
 from edgeopt.runtime import PYTHON_FLOOR
 
 __all__ = ["command", "parse", "parse_sections", "parse_uname", "parse_dt_model", "parse_tegra_release",
-           "parse_python", "parse_df", "parse_lines", "assess", "probe"]
+           "parse_python", "parse_df", "parse_lines", "assess", "probe", "setup_command", "parse_glibc",
+           "parse_setup", "parse_marker", "VENV", "MARKER"]
 
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
 
@@ -71,6 +72,89 @@ def command(python: str = "python3", workdir: str = "~/.edgeopt", trtexec: str |
         "echo @@df", f"d={wd}; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1",
         "echo @@end",
     ])
+
+
+# ------------------------------------------------------------------------------------ setup (--setup)
+
+VENV = "venv"                        # the device's venv, under its workdir
+MARKER = "edgeopt-setup.json"        # in the venv, written last by `devices --setup`: what it holds
+MARKER_CAP = 65536                   # bytes of the marker read back (the device's words are bounded)
+
+# What `devices --setup` needs to know of the base interpreter. Runs on any Python 3 (no f-strings, no walrus):
+# an old one must still say what it is, so the error can name it.
+_SETUP_PY = r"""
+import json, os, platform, sys, sysconfig
+from importlib import util
+try:
+    from importlib import metadata
+except ImportError:
+    metadata = None
+def have(mod):
+    try:
+        return util.find_spec(mod) is not None
+    except Exception:
+        return False
+def ver(dist):
+    try:
+        return metadata.version(dist)
+    except Exception:
+        return None
+stdlib = sysconfig.get_paths().get("stdlib") or ""
+print(json.dumps({"python": platform.python_version(), "executable": sys.executable, "machine": platform.machine(),
+                  "implementation": platform.python_implementation(), "venv": have("venv"),
+                  "ensurepip": have("ensurepip"), "numpy": ver("numpy"),
+                  "externally_managed": os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED")),
+                  "in_venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix)}))
+"""
+
+
+def setup_command(python: str, workdir: str, modules=()) -> str:
+    """The probe of ``devices --setup`` as one shell command: CPU, glibc, the base Python (version, venv and
+    ensurepip, numpy, PEP 668), the marker of an earlier setup and whether ``modules`` import from its venv.
+    ``workdir`` is absolute (``Connection.expand``)."""
+    venv = f"{workdir.rstrip('/')}/{VENV}"
+    vpy, marker = q([f"{venv}/bin/python"]), q([f"{venv}/{MARKER}"])
+    imports = "import " + ", ".join(modules) if modules else "pass"
+    return "; ".join([
+        "echo @@uname", "uname -m",
+        "echo @@glibc", "getconf GNU_LIBC_VERSION 2>/dev/null",
+        "echo @@python", f"{q([python])} -c {q([_SETUP_PY])} 2>&1 || echo \"@@python-failed $?\"",
+        "echo @@edgetpu",
+        "{ ldconfig -p 2>/dev/null | grep -o '/[^ ]*libedgetpu[^ ]*'; ls /usr/lib/*/libedgetpu.so.1* "
+        "/usr/lib/libedgetpu.so.1* /usr/local/lib/libedgetpu* 2>/dev/null; } | sort -u | head -n 5",
+        "echo @@marker", f"head -c {MARKER_CAP} {marker} 2>/dev/null", "echo",
+        "echo @@venv",
+        f"if [ -x {vpy} ]; then if {vpy} -c {q([imports])} >/dev/null 2>&1; then echo importable; "
+        f"else echo broken; fi; else echo absent; fi",
+        "echo @@end",
+    ])
+
+
+def parse_glibc(text: str) -> tuple[int, int] | None:
+    """``getconf GNU_LIBC_VERSION`` (``glibc 2.36``) -> (2, 36); None on musl or anything else."""
+    m = re.search(r"glibc\s+(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def parse_marker(text: str) -> dict | None:
+    """The setup marker's JSON object, or None (absent, cut short, not ours)."""
+    try:
+        data = json.loads((text or "").strip() or "null")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("hash"), str) else None
+
+
+def parse_setup(text: str) -> dict:
+    """The output of :func:`setup_command` -> {'arch', 'glibc', 'python', 'libedgetpu', 'marker', 'venv'}:
+    ``python`` as :func:`parse_python` gives it, ``venv`` one of 'absent', 'broken', 'importable'."""
+    sec = parse_sections(text)
+    venv = (parse_lines(sec.get("venv", "")) or ["absent"])[0]
+    tpu = parse_lines(sec.get("edgetpu", ""))
+    return {"arch": parse_uname(sec.get("uname", "")), "glibc": parse_glibc(sec.get("glibc", "")),
+            "python": parse_python(sec.get("python", "")), "libedgetpu": tpu[0] if tpu else None,
+            "marker": parse_marker(sec.get("marker", "")),
+            "venv": venv if venv in ("absent", "broken", "importable") else "broken"}
 
 
 def _shell_path(path: str) -> str:
@@ -219,7 +303,8 @@ def assess(info: dict, target: str | None) -> list[str]:
                         f"{'.'.join(map(str, PYTHON_FLOOR))} or newer; set python = \"/path/to/python3\" for the "
                         f"device in the inventory")
     elif info.get("numpy") is None:
-        warnings.append("numpy is missing on the device (the runner needs it): pip install numpy")
+        warnings.append("numpy is missing on the device (the runner needs it): edgeopt devices --setup "
+                        "installs it with the runtime")
     if not target:
         return warnings
     try:
@@ -249,7 +334,8 @@ def assess(info: dict, target: str | None) -> list[str]:
             warnings.append("no ONNX runtime at all: install JetPack's TensorRT or onnxruntime-gpu")
     if t.formats and t.formats[0].startswith("tflite"):
         if not ({"ai_edge_litert", "tflite_runtime"} & set(rts)):
-            warnings.append("no TFLite runtime (ai_edge_litert or tflite_runtime): pip install ai-edge-litert")
+            warnings.append("no TFLite runtime (ai_edge_litert or tflite_runtime): edgeopt devices --setup "
+                            "installs one into the device's venv")
     if t.delegate == "edgetpu" and "libedgetpu" not in rts:
         warnings.append("no libedgetpu: install libedgetpu1-std from the Coral apt repository")
     disk = info.get("disk")
