@@ -8,6 +8,7 @@ from edgeopt.cli.options import DEBUG, JSON, SWEEP, command, variant
 @command("sweep", SWEEP, variant(JSON, help="Print the matrix as JSON on stdout, nothing else."), DEBUG)
 def sweep(o):
     """Convert, check and benchmark every cell of models x targets x recipes on each matching device."""
+    import contextlib
     import sys
 
     from edgeopt.errors import DeviceError, GateError, UsageError
@@ -20,13 +21,15 @@ def sweep(o):
         raise UsageError(f"--jobs {o.jobs}: at least 1")
     if not 0 < o.num_cpus <= 1024:
         raise UsageError(f"--num-cpus {o.num_cpus:g}: from more than 0 to 1024")
-    if o.ray is not None:
-        from edgeopt.sweep.cluster import RayBackend
-        backend = RayBackend(address=o.ray, num_cpus=o.num_cpus)
-    else:
-        backend = runner.LocalBackend(jobs=o.jobs)
-    matrix = runner.run(s, devices, o.out, backend, history=o.history, fresh=o.fresh, accept_new=o.accept_new,
-                        progress=lambda msg: (sys.stderr.write(msg + "\n"), sys.stderr.flush()))
+    # stdout is the matrix's alone: what Ray prints for its driver (a worker that died, ...) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        if o.ray is not None:
+            from edgeopt.sweep.cluster import RayBackend
+            backend = RayBackend(address=o.ray, num_cpus=o.num_cpus)
+        else:
+            backend = runner.LocalBackend(jobs=o.jobs)
+        matrix = runner.run(s, devices, o.out, backend, history=o.history, fresh=o.fresh, accept_new=o.accept_new,
+                            progress=lambda msg: (sys.stderr.write(msg + "\n"), sys.stderr.flush()))
     if o.json_out:
         echo_json({**{k: v for k, v in matrix.items() if k != "records"},
                    "records": [runner.summary(r) for r in matrix["records"]]})
