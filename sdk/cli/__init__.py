@@ -23,7 +23,7 @@ app = typer.Typer(
 
 # Command modules register themselves on `app` when imported (one module per command or group).
 _COMMAND_MODULES = ["targets_cmd", "convert_cmd", "devices_cmd", "bench_cmd", "deploy_cmd",
-                    "results_cmd", "compare_cmd", "report_cmd", "explain_cmd", "bundle_cmd"]
+                    "results_cmd", "compare_cmd", "report_cmd", "explain_cmd", "bundle_cmd", "sweep_cmd"]
 
 
 def _version(value: bool):

@@ -226,3 +226,23 @@ def bench_options(values):
     fields = {f.name for f in dataclasses.fields(BenchOptions)}
     return BenchOptions(keep_samples=True, **{p.name: getattr(values, p.name) for p in BENCHMARK
                                               if p.name in fields})
+
+# ----------------------------------------------------------------------------------------------- sweep
+
+SWEEP = [
+    argument("sweep_file", str, ..., help="The sweep file (TOML: models, targets, recipes, devices; docs/sweep.md)."),
+    option("out", str, "edgeopt-sweep", "--out", "-o",
+           help="Where the sweep keeps its state (OUT/<sweep id>/cells): a rerun resumes from it."),
+    variant(INVENTORY, help="Inventory file for the sweep's devices (default: the sweep file's `inventory`, else "
+                            "./edgeopt.toml or $EDGEOPT_INVENTORY)."),
+    option("jobs", Optional[int], None, "--jobs", "-j",
+           help="Conversions at a time in the local process pool (default: the CPU count)."),
+    option("ray", Optional[str], None, "--ray",
+           help="Run on a Ray cluster at ADDRESS ('auto': the one this machine is part of): conversions as "
+                "tasks, one actor per device (needs edgeopt[cluster])."),
+    option("num_cpus", float, 1.0, "--num-cpus", help="With --ray: CPUs each conversion task reserves."),
+    option("fresh", bool, False, "--fresh",
+           help="Redo every cell's benchmarks (conversions still come from the cache)."),
+    HISTORY,
+    ACCEPT_NEW,
+]

@@ -11,6 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import uuid
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -24,7 +27,8 @@ from edgeopt.devices.inventory import Device
 from edgeopt.devices.push import push, sha256_file
 from edgeopt.runtime import check_artifact_name
 
-__all__ = ["convert_cached", "deploy", "cache_key"]
+__all__ = ["convert_cached", "deploy", "cache_key", "cache_entry", "cached_manifest", "install_entry",
+           "entry_files", "CacheEntry"]
 
 STAMP = ".edgeopt-deploy-key"
 # Distributions whose versions change what a conversion produces: part of the cache key.
@@ -128,9 +132,19 @@ def _default_cache_root() -> Path:
     return Path(base) / "deploy"
 
 
-def convert_cached(model: str, target: str, out: str | None = None, cache_root: str | None = None,
-                   **options) -> tuple[dict, str, bool]:
-    """(manifest, output dir, reused) — runs ``edgeopt.convert`` only when the key changed."""
+@dataclass(frozen=True)
+class CacheEntry:
+    """One entry of the conversion cache: its key, its directory, the target profile and the convert keywords."""
+
+    key: str
+    out: str
+    target: str
+    options: dict
+
+
+def cache_entry(model: str, target: str, out: str | None = None, cache_root: str | None = None,
+                **options) -> CacheEntry:
+    """The cache entry a conversion of ``model`` for ``target`` with ``options`` has (nothing is converted)."""
     if not os.path.exists(model):
         raise UsageError(f"{model}: no such file or directory")
     try:
@@ -148,19 +162,77 @@ def convert_cached(model: str, target: str, out: str | None = None, cache_root: 
     if out is None:
         stem = Path(model.rstrip("/")).name.split(".")[0] or "model"
         out = str(Path(cache_root) if cache_root else _default_cache_root()) + f"/{stem}-{tname}-{key[:12]}"
-    manifest = _reusable(out, key)
+    return CacheEntry(key=key, out=out, target=tname, options=options)
+
+
+def cached_manifest(entry: CacheEntry) -> dict | None:
+    """The manifest of ``entry`` when it is finished and intact, else None."""
+    return _reusable(entry.out, entry.key)
+
+
+def convert_cached(model: str, target: str, out: str | None = None, cache_root: str | None = None,
+                   **options) -> tuple[dict, str, bool]:
+    """(manifest, output dir, reused) — runs ``edgeopt.convert`` only when the key changed."""
+    entry = cache_entry(model, target, out=out, cache_root=cache_root, **options)
+    manifest = _reusable(entry.out, entry.key)
     if manifest is not None:
-        return manifest, out, True
-    with _entry_lock(out, cache_root):
-        manifest = _reusable(out, key)  # another deploy may have converted it while this one waited
+        return manifest, entry.out, True
+    with _entry_lock(entry.out, cache_root):
+        manifest = _reusable(entry.out, entry.key)  # another deploy may have converted it while this one waited
         if manifest is not None:
-            return manifest, out, True
-        manifest = edgeopt.convert(model, target=tname, out=out, **options)
+            return manifest, entry.out, True
+        manifest = edgeopt.convert(model, target=entry.target, out=entry.out, **entry.options)
         try:
-            (Path(out) / STAMP).write_text(key + "\n")
+            (Path(entry.out) / STAMP).write_text(entry.key + "\n")
         except OSError:
             pass
-    return manifest, out, False
+    return manifest, entry.out, False
+
+
+def install_entry(entry: CacheEntry, files: dict, cache_root: str | None = None) -> dict:
+    """Put a conversion made elsewhere (``files``: relative path -> bytes, as :func:`entry_files` gives) in
+    ``entry``'s place and return its manifest. The files are written to a staging directory and renamed into
+    place, stamp last: a conversion cut short is never taken for a finished one."""
+    with _entry_lock(entry.out, cache_root):
+        manifest = _reusable(entry.out, entry.key)
+        if manifest is not None:
+            return manifest
+        final = Path(entry.out)
+        stage = final.parent / f".{final.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            for rel, data in files.items():
+                if Path(rel).is_absolute() or ".." in Path(rel).parts or rel == STAMP:
+                    raise UsageError(f"conversion result: bad file name {rel!r}")
+                dest = stage / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            (stage / STAMP).write_text(entry.key + "\n")
+            if final.exists():  # an unfinished or stale entry: replaced whole
+                shutil.rmtree(final)
+            os.replace(stage, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        manifest = _reusable(entry.out, entry.key)
+    if manifest is None:
+        raise UsageError(f"{entry.out}: the conversion result is incomplete (its artifact does not match the "
+                         "manifest)")
+    return manifest
+
+
+def entry_files(out: str, max_bytes: int = 4 << 30) -> dict:
+    """Every file of a conversion's output directory (relative path -> bytes), the cache stamp left out."""
+    files, total = {}, 0
+    root = Path(out)
+    for f in sorted(x for x in root.rglob("*") if x.is_file() and not x.is_symlink()):
+        rel = str(f.relative_to(root))
+        if rel == STAMP:
+            continue
+        data = f.read_bytes()
+        total += len(data)
+        if total > max_bytes:
+            raise UsageError(f"{out}: the conversion output is over {max_bytes >> 20} MiB")
+        files[rel] = data
+    return files
 
 
 def deploy(model: str, target: str, devices: list[Device], out: str | None = None, calib=None, val=None,

@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_sha ON results(artifact_sha256);
 CREATE INDEX IF NOT EXISTS results_device ON results(device);
 """
+# Columns added after the first release: an older database gets them on open (ALTER TABLE ... ADD COLUMN).
+# sweep_id / sweep_cell: the sweep a result belongs to and its cell (model.target.recipe@device).
+_ADDED_COLUMNS = (("sweep_id", "TEXT"), ("sweep_cell", "TEXT"))
 
 _SUMMARY = ("id", "created", "command", "device", "target", "host", "artifact_file", "artifact_sha256", "runtime",
             "runtime_version", "p50", "p90", "p99", "mean", "cv", "runs", "clean", "unstable", "label")
@@ -91,6 +94,12 @@ class History:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
             self.db = sqlite3.connect(path, timeout=30)
             self.db.executescript(SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+            with self.db:
+                for name, kind in _ADDED_COLUMNS:
+                    if name not in have:
+                        self.db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+                self.db.execute("CREATE INDEX IF NOT EXISTS results_sweep ON results(sweep_id)")
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"history database {path}: {e}",
                              hint="set --history FILE or $EDGEOPT_HISTORY to a writable path") from None
@@ -106,8 +115,10 @@ class History:
         self.close()
 
     def add(self, result: dict, manifest: dict | None = None, command: str | None = None,
-            label: str | None = None) -> int:
-        """Store one bench result (a device's entry; error entries are not stored). Returns its id."""
+            label: str | None = None, sweep: tuple[str, str] | None = None) -> int:
+        """Store one bench result (a device's entry; error entries are not stored). Returns its id.
+
+        ``sweep``: (sweep id, cell id) when the result is a cell of ``edgeopt sweep``."""
         if "error" in result:
             raise ValueError("error entries are not stored")
         lat = result.get("latency_ms") or {}
@@ -120,14 +131,29 @@ class History:
             cur = self.db.execute(
                 "INSERT INTO results (created, command, device, target, host, artifact_file, artifact_sha256, "
                 "runtime, runtime_version, p50, p90, p99, mean, cv, runs, clean, unstable, label, result_json, "
-                "manifest_json, samples, timestamps) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "manifest_json, samples, timestamps, sweep_id, sweep_cell) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (created, command, result.get("device"), result.get("target"), result.get("host"), art.get("file"),
                  art.get("sha256"), rt.get("name"), rt.get("version"), lat.get("p50"), lat.get("p90"),
                  lat.get("p99"), lat.get("mean"), lat.get("cv"), result.get("runs"),
                  None if clean is None else int(bool(clean)), int(bool(result.get("unstable"))), label,
                  json.dumps(body, default=str), json.dumps(manifest) if manifest else None,
-                 _blob(result.get("samples_ms")), _blob(result.get("timestamps_s"))))
+                 _blob(result.get("samples_ms")), _blob(result.get("timestamps_s")),
+                 sweep[0] if sweep else None, sweep[1] if sweep else None))
         return int(cur.lastrowid)
+
+    def sweep_ids(self, sweep_id: str) -> dict:
+        """{cell id: result id} of the results stored for ``sweep_id`` (the newest per cell)."""
+        rows = self.db.execute("SELECT sweep_cell, MAX(id) FROM results WHERE sweep_id = ? GROUP BY sweep_cell",
+                               (sweep_id,)).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def sweeps(self, limit: int = 50) -> list[dict]:
+        """The sweeps in the history, newest first: ``{"sweep_id", "results", "last"}``."""
+        rows = self.db.execute("SELECT sweep_id, COUNT(*), MAX(created), MAX(id) AS m FROM results "
+                               "WHERE sweep_id IS NOT NULL GROUP BY sweep_id ORDER BY m DESC LIMIT ?",
+                               (int(limit),)).fetchall()
+        return [{"sweep_id": r[0], "results": int(r[1]), "last": r[2]} for r in rows]
 
     def list(self, limit: int = 50, device: str | None = None, sha256: str | None = None) -> list[dict]:
         """Newest first: one summary dict per result."""
