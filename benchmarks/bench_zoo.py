@@ -67,7 +67,7 @@ MAGIKA_PAD = 256
 PADDLE = ("ocr_det", "ocr_rec", "ocr_cls", "layout")  # Paddle2ONNX exports: weights in Constant nodes
 OCR_MEAN, OCR_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
-# name -> kind, routes, anchors wanted, and sample counts cap (big inputs: fewer samples, the machine is shared)
+# name -> kind, the routes it is tried on, and a cap on the sample counts (big inputs: fewer; the machine is shared)
 MODELS = {
     "lite0": {"kind": "image classifier", "routes": ("rpi", "jetson"), "cap": None},
     "lite1": {"kind": "image classifier", "routes": ("rpi", "jetson"), "cap": None},
@@ -529,7 +529,8 @@ def run_model(name: str, routes, a) -> list[dict]:
     cap = info["cap"] or 10 ** 9
     spec = prepare(name, min(a.calib, cap), min(a.held_out, cap))
     base = {"kind": info["kind"], "calib": len(spec["calib"]), "held_out": len(spec["held"]),
-            "source": os.path.basename(spec["src"]), "source_bytes": _source_bytes(spec["src"])}
+            "source": os.path.basename(spec["src"]), "source_bytes": _source_bytes(spec["src"]),
+            "commit": (_state()["commit"] or "")[:9]}  # others commit while a long run goes on
     rows = []
     for route in routes:
         if route not in info["routes"] or a.fix_only:
@@ -581,7 +582,9 @@ def table(rows: list[dict]) -> str:
              "| convert s | float ops |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cos, sqnr, top1 = _fmt_outputs(r)
-        result = r["cell"] if r["status"] == "ok" else f"{r['cell']}: {r.get('error', '')}".replace("|", "\\|")
+        error = r.get("error", "")
+        error = error if len(error) <= 150 else error[:150] + "..."  # the whole line is in zoo.json
+        result = r["cell"] if r["status"] == "ok" else f"{r['cell']}: {error}".replace("|", "\\|")
         ops = ", ".join(r.get("float_ops") or []) or "-"
         lines.append(f"| {r['model']} | {r['kind']} | {r['tool']} | {r['route']} | {result} | {cos} | {sqnr} | "
                      f"{top1} | {r.get('size_x', '-')} | {r.get('convert_s', '-')} | {ops} |")
