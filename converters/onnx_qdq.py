@@ -113,7 +113,7 @@ def convert(job, recipe=None) -> list[dict]:
     try:
         # the histogram calibrators print their progress: on stderr with --debug, else nowhere
         sink = sys.stderr if os.environ.get("EDGEOPT_DEBUG") == "1" else io.StringIO()
-        with _reuse_calibration(cache, key, factory), contextlib.redirect_stdout(sink):
+        with _reuse_calibration(cache, key, factory), contextlib.redirect_stdout(sink), _third_party_logs():
             quantize_static(
                 prep, out, _Reader(names, calib),
                 quant_format=QuantFormat.QDQ,
@@ -142,6 +142,22 @@ def convert(job, recipe=None) -> list[dict]:
     return [art]
 
 
+@contextlib.contextmanager
+def _third_party_logs():
+    """onnxruntime's quantizer logs warnings on the root logger ("Please consider pre-processing before
+    quantization", LayerNorm weights, ...): shown with --debug only, like every third-party message."""
+    if os.environ.get("EDGEOPT_DEBUG") == "1":
+        yield
+        return
+    import logging
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _prepare(job, src: str) -> str:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -157,7 +173,29 @@ def _prepare(job, src: str) -> str:
         model = onnx.version_converter.convert_version(model, 13)
         prep = os.path.join(job.workdir, "qdq-prep13.onnx")
         onnx.save(model, prep)
+    if constants_as_initializers(model):
+        prep = os.path.join(job.workdir, "qdq-prep-init.onnx")
+        onnx.save(model, prep)
     return prep
+
+
+def constants_as_initializers(model) -> int:
+    """Constant nodes (a tensor ``value``) made initializers of the same name, in place; returns how many.
+    onnxruntime's quantizer takes weights from initializers only: Paddle exports keep every weight in a
+    Constant node, which failed with "Quantization parameters are not specified for param conv1_weights"."""
+    graph = model.graph
+    constants = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+                 and n.attribute[0].name == "value"]
+    for node in constants:
+        tensor = node.attribute[0].t
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+    if constants:
+        made = {n.output[0] for n in constants}
+        kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in made)]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return len(constants)
 
 
 class _CachedCalibrator:

@@ -8,8 +8,11 @@ converts right. Each rewrite keeps the model's function (same outputs for every 
   lookup (for ids in ``[0, K)``; an id outside gives a zero row in the one-hot form and is not a valid input of
   such a model), and also skips a K-wide one-hot and a matrix product. (Magika's graph is still wrong further
   on, in a JAX Conv onnx2tf lays out wrongly: the pipeline's graph check says so and the conversion fails.)
+- Node names TensorFlow refuses as scope names (``Softmax@0`` in Paddle exports), which made onnx2tf fail.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -22,7 +25,35 @@ def rewrite(model) -> tuple[object, list[str]]:
     n = _onehot_matmul_to_gather(model)
     if n:
         notes.append(f"{n} one-hot MatMul embedding lookup(s) as Gather")
+    n = _scope_safe_node_names(model)
+    if n:
+        notes.append(f"{n} node name(s) made valid TensorFlow scope names")
     return model, notes
+
+
+# TensorFlow's scope names (onnx2tf names its layers after the ONNX nodes); anything else is replaced by "_"
+_SCOPE_FIRST = re.compile(r"[A-Za-z0-9.]")
+_SCOPE_INVALID = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def _scope_safe_node_names(model) -> int:
+    """Node names TensorFlow refuses as scope names (Paddle exports name nodes ``Softmax@0``; onnx2tf then
+    fails inside TensorFlow) renamed, unique, in place. Node names are labels: the function is unchanged."""
+    names = {n.name for n in model.graph.node}
+    changed = 0
+    for k, node in enumerate(model.graph.node):
+        if not node.name or (_SCOPE_FIRST.match(node.name) and not _SCOPE_INVALID.search(node.name)):
+            continue
+        base = _SCOPE_INVALID.sub("_", node.name)
+        base = base if _SCOPE_FIRST.match(base) else "n" + base
+        name = base
+        while name in names:
+            name = f"{base}_{k}"
+            k += 1
+        names.add(name)
+        node.name = name
+        changed += 1
+    return changed
 
 
 def _constants(graph) -> dict:
@@ -68,10 +99,10 @@ def _onehot_matmul_to_gather(model) -> int:
         squeezed = f"{equal.output[0]}__ids"
         axes = f"{equal.output[0]}__axes"
         graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axes))
-        new = [helper.make_node("Squeeze", [ids, axes], [squeezed], name=f"{equal.name}__squeeze")]
+        new = [helper.make_node("Squeeze", [ids, axes], [squeezed], name=f"{equal.name or 'onehot'}_squeeze")]
         for m in matmuls:  # Gather(W, ids) is the MatMul's output: same name, so every reader keeps its input
-            new.append(helper.make_node("Gather", [m.input[1], squeezed], list(m.output), name=f"{m.name}__gather",
-                                        axis=0))
+            new.append(helper.make_node("Gather", [m.input[1], squeezed], list(m.output),
+                                        name=f"{m.name or 'onehot'}_gather", axis=0))
         drop = {id(equal), id(cast)} | {id(m) for m in matmuls}
         position = min(i for i, node in enumerate(graph.node) if id(node) in drop)
         kept = [node for node in graph.node if id(node) not in drop]

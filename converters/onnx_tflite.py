@@ -179,7 +179,13 @@ def graph_check(job, graph, samples, calib) -> dict | None:
     reference = onnx_io.Reference(job.static_onnx_path(), names)
     worst = None
     for source_sample, graph_sample in list(zip(samples, calib))[:GRAPH_CHECK_SAMPLES]:
-        for name, want, got in zip(names, reference(source_sample), graph(tf_tflite.feed(graph_sample, dtypes))):
+        try:
+            outputs = graph(tf_tflite.feed(graph_sample, dtypes))
+        except Exception as e:  # a graph onnx2tf built but TensorFlow cannot run (a wrong Reshape, say)
+            raise UsageError(f"{job.source_name}: onnx2tf's float graph of this model does not run: "
+                             f"{_first_line(e)}",
+                             hint="convert for jetson (ONNX) instead; run with --debug for onnx2tf's log") from None
+        for name, want, got in zip(names, reference(source_sample), outputs):
             want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
             perm = layout_perm(list(want.shape), list(got.shape))
             if perm:  # channels-last output: back to the source layout

@@ -226,6 +226,12 @@ def import_tflite_interpreter():
                          "in a venv (Raspberry Pi OS refuses pip into the system Python)")
 
 
+def _first_line(e) -> str:
+    """An exception's first line (at most 200 characters), or its repr when it has no message."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else repr(e)
+
+
 def _x86() -> bool:
     import platform
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
@@ -347,12 +353,19 @@ class _OnnxBackend:
         try:
             self.sess = ort.InferenceSession(path, sess_options=so, providers=list(zip(providers, opts)), **kw)
         except Exception as e:
-            if provider or providers[0] == "CPUExecutionProvider":
+            if providers[0] == "CPUExecutionProvider" and so.graph_optimization_level != \
+                    ort.GraphOptimizationLevel.ORT_ENABLE_BASIC:
+                # onnxruntime's own graph fusions can fail on a valid model (SimplifiedLayerNormFusion on a
+                # PaddleOCR FP16 recognizer): the model runs with the basic ones, the same numbers, say so
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+                self.sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"], **kw)
+                self.note = f"onnxruntime's graph optimizations failed ({_first_line(e)}); ran with the basic ones"
+            elif provider or providers[0] == "CPUExecutionProvider":
                 raise
-            # a GPU provider that is listed but cannot start (no GPU, library mismatch): run on the CPU, say so
-            self.sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"], **kw)
-            self.note = (f"{providers[0]} failed ({str(e).strip().splitlines()[0][:200] if str(e).strip() else e!r}); "
-                         "ran on CPUExecutionProvider")
+            else:
+                # a GPU provider that is listed but cannot start (no GPU, library mismatch): run on the CPU, say so
+                self.sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"], **kw)
+                self.note = f"{providers[0]} failed ({_first_line(e)}); ran on CPUExecutionProvider"
         self.provider = self.sess.get_providers()[0]
         self._names = [o.name for o in self.sess.get_outputs()]
         self._in_names = [i.name for i in self.sess.get_inputs()]

@@ -98,3 +98,35 @@ def test_gelu_erf_on_rpi(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads(r.stdout)
     assert m["accuracy"]["outputs"]["logits"]["cosine"] > 0.99 and "internal error" not in r.stderr
+
+
+def test_node_names_tensorflow_refuses_are_renamed():
+    model = _onehot_model()
+    model.graph.node[-1].name = "Softmax@0"
+    model.graph.node[-2].name = "_pool"
+    x = np.random.default_rng(1).integers(0, K, (4, L)).astype(np.int32)
+    before = _run(model, x)
+    model, notes = onnx_rewrite.rewrite(model)
+    names = [n.name for n in model.graph.node]
+    assert "Softmax_0" in names and "n_pool" in names and "Softmax@0" not in names
+    assert "2 node name(s) made valid TensorFlow scope names" in notes
+    np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_in_constant_nodes_quantize_for_jetson(tmp_path):
+    """Paddle exports keep every weight in a Constant node; onnxruntime's quantizer takes initializers only
+    (it failed: "Quantization parameters are not specified for param conv1_weights")."""
+    import onnx
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) / 5, "conv1_weights")
+    nodes = [helper.make_node("Constant", [], ["conv1_weights"], value=w),
+             ("Conv", ["x", "conv1_weights"], ["c"], {"pads": [1, 1, 1, 1]}), ("Relu", ["c"], ["y"])]
+    onnx_graph(nodes, {"x": [1, 3, 16, 16]}, {"y": [1, 8, 16, 16]}, path=tmp_path / "paddle_like.onnx")
+    files = save_arrays(tmp_path, calib=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
+    m = edgeopt.convert(str(tmp_path / "paddle_like.onnx"), target="jetson", calib=files["calib"],
+                        out=str(tmp_path / "o"))
+    graph = onnx.load(str(tmp_path / "o" / "model.int8.qdq.onnx")).graph
+    int8 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4}
+    assert int8  # the conv's weights are INT8
+    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99

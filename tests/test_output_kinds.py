@@ -56,3 +56,16 @@ def test_cli_output_kind(tmp_path, tiny_onnx):
                      "the model has no output 'nope'; its outputs are 'y'")
     assert_one_error(edgeopt_cli(*args, "--out", tmp_path / "d", "--output-kind", "y=logits"), "--output-kind y=logits")
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_dense_cosine_is_over_all_samples():
+    """A detector's map: strong on one sample, near zero on the others. Per sample, the empty maps' cosines
+    are noise; over all samples at once the cosine says the artifact is right."""
+    rng = np.random.default_rng(0)
+    ref = 1e-4 * rng.random((4, 1, 32, 32))  # ~0 where there is nothing, as a sigmoid map is
+    ref[0, 0, 8:24, 8:24] = 1.0
+    got = ref + 1e-3 * rng.standard_normal(ref.shape)
+    dense = accuracy.compare([ref], [got], ["maps"])["maps"]
+    assert dense["kind"] == "dense" and dense["cosine"] > 0.99
+    per_sample = accuracy.compare([ref], [got], ["maps"], {"maps": "embedding"})["maps"]
+    assert per_sample["cosine"] < 0.5  # three of four near-zero maps compared on noise

@@ -61,13 +61,19 @@ def metrics(ref: np.ndarray, got: np.ndarray, kind: str | None = None) -> dict:
     noise = float(np.sum(err * err))
     signal = float(np.sum(r * r))
     sqnr = 10.0 * math.log10(signal / noise) if noise > 0 else float("inf")
-    denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-    cos = np.where(denom > 0, np.sum(r * g, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+    kind = kind or ("scores" if looks_like_scores(ref.shape) else "dense")
+    if kind == "dense":
+        # over all samples at once: a detector's map is ~0 on a crop with nothing in it, and the cosine of
+        # two near-zero maps is noise (PaddleOCR's text detector: 0.70 averaged per crop, 99.8% of pixels agree)
+        r_all, g_all = r.reshape(1, -1), g.reshape(1, -1)
+    else:
+        r_all, g_all = r, g
+    denom = np.linalg.norm(r_all, axis=1) * np.linalg.norm(g_all, axis=1)
+    cos = np.where(denom > 0, np.sum(r_all * g_all, axis=1) / np.where(denom > 0, denom, 1), 1.0)
     res = {"cosine": round(float(np.mean(cos)), 6),
            "sqnr_db": round(sqnr, 3) if math.isfinite(sqnr) else 999.0,
            "max_abs_err": round(float(np.max(np.abs(err))), 6),
            "mean_abs_err": round(float(np.mean(np.abs(err))), 6)}
-    kind = kind or ("scores" if looks_like_scores(ref.shape) else "dense")
     res["kind"] = kind
     if kind == "scores":
         res["top1_agreement"] = round(float(np.mean(np.argmax(r, 1) == np.argmax(g, 1))), 6)

@@ -51,6 +51,21 @@ def native_stderr_captured():
         os.dup2(saved, 2)
         os.close(saved)
         if swapped:
-            sys.stderr.close()
+            wrapper = sys.stderr
             sys.stderr = old
+            _rebind_log_handlers(wrapper, old)
+            wrapper.close()
         log.close()
+
+
+def _rebind_log_handlers(wrapper, stream) -> None:
+    """Log handlers created meanwhile on ``sys.stderr`` (onnxruntime's quantizer calls ``logging.warning``,
+    which makes a root handler on the stderr of that moment, the wrapper) write to ``stream`` from now on,
+    not to the wrapper about to be closed: every later log call of the host process would fail."""
+    import logging
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is wrapper:
+                handler.setStream(stream)
