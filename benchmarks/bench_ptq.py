@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
 
 import numpy as np
@@ -322,19 +321,6 @@ def run(name, targets, work, a):
     return rows
 
 
-def _state():
-    """What edgeopt was measured: its commit and the files changed since (others work in the same checkout)."""
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
-                                  cwd=zoo.ROOT).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-    paths = ("sdk", "converters", "targets")
-    return {"commit": git("rev-parse", "HEAD"), "diff_stat": git("diff", "--stat", "HEAD", "--", *paths),
-            "untracked": git("ls-files", "--others", "--exclude-standard", "--", *paths)}
-
-
 def table(rows):
     """The rows as a Markdown table."""
     lines = ["| model | tool | target | top-1 held-out | top-1 margin>=0.1 | SQNR dB | float layers | bytes | x FP32 "
@@ -377,7 +363,7 @@ def main(argv=None):
     rows = []
     for name in a.models.split(","):
         rows += run(name, a.targets.split(","), a.work, a)
-    result = {"edgeopt": _state(), "calib": a.calib, "held_out": a.held_out, "margin": MARGIN,
+    result = {"edgeopt": zoo.edgeopt_state(), "calib": a.calib, "held_out": a.held_out, "margin": MARGIN,
               "wall_s": round(time.perf_counter() - t0, 1), "load_avg": os.getloadavg(), "rows": rows}
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
     with open(os.path.join(HERE, "out", "ptq.json"), "w") as f:

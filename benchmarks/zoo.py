@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,54 @@ open({str(cached) + '.tmp'!r}, "wb").write(c.convert())
         os.replace(str(cached) + ".tmp", cached)
     shutil.copy(cached, path)
     return path
+
+
+# ---------------------------------------------------------------- Magika (integer input): real bytes
+
+MAGIKA_PAD = 256  # Magika's padding token
+
+
+def magika_features(path: str) -> np.ndarray:
+    """Magika's input for one file: its first 1024 bytes (leading whitespace stripped, padded after) and its
+    last 1024 (trailing whitespace stripped, padded before)."""
+    with open(path, "rb") as f:
+        content = f.read()
+    beg, end = content.lstrip()[:1024], content.rstrip()[-1024:]
+    row = np.full(2048, MAGIKA_PAD, np.int32)
+    row[:len(beg)] = np.frombuffer(beg, np.uint8)
+    row[2048 - len(end):] = np.frombuffer(end, np.uint8)
+    return row
+
+
+def stdlib_files(n: int) -> list[str]:
+    """``n`` files of this Python's standard library, round-robin over the extensions, in a fixed order."""
+    found = []
+    for root, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
+        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "__pycache__"))
+        found += [os.path.join(root, f) for f in sorted(files) if os.path.getsize(os.path.join(root, f)) >= 64]
+    by_kind: dict = {}
+    for p in found:
+        by_kind.setdefault(os.path.splitext(p)[1], []).append(p)
+    rows = [iter(v) for _, v in sorted(by_kind.items())]
+    picked: list = []
+    while len(picked) < n and rows:
+        for it in list(rows):
+            p = next(it, None)
+            if p is None:
+                rows.remove(it)
+            elif len(picked) < n:
+                picked.append(p)
+    return picked
+
+
+def edgeopt_state() -> dict:
+    """What edgeopt was measured: its commit and the files changed since (others work in the same checkout)."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                                  cwd=ROOT).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    paths = ("sdk", "converters", "targets")
+    return {"commit": git("rev-parse", "HEAD"), "diff_stat": git("diff", "--stat", "HEAD", "--", *paths),
+            "untracked": git("ls-files", "--others", "--exclude-standard", "--", *paths)}

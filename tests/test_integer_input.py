@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import sysconfig
 
 import numpy as np
 import pytest
 
 import edgeopt
 from edgeopt.conversion import pipeline
-from edgeopt_testkit import assert_one_error, edgeopt_cli, save_arrays
-
-PAD = 256  # Magika's padding token
-
+from edgeopt_testkit import assert_one_error, edgeopt_cli, models, save_arrays
 
 def _magika_onnx() -> str:
     import magika
@@ -25,45 +21,11 @@ def _magika_onnx() -> str:
     return path
 
 
-def _features(path: str) -> np.ndarray:
-    """Magika's input for one file: its first 1024 bytes (leading whitespace stripped, padded after) and its
-    last 1024 (trailing whitespace stripped, padded before)."""
-    with open(path, "rb") as f:
-        content = f.read()
-    beg, end = content.lstrip()[:1024], content.rstrip()[-1024:]
-    row = np.full(2048, PAD, np.int32)
-    row[:len(beg)] = np.frombuffer(beg, np.uint8)
-    row[2048 - len(end):] = np.frombuffer(end, np.uint8)
-    return row
-
-
-def _real_files(n: int) -> list[str]:
-    """``n`` files of this Python's standard library, of every kind it has (sources, data, shared objects),
-    in a fixed order."""
-    found = []
-    for root, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
-        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "__pycache__"))
-        found += [os.path.join(root, f) for f in sorted(files) if os.path.getsize(os.path.join(root, f)) >= 64]
-    by_kind: dict = {}
-    for p in found:
-        by_kind.setdefault(os.path.splitext(p)[1], []).append(p)
-    rows = [iter(v) for _, v in sorted(by_kind.items())]
-    picked = []
-    while len(picked) < n and rows:  # round-robin over the kinds: not 300 Python sources
-        for it in list(rows):
-            p = next(it, None)
-            if p is None:
-                rows.remove(it)
-            elif len(picked) < n:
-                picked.append(p)
-    return picked
-
-
 @pytest.fixture(scope="module")
 def magika(tmp_path_factory):
     d = tmp_path_factory.mktemp("magika")
-    files = _real_files(300)
-    x = np.stack([_features(p) for p in files])
+    files = models.zoo.stdlib_files(300)
+    x = np.stack([models.zoo.magika_features(p) for p in files])
     arrays = save_arrays(d, calib=x[0::2][:120], val=x[1::2][:120])
     return d, _magika_onnx(), arrays
 
