@@ -289,6 +289,22 @@ def _no_int8_kernel(error: UsageError) -> UsageError:
     return error
 
 
+def _float_runs(calibrated: bytes, calib):
+    """The calibrated float model (every tensor kept) run on each sample of ``calib`` in turn: yields its
+    interpreter after each run, each input fed in its own dtype."""
+    from ai_edge_litert.interpreter import Interpreter
+    with warnings.catch_warnings():  # "intended for debugging": that is what it is used for here
+        warnings.simplefilter("ignore", UserWarning)
+        fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    fi.allocate_tensors()
+    details = fi.get_input_details()
+    for sample in calib:
+        for d, a in zip(details, sample):
+            fi.set_tensor(d["index"], np.asarray(a, d["dtype"]))
+        fi.invoke()
+        yield fi
+
+
 def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None = None) -> bytes:
     """The calibrated float model (min/max per tensor, from the converter's calibration) with the ranges of
     its activations chosen by ``method`` (edgeopt.conversion.ranges) from per-sample statistics of the float
@@ -296,7 +312,6 @@ def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None =
     narrower than what the model gives would clip the top logits into ties. "minmax" returns the model as is."""
     if method == "minmax":
         return calibrated
-    from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.tools import flatbuffer_utils
 
     from edgeopt.conversion import ranges
@@ -306,17 +321,8 @@ def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None =
     want = [i for i, t in enumerate(sg.tensors) if i not in io and t.quantization is not None
             and t.quantization.min is not None and len(t.quantization.min) == 1
             and t.quantization.max is not None and len(t.quantization.max) == 1]
-    with warnings.catch_warnings():  # "intended for debugging": that is what it is used for here
-        warnings.simplefilter("ignore", UserWarning)
-        fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    fi.allocate_tensors()
-    ins = [d["index"] for d in fi.get_input_details()]
-    in_types = [d["dtype"] for d in fi.get_input_details()]
     col = ranges.Collector(keep_values=method in ranges.NEEDS_VALUES)
-    for sample in calib:
-        for i, a, t in zip(ins, sample, in_types):
-            fi.set_tensor(i, np.asarray(a, t))
-        fi.invoke()
+    for fi in _float_runs(calibrated, calib):
         for i in want:
             col.add(str(i), fi.get_tensor(i))
     got = col.ranges(method, symmetric=False,
@@ -473,18 +479,9 @@ def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict
             out = qi._get_tensor_details(op["outputs"][0], subgraph_index=0)["name"]
             q_ops[out] = int(op["inputs"][1])
     # per-channel means of the layers' inputs, float model on the calibration samples
-    with warnings.catch_warnings():  # "intended for debugging": that is what it is used for here
-        warnings.simplefilter("ignore", UserWarning)
-        fi = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    fi.allocate_tensors()
-    ins = [d["index"] for d in fi.get_input_details()]
-    in_types = [d["dtype"] for d in fi.get_input_details()]
     want = {inputs[0] for _, inputs, _ in layers}
     sums, n = {}, 0
-    for sample in calib:
-        for i, a, t in zip(ins, sample, in_types):
-            fi.set_tensor(i, np.asarray(a, t))
-        fi.invoke()
+    for fi in _float_runs(calibrated, calib):
         n += 1
         for t in want:
             v = fi.get_tensor(t)
