@@ -87,7 +87,8 @@ def convert(job, recipe=None) -> list[dict]:
     recipe = job.recipe if recipe is None else recipe
     job.tf_graph, job.tf_calib, job.tf_perms = job.graph, job.calib_samples(), [None] * len(job.inputs)
     data, info = tf_tflite.quantize(job.graph, job.tf_calib, job.io_dtype, job.allow_float_fallback,
-                                    source=job.source_name, **tf_tflite.recipe_options(recipe))
+                                    source=job.source_name, cache=job.__dict__.setdefault("tf_rounding", {}),
+                                    **tf_tflite.recipe_options(recipe))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": [None] * len(job.inputs),

@@ -21,7 +21,7 @@ import numpy as np
 from edgeopt.conversion import ranges
 from edgeopt.errors import UsageError
 
-__all__ = ["convert", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "MANY_FLOAT_ADVICE",
+__all__ = ["convert", "gptq_rounded", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "MANY_FLOAT_ADVICE",
            "rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info"]
 
 # What gets Q/DQ on its inputs: the compute layers, pooling, and residual Adds (two computed inputs: TensorRT
@@ -85,6 +85,8 @@ def convert(job, recipe=None) -> list[dict]:
     method_name = recipe.calibration_method
     ours = method_name in ranges.METHODS and method_name != "minmax"  # ranges estimated here, not by onnxruntime
     method = CalibrationMethod.Entropy if method_name == "entropy" else CalibrationMethod.MinMax
+    if recipe.weight_rounding == "gptq":  # before bias correction: it corrects what the rounded weights still shift
+        prep = gptq_rounded(job, prep, names, bool(recipe.per_channel))
     job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
     if recipe.bias_correction:
         prep = bias_corrected(job, prep, names, set(recipe.float_layers), recipe)
@@ -301,6 +303,106 @@ class _reuse_calibration:
     def __exit__(self, *exc):
         self._mod.create_calibrator = self._orig
         return False
+
+
+def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> str:
+    """The float graph with the weights of its Conv (dense or depthwise), Gemm and MatMul layers rounded by GPTQ
+    (edgeopt.conversion.rounding) and written back as float values on the INT8 grid quantize_static derives
+    from them (symmetric, max|w| / 127 per output channel: Conv axis 0, Gemm/MatMul the output axis), so its
+    own rounding keeps every code. Hessians from the float graph on the first ROUNDING_SAMPLES calibration
+    samples. Same node and tensor names as ``prep``; computed once per job and graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeopt.conversion import rounding
+    from edgeopt.conversion.defaults import ROUNDING_SAMPLES
+    cache = job.__dict__.setdefault("_gptq_cache", {})
+    key = (prep, per_channel)
+    if key in cache:
+        return cache[key]
+    fm = onnx.load(prep)
+    inits = {i.name: i for i in fm.graph.initializer}
+    users: dict = {}
+    for n in fm.graph.node:
+        for t in n.input:
+            users[t] = users.get(t, 0) + 1
+    attr = lambda n, name, default: next((onnx.helper.get_attribute_value(a) for a in n.attribute  # noqa: E731
+                                          if a.name == name), default)
+    layers = []   # (node, kind, weight [O, ...] rows view info)
+    for n in fm.graph.node:
+        if len(n.input) < 2 or n.input[1] not in inits or users.get(n.input[1], 0) != 1:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if w.dtype != np.float32:
+            continue
+        if n.op_type == "Conv" and w.ndim == 4:
+            g = attr(n, "group", 1)
+            auto = attr(n, "auto_pad", b"NOTSET")
+            auto = auto.decode() if isinstance(auto, bytes) else auto
+            if auto not in ("NOTSET", "VALID", "SAME_UPPER"):
+                continue
+            if g == 1:
+                kind = "conv"
+            elif w.shape[1] == 1 and g == w.shape[0]:
+                kind = "depthwise"
+            else:
+                continue
+            layers.append((n, kind, auto))
+        elif n.op_type == "Gemm" and w.ndim == 2 and not attr(n, "transA", 0):
+            layers.append((n, "gemm_t" if attr(n, "transB", 0) else "matmul", None))
+        elif n.op_type == "MatMul" and w.ndim == 2:
+            layers.append((n, "matmul", None))
+    if not layers:
+        cache[key] = prep
+        return prep
+    import onnxruntime as ort
+    m = onnx.ModelProto()
+    m.CopyFrom(fm)
+    have = {o.name for o in m.graph.output}
+    for t in sorted({n.input[0] for n, _, _ in layers} - have):
+        m.graph.output.append(onnx.ValueInfoProto(name=t))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    hs = rounding.Hessians()
+    for sample in job.calib_samples()[:ROUNDING_SAMPLES]:
+        got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
+        for n, kind, auto in layers:
+            x = got[n.input[0]]
+            if kind in ("gemm_t", "matmul"):
+                hs.add_rows(n.name, x.reshape(-1, x.shape[-1]))
+                continue
+            if x.ndim != 4:
+                continue
+            w_shape = inits[n.input[1]].dims
+            k = tuple(w_shape[2:])
+            st = tuple(attr(n, "strides", [1, 1]))
+            dl = tuple(attr(n, "dilations", [1, 1]))
+            xh = np.transpose(x, (0, 2, 3, 1))
+            if auto == "SAME_UPPER":
+                pads = rounding.same_pads(xh.shape[1:3], k, st, dl)
+            else:
+                p = list(attr(n, "pads", [0, 0, 0, 0]))
+                pads = (p[0], p[2], p[1], p[3])        # ONNX: begins then ends
+            pt = rounding.patches(xh, k, st, dl, pads, rows=rounding.ROWS if kind == "conv" else rounding.CHANNEL_ROWS)
+            if kind == "conv":   # ONNX weights [O, I, kh, kw]: rows over (I, kh, kw)
+                hs.add_rows(n.name, np.transpose(pt, (0, 3, 1, 2)).reshape(len(pt), -1))
+            else:
+                hs.add_channels(n.name, pt.reshape(len(pt), -1, pt.shape[-1]))
+    for n, kind, _ in layers:
+        h = hs.get(n.name)
+        if h is None:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        rows = w.T if kind == "matmul" else w.reshape(w.shape[0], -1)
+        grid = rounding.grid_values(rows, h, per_row=per_channel)
+        new = grid.T if kind == "matmul" else grid.reshape(w.shape)
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(new.astype(np.float32), n.input[1]))
+    out = os.path.join(job.workdir, "qdq-prep-gptq.onnx")
+    onnx.save(fm, out)
+    cache[key] = out
+    return out
 
 
 def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> str:

@@ -154,6 +154,7 @@ def convert(job, recipe=None) -> list[dict]:
         job.tf_graph_check = graph_check(job, graph, samples, calib)
     graph, calib, real_perms = job.tf_graph, job.tf_calib, job.tf_perms
     data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name,
+                                    cache=job.__dict__.setdefault("tf_rounding", {}),
                                     **tf_tflite.recipe_options(recipe))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],

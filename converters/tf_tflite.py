@@ -184,25 +184,29 @@ def recipe_options(recipe) -> dict:
     """The keywords of :func:`quantize` a recipe (edgeopt.conversion.options.Recipe) asks for. Its float layers
     are recovery's (:func:`rebuild`): a first conversion has none."""
     return {"method": recipe.calibration_method, "bias_correction": bool(recipe.bias_correction),
-            "per_channel": bool(recipe.per_channel)}
+            "per_channel": bool(recipe.per_channel), "weight_rounding": recipe.weight_rounding}
 
 
 def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_float_fallback: bool = False,
              source: str = "model", method: str = "minmax", bias_correction: bool = False,
-             per_channel: bool = True) -> tuple[bytes, dict]:
+             per_channel: bool = True, weight_rounding: str = "nearest", cache: dict | None = None
+             ) -> tuple[bytes, dict]:
     """Full-integer INT8 TFLite (per-channel weights) from a Graph with static batch-1 input shapes.
 
     calib: list of samples, each a list of arrays (batch 1) in the graph's input order and layout.
     method: activation ranges (edgeopt.conversion.ranges.METHODS); "minmax" is the converter's own.
     bias_correction: each convolution's bias absorbs its INT8 weights' mean output shift (Debugger.bias_corrected).
     per_channel: one weight scale per output channel (False: one per tensor).
+    weight_rounding: "gptq" (:func:`_rounded_weights`) or "nearest" (the converter's own).
+    cache: a dict kept across calls on the same graph and calibration data (the rounded weights do not depend
+    on the activation ranges: "auto" computes them once).
     Returns (tflite bytes, info) where info has the signature's tensor indices and any float ops kept.
     """
     cf = _frozen(graph, source)
     # min-max without bias correction is the converter's own one-step conversion; any other recipe calibrates
     # only, sets the ranges it chose (set_ranges), corrects biases, then runs the MLIR quantizer with the I/O
     # types, as TFLiteConverter.convert does after its own calibration
-    stepwise = method != "minmax" or bias_correction
+    stepwise = method != "minmax" or bias_correction or weight_rounding != "nearest"
     io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
 
     dtypes = [i["dtype"] for i in graph.inputs]
@@ -248,9 +252,17 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
                                               output_data_type=io_type)
         cal = set_ranges(data, calib, method)
-        if bias_correction:
+        rounding_info = None
+        if weight_rounding == "gptq":
+            cache = {} if cache is None else cache
+            key = ("gptq", bool(per_channel))
+            if key not in cache:
+                cache[key] = _rounded_weights(data, calib, per_channel)
+            weights, rounding_info = cache[key]
+            cal = _apply_buffers(cal, weights, set())
+        if bias_correction:  # after rounding: it corrects what the rounded weights still shift
             shifts, bc_info = _bias_shifts(cal, final(cal, tf.float32), calib)
-            cal = _apply_biases(cal, shifts, set())
+            cal = _apply_buffers(cal, shifts, set())
         try:
             data = final(cal, io)
         except Exception as e:
@@ -266,6 +278,8 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         info["float_ops"] = left or float_ops
     if bc_info is not None:
         info["bias_correction"] = bc_info
+    if stepwise and rounding_info is not None:
+        info["weight_rounding"] = rounding_info
     return data, info
 
 
@@ -366,7 +380,8 @@ class Debugger:
     """
 
     def __init__(self, graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, source: str = "model",
-                 per_channel: bool = True, method: str = "minmax"):
+                 per_channel: bool = True, method: str = "minmax", weight_rounding: str = "nearest",
+                 cache: dict | None = None):
         cf = _frozen(graph, source)
         self.io_dtype = io_dtype
         self.calib = calib
@@ -389,8 +404,18 @@ class Debugger:
                 debug_options=tf.lite.experimental.QuantizationDebugOptions())
         except Exception as e:
             raise UsageError(f"{source}: quantization debugger failed: {str(e).strip().splitlines()[-1][:300]}") from None
-        if method != "minmax":  # the plain artifact's activation ranges, for the per-layer error and every candidate
-            self.dbg.calibrated_model = set_ranges(self.dbg.calibrated_model, calib, method)
+        if method != "minmax" or weight_rounding != "nearest":
+            # the plain artifact's activation ranges and weights, for the per-layer error and every candidate
+            # (a layer recovery keeps in float keeps its rounded weights too: GPTQ's error is a small part)
+            calibrated = self.dbg.calibrated_model
+            model = set_ranges(calibrated, calib, method)
+            if weight_rounding == "gptq":
+                cache = {} if cache is None else cache
+                key = ("gptq", bool(per_channel))
+                if key not in cache:
+                    cache[key] = _rounded_weights(calibrated, calib, per_channel)
+                model = _apply_buffers(model, cache[key][0], set())
+            self.dbg.calibrated_model = model
             self.dbg.options = self.dbg.options  # rebuilds its debug model from the calibrated model
 
     def _data(self):
@@ -443,16 +468,91 @@ class Debugger:
         if getattr(self, "_bias_shifts", None) is None:
             self._bias_shifts, self.bias_correction_info = _bias_shifts(
                 self.dbg.calibrated_model, self.model([], "float32"), self.calib)
-        return _apply_biases(self.dbg.calibrated_model, self._bias_shifts, set(skip or ()))
+        return _apply_buffers(self.dbg.calibrated_model, self._bias_shifts, set(skip or ()))
 
 
-def _apply_biases(calibrated: bytes, shifts: dict, skip: set) -> bytes:
+def _apply_buffers(calibrated: bytes, buffers: dict, skip: set) -> bytes:
+    """The model with constant buffers replaced: ``buffers`` {layer output name: (buffer index, bytes)} from
+    :func:`_bias_shifts` or :func:`_rounded_weights`; layers in ``skip`` keep theirs."""
     from tensorflow.lite.tools import flatbuffer_utils
     fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    for out, (buf, data) in shifts.items():
+    for out, (buf, data) in buffers.items():
         if out not in skip:
             fm.buffers[buf].data = data
     return bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
+
+
+_KINDS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
+
+
+def _compute_layers(fm) -> list[tuple]:
+    """[(kind, op, inputs, output name)] of a model object's CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED ops."""
+    sg = fm.subgraphs[0]
+    codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+    res = []
+    for op in sg.operators:
+        kind = _KINDS.get(codes[op.opcodeIndex])
+        if kind:
+            t = sg.tensors[op.outputs[0]].name
+            res.append((kind, op, list(op.inputs), t.decode() if isinstance(t, bytes) else t))
+    return res
+
+
+def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tuple[dict, dict]:
+    """GPTQ-rounded weights of every CONV_2D, DEPTHWISE_CONV_2D (multiplier 1) and FULLY_CONNECTED layer
+    (edgeopt.conversion.rounding), as float values on the INT8 grid the quantizer derives from them:
+    ({layer output name: (weight buffer index, bytes)}, info). The Hessians come from the float model on the
+    first ROUNDING_SAMPLES calibration samples."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgeopt.conversion import rounding
+    from edgeopt.conversion.defaults import ROUNDING_SAMPLES
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    sg = fm.subgraphs[0]
+    users: dict = {}
+    for t in sg.tensors:
+        users[t.buffer] = users.get(t.buffer, 0) + 1
+    layers = []
+    for kind, op, inputs, out in _compute_layers(fm):
+        wt = sg.tensors[inputs[1]]
+        data = fm.buffers[wt.buffer].data
+        shape = list(wt.shape)
+        # a shared or non-constant weight, or a depthwise multiplier > 1 (output channels != input channels)
+        if data is None or len(data) != 4 * int(np.prod(shape)) or users.get(wt.buffer, 0) != 1 or wt.type != 0:
+            continue
+        if kind == "DEPTHWISE_CONV_2D" and int(getattr(op.builtinOptions, "depthMultiplier", 1) or 1) != 1:
+            continue
+        layers.append((kind, op, inputs, out, shape))
+    hs = rounding.Hessians()
+    n = 0
+    for fi in _float_runs(calibrated, calib[:ROUNDING_SAMPLES]):
+        n += 1
+        for kind, op, inputs, out, shape in layers:
+            x = fi.get_tensor(inputs[0])
+            if kind == "FULLY_CONNECTED":
+                hs.add_rows(out, x.reshape(-1, shape[1]))
+                continue
+            o = op.builtinOptions
+            k, st, dl = shape[1:3], (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor)
+            pads = rounding.same_pads(x.shape[1:3], k, st, dl) if o.padding == 0 else (0, 0, 0, 0)
+            p = rounding.patches(x, k, st, dl, pads,
+                                 rows=rounding.ROWS if kind == "CONV_2D" else rounding.CHANNEL_ROWS)
+            if kind == "CONV_2D":
+                hs.add_rows(out, p.reshape(len(p), -1))
+            else:
+                hs.add_channels(out, p.reshape(len(p), -1, p.shape[-1]))
+    res = {}
+    for kind, op, inputs, out, shape in layers:
+        h = hs.get(out)
+        if h is None:
+            continue
+        wt = sg.tensors[inputs[1]]
+        w = np.frombuffer(bytes(fm.buffers[wt.buffer].data), np.float32).reshape(shape)
+        rows = w.reshape(-1, shape[-1]).T if kind == "DEPTHWISE_CONV_2D" else w.reshape(shape[0], -1)
+        grid = rounding.grid_values(rows, h, per_row=per_channel)
+        new = grid.T.reshape(shape) if kind == "DEPTHWISE_CONV_2D" else grid.reshape(shape)
+        res[out] = (wt.buffer, np.frombuffer(new.astype(np.float32).tobytes(), np.uint8))
+    return res, {"method": "gptq", "layers": len(res), "of": len(_compute_layers(fm)), "calibration_samples": n}
 
 
 def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict]:
@@ -462,14 +562,8 @@ def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict
 
     fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     sg = fm.subgraphs[0]
-    codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
-    kinds = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
-    name = lambda i: sg.tensors[i].name.decode() if isinstance(sg.tensors[i].name, bytes) else sg.tensors[i].name  # noqa: E731
-    layers = []
-    for op in sg.operators:
-        kind = kinds.get(codes[op.opcodeIndex])
-        if kind and len(op.inputs) > 2 and op.inputs[2] >= 0:
-            layers.append((kind, list(op.inputs), name(op.outputs[0])))
+    kinds = _KINDS
+    layers = [(kind, inputs, out) for kind, _, inputs, out in _compute_layers(fm) if len(inputs) > 2 and inputs[2] >= 0]
     # INT8 weights as the quantizer made them, by the op's output name
     qi = Interpreter(model_content=quantized)
     qi.allocate_tensors()
@@ -579,11 +673,12 @@ MANY_FLOAT_ADVICE = "consider the float model, or a looser --accuracy-target"
 
 def _debugger(job, recipe) -> Debugger:
     """The job's Debugger for a recipe's activation ranges and weight granularity, calibrated once."""
-    key = (recipe.calibration_method, bool(recipe.per_channel))
+    key = (recipe.calibration_method, bool(recipe.per_channel), recipe.weight_rounding)
     debuggers = job.__dict__.setdefault("tf_debuggers", {})
     if key not in debuggers:
         debuggers[key] = Debugger(job.tf_graph, job.tf_calib, job.io_dtype, source=job.source_name,
-                                  per_channel=key[1], method=key[0])
+                                  per_channel=key[1], method=key[0], weight_rounding=key[2],
+                                  cache=job.__dict__.setdefault("tf_rounding", {}))
     return debuggers[key]
 
 

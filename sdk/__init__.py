@@ -27,7 +27,8 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
             max_samples: int = DEFAULT_MAX_CALIB,
             max_val_samples: int = DEFAULT_MAX_VAL, trust_model_code: bool = False, per_channel: bool = True,
             bias_correction: bool | None = None, calib_percentile: float | None = None,
-            histogram_samples: int | None = None, progress=None, warn=None) -> dict:
+            histogram_samples: int | None = None, weight_rounding: str | None = None, progress=None,
+            warn=None) -> dict:
     """Convert ``model`` for ``target`` and return the manifest (a dict, also written to ``out/manifest.json``).
 
     model:  path to an .onnx file, a Keras .keras/.h5 file, a SavedModel directory or a .tflite file.
@@ -52,7 +53,8 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     ``max_samples``/``max_val_samples``, ``trust_model_code`` (load models whose file can run code, such as
     Keras Lambda layers: only for files you trust). Recipe knobs, as recorded in
     ``manifest["calibration"]["recipe"]``: ``per_channel``, ``bias_correction``, ``calib_percentile``,
-    ``histogram_samples``. ``progress(msg)`` is called at each step; ``warn(msg)`` receives warnings
+    ``histogram_samples``, ``weight_rounding`` (gptq (default: each layer's INT8 weights rounded against its
+    calibration inputs) or nearest). ``progress(msg)`` is called at each step; ``warn(msg)`` receives warnings
     (default: printed on stderr). An unknown keyword is a TypeError naming it.
 
     Raises :class:`UsageError` for bad input (exit code 2) and :class:`GateError` when an accuracy gate
@@ -63,7 +65,7 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     # the pipeline makes one ConversionOptions of these (edgeopt.conversion.options): None is its default
     recipe = {"explain": explain, "calibration_method": calibration_method, "per_channel": per_channel,
               "bias_correction": bias_correction, "calib_percentile": calib_percentile,
-              "histogram_samples": histogram_samples}
+              "histogram_samples": histogram_samples, "weight_rounding": weight_rounding}
     if warn is not None:  # None: the pipeline's (printed on stderr)
         recipe["warn"] = warn
     return pipeline.convert(model, target=target, calib=calib, val=val, out=out, input_shapes=input_shapes, mean=mean,
@@ -112,7 +114,7 @@ def deploy(model, target: str, devices=None, *, local: bool = False, inventory=N
            accuracy_target=None,
            max_float_layers=None, allow_float_fallback: bool = False, allow_cpu_ops: bool = False,
            explain: bool = False,
-           calibration_method: str | None = None,
+           calibration_method: str | None = None, weight_rounding: str | None = None,
            max_samples: int = DEFAULT_MAX_CALIB, max_val_samples: int = DEFAULT_MAX_VAL,
            trust_model_code: bool = False, warmup: int = RUNNER_DEFAULTS["warmup"],
            runs: int = RUNNER_DEFAULTS["runs"], min_seconds: float = RUNNER_DEFAULTS["min_seconds"],
@@ -153,6 +155,7 @@ def deploy(model, target: str, devices=None, *, local: bool = False, inventory=N
              "max_float_layers": max_float_layers,
              "allow_cpu_ops": allow_cpu_ops or None, "allow_float_fallback": allow_float_fallback or None,
              "explain": explain or None, "calibration_method": calibration_method,
+             "weight_rounding": weight_rounding,
              "max_samples": None if max_samples == DEFAULT_MAX_CALIB else max_samples,
              "max_val_samples": None if max_val_samples == DEFAULT_MAX_VAL else max_val_samples}
     convert_options = {k: v for k, v in given.items() if v is not None}

@@ -10,7 +10,7 @@ import pytest
 
 import edgeopt
 from edgeopt import converters
-from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_BIAS_CORRECTION
+from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_BIAS_CORRECTION, WEIGHT_ROUNDINGS
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.errors import UsageError
 
@@ -20,18 +20,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------------------- the recipe
 
 @pytest.mark.parametrize("recipe, manifest", [
-    (Recipe(), {"calibration_method": "minmax", "per_channel": True, "float_layers": 0, "bias_correction": False}),
+    (Recipe(), {"calibration_method": "minmax", "per_channel": True, "float_layers": 0, "bias_correction": False, "weight_rounding": "nearest"}),
     (Recipe("mse", bias_correction=True),
-     {"calibration_method": "mse", "per_channel": True, "float_layers": 0, "bias_correction": True}),
+     {"calibration_method": "mse", "per_channel": True, "float_layers": 0, "bias_correction": True, "weight_rounding": "nearest"}),
     (Recipe("percentile", histogram_samples=64, bias_correction=True, float_layers=("conv1", "fc")),
      {"calibration_method": "percentile", "per_channel": True, "float_layers": 2, "bias_correction": True,
-      "percentile": 99.99, "calibration_samples": 64}),
+      "weight_rounding": "nearest", "percentile": 99.99, "calibration_samples": 64}),
     (Recipe("percentile", per_channel=False, calib_percentile=99.9),
      {"calibration_method": "percentile", "per_channel": False, "float_layers": 0, "bias_correction": False,
-      "percentile": 99.9}),
+      "weight_rounding": "nearest", "percentile": 99.9}),
     (Recipe("entropy", histogram_samples=64),
      {"calibration_method": "entropy", "per_channel": True, "float_layers": 0, "bias_correction": False,
-      "calibration_samples": 64}),
+      "weight_rounding": "nearest", "calibration_samples": 64}),
+    (Recipe("mse", bias_correction=True, weight_rounding="gptq"),
+     {"calibration_method": "mse", "per_channel": True, "float_layers": 0, "bias_correction": True,
+      "weight_rounding": "gptq"}),
 ])
 def test_recipe_round_trips_the_manifests_recipe(recipe, manifest):
     """calibration.recipe as docs/manifest.md describes it (keys and their order, as json.dump writes them),
@@ -65,7 +68,8 @@ def test_recipe_is_frozen_and_float_layers_a_tuple():
 
 def test_from_keywords_fills_the_user_facing_defaults():
     o = ConversionOptions.from_keywords()
-    assert o.recipe == Recipe(CALIBRATION_METHODS[0], bias_correction=DEFAULT_BIAS_CORRECTION)
+    assert o.recipe == Recipe(CALIBRATION_METHODS[0], bias_correction=DEFAULT_BIAS_CORRECTION,
+                              weight_rounding=WEIGHT_ROUNDINGS[0])
     assert o.keywords() == {}  # a default request: nothing to pass on, nothing in deploy's cache key
     assert ConversionOptions.from_keywords(calibration_method=None, bias_correction=None, per_channel=None,
                                            explain=False) == o
@@ -76,6 +80,7 @@ def test_from_keywords_fills_the_user_facing_defaults():
     {"accuracy_target": "sqnr=40", "max_float_layers": "12.5%", "allow_cpu_ops": True},
     {"calibration_method": "percentile", "calib_percentile": 99.9, "histogram_samples": 32, "per_channel": False,
      "bias_correction": False, "explain": True, "allow_float_fallback": True, "trust_model_code": True},
+    {"weight_rounding": "nearest"},
 ])
 def test_keywords_give_back_the_same_options(keywords):
     o = ConversionOptions.from_keywords(**keywords)
@@ -90,6 +95,8 @@ def test_from_keywords_refuses_what_the_pipeline_refused():
         ConversionOptions.from_keywords(max_float_layers=3)
     with pytest.raises(UsageError, match="--accuracy-target"):
         ConversionOptions.from_keywords(accuracy_target="top1=2")
+    with pytest.raises(UsageError, match="--weight-rounding 'adaround': expected one of gptq, nearest"):
+        ConversionOptions.from_keywords(weight_rounding="adaround")
 
 
 def test_manifest_options_keep_their_keys_and_order():

@@ -19,7 +19,8 @@ CONVERT = {
     "max_float_layers": None,
     "allow_float_fallback": False, "allow_cpu_ops": False, "explain": False, "calibration_method": None,
     "max_samples": 200, "max_val_samples": 1000, "trust_model_code": False, "per_channel": True,
-    "bias_correction": None, "calib_percentile": None, "histogram_samples": None, "progress": None, "warn": None,
+    "bias_correction": None, "calib_percentile": None, "histogram_samples": None, "weight_rounding": None, "progress": None,
+    "warn": None,
 }
 BENCH = {
     "artifact": _, "devices": None, "local": False, "inventory": None, "warmup": 10, "runs": 100,
@@ -30,8 +31,8 @@ DEPLOY = {
     "model": _, "target": _, "devices": None, "local": False, "inventory": None, "out": None, "calib": None,
     "val": None, "input_shapes": None, "mean": None, "std": None, "io": None, "min_sqnr": None, "min_top1": None,
     "min_cosine": 0.9, "output_kinds": None, "accuracy_target": None, "max_float_layers": None, "allow_float_fallback": False, "allow_cpu_ops": False,
-    "explain": False, "calibration_method": None, "max_samples": 200, "max_val_samples": 1000, "trust_model_code": False,
-    "warmup": 10, "runs": 100, "min_seconds": 1.0, "threads": None, "seed": 0, "input": None,
+    "explain": False, "calibration_method": None, "weight_rounding": None, "max_samples": 200, "max_val_samples": 1000,
+    "trust_model_code": False, "warmup": 10, "runs": 100, "min_seconds": 1.0, "threads": None, "seed": 0, "input": None,
     "lock_timeout": 600.0, "warmup_seconds": 0.0, "sustained": 0.0, "cv_threshold": None, "no_bench": False,
     "accept_new": False, "cache_root": None,
 }

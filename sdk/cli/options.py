@@ -138,6 +138,9 @@ CONVERSION = [
            help="Activation ranges: auto (default: the better of mse and mean_minmax on the calibration "
                 "samples), mse (least INT8 error per tensor), minmax, mean_minmax, percentile, or entropy (ONNX "
                 "QDQ only)."),
+    option("weight_rounding", Optional[str], None, "--weight-rounding",
+           help="INT8 weight rounding: gptq (default: each layer's weights rounded against its calibration "
+                "inputs, least output error) or nearest (the converter's own)."),
     option("max_samples", int, DEFAULT_MAX_CALIB, "--max-samples", help="At most this many calibration samples."),
     option("max_val_samples", int, DEFAULT_MAX_VAL, "--max-val-samples",
            help="At most this many validation samples."),

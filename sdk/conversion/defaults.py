@@ -16,6 +16,11 @@ TFLITE_METHODS = ("auto", "mse", "minmax", "mean_minmax", "percentile")   # thos
 AUTO_METHODS = ("mse", "mean_minmax")   # what "auto" chooses from
 AUTO_SAMPLES = 32                       # calibration samples "auto" compares the candidates on
 DEFAULT_BIAS_CORRECTION = True   # bias correction in the plain recipe (E[x]-weighted INT8 weight error)
+# INT8 weight rounding (edgeopt.conversion.rounding): "gptq" rounds each layer's weights against its inputs'
+# Hessian (the layer's output error, not each weight's); "nearest" is the converters' own. Measured on
+# EfficientNet-Lite0 (TFLite, held-out crops): full INT8 22.5 -> 24.2 dB, top-1 agreement 0.920 -> 0.960.
+WEIGHT_ROUNDINGS = ("gptq", "nearest")   # the first is the default
+ROUNDING_SAMPLES = 32                    # calibration samples whose inputs make GPTQ's Hessians
 # The sanity floor: an artifact whose output has a cosine against FP32 under this is broken, not imprecise
 # (a good INT8 classifier keeps > 0.99; Magika's QDQ with a quantized LayerNorm gave 0.72), and the conversion
 # fails (exit 1) instead of reporting it as a success.

@@ -13,7 +13,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from edgeopt.conversion.defaults import CALIBRATION_METHODS, DEFAULT_BIAS_CORRECTION, DEFAULT_PERCENTILE
+from edgeopt.conversion.defaults import (
+    CALIBRATION_METHODS,
+    DEFAULT_BIAS_CORRECTION,
+    DEFAULT_PERCENTILE,
+    WEIGHT_ROUNDINGS,
+)
 from edgeopt.errors import UsageError
 
 __all__ = ["Recipe", "ConversionOptions", "parse_target", "parse_max_float_layers", "target_str"]
@@ -21,9 +26,10 @@ __all__ = ["Recipe", "ConversionOptions", "parse_target", "parse_max_float_layer
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """How a route quantizes: activation ranges, weight granularity, bias correction and the layers kept in
-    float. The defaults are the converters' bare recipe (min-max, per-channel, no bias correction, all INT8);
-    the user-facing defaults (``auto``, bias correction) are :meth:`ConversionOptions.from_keywords`'s."""
+    """How a route quantizes: activation ranges, weight granularity and rounding, bias correction and the layers
+    kept in float. The defaults are the converters' bare recipe (min-max, per-channel, nearest rounding, no bias
+    correction, all INT8); the user-facing defaults (``auto``, GPTQ, bias correction) are
+    :meth:`ConversionOptions.from_keywords`'s."""
 
     calibration_method: str = "minmax"
     per_channel: bool = True
@@ -31,6 +37,7 @@ class Recipe:
     calib_percentile: float | None = None   # percentile calibration's percentile (None: DEFAULT_PERCENTILE)
     histogram_samples: int | None = None    # calibration samples histogram methods see (percentile, entropy)
     float_layers: tuple[str, ...] = ()      # layers (TFLite tensors / ONNX nodes) kept in float
+    weight_rounding: str = "nearest"        # WEIGHT_ROUNDINGS: "gptq" or the converters' own "nearest"
 
     def __post_init__(self):
         # a list given by a caller would make the frozen object mutable through the back door
@@ -46,6 +53,7 @@ class Recipe:
         r = {"calibration_method": self.calibration_method, "per_channel": bool(self.per_channel),
              "float_layers": len(self.float_layers)}
         r["bias_correction"] = bool(self.bias_correction)
+        r["weight_rounding"] = self.weight_rounding
         if self.calibration_method == "percentile":
             r["percentile"] = float(self.calib_percentile or DEFAULT_PERCENTILE)
         if self.histogram_samples and self.calibration_method != "minmax":
@@ -64,11 +72,13 @@ class Recipe:
         return cls(calibration_method=method, per_channel=bool(recipe.get("per_channel", True)),
                    bias_correction=bool(recipe.get("bias_correction")),
                    calib_percentile=recipe.get("percentile") if method == "percentile" else None,
-                   histogram_samples=recipe.get("calibration_samples"), float_layers=names)
+                   histogram_samples=recipe.get("calibration_samples"), float_layers=names,
+                   weight_rounding=recipe.get("weight_rounding") or "nearest")
 
 
 # edgeopt.convert's keywords that set a Recipe field (the others of ConversionOptions are fields of their own)
-_RECIPE_KEYWORDS = ("calibration_method", "per_channel", "bias_correction", "calib_percentile", "histogram_samples")
+_RECIPE_KEYWORDS = ("calibration_method", "per_channel", "bias_correction", "calib_percentile", "histogram_samples",
+                    "weight_rounding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +108,13 @@ class ConversionOptions:
     @classmethod
     def from_keywords(cls, **keywords) -> ConversionOptions:
         """The options :func:`edgeopt.convert`'s keywords (and the CLI's flags) ask for, the user-facing
-        defaults filled in: ``calibration_method`` auto, bias correction DEFAULT_BIAS_CORRECTION.
+        defaults filled in: ``calibration_method`` auto, ``weight_rounding`` gptq, bias correction
+        DEFAULT_BIAS_CORRECTION.
 
         None means "the default" for every keyword. A keyword not in KEYWORDS is a TypeError naming it (a
         misspelt option must not be silently ignored); a bad ``accuracy_target`` or ``max_float_layers``, or
         ``max_float_layers`` without a target, is a UsageError. The calibration method is not checked here:
-        the pipeline checks it against the target."""
+        the pipeline checks it against the target; the weight rounding is (a UsageError)."""
         unknown = sorted(set(keywords) - cls.KEYWORDS)
         if unknown:
             raise TypeError(f"convert() got unexpected keyword argument(s): {', '.join(unknown)}")
@@ -112,12 +123,15 @@ class ConversionOptions:
         if budget is not None and not target:  # it bounds recovery only: without a target it would be ignored
             raise UsageError("--max-float-layers bounds --accuracy-target's recovery; give --accuracy-target too")
         bias = keywords.get("bias_correction")
+        rounding = keywords.get("weight_rounding") or WEIGHT_ROUNDINGS[0]
+        if rounding not in WEIGHT_ROUNDINGS:
+            raise UsageError(f"--weight-rounding {rounding!r}: expected one of {', '.join(WEIGHT_ROUNDINGS)}")
         per_channel = keywords.get("per_channel")
         recipe = Recipe(calibration_method=keywords.get("calibration_method") or CALIBRATION_METHODS[0],
                         per_channel=True if per_channel is None else bool(per_channel),
                         bias_correction=DEFAULT_BIAS_CORRECTION if bias is None else bool(bias),
                         calib_percentile=keywords.get("calib_percentile"),
-                        histogram_samples=keywords.get("histogram_samples"))
+                        histogram_samples=keywords.get("histogram_samples"), weight_rounding=rounding)
         return cls(recipe=recipe, accuracy_target=target, max_float_layers=budget,
                    allow_cpu_ops=bool(keywords.get("allow_cpu_ops")),
                    allow_float_fallback=bool(keywords.get("allow_float_fallback")),
@@ -145,6 +159,8 @@ class ConversionOptions:
             res["calib_percentile"] = r.calib_percentile
         if r.histogram_samples is not None:
             res["histogram_samples"] = r.histogram_samples
+        if r.weight_rounding != WEIGHT_ROUNDINGS[0]:
+            res["weight_rounding"] = r.weight_rounding
         return res
 
     def to_manifest(self) -> dict:

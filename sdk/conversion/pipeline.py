@@ -169,7 +169,7 @@ def convert(model, target: str, calib=None, val=None, out=None, input_shapes=Non
             allow_cpu_ops: bool = False, trust_model_code: bool = False, max_float_layers=None, **recipe) -> dict:
     """See :func:`edgeopt.convert`. ``trust_model_code``: load models whose file can run code (Keras Lambda).
     ``recipe``: the recipe keywords (calibration_method, per_channel, bias_correction, calib_percentile,
-    histogram_samples) and ``explain``; another keyword is a TypeError naming it."""
+    histogram_samples, weight_rounding) and ``explain``; another keyword is a TypeError naming it."""
     # one typed object from here on (converters, recovery, manifest); a misspelt keyword is a TypeError
     options = ConversionOptions.from_keywords(
         accuracy_target=accuracy_target, max_float_layers=max_float_layers, allow_cpu_ops=allow_cpu_ops,

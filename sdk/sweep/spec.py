@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from edgeopt import targets
-from edgeopt.conversion.defaults import CALIBRATION_METHODS, IO_DTYPES
+from edgeopt.conversion.defaults import CALIBRATION_METHODS, IO_DTYPES, WEIGHT_ROUNDINGS
 from edgeopt.conversion.options import ConversionOptions
 from edgeopt.errors import UsageError
 
@@ -28,7 +28,8 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TOP = {"name", "models", "targets", "recipes", "devices", "inventory", "bench"}
 _MODEL = {"name", "path", "calib", "val", "input_shapes", "mean", "std"}
 _RECIPE = {"name", "calibration", "accuracy_target", "max_float_layers", "per_channel", "bias_correction",
-           "calib_percentile", "io", "allow_float_fallback", "min_cosine", "max_samples", "max_val_samples"}
+           "calib_percentile", "io", "allow_float_fallback", "min_cosine", "max_samples", "max_val_samples",
+           "weight_rounding"}
 _BENCH = {"warmup": int, "runs": int, "min_seconds": (int, float), "threads": int, "seed": int,
           "lock_timeout": (int, float)}
 
@@ -263,6 +264,11 @@ def _recipe(r: dict, i: int, fail) -> Recipe:
         if method not in CALIBRATION_METHODS:
             fail(f"{key}.calibration {str(method)[:80]!r}: one of {', '.join(CALIBRATION_METHODS)}")
         opts["calibration_method"] = method
+    rounding = r.get("weight_rounding")
+    if rounding is not None:
+        if rounding not in WEIGHT_ROUNDINGS:
+            fail(f"{key}.weight_rounding {str(rounding)[:80]!r}: one of {', '.join(WEIGHT_ROUNDINGS)}")
+        opts["weight_rounding"] = rounding
     for k in ("per_channel", "bias_correction", "allow_float_fallback"):
         if k in r:
             if not isinstance(r[k], bool):

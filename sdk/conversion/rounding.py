@@ -1,0 +1,180 @@
+"""INT8 weight rounding by second-order error feedback (GPTQ), numpy only, for every route.
+
+Rounding each weight to its nearest INT8 level is what the converters do. GPTQ (Frantar et al. 2022, "GPTQ:
+Accurate Post-Training Quantization for Generative Pre-trained Transformers"; the update of Optimal Brain
+Quantization) rounds a layer's weights one input column at a time and spreads each rounding error over the
+columns not yet rounded, weighted by the inverse of the layer's input Hessian ``H = E[x x^T]``: it minimises the
+layer's output error ``||(W - Q) X||^2`` on the calibration inputs, not each weight's own error. Measured on
+EfficientNet-Lite0 (TFLite, 32 calibration photos): weights-only output SQNR 19.5 dB nearest -> 27.4 dB, full
+INT8 22.5 -> 24.2 dB.
+
+The routes write the result back as float values on the INT8 grid (code x scale, the scale the converter will
+derive itself: symmetric, ``max|w| / 127`` per output channel), so the converter's own rounding keeps every code;
+each row keeps a weight at +-127 so that the converter derives that same scale.
+
+Inputs are subsampled (:data:`ROWS` positions per sample and layer, fixed pseudo-random) so the cost stays a few
+seconds per model; the result depends only on the data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Hessians", "patches", "gptq", "grid_values", "ROWS", "DAMP", "LEVELS"]
+
+LEVELS = 127     # symmetric INT8 weights: codes -127..127 (both routes; TensorRT and TFLite use narrow range)
+ROWS = 4096      # input rows (positions) per sample and layer that enter a Hessian
+CHANNEL_ROWS = 256   # the same for depthwise layers: 9 or 25 weights per channel need fewer (their cost is C x K^2)
+DAMP = 0.001     # dampening added to H's diagonal, as a fraction of its mean (H may be singular)
+BLOCK = 128      # columns rounded per block (the lazy batch update of GPTQ's implementation)
+
+
+class Hessians:
+    """Per-layer sums of ``x x^T`` over calibration inputs: :meth:`add_rows` for dense layers (one input row
+    per output position), :meth:`add_channels` for depthwise ones (one small Hessian per channel)."""
+
+    def __init__(self, rows: int = ROWS, channel_rows: int = CHANNEL_ROWS):
+        self.rows, self.channel_rows = rows, channel_rows
+        self.sums: dict = {}
+
+    @staticmethod
+    def _subset(n: int, rows: int) -> np.ndarray | None:
+        if n <= rows:
+            return None
+        return np.sort(np.random.default_rng(n).choice(n, rows, replace=False))
+
+    def add_rows(self, key, x) -> None:
+        """x: [N, K] input rows (e.g. im2col patches, or a 1x1 convolution's pixels)."""
+        x = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+        idx = self._subset(len(x), self.rows)
+        if idx is not None:
+            x = x[idx]
+        h = (x.T @ x).astype(np.float64)
+        self.sums[key] = self.sums.get(key, 0) + h
+
+    def add_channels(self, key, p) -> None:
+        """p: [N, K, C] patches of a depthwise layer (K kernel taps, C channels): one [K, K] Hessian per channel."""
+        p = np.asarray(p, np.float32)
+        idx = self._subset(len(p), self.channel_rows)
+        if idx is not None:
+            p = p[idx]
+        h = np.einsum("nkc,nlc->ckl", p, p).astype(np.float64)
+        self.sums[key] = self.sums.get(key, 0) + h
+
+    def get(self, key):
+        """The sum for ``key`` (None if nothing was added): GPTQ is invariant to its scale."""
+        return self.sums.get(key)
+
+
+def patches(x, kernel, strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0), rows: int | None = ROWS):
+    """Convolution input patches of an NHWC tensor at (at most ``rows``, fixed pseudo-random) output positions:
+    [P, kh, kw, C]. ``pads`` = (top, bottom, left, right) zeros around the input."""
+    x = np.asarray(x, np.float32)
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    top, bottom, left, right = pads
+    if any(pads):
+        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    n, h, w, c = x.shape
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    if oh <= 0 or ow <= 0:
+        return np.zeros((0, kh, kw, c), np.float32)
+    total = n * oh * ow
+    pos = np.arange(total)
+    if rows is not None and total > rows:
+        pos = np.sort(np.random.default_rng(total).choice(total, rows, replace=False))
+    b, rest = np.divmod(pos, oh * ow)
+    r, col = np.divmod(rest, ow)
+    ii = (r * sh)[:, None] + np.arange(kh)[None, :] * dh          # [P, kh]
+    jj = (col * sw)[:, None] + np.arange(kw)[None, :] * dw        # [P, kw]
+    return x[b[:, None, None], ii[:, :, None], jj[:, None, :], :]  # [P, kh, kw, C]
+
+
+def same_pads(size, kernel, strides, dilations) -> tuple:
+    """TensorFlow's SAME padding (top, bottom, left, right) for an input of spatial ``size`` (h, w)."""
+    res = []
+    for n, k, s, d in zip(size, kernel, strides, dilations):
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        res += [total // 2, total - total // 2]
+    return tuple(res)
+
+
+def gptq(weights, hessian, scales, damp: float = DAMP, levels: int = LEVELS, keep_rows: bool = True) -> np.ndarray:
+    """INT8 codes [R, K] for ``weights`` [R, K] (rows: output channels; columns: the inputs a row sees), rounded
+    by GPTQ against ``hessian`` ([K, K] shared by all rows, or [R, K, K] one per row) with per-row ``scales``
+    [R] (or one scale). With ``keep_rows`` each row keeps a code at +-levels where its largest weight is, so
+    ``max|w| / levels`` stays the row's scale."""
+    w = np.array(weights, np.float64)
+    rows, cols = w.shape
+    s = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (rows,)).copy()
+    s[s <= 0] = 1.0
+    h = np.array(hessian, np.float64)
+    batched = h.ndim == 3
+    diag = np.diagonal(h, axis1=-2, axis2=-1).copy()
+    # inputs always zero on the calibration data: their rows of H are zero; a unit diagonal decouples them,
+    # so their weights get nearest rounding (other data may well reach them) and spread no error
+    dead = diag <= 0
+    eye = np.eye(cols, dtype=bool)
+    if batched:
+        h[dead[:, :, None] & eye[None]] = 1.0
+        live = np.where(dead, 0.0, diag)
+        mean = live.sum(-1) / np.maximum((~dead).sum(-1), 1)
+        h += (damp * np.maximum(mean, 1e-12))[:, None, None] * eye[None]
+    else:
+        h[dead, dead] = 1.0
+        mean = diag[~dead].mean() if (~dead).any() else 1.0
+        h += damp * max(mean, 1e-12) * np.eye(cols)
+    try:
+        u = np.linalg.cholesky(np.linalg.inv(h))     # lower L: inv(H) = L L^T; GPTQ uses U = L^T
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(np.asarray(weights, np.float64) / s[:, None]), -levels, levels)
+    u = np.swapaxes(u, -1, -2)
+    q = np.zeros((rows, cols))
+    if batched:
+        for i in range(cols):
+            qi = np.clip(np.round(w[:, i] / s), -levels, levels)
+            q[:, i] = qi
+            err = (w[:, i] - qi * s) / u[:, i, i]
+            w[:, i + 1:] -= err[:, None] * u[:, i, i + 1:]
+    else:
+        for a in range(0, cols, BLOCK):
+            b = min(a + BLOCK, cols)
+            wb, ub = w[:, a:b].copy(), u[a:b, a:b]
+            errs = np.zeros((rows, b - a))
+            for i in range(b - a):
+                qi = np.clip(np.round(wb[:, i] / s), -levels, levels)
+                q[:, a + i] = qi
+                err = (wb[:, i] - qi * s) / ub[i, i]
+                wb[:, i + 1:] -= err[:, None] * ub[i, i + 1:][None, :]
+                errs[:, i] = err
+            w[:, b:] -= errs @ u[a:b, b:]
+    if keep_rows:
+        _keep_scale(q, np.asarray(weights, np.float64), levels)
+    return q
+
+
+def _keep_scale(q, weights, levels) -> None:
+    """Each row's largest weight back at +-levels where error feedback moved it off the grid's end (the
+    converter derives the scale from max|w|)."""
+    top = np.abs(q).max(1) < levels
+    if top.any():
+        r = np.nonzero(top)[0]
+        c = np.abs(weights[r]).argmax(1)
+        q[r, c] = np.sign(weights[r, c]) * levels
+
+
+def grid_values(weights, hessian, per_row: bool = True, damp: float = DAMP) -> np.ndarray:
+    """``weights`` [R, K] rounded by :func:`gptq` and written back as float values on the INT8 grid (codes x
+    scales), with the converter's scales: ``max|w| / 127`` per row (``per_row``) or for the whole tensor."""
+    w = np.asarray(weights, np.float64)
+    amax = np.abs(w).max(1) if per_row else np.full(len(w), np.abs(w).max())
+    scales = np.where(amax > 0, amax / LEVELS, 1.0)
+    q = gptq(w, hessian, scales, damp, keep_rows=per_row)
+    if not per_row:
+        q_top = np.abs(q).max()
+        if q_top < LEVELS:  # one weight at the grid's end for the whole tensor is enough
+            i = np.unravel_index(np.abs(w).argmax(), w.shape)
+            q[i] = np.sign(w[i]) * LEVELS
+    return q * scales[:, None]
