@@ -91,6 +91,56 @@ def test_oversized_and_binary_sweep_files(tmp_path):
     assert_one_error(edgeopt_cli("sweep", tmp_path / "none.toml", in_process=True), "no such file")
 
 
+# --------------------------------------------------------------------------- --ray with or without ADDRESS
+
+def _sweep_command():
+    import typer
+
+    from edgeopt import cli
+    cli.register_commands()
+    return typer.main.get_command(cli.app).commands["sweep"]
+
+
+@pytest.mark.parametrize("args, sweep_file, ray", [
+    (["--ray", "s.toml"], "s.toml", "auto"),                       # alone, before the sweep file
+    (["s.toml", "--ray"], "s.toml", "auto"),                       # alone, last
+    (["s.toml", "--ray", "--jobs", "2"], "s.toml", "auto"),        # alone, before another option
+    (["--ray", "sweep.cfg", "--fresh"], "sweep.cfg", "auto"),      # the sweep file is there (any name)
+    (["--ray", "10.0.0.1:6379", "s.toml"], "s.toml", "10.0.0.1:6379"),
+    (["s.toml", "--ray", "ray://head:10001"], "s.toml", "ray://head:10001"),
+    (["s.toml", "--ray=auto"], "s.toml", "auto"),
+    (["s.toml"], "s.toml", None),
+])
+def test_ray_address_is_optional(tmp_path, monkeypatch, args, sweep_file, ray):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.cfg").write_text("")
+    ctx = _sweep_command().make_context("sweep", list(args))  # the parser only: nothing runs
+    assert (ctx.params["sweep_file"], ctx.params["ray"]) == (sweep_file, ray)
+
+
+def test_ray_alone_reaches_the_backend_as_auto(tmp_path, monkeypatch):
+    from edgeopt.errors import UsageError
+    from edgeopt.sweep import cluster
+
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    f = tmp_path / "s.toml"
+    f.write_text('targets = ["rpi5"]\n[[models]]\npath = "m.onnx"\n')
+    seen = []
+
+    class FakeRay:  # what the command gives the backend; Ray is not started
+        def __init__(self, address=None, num_cpus=1.0, **_):
+            seen.append((address, num_cpus))
+            raise UsageError(f"fake cluster at {address}")
+    monkeypatch.setattr(cluster, "RayBackend", FakeRay)
+    out = tmp_path / "out"
+    for args, address in ((["--ray", f], "auto"), ([f, "--ray"], "auto"), ([f, "--ray", "h:6380", "--num-cpus", 2],
+                                                                           "h:6380")):
+        assert_one_error(edgeopt_cli("sweep", *args, "--out", out, in_process=True), f"fake cluster at {address}")
+    assert seen == [("auto", 1.0), ("auto", 1.0), ("h:6380", 2.0)]
+    assert_one_error(edgeopt_cli("sweep", f, "--ray", "", in_process=True), "--ray '': an address")
+    assert len(seen) == 3 and not out.exists()
+
+
 # ------------------------------------------------------------------------------------------ local pool
 
 def test_local_sweep_resumes_and_reruns_without_converting(models, tmp_path):
