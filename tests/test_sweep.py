@@ -181,12 +181,30 @@ def test_local_sweep_resumes_and_reruns_without_converting(models, tmp_path):
     with sqlite3.connect(env["EDGEOPT_HISTORY"]) as db:
         rows = db.execute("SELECT sweep_cell FROM results WHERE sweep_id = ?", (res["sweep"]["id"],)).fetchall()
     assert {r[0] for r in rows} == {r["id"] for r in recs}
+    # its report, from the history alone: every cell of the last run, and the front of its p90 and accuracy
+    from edgeopt.results.pareto import pareto_front
+    from edgeopt.sweep.stored import METRICS
+    rep = js(edgeopt_cli("report", "--sweep", res["sweep"]["id"], "--out", tmp_path / "sweep.html", "--json",
+                         env=env))
+    assert [c["id"] for c in rep["cells"]] == [r["id"] for r in fresh["records"]]
+    assert [c["latency_ms"]["p90"] for c in rep["cells"]] == [r["latency_ms"]["p90"] for r in fresh["records"]]
+    assert [c["artifact"]["sha256"] for c in rep["cells"]] == [r["artifact"]["sha256"] for r in fresh["records"]]
+    key = METRICS[rep["metric"]][0]
+    front = pareto_front([(r["latency_ms"]["p90"], r["accuracy"].get(key)) for r in fresh["records"]])
+    assert front and rep["front"] == [fresh["records"][i]["id"] for i in front]
+    assert sorted(rep["results"]) == sorted(r[0] for r in _ids(env["EDGEOPT_HISTORY"], res["sweep"]["id"]))
     # a cell equals what a plain deploy gives for it (its own cache: converted again)
     cell = next(r for r in recs if r["model"] == "cnn" and r["recipe"] == "minmax")
     assert plain_deploy(models, cell, env, tmp_path / "cache2") == cell["artifact"]["sha256"]
     # the table
     p = edgeopt_cli(*args[:-1], env=env)
     assert p.returncode == 0 and "cnn" in p.stdout and "jetson-agx-orin" in p.stdout
+
+
+def _ids(path, sweep_id) -> list:
+    import sqlite3
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id FROM results WHERE sweep_id = ?", (sweep_id,)).fetchall()
 
 
 def plain_deploy(models, cell, env, cache) -> str:
