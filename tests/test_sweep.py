@@ -118,6 +118,15 @@ def test_ray_address_is_optional(tmp_path, monkeypatch, args, sweep_file, ray):
     assert (ctx.params["sweep_file"], ctx.params["ray"]) == (sweep_file, ray)
 
 
+def test_fill_in_stops_at_double_dash_and_takes_each_value_once():
+    from edgeopt.cli.optional_value import fill_in
+    always = lambda word: True  # noqa: E731
+    assert fill_in(["s.toml", "--", "--ray"], "--ray", "auto", always) == ["s.toml", "--", "--ray"]
+    assert fill_in(["--ray", "--ray"], "--ray", "auto", always) == ["--ray", "auto", "--ray", "auto"]
+    assert fill_in(["--ray", "a", "--ray"], "--ray", "auto", always) == ["--ray", "a", "--ray", "auto"]
+    assert fill_in(["--ray", "a"], "--ray", "auto", lambda word: False) == ["--ray", "auto", "a"]
+
+
 def test_ray_alone_reaches_the_backend_as_auto(tmp_path, monkeypatch):
     from edgeopt.errors import UsageError
     from edgeopt.sweep import cluster
