@@ -44,9 +44,29 @@ def assert_page_safe(page: str):
     assert len([t for t, _ in parser.tags if t == "img"]) <= 3  # the plots, nothing from the payload
 
 
+def outside_code_spans(md: str) -> str:
+    """The text outside code spans, read as GitHub does: a backslash escapes the next character (an escaped
+    backtick opens nothing), and inside a span nothing is escaped (the next backtick closes it)."""
+    out, i = [], 0
+    while i < len(md):
+        if md[i] == "\\":
+            out.append(md[i:i + 2])
+            i += 2
+        elif md[i] == "`":
+            end = md.find("`", i + 1)
+            if end < 0:
+                out.append(md[i:])
+                break
+            i = end + 1
+        else:
+            out.append(md[i])
+            i += 1
+    return "".join(out)
+
+
 def assert_markdown_safe(md: str):
     """Outside code spans: no raw HTML, no link syntax; a code span cannot be closed early (no backtick in it)."""
-    outside = re.sub(r"`[^`]*`", "", md).replace("<details>", "").replace("</details>", "")
+    outside = outside_code_spans(md).replace("<details>", "").replace("</details>", "")
     outside = outside.replace("<summary>", "").replace("</summary>", "")
     assert "<" not in outside, outside
     assert not re.search(r"(?<!\\)\]\(", outside), outside
@@ -200,3 +220,71 @@ def test_result_and_manifest_reads_are_bounded(tmp_path):
     out.mkdir()
     os.link(huge, out / "manifest.json")
     assert_one_error(edgeopt_cli("bench", out, "--local", timeout=60), "larger than")
+
+
+def _svgs(page: str) -> list[str]:
+    import base64
+    return [base64.b64decode(m).decode() for m in re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', page)]
+
+
+def test_sweep_report_of_a_crafted_history_has_no_markup(tmp_path):
+    """A history database is a file anyone can hand over: names with markup, numbers that are not numbers (or
+    absurd ones), rows that are not JSON, in the records and in the older benchmark rows alike."""
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    from edgeopt_testkit import edgeopt_cli
+
+    db_path = tmp_path / "h.sqlite"
+    sid = "s-" + PAYLOAD
+
+    def rec(i, p90, top1, **extra):
+        r = {"id": f"{PAYLOAD}.{i}@{PAYLOAD}", "cell": PAYLOAD, "model": PAYLOAD + str(i), "target": PAYLOAD,
+             "recipe": PAYLOAD, "device": PAYLOAD, "status": "ok", "error": PAYLOAD,
+             "artifact": {"file": PAYLOAD, "bytes": PAYLOAD, "precision": PAYLOAD},
+             "accuracy": {"output": PAYLOAD, "top1_agreement": top1, "cosine": PAYLOAD, "sqnr_db": [1, 2]},
+             "quantization": {"calibration_method": PAYLOAD, "float_layers": PAYLOAD, "per_channel": PAYLOAD},
+             "latency_ms": {"p50": PAYLOAD, "p90": p90}, "history_id": PAYLOAD}
+        r.update(extra)
+        return r
+    records = [rec(0, 1.0, 0.9), rec(1, 2.0, 0.95), rec(2, float("nan"), 0.99), rec(3, float("inf"), 0.99),
+               rec(4, 1e308, 1.0), rec(5, -1e308, float("-inf")), rec(6, 0.5, 0.5), rec(7, "1.0", "0.9"),
+               rec(8, 3.0, 0.8, status=PAYLOAD), rec(9, 3.0, 0.8, latency_ms=PAYLOAD, accuracy=[PAYLOAD]),
+               rec(10, 0.2, -1e300)]
+    with history.History(str(db_path)) as db:
+        for i, r in enumerate(records):
+            db.put_sweep_record(sid, i, r)
+        # a benchmark row of the same sweep without a record (an older history), crafted as well
+        db.add({"device": PAYLOAD, "target": PAYLOAD, "latency_ms": {"p90": 0.1}}, manifest=_poison(_result()["manifest"]),
+               sweep=(sid, f"{PAYLOAD}@{PAYLOAD}"))
+    con = sqlite3.connect(db_path)
+    con.execute("INSERT INTO sweep_records VALUES (?, 'x', 99, 'now', 'ok', NULL, ?)", (sid, "{not json"))
+    con.execute("INSERT INTO sweep_records VALUES (?, 'y', 98, 'now', 'ok', NULL, ?)", (sid, "[" * 100000))
+    con.execute("INSERT INTO results (created, result_json, manifest_json, sweep_id, sweep_cell, p90) VALUES "
+                "('now', ?, ?, ?, 'z.rpi5.r@d', 'x')", (PAYLOAD, "{", sid))
+    con.commit()
+    con.close()
+    out, md = tmp_path / "r.html", tmp_path / "s.md"
+    p = edgeopt_cli("report", "--sweep", sid, "--history", db_path, "--out", out, "--markdown", md, "--json",
+                    "--title", PAYLOAD)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    res = json.loads(p.stdout)
+    # the 11 records, and the 2 benchmark rows without one; the rows that are not JSON objects are skipped
+    assert len(res["cells"]) == 13
+    assert [c["id"] for c in res["cells"][-2:]] == [f"{PAYLOAD}@{PAYLOAD}", "z.rpi5.r@d"]
+    # ranked: ok cells with a finite p90 and top-1 only; 1e308 and -1e300 are numbers, on the front, not drawn
+    assert res["front"] == [f"{PAYLOAD}.{i}@{PAYLOAD}" for i in (10, 6, 0, 1, 4)]
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    page = out.read_text()
+    assert_page_safe(page)
+    assert_markdown_safe(md.read_text())
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown as text, not dropped
+    (svg,) = _svgs(page)
+    root = ET.fromstring(svg)  # well-formed: every label escaped
+    assert [e.tag for e in root.iter() if e.tag.endswith(("script", "a", "foreignObject", "image"))] == []
+    assert not [a for e in root.iter() for a in e.attrib if a.startswith("on")]
+    assert "<script>" not in svg and "&lt;script&gt;alert(1)" in svg
+    texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert any(t.startswith("<script>alert(1)") for t in texts)  # a front label, as text
+    assert "2 not drawn (a value that is not a finite number within ±1e12)" in texts

@@ -91,6 +91,65 @@ def test_oversized_and_binary_sweep_files(tmp_path):
     assert_one_error(edgeopt_cli("sweep", tmp_path / "none.toml", in_process=True), "no such file")
 
 
+# --------------------------------------------------------------------------- --ray with or without ADDRESS
+
+def _sweep_command():
+    import typer
+
+    from edgeopt import cli
+    cli.register_commands()
+    return typer.main.get_command(cli.app).commands["sweep"]
+
+
+@pytest.mark.parametrize("args, sweep_file, ray", [
+    (["--ray", "s.toml"], "s.toml", "auto"),                       # alone, before the sweep file
+    (["s.toml", "--ray"], "s.toml", "auto"),                       # alone, last
+    (["s.toml", "--ray", "--jobs", "2"], "s.toml", "auto"),        # alone, before another option
+    (["--ray", "sweep.cfg", "--fresh"], "sweep.cfg", "auto"),      # the sweep file is there (any name)
+    (["--ray", "10.0.0.1:6379", "s.toml"], "s.toml", "10.0.0.1:6379"),
+    (["s.toml", "--ray", "ray://head:10001"], "s.toml", "ray://head:10001"),
+    (["s.toml", "--ray=auto"], "s.toml", "auto"),
+    (["s.toml"], "s.toml", None),
+])
+def test_ray_address_is_optional(tmp_path, monkeypatch, args, sweep_file, ray):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.cfg").write_text("")
+    ctx = _sweep_command().make_context("sweep", list(args))  # the parser only: nothing runs
+    assert (ctx.params["sweep_file"], ctx.params["ray"]) == (sweep_file, ray)
+
+
+def test_fill_in_stops_at_double_dash_and_takes_each_value_once():
+    from edgeopt.cli.optional_value import fill_in
+    always = lambda word: True  # noqa: E731
+    assert fill_in(["s.toml", "--", "--ray"], "--ray", "auto", always) == ["s.toml", "--", "--ray"]
+    assert fill_in(["--ray", "--ray"], "--ray", "auto", always) == ["--ray", "auto", "--ray", "auto"]
+    assert fill_in(["--ray", "a", "--ray"], "--ray", "auto", always) == ["--ray", "a", "--ray", "auto"]
+    assert fill_in(["--ray", "a"], "--ray", "auto", lambda word: False) == ["--ray", "auto", "a"]
+
+
+def test_ray_alone_reaches_the_backend_as_auto(tmp_path, monkeypatch):
+    from edgeopt.errors import UsageError
+    from edgeopt.sweep import cluster
+
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    f = tmp_path / "s.toml"
+    f.write_text('targets = ["rpi5"]\n[[models]]\npath = "m.onnx"\n')
+    seen = []
+
+    class FakeRay:  # what the command gives the backend; Ray is not started
+        def __init__(self, address=None, num_cpus=1.0, **_):
+            seen.append((address, num_cpus))
+            raise UsageError(f"fake cluster at {address}")
+    monkeypatch.setattr(cluster, "RayBackend", FakeRay)
+    out = tmp_path / "out"
+    for args, address in ((["--ray", f], "auto"), ([f, "--ray"], "auto"), ([f, "--ray", "h:6380", "--num-cpus", 2],
+                                                                           "h:6380")):
+        assert_one_error(edgeopt_cli("sweep", *args, "--out", out, in_process=True), f"fake cluster at {address}")
+    assert seen == [("auto", 1.0), ("auto", 1.0), ("h:6380", 2.0)]
+    assert_one_error(edgeopt_cli("sweep", f, "--ray", "", in_process=True), "--ray '': an address")
+    assert len(seen) == 3 and not out.exists()
+
+
 # ------------------------------------------------------------------------------------------ local pool
 
 def test_local_sweep_resumes_and_reruns_without_converting(models, tmp_path):
@@ -131,12 +190,30 @@ def test_local_sweep_resumes_and_reruns_without_converting(models, tmp_path):
     with sqlite3.connect(env["EDGEOPT_HISTORY"]) as db:
         rows = db.execute("SELECT sweep_cell FROM results WHERE sweep_id = ?", (res["sweep"]["id"],)).fetchall()
     assert {r[0] for r in rows} == {r["id"] for r in recs}
+    # its report, from the history alone: every cell of the last run, and the front of its p90 and accuracy
+    from edgeopt.results.pareto import pareto_front
+    from edgeopt.sweep.stored import METRICS
+    rep = js(edgeopt_cli("report", "--sweep", res["sweep"]["id"], "--out", tmp_path / "sweep.html", "--json",
+                         env=env))
+    assert [c["id"] for c in rep["cells"]] == [r["id"] for r in fresh["records"]]
+    assert [c["latency_ms"]["p90"] for c in rep["cells"]] == [r["latency_ms"]["p90"] for r in fresh["records"]]
+    assert [c["artifact"]["sha256"] for c in rep["cells"]] == [r["artifact"]["sha256"] for r in fresh["records"]]
+    key = METRICS[rep["metric"]][0]
+    front = pareto_front([(r["latency_ms"]["p90"], r["accuracy"].get(key)) for r in fresh["records"]])
+    assert front and rep["front"] == [fresh["records"][i]["id"] for i in front]
+    assert sorted(rep["results"]) == sorted(r[0] for r in _ids(env["EDGEOPT_HISTORY"], res["sweep"]["id"]))
     # a cell equals what a plain deploy gives for it (its own cache: converted again)
     cell = next(r for r in recs if r["model"] == "cnn" and r["recipe"] == "minmax")
     assert plain_deploy(models, cell, env, tmp_path / "cache2") == cell["artifact"]["sha256"]
     # the table
     p = edgeopt_cli(*args[:-1], env=env)
     assert p.returncode == 0 and "cnn" in p.stdout and "jetson-agx-orin" in p.stdout
+
+
+def _ids(path, sweep_id) -> list:
+    import sqlite3
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id FROM results WHERE sweep_id = ?", (sweep_id,)).fetchall()
 
 
 def plain_deploy(models, cell, env, cache) -> str:

@@ -59,9 +59,10 @@ def swap(group: list, *variants: inspect.Parameter) -> list:
     return [by_name.get(p.name, p) for p in group]
 
 
-def command(name: str, *params):
+def command(name: str, *params, cls: type | None = None):
     """Register the decorated body as ``edgeopt NAME`` with these parameters (declarations or lists of them, in
-    the order of the help); the body is called with one namespace holding every parameter's value."""
+    the order of the help); the body is called with one namespace holding every parameter's value. ``cls``: the
+    typer command class, where parsing needs more than click does (:mod:`edgeopt.cli.optional_value`)."""
     flat = [p for item in params for p in (item if isinstance(item, (list, tuple)) else [item])]
     signature = inspect.Signature(flat)  # a name given twice is a ValueError here, at import
 
@@ -71,7 +72,7 @@ def command(name: str, *params):
         run.__signature__ = signature
         run.__name__, run.__qualname__, run.__doc__ = body.__name__, body.__qualname__, body.__doc__
         run.__module__ = body.__module__
-        app.command(name)(run)
+        app.command(name, cls=cls)(run)
         return body
     return register
 
@@ -241,8 +242,8 @@ SWEEP = [
     option("jobs", Optional[int], None, "--jobs", "-j",
            help="Conversions at a time in the local process pool (default: the CPU count)."),
     option("ray", Optional[str], None, "--ray",
-           help="Run on a Ray cluster at ADDRESS ('auto': the one this machine is part of): conversions as "
-                "tasks, one actor per device (needs edgeopt[cluster])."),
+           help="Run on a Ray cluster at ADDRESS; --ray alone (or 'auto'): the one this machine is part of. "
+                "Conversions as tasks, one actor per device (needs edgeopt[cluster])."),
     option("num_cpus", float, 1.0, "--num-cpus", help="With --ray: CPUs each conversion task reserves."),
     option("fresh", bool, False, "--fresh",
            help="Redo every cell's benchmarks (conversions still come from the cache)."),

@@ -1,11 +1,24 @@
-"""edgeopt sweep SWEEP.toml [--out DIR] [--ray ADDRESS] [--json]"""
+"""edgeopt sweep SWEEP.toml [--out DIR] [--ray [ADDRESS]] [--json]"""
 from __future__ import annotations
 
+import os
+
 from edgeopt.cli import console, echo_json
+from edgeopt.cli.optional_value import optional_value_command
 from edgeopt.cli.options import DEBUG, JSON, SWEEP, command, variant
 
+RAY_AUTO = "auto"  # ray.init's address for the cluster this machine is part of
 
-@command("sweep", SWEEP, variant(JSON, help="Print the matrix as JSON on stdout, nothing else."), DEBUG)
+
+def ray_address_or_not(word: str) -> bool:
+    """Whether the word after ``--ray`` is its address: not when it is the sweep file (a .toml name, or a file
+    that is there), so that ``sweep --ray s.toml`` means ``--ray auto s.toml``. A Ray address is ``auto``,
+    ``HOST:PORT`` or ``ray://HOST:PORT``: never a file name."""
+    return not (word.lower().endswith(".toml") or os.path.isfile(word))
+
+
+@command("sweep", SWEEP, variant(JSON, help="Print the matrix as JSON on stdout, nothing else."), DEBUG,
+         cls=optional_value_command("--ray", RAY_AUTO, ray_address_or_not))
 def sweep(o):
     """Convert, check and benchmark every cell of models x targets x recipes on each matching device."""
     import contextlib
@@ -19,6 +32,8 @@ def sweep(o):
     devices = _devices(s, o.inventory)
     if o.jobs is not None and o.jobs < 1:
         raise UsageError(f"--jobs {o.jobs}: at least 1")
+    if o.ray is not None and not o.ray.strip():
+        raise UsageError("--ray '': an address (HOST:PORT, ray://HOST:PORT or auto), or --ray alone for auto")
     if not 0 < o.num_cpus <= 1024:
         raise UsageError(f"--num-cpus {o.num_cpus:g}: from more than 0 to 1024")
     # stdout is the matrix's alone: what Ray prints for its driver (a worker that died, ...) goes to stderr

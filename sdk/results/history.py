@@ -50,7 +50,21 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_sha ON results(artifact_sha256);
 CREATE INDEX IF NOT EXISTS results_device ON results(device);
+CREATE TABLE IF NOT EXISTS sweep_records (
+    sweep_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    updated TEXT NOT NULL,
+    status TEXT,
+    result_id INTEGER,
+    record_json TEXT NOT NULL,
+    PRIMARY KEY (sweep_id, record)
+);
 """
+# sweep_records: every record of a sweep (a cell on a device, or a cell without devices) as it stands after the
+# last run, failed ones included: `sweep --json`'s record without the manifest and the bench result, whose
+# benchmark (when it has one) is the row result_id of `results`. Added with the sweep report; a database from
+# before has no rows there, and the report rebuilds its sweeps from `results` alone.
 # Columns added after the first release: an older database gets them on open (ALTER TABLE ... ADD COLUMN).
 # sweep_id / sweep_cell: the sweep a result belongs to and its cell (model.target.recipe@device).
 _ADDED_COLUMNS = (("sweep_id", "TEXT"), ("sweep_cell", "TEXT"))
@@ -148,12 +162,39 @@ class History:
                                (sweep_id,)).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
+    def put_sweep_record(self, sweep_id: str, position: int, record: dict) -> None:
+        """Store (or replace) one record of a sweep: ``record["id"]`` is ``model.target.recipe@device``,
+        ``position`` its place in the sweep's matrix, ``record["history_id"]`` its benchmark's result id."""
+        now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO sweep_records (sweep_id, record, position, updated, status, "
+                            "result_id, record_json) VALUES (?,?,?,?,?,?,?)",
+                            (sweep_id, record["id"], int(position), now, record.get("status"),
+                             record.get("history_id"), json.dumps(record, default=str)))
+
+    def sweep_records(self, sweep_id: str, limit: int = 1_000_000) -> list[str]:
+        """The records stored for ``sweep_id`` (JSON text), in matrix order, as stored (not checked: see
+        :mod:`edgeopt.sweep.stored` for reading them back safely)."""
+        rows = self.db.execute("SELECT record_json FROM sweep_records WHERE sweep_id = ? ORDER BY position, record "
+                               "LIMIT ?", (sweep_id, int(limit))).fetchall()
+        return [r[0] for r in rows]
+
+    def sweep_results(self, sweep_id: str, limit: int = 1_000_000) -> list[dict]:
+        """Raw rows of the benchmarks stored for ``sweep_id``, oldest first: ``{"id", "sweep_cell", "p50",
+        "p90", "result_json", "manifest_json"}`` (not checked)."""
+        rows = self.db.execute("SELECT id, sweep_cell, p50, p90, result_json, manifest_json FROM results "
+                               "WHERE sweep_id = ? ORDER BY id LIMIT ?", (sweep_id, int(limit))).fetchall()
+        return [dict(zip(("id", "sweep_cell", "p50", "p90", "result_json", "manifest_json"), r)) for r in rows]
+
     def sweeps(self, limit: int = 50) -> list[dict]:
-        """The sweeps in the history, newest first: ``{"sweep_id", "results", "last"}``."""
-        rows = self.db.execute("SELECT sweep_id, COUNT(*), MAX(created), MAX(id) AS m FROM results "
-                               "WHERE sweep_id IS NOT NULL GROUP BY sweep_id ORDER BY m DESC LIMIT ?",
-                               (int(limit),)).fetchall()
-        return [{"sweep_id": r[0], "results": int(r[1]), "last": r[2]} for r in rows]
+        """The sweeps in the history, the last run first: ``{"sweep_id", "results", "records", "last"}``
+        (benchmarks stored, records stored: 0 for a sweep run before records were kept)."""
+        rows = self.db.execute(
+            "SELECT sweep_id, SUM(r), SUM(c), MAX(t) AS last FROM ("
+            " SELECT sweep_id, 1 AS r, 0 AS c, created AS t FROM results WHERE sweep_id IS NOT NULL"
+            " UNION ALL SELECT sweep_id, 0, 1, updated FROM sweep_records"
+            ") GROUP BY sweep_id ORDER BY last DESC, sweep_id LIMIT ?", (int(limit),)).fetchall()
+        return [{"sweep_id": r[0], "results": int(r[1]), "records": int(r[2]), "last": r[3]} for r in rows]
 
     def list(self, limit: int = 50, device: str | None = None, sha256: str | None = None) -> list[dict]:
         """Newest first: one summary dict per result."""

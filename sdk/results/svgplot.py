@@ -1,4 +1,5 @@
-"""Small SVG charts in pure Python (no matplotlib): a latency histogram and latency (or temperature) over time.
+"""Small SVG charts in pure Python (no matplotlib): a latency histogram, latency (or temperature) over time, and
+latency against accuracy with its Pareto front.
 
 Each function returns a complete ``<svg>`` document as a string; :func:`data_uri` makes it an ``<img>`` source.
 """
@@ -10,7 +11,7 @@ from html import escape
 
 import numpy as np
 
-__all__ = ["PALETTE", "histogram", "timeseries", "data_uri", "nice_ticks"]
+__all__ = ["PALETTE", "histogram", "timeseries", "scatter", "data_uri", "nice_ticks"]
 
 PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"]
 FONT = "font-family=\"system-ui,-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif\""
@@ -21,19 +22,19 @@ def data_uri(svg: str) -> str:
 
 
 def nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    """Round tick values covering [lo, hi] (1/2/5 x 10^k steps)."""
+    """Round tick values covering [lo, hi] (1/2/5 x 10^k steps); at most a few hundred, whatever the values."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        lo = lo if math.isfinite(lo) else 0.0
         hi = lo + 1.0
     raw = (hi - lo) / max(1, n)
+    if not math.isfinite(raw) or raw <= 0:  # a span too wide or too narrow for floats: ends only
+        return [lo, hi] if hi > lo else [lo]
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks, v = [], start
-    while v <= hi + step * 1e-9:
-        if v >= lo - step * 1e-9:
-            ticks.append(round(v, 10))
-        v += step
-    return ticks
+    # ticks counted in whole steps (adding a step to a large value may not change it: a loop would not end)
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    digits = max(0, 3 - math.floor(math.log10(step)))  # no float noise (0.30000000000000004) in the labels
+    return [round(k * step, digits) for k in range(first, min(last, first + 500) + 1)]
 
 
 def _fmt(v: float) -> str:
@@ -84,17 +85,20 @@ class _Frame:
                  f'transform="rotate(-90 14 {cy:.1f})" {FONT}>{escape(ylabel)}</text>')
         return p
 
-    def legend(self, labels_colors) -> list[str]:
-        """One row under the title, left to right (wraps to a second row when long)."""
-        p, x, y = [], float(self.l), 42
+    def legend(self, labels_colors, y: float = 42, mark=None) -> list[str]:
+        """One row under the title, left to right (wraps to further rows when long); ``mark(x, y)`` draws an
+        entry's symbol instead of a square of its colour. ``self.legend_end`` is the baseline of the last row."""
+        p, x = [], float(self.l)
         for label, color in labels_colors:
             label = label if len(label) <= 60 else label[:59] + "…"
             wtxt = 6.4 * len(label) + 34
             if x + wtxt > self.w - self.r and x > self.l:
                 x, y = float(self.l), y + 15
-            p.append(f'<rect x="{x:.1f}" y="{y - 10}" width="12" height="12" fill="{color}" rx="2"/>')
+            p.append(mark(x, y, color) if mark else
+                     f'<rect x="{x:.1f}" y="{y - 10}" width="12" height="12" fill="{color}" rx="2"/>')
             p.append(f'<text x="{x + 16:.1f}" y="{y}" font-size="11" fill="#111827" {FONT}>{escape(label)}</text>')
             x += wtxt
+        self.legend_end = y
         return p
 
 
@@ -194,4 +198,106 @@ def timeseries(series: list[tuple[str, list[float], list[float]]], width: int = 
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
     parts += f.legend([(lab + (" (rolling median)" if points else ""), PALETTE[i % len(PALETTE)])
                        for i, (lab, _, _) in enumerate(data)])
+    return _svg(width, height, parts, title)
+
+
+# Marks for a second grouping (shape) next to colour; drawn centred on (x, y) with size r.
+_SHAPES = ("circle", "square", "triangle", "diamond")
+PLOT_LIMIT = 1e12   # values beyond this are not drawn: a crafted or broken number must not flatten the others
+
+
+def _mark(shape: str, x: float, y: float, r: float, attrs: str) -> str:
+    if shape == "square":
+        return f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r:.1f}" height="{2 * r:.1f}" {attrs}/>'
+    if shape == "triangle":
+        return f'<polygon points="{x:.1f},{y - r * 1.2:.1f} {x - r * 1.1:.1f},{y + r * 0.8:.1f} ' \
+               f'{x + r * 1.1:.1f},{y + r * 0.8:.1f}" {attrs}/>'
+    if shape == "diamond":
+        return f'<polygon points="{x:.1f},{y - r * 1.3:.1f} {x + r * 1.3:.1f},{y:.1f} {x:.1f},{y + r * 1.3:.1f} ' \
+               f'{x - r * 1.3:.1f},{y:.1f}" {attrs}/>'
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" {attrs}/>'
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    """An axis range around ``values`` with a margin; never empty, never narrower than floats can tell apart."""
+    lo, hi = min(values), max(values)
+    width = max(hi - lo, 1e-6 * max(abs(lo), abs(hi)), 1e-9)
+    return lo - width * 0.06, hi + width * 0.06
+
+
+def _capped(entries: list[tuple[str, str]], n: int) -> list[tuple[str, str]]:
+    """At most ``n`` legend entries, then one that says how many more (a legend must not cover the plot)."""
+    return entries if len(entries) <= n else entries[:n] + [(f"… {len(entries) - n} more", "#ffffff")]
+
+
+def scatter(points: list[tuple[str, float, float, str, str]], front: list[int] = (), width: int = 1000,
+            height: int = 440, title: str = "Latency against accuracy", xlabel: str = "p90 latency (ms)",
+            ylabel: str = "accuracy", max_labels: int = 24) -> str:
+    """Points ``(label, x, y, colour group, shape group)``: colour by the first group (a model), shape by the
+    second (a target), with a legend of both. ``front``: indices of the Pareto front, drawn ringed, joined by a
+    step line and labelled (at most ``max_labels``). Every point has a ``<title>`` (its label and values).
+
+    A point with a value that is not a finite number within ±1e12 is not drawn; the plot says how many."""
+    ok = [i for i, p in enumerate(points)
+          if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= PLOT_LIMIT
+                 for v in (p[1], p[2]))]
+    if not ok:
+        return _svg(width, height, [f'<text x="20" y="40" {FONT}>no cell with both a latency and an accuracy</text>'],
+                    title)
+    xlo, xhi = _span([float(points[i][1]) for i in ok])
+    ylo, yhi = _span([float(points[i][2]) for i in ok])
+    if min(float(points[i][1]) for i in ok) >= 0:
+        xlo = max(0.0, xlo)  # latencies: the axis starts at 0 or above, not at a negative margin
+    colours = {g: PALETTE[n % len(PALETTE)] for n, g in enumerate(dict.fromkeys(str(points[i][3]) for i in ok))}
+    shapes = {g: _SHAPES[n % len(_SHAPES)] for n, g in enumerate(dict.fromkeys(str(points[i][4]) for i in ok))}
+    # the legends first (on a scratch frame): the plot area starts under their last row
+    scratch = _Frame(width, height, 0, 1, 0, 1, left=72)
+    legend = scratch.legend(_capped(list(colours.items()), 12))
+    legend += scratch.legend(_capped([(g, shapes[g]) for g in shapes], 8), y=scratch.legend_end + 18,
+                             mark=lambda x, y, shape: _mark(shape, x + 6, y - 4, 5, 'fill="#6b7280"')
+                             if shape in _SHAPES else "")
+    xt, yt = nice_ticks(xlo, xhi, 8), nice_ticks(ylo, yhi, 6)
+    f = _Frame(width, height, min([xlo] + xt[:1]), max([xhi] + xt[-1:]), min([ylo] + yt[:1]), max([yhi] + yt[-1:]),
+               left=72, top=min(int(scratch.legend_end) + 20, height // 2))
+    parts = f.axes(xt, yt, xlabel, ylabel, title) + legend
+    drawn = set(ok)
+    on_front = [i for i in front if i in drawn]
+    if len(on_front) > 1:  # the front as a staircase: what each latency buys at best
+        pts = []
+        for a, b in zip(on_front, on_front[1:]):
+            pts += [(points[a][1], points[a][2]), (points[b][1], points[a][2])]
+        pts.append((points[on_front[-1]][1], points[on_front[-1]][2]))
+        parts.append('<polyline points="' + " ".join(f"{f.x(x):.1f},{f.y(y):.1f}" for x, y in pts)
+                     + '" fill="none" stroke="#111827" stroke-width="1.2" stroke-dasharray="5 3" opacity="0.7"/>')
+    front_set = set(on_front)
+    for i in ok:
+        label, x, y, cg, sg = points[i]
+        tip = f"{label}: {_fmt(float(x))} ms, {_fmt(float(y))}" + (" (Pareto front)" if i in front_set else "")
+        attrs = (f'fill="{colours[str(cg)]}" fill-opacity="0.9" stroke="#111827" stroke-width="1.6"'
+                 if i in front_set else f'fill="{colours[str(cg)]}" fill-opacity="0.55" stroke="#ffffff" '
+                                        f'stroke-width="0.8"')
+        parts.append(f"<g><title>{escape(tip)}</title>"
+                     + _mark(shapes[str(sg)], f.x(x), f.y(y), 6.5 if i in front_set else 5, attrs) + "</g>")
+    placed, unlabelled = [], 0  # label boxes (x0, x1, baseline): a label that would cover another is left out
+    for i in on_front:
+        label = str(points[i][0])
+        label = label if len(label) <= 40 else label[:39] + "…"
+        x, y = f.x(points[i][1]), f.y(points[i][2])
+        wide = 5.8 * len(label)
+        x0 = x - 9 - wide if x > width * 0.75 else x + 9
+        spot = next((b for b in (y - 8, y + 16) if not any(x0 < p1 and p0 < x0 + wide and abs(b - pb) < 12
+                                                           for p0, p1, pb in placed)), None)
+        if spot is None or len(placed) >= max_labels:
+            unlabelled += 1
+            continue
+        placed.append((x0, x0 + wide, spot))
+        parts.append(f'<text x="{x0:.1f}" y="{spot:.1f}" font-size="10.5" fill="#111827" {FONT}>{escape(label)}'
+                     f'</text>')
+    skipped = len(points) - len(ok)
+    notes = [f"{skipped} not drawn (a value that is not a finite number within ±1e12)"] if skipped else []
+    if unlabelled:
+        notes.append(f"{unlabelled} on the front not labelled (no room: see the table)")
+    if notes:
+        parts.append(f'<text x="{width - 16}" y="{height - 10}" font-size="10" text-anchor="end" fill="#6b7280" '
+                     f'{FONT}>{escape("; ".join(notes))}</text>')
     return _svg(width, height, parts, title)

@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from pathlib import Path
 
 from edgeopt.errors import EdgeoptError, GateError, UsageError
+from edgeopt.sweep.describe import describe
 from edgeopt.sweep.spec import Cell, Sweep
 
 __all__ = ["run", "sweep_id", "LocalBackend", "Record", "load_records", "summary"]
@@ -155,16 +156,6 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _accuracy(manifest: dict) -> dict:
-    """The first output's metrics of the primary artifact's check (what the matrix and the plot show)."""
-    outputs = ((manifest.get("accuracy") or {}).get("outputs") or {})
-    for name, m in outputs.items():
-        if isinstance(m, dict):
-            return {"output": name, **{k: m[k] for k in ("cosine", "sqnr_db", "top1_agreement", "top1_accuracy")
-                                       if k in m}}
-    return {}
-
-
 def _record(rec: Record, conv: dict | None, result: dict | None, error: str | None, final: bool) -> dict:
     c = rec.cell
     out = {"v": STATE_VERSION, "id": rec.id, "cell": c.id, "model": c.model.name, "target": c.target,
@@ -174,10 +165,8 @@ def _record(rec: Record, conv: dict | None, result: dict | None, error: str | No
         out["error"] = error
     if conv:
         m = conv["manifest"]
-        art = m["artifacts"][0]
         out["conversion"] = {k: conv[k] for k in ("out", "converted", "node", "seconds")}
-        out["artifact"] = {k: art.get(k) for k in ("file", "sha256", "bytes", "precision")}
-        out["accuracy"] = _accuracy(m)
+        out.update(describe(m))  # artifact, accuracy, quantization
         out["manifest"] = m
     if result and "error" not in result:
         out["latency_ms"] = result.get("latency_ms")
@@ -216,6 +205,7 @@ def run(sweep: Sweep, devices: dict, out_dir: str, backend, *, history: str | No
         raise UsageError(f"{out_dir}: {e.strerror or e}") from None
     done = {} if fresh else load_records(state)
     records = [Record(c, d) for c in cells for d in (c.devices or (None,))]
+    order = {r.id: i for i, r in enumerate(records)}
     todo = [r for r in records if r.id not in done]
     by_cell: dict[str, list[Record]] = {}
     for r in todo:
@@ -237,8 +227,7 @@ def run(sweep: Sweep, devices: dict, out_dir: str, backend, *, history: str | No
                                                               f"ok{f', p50 {lat:.3f} ms' if lat else ''}"))
         if final:
             _write_json(state / "cells" / rec.file_name(), row)
-            if row["status"] == "ok" and rec.device:
-                _store([row], sid, history)
+        _store([row], sid, history, order)  # a killed sweep's report shows what it did, failures included
 
     pending: dict[Future, tuple] = {}
     cell_by_id = {c.id: c for c in cells}
@@ -290,22 +279,21 @@ def run(sweep: Sweep, devices: dict, out_dir: str, backend, *, history: str | No
         for fut in pending:
             fut.cancel()
         backend.close()
-    ids = _store([results[r.id] for r in records if r.id in results and results[r.id]["status"] == "ok"
-                  and r.device], sid, history)
-    rows = []
-    for r in records:
-        row = results.get(r.id) or _record(r, None, None, "not run", final=False)
-        if r.id in ids:
-            row["history_id"] = ids[r.id]
-        rows.append(row)
+    rows = [results.get(r.id) or _record(r, None, None, "not run", final=False) for r in records]
+    ids = _store(rows, sid, history, order)
+    for row in rows:
+        if row["id"] in ids and row["status"] == "ok":
+            row["history_id"] = ids[row["id"]]
     return {"sweep": {"id": sid, "name": sweep.name, "file": sweep.path, "state": str(state),
                       "backend": backend.name},
             "records": rows, **counts}
 
 
-def _store(rows: list[dict], sid: str, history: str | None) -> dict:
-    """Store the rows' bench results under the sweep id, each once (a resumed sweep adds only what is missing);
-    returns {record id: history id}. A problem with the default database is a warning only."""
+def _store(rows: list[dict], sid: str, history: str | None, order: dict) -> dict:
+    """Store the rows in the history under the sweep id: each ok bench result once (a resumed sweep adds only
+    what is missing), and every row's record as it stands now (failed ones too: the sweep report lists them),
+    at its place ``order[id]`` in the matrix. Returns {record id: history id}. A problem with the default
+    database is a warning only."""
     from edgeopt.results import history as hist
 
     try:
@@ -315,9 +303,13 @@ def _store(rows: list[dict], sid: str, history: str | None) -> dict:
         with db:
             have = db.sweep_ids(sid)
             for row in rows:
-                if row["id"] not in have and row.get("result"):
+                if (row["status"] == "ok" and row.get("device") and row["id"] not in have
+                        and row.get("result")):
                     have[row["id"]] = db.add(row["result"], manifest=row.get("manifest"), command="sweep",
                                              sweep=(sid, row["id"]))
+                db.put_sweep_record(sid, order.get(row["id"], 0),
+                                    dict(summary(row), history_id=have.get(row["id"]) if row["status"] == "ok"
+                                         else None))
             return have
     except EdgeoptError as e:
         if history:
