@@ -74,6 +74,7 @@ RUNNER_OPTIONS = (
     ("max_samples", int, 20000, "report at most this many samples, evenly spaced (runs stays the true count)"),
     ("time_limit", float, None, "end (exit 3) after this many seconds in all, lock wait included"),
     ("probe", str, None, "shell command run inside the lock before and after measuring (device conditions)"),
+    ("manifest", str, None, "manifest.json that describes the artifact: its I/O (names, layout) for --input and --val"),
     ("val", str, None, ".npz of samples (source layout, one array per input): run after timing, on the same model"),
     ("val_out", str, None, "with --val: write their outputs here (.npz: output_0, output_1, ... in manifest order)"),
 )
@@ -1220,6 +1221,27 @@ class _DeviceLock:
             os.close(self.fd)
 
 
+def _runner_model(args, provider_only: bool = False) -> "Model":
+    """The runner's model, loaded as :func:`load` loads the artifact file (in a device's store it sits alone: a
+    bare file), with the runtime, delegate and threads asked for. With --manifest, the same runtime, delegate and
+    threads, and the I/O as that manifest describes the artifact (source names, layout and order): data in the
+    source layout (--input, --val) fits, and nothing the runtime runs changes."""
+    delegate = None if provider_only else args.delegate
+    if not args.manifest:
+        return load(args.artifact, threads=args.threads, delegate=delegate, provider=args.provider)
+    with open(args.manifest) as f:
+        manifest = json.load(f)
+    name = os.path.basename(args.artifact)
+    arts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    entry = next((a for a in arts or [] if isinstance(a, dict) and a.get("file") == name), None)
+    if entry is None:
+        raise ValueError("%s does not describe %s" % (args.manifest, name))
+    if not os.path.exists(args.artifact):
+        raise FileNotFoundError("%s: no such file" % args.artifact)
+    return Model(args.artifact, manifest, entry, threads=_threads(args.threads, None), delegate=delegate,
+                 provider=args.provider)
+
+
 def _run_val(model: "Model | None", args) -> dict:
     """The runner's --val: every sample through the model that was timed (its runtime, delegate and threads), the
     outputs written to --val-out for the host to read back. TensorRT timed through trtexec has no model here: the
@@ -1227,7 +1249,7 @@ def _run_val(model: "Model | None", args) -> dict:
     if not args.val_out:
         raise ValueError("--val needs --val-out (where the outputs go)")
     if model is None:
-        model = load(args.artifact, threads=args.threads, provider=args.provider)
+        model = _runner_model(args, provider_only=True)
     t0 = time.perf_counter()
     outputs = run_samples(model, args.val, args.val_out)
     return {"samples": int(outputs[0].shape[0]) if outputs else 0, "seconds": round(time.perf_counter() - t0, 4),
@@ -1259,7 +1281,7 @@ def main(argv=None) -> int:
                                     keep_samples=not args.no_samples, warmup_seconds=args.warmup_seconds)
             else:
                 t0 = time.perf_counter()
-                model = load(args.artifact, threads=args.threads, delegate=args.delegate, provider=args.provider)
+                model = _runner_model(args)
                 res = _bench_model(model, (time.perf_counter() - t0) * 1e3, warmup=args.warmup, runs=args.runs,
                                    min_seconds=args.min_seconds, seed=args.seed, inputs=inputs,
                                    keep_samples=not args.no_samples, warmup_seconds=args.warmup_seconds,

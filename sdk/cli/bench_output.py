@@ -94,7 +94,8 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
     cols = ("device", "target", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "runs", "init ms",
             "transfer") + (("device check",) if checked else ()) + ("status",)
     for col in cols:
-        t.add_column(col, justify="right" if col.endswith("ms") or col == "runs" else "left")
+        t.add_column(col, justify="right" if col.endswith("ms") or col == "runs" else "left",
+                     no_wrap=col == "device check")
     notes, checks = [], []
     for r in results:
         if "error" in r:
@@ -137,8 +138,8 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
         for n in (r.get("conditions") or {}).get("reasons") or []:
             notes.append(f"{r['device']}: not clean: {n}")
     c.print(t)
-    for line in checks:
-        c.print(line, markup=False, highlight=False)
+    for line in checks:  # device data: printed as text, one line (no markup, no wrapping)
+        c.print(line, markup=False, highlight=False, soft_wrap=True)
     for n in notes:
         c.print(n)
 

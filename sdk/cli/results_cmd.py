@@ -75,7 +75,8 @@ def _show(r: dict):
     c.print("latency   " + ", ".join(f"{k} {v:.3f}" for k, v in lat.items() if isinstance(v, (int, float))))
     if isinstance(r.get("accuracy"), dict):
         from edgeopt.devices.val import summary_line
-        c.print("accuracy  " + summary_line(str(r.get("device")), r["accuracy"]), markup=False, highlight=False)
+        c.print("accuracy  " + summary_line(str(r.get("device")), r["accuracy"]), markup=False, highlight=False,
+                soft_wrap=True)
     ci = r.get("ci95") or {}
     if ci.get("p50"):
         c.print(f"95% CI    p50 [{ci['p50'][0]:.3f}, {ci['p50'][1]:.3f}] ms, mean [{ci['mean'][0]:.3f}, "

@@ -100,6 +100,17 @@ def resolve_artifact(path: str) -> tuple[str, dict | None]:
     return p, None
 
 
+
+def _manifest_file(file: str) -> str | None:
+    """The manifest.json beside an artifact file when it describes that file (edgeopt convert's output), else None."""
+    mpath = os.path.join(os.path.dirname(os.path.abspath(file)), "manifest.json")
+    try:
+        arts = read_json(mpath).get("artifacts") or []
+    except (UsageError, AttributeError):
+        return None
+    name = os.path.basename(file)
+    return mpath if any(isinstance(a, dict) and a.get("file") == name for a in arts) else None
+
 def manifest_target(artifact: str) -> str | None:
     """The target an edgeopt output dir (or an artifact beside its manifest) was converted for, if any."""
     d = artifact if os.path.isdir(artifact) else os.path.dirname(os.path.abspath(artifact))
@@ -233,6 +244,9 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
             if not os.path.isfile(opts.input):
                 raise UsageError(f"--input {opts.input}: no such file")
             runner["input"] = push(conn, opts.input, workdir, progress=False, python=device.python).path
+        mfile = _manifest_file(file) if (opts.input or check is not None) else None
+        if mfile:  # data in the source layout: the runner takes the artifact's I/O from its manifest
+            runner["manifest"] = push(conn, mfile, workdir, progress=False, python=device.python).path
         timeout = device.command_timeout + opts.lock_timeout + float(opts.sustained or 0)
         if check is not None:  # the validation samples, pushed like an artifact (sent once), run after timing
             val_pushed = push(conn, check.samples_file, workdir, progress=False, python=device.python)

@@ -83,6 +83,13 @@ def prepare(artifact: str, val, max_val_samples: int, source: str | None = None,
     manifest's SHA-256 (bench). Without one (a bare artifact, a ``.tflite`` passed through, a source not found), the
     device is compared with the host's own run of the artifact and the result says so.
     """
+    from edgeopt.conversion.quiet import native_stderr_captured
+    with native_stderr_captured():  # the runtimes' native banners (XNNPACK's INFO line) stay off the terminal
+        return _prepare(artifact, val, max_val_samples, source, trust_model_code, out_dir)
+
+
+def _prepare(artifact: str, val, max_val_samples: int, source: str | None, trust_model_code: bool,
+             out_dir: str | None) -> ValCheck:
     import numpy as np
 
     from edgeopt import runtime
@@ -101,11 +108,11 @@ def prepare(artifact: str, val, max_val_samples: int, source: str | None = None,
     row = sum(a[0].nbytes for a in samples.values())
     fit = MAX_DEVICE_VAL_BYTES // max(1, row)
     if fit < 1:
-        raise UsageError(f"--val: one sample is {row / 2 ** 20:.1f} MiB, more than the {MAX_DEVICE_VAL_BYTES >> 20} "
-                         "MiB of validation samples sent to a device")
+        raise UsageError(f"--val: one sample is {row / 2 ** 20:.1f} MiB, more than the "
+                         f"{MAX_DEVICE_VAL_BYTES / 2 ** 20:g} MiB of validation samples sent to a device")
     if n > fit:
-        notes.append(f"the first {fit} of {n} validation samples ran on the device ({MAX_DEVICE_VAL_BYTES >> 20} MiB, "
-                     "the most sent to a device)")
+        notes.append(f"the first {fit} of {n} validation samples ran on the device ({MAX_DEVICE_VAL_BYTES / 2 ** 20:g} "
+                     "MiB, the most sent to a device)")
         samples, n = data.take(samples, slice(0, fit)), fit
         info = dict(info, samples=n, sha256=data.digest(samples))
     names = [s.name for s in model.outputs]
