@@ -187,6 +187,14 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module")
+def prepared(rpi):
+    """The host's part of the check, prepared once for the fake-connection tests."""
+    check = device_val.prepare(str(rpi["out"] / "model.int8.tflite"), str(rpi["val"]), 1000)
+    yield check
+    check.cleanup()
+
+
 GOOD = (N_VAL, 10)
 
 
@@ -205,9 +213,9 @@ GOOD = (N_VAL, 10)
     (None, "nonsense", "(no val summary in its reply)"),
 ], ids=["not-zip", "extra-member", "wrong-name", "pickle", "float64", "oversize", "float16", "shape", "inf", "bomb",
         "count", "no-summary"])
-def test_hostile_reply_through_a_fake_connection(rpi, tmp_path, blob, summary, needle):
+def test_hostile_reply_through_a_fake_connection(rpi, prepared, tmp_path, blob, summary, needle):
     dev = inventory.local_device(target="rpi5", workdir=str(tmp_path / "wd"))
-    opts = device_bench.BenchOptions(runs=2, min_seconds=0, warmup=1, val=str(rpi["val"]), conditions=False)
+    opts = device_bench.BenchOptions(runs=2, min_seconds=0, warmup=1, val_check=prepared, conditions=False)
     with pytest.raises(DeviceError) as e:
         device_bench.bench_device(dev, str(rpi["out"]), opts, conn=_Tampering(dev, blob, summary))
     assert needle in e.value.message and e.value.exit_code == 3 and e.value.message.count("\n") == 0
@@ -308,9 +316,9 @@ def test_samples_file_is_deterministic_and_capped(rpi, monkeypatch):
         a.cleanup()
         b.cleanup()
     monkeypatch.setattr(device_val, "MAX_DEVICE_VAL_BYTES", 7 * 3 * 32 * 32 * 4)
-    c = device_val.prepare(str(rpi["out"] / "model.int8.tflite"), str(rpi["val"]), 1000)
+    c = device_val.prepare(str(rpi["out"] / "model.int8.tflite"), str(rpi["val"]), 1000, source=rpi["model"])
     try:
-        assert c.count == 7 and c.data["samples"] == 7
+        assert c.count == 7 and c.data["samples"] == 7 and c.reference.startswith("fp32 source model")
         assert c.notes == [f"the first 7 of 60 validation samples ran on the device ({7 * 3 * 32 * 32 * 4 / 2 ** 20:g} "
                            "MiB, the most sent to a device)"]
     finally:

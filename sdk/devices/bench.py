@@ -100,7 +100,6 @@ def resolve_artifact(path: str) -> tuple[str, dict | None]:
     return p, None
 
 
-
 def _manifest_file(file: str) -> str | None:
     """The manifest.json beside an artifact file when it describes that file (edgeopt convert's output), else None."""
     mpath = os.path.join(os.path.dirname(os.path.abspath(file)), "manifest.json")
@@ -110,6 +109,7 @@ def _manifest_file(file: str) -> str | None:
         return None
     name = os.path.basename(file)
     return mpath if any(isinstance(a, dict) and a.get("file") == name for a in arts) else None
+
 
 def manifest_target(artifact: str) -> str | None:
     """The target an edgeopt output dir (or an artifact beside its manifest) was converted for, if any."""
@@ -221,7 +221,8 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     file, _entry = resolve_artifact(artifact)
     check = opts.val_check
     if opts.val is not None and check is None:  # a caller of bench_device alone: prepared here, for this device
-        check = device_val.prepare(file, opts.val, opts.max_val_samples)
+        check = device_val.prepare(file, opts.val, opts.max_val_samples,
+                                   out_dir=artifact if os.path.isdir(artifact) else None)
         try:
             return bench_device(device, artifact, replace(opts, val_check=check), accept_new, conn)
         finally:
@@ -267,8 +268,8 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
         data = _parse_runner(device, res, file)
         got = (data.get("artifact") or {}).get("sha256")
         if got != pushed.sha256:  # what ran is not what we pushed (replaced or rotted on the device)
-            try:
-                conn.run(q(["rm", "-f", pushed.path]), timeout=30)  # the next push sends it again
+            try:  # the next push sends it again; the outputs of samples it ran are not read
+                conn.run(q(["rm", "-f", pushed.path] + ([runner["val_out"]] if check is not None else [])), timeout=30)
             except Exception:
                 pass
             raise DeviceError(f"the artifact the device ran is not the one pushed: sha256 {str(got)[:12]}, "
@@ -323,7 +324,6 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     return sanitize.result(out)  # device strings (facts, conditions, runtime) are data: no control characters
 
 
-
 def _device_accuracy(conn: Connection, device: Device, check, data: dict, val_out: str, pushed) -> dict:
     """The result's ``accuracy`` from the runner's ``val`` summary and the outputs it left at ``val_out``."""
     summary = data.get("val")
@@ -339,6 +339,7 @@ def _device_accuracy(conn: Connection, device: Device, check, data: dict, val_ou
         acc.setdefault("notes", []).append(f"the samples ran with {ran.get('name')} ({ran.get('provider')}); the "
                                            f"benchmark timed {timed.get('name')}")
     return acc
+
 
 _RUN_MARK, _AFTER_MARK = PROBE_MARKS
 
