@@ -195,8 +195,9 @@ def _reference(model, manifest: dict, samples: dict, source: str | None, trust_m
     try:
         fn = reference.source_reference(source, fmt, inputs, outputs, trust_model_code=trust_model_code)
         outs = reference.run_batched(fn, [samples[i["name"]] for i in inputs])
-    except UsageError as e:  # e.g. a Keras model with code in it, not trusted: the host's run still compares
-        return None, None, f"the source model {os.path.basename(source)} could not be loaded ({e.message})"
+    except Exception as e:  # e.g. a Keras model with code in it, not trusted: the host's run still compares
+        why = e.message if isinstance(e, UsageError) else f"{type(e).__name__}: {str(e).strip()[:200]}"
+        return None, None, f"the source model {os.path.basename(source)} could not be run ({why})"
     import numpy as np
     return (reference.label(fmt) + f" {os.path.basename(source)}",
             [np.asarray(o, dtype=np.float32) for o in outs], None)
