@@ -83,7 +83,8 @@ def bench(artifact, devices=None, *, local: bool = False, inventory=None, warmup
           threads: int | None = None, seed: int = RUNNER_DEFAULTS["seed"], input: str | None = None,
           lock_timeout: float = RUNNER_DEFAULTS["lock_timeout"],
           warmup_seconds: float = RUNNER_DEFAULTS["warmup_seconds"], sustained: float = RUNNER_DEFAULTS["sustained"],
-          cv_threshold: float | None = None, accept_new: bool = False) -> list[dict]:
+          cv_threshold: float | None = None, val=None, max_val_samples: int = DEFAULT_MAX_VAL,
+          accept_new: bool = False) -> list[dict]:
     """Benchmark an artifact on devices, in parallel, pushing it first where it is not there yet.
 
     artifact: a .tflite/.onnx file, or an ``edgeopt convert`` output directory (its primary artifact).
@@ -91,6 +92,9 @@ def bench(artifact, devices=None, *, local: bool = False, inventory=None, warmup
               :class:`edgeopt.devices.inventory.Device` objects; ``local=True`` benchmarks this machine
               through the same code path. With neither, this machine when there is no inventory at all.
     inventory: the inventory file (default ``./edgeopt.toml`` or ``$EDGEOPT_INVENTORY``).
+
+    val:      validation data (as ``--val``): at most ``max_val_samples`` samples also run on every device and are
+              compared with FP32 on this host; each result's ``accuracy`` (docs/cli.md, "Bench result JSON").
 
     The other keywords are ``edgeopt bench``'s flags (``cv_threshold`` is ``--max-cv``). Returns one result
     dict per device (the JSON of ``edgeopt bench --json``); a device that failed is ``{"device", "error",
@@ -104,7 +108,8 @@ def bench(artifact, devices=None, *, local: bool = False, inventory=None, warmup
     chosen = _select_devices(devices, local, inventory, local_target=target, command="bench")
     opts = device_bench.BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, seed=seed,
                                      input=input, lock_timeout=lock_timeout, keep_samples=True,
-                                     warmup_seconds=warmup_seconds, sustained=sustained, cv_threshold=cv_threshold)
+                                     warmup_seconds=warmup_seconds, sustained=sustained, cv_threshold=cv_threshold,
+                                     val=val, max_val_samples=max_val_samples)
     return device_bench.bench_devices(chosen, artifact, opts, accept_new=accept_new)
 
 
@@ -131,7 +136,8 @@ def deploy(model, target: str, devices=None, *, local: bool = False, inventory=N
     out:     output directory (default a cache under ``$EDGEOPT_CACHE`` or ``~/.cache/edgeopt/deploy``).
 
     The conversion keywords are :func:`convert`'s, the benchmark keywords :func:`bench`'s; ``no_bench``
-    converts and pushes only. Returns ``{"manifest", "results", "out", "converted"}`` (``results`` as
+    converts and pushes only. ``val`` is the conversion check's data and runs on every device too (each result's
+    ``accuracy``, against the same FP32 reference). Returns ``{"manifest", "results", "out", "converted"}`` (``results`` as
     :func:`bench` returns them). Raises :class:`UsageError` for bad input and :class:`GateError` when an
     accuracy gate fails.
     """

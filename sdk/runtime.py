@@ -46,7 +46,8 @@ np = _NumpyOnFirstUse()
 
 __all__ = ["load", "Model", "IOSpec", "RuntimeMissing", "InputError", "bench", "latency_stats",
            "check_artifact_name", "RUNNER_OPTIONS", "RUNNER_DEFAULTS", "runner_parser", "runner_argv",
-           "import_tflite_interpreter", "KEEP_FLOAT_OPTIMIZERS", "PYTHON_FLOOR", "PYTHON_GUARD"]
+           "import_tflite_interpreter", "KEEP_FLOAT_OPTIMIZERS", "PYTHON_FLOOR", "PYTHON_GUARD", "load_samples",
+           "run_samples", "save_outputs", "output_key"]
 
 MANIFEST = "manifest.json"
 
@@ -73,6 +74,9 @@ RUNNER_OPTIONS = (
     ("max_samples", int, 20000, "report at most this many samples, evenly spaced (runs stays the true count)"),
     ("time_limit", float, None, "end (exit 3) after this many seconds in all, lock wait included"),
     ("probe", str, None, "shell command run inside the lock before and after measuring (device conditions)"),
+    ("manifest", str, None, "manifest.json that describes the artifact: its I/O (names, layout) for --input and --val"),
+    ("val", str, None, ".npz of samples (source layout, one array per input): run after timing, on the same model"),
+    ("val_out", str, None, "with --val: write their outputs here (.npz: output_0, output_1, ... in manifest order)"),
 )
 # Lines that frame the probe's output on stdout: before-probe output, RUN mark, the JSON, AFTER mark, after-probe.
 PROBE_MARKS = ("@@edgeopt-runner", "@@edgeopt-after")
@@ -766,6 +770,14 @@ def bench(path: str, warmup: int = RUNNER_DEFAULTS["warmup"], runs: int = RUNNER
     t0 = time.perf_counter()
     model = load(path, threads=threads, artifact=artifact, delegate=delegate, provider=provider)
     init_ms = (time.perf_counter() - t0) * 1e3
+    return _bench_model(model, init_ms, warmup=warmup, runs=runs, min_seconds=min_seconds, seed=seed, inputs=inputs,
+                        keep_samples=keep_samples, warmup_seconds=warmup_seconds, sustained=sustained,
+                        max_samples=max_samples)
+
+
+def _bench_model(model: "Model", init_ms: float, warmup: int, runs: int, min_seconds: float, seed: int, inputs,
+                 keep_samples: bool, warmup_seconds: float, sustained: float, max_samples: int) -> dict:
+    """:func:`bench` on a model already loaded (the runner keeps it, to run the --val samples on it afterwards)."""
     input_note = None
     if inputs is None:
         arrays = model.example_inputs(seed)
@@ -818,6 +830,65 @@ def bench(path: str, warmup: int = RUNNER_DEFAULTS["warmup"], runs: int = RUNNER
     if keep_samples:
         _keep_samples(res, samples, [round(x, 6) for x in stamps], max_samples)
     return res
+
+
+# ------------------------------------------------------------------------------------- validation samples
+
+def output_key(k: int) -> str:
+    """The name of output ``k`` (manifest order) in an outputs .npz: by position, since output names may hold
+    characters a file name in a zip archive should not (``/``, ``:``)."""
+    return "output_%d" % k
+
+
+def load_samples(samples, model: "Model") -> dict:
+    """``samples`` for ``model``: {input name: array (N, ...)} from a .npz (one array per input name; a single-input
+    model also takes a .npz with one array under any name, and arrays that are not inputs, such as ``labels``, are
+    left out) or a .npy (single-input models), read with ``allow_pickle=False``, or a dict given as it is."""
+    names = [s.name for s in model.inputs]
+    if isinstance(samples, dict):
+        return {k: v for k, v in samples.items() if k in names}
+    path = os.fspath(samples)
+    if path.endswith(".npy"):
+        if len(names) != 1:
+            raise InputError("%s: a .npy file fits single-input models only; this one takes %s" % (path, names))
+        return {names[0]: np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.files)
+        if len(names) == 1 and names[0] not in keys:
+            arrays = [k for k in keys if k != "labels"]
+            if len(arrays) != 1:
+                raise InputError("%s: no array named %r (it has %s)" % (path, names[0], keys))
+            return {names[0]: z[arrays[0]]}
+        missing = [n for n in names if n not in keys]
+        if missing:
+            raise InputError("%s: no array for input(s) %s (it has %s)" % (path, missing, keys))
+        return {n: z[n] for n in names}
+
+
+def run_samples(model: "Model", samples, out: "str | None" = None) -> "list[np.ndarray]":
+    """Run every sample of ``samples`` (see :func:`load_samples`: a .npz/.npy path or a dict, source layout) through
+    ``model``, one batch of the artifact at a time; returns the outputs in manifest order (float32, (N, ...)).
+
+    With ``out``, they are also written there as a .npz (``output_0``, ``output_1``, ... in manifest order; see
+    :func:`save_outputs`): what the runner's ``--val``/``--val-out`` leave for the host to read back."""
+    outputs = model.predict(load_samples(samples, model), batch_size=64)
+    outputs = [np.ascontiguousarray(a, dtype=np.float32) for a in outputs]
+    if out:
+        save_outputs(outputs, out)
+    return outputs
+
+
+def save_outputs(outputs: "list[np.ndarray]", out: str) -> None:
+    """Write ``outputs`` to the .npz ``out`` (``output_0``, ...), through a temporary name and a rename: a reader
+    never sees half a file."""
+    tmp = "%s.part-%d" % (out, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{output_key(k): a for k, a in enumerate(outputs)})
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _keep_samples(res: dict, samples: list, stamps: "list | None", max_samples: int) -> None:
@@ -1150,6 +1221,41 @@ class _DeviceLock:
             os.close(self.fd)
 
 
+def _runner_model(args, provider_only: bool = False) -> "Model":
+    """The runner's model, loaded as :func:`load` loads the artifact file (in a device's store it sits alone: a
+    bare file), with the runtime, delegate and threads asked for. With --manifest, the same runtime, delegate and
+    threads, and the I/O as that manifest describes the artifact (source names, layout and order): data in the
+    source layout (--input, --val) fits, and nothing the runtime runs changes."""
+    delegate = None if provider_only else args.delegate
+    if not args.manifest:
+        return load(args.artifact, threads=args.threads, delegate=delegate, provider=args.provider)
+    with open(args.manifest) as f:
+        manifest = json.load(f)
+    name = os.path.basename(args.artifact)
+    arts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    entry = next((a for a in arts or [] if isinstance(a, dict) and a.get("file") == name), None)
+    if entry is None:
+        raise ValueError("%s does not describe %s" % (args.manifest, name))
+    if not os.path.exists(args.artifact):
+        raise FileNotFoundError("%s: no such file" % args.artifact)
+    return Model(args.artifact, manifest, entry, threads=_threads(args.threads, None), delegate=delegate,
+                 provider=args.provider)
+
+
+def _run_val(model: "Model | None", args) -> dict:
+    """The runner's --val: every sample through the model that was timed (its runtime, delegate and threads), the
+    outputs written to --val-out for the host to read back. TensorRT timed through trtexec has no model here: the
+    samples then run with onnxruntime, and the summary's ``runtime`` says so."""
+    if not args.val_out:
+        raise ValueError("--val needs --val-out (where the outputs go)")
+    if model is None:
+        model = _runner_model(args, provider_only=True)
+    t0 = time.perf_counter()
+    outputs = run_samples(model, args.val, args.val_out)
+    return {"samples": int(outputs[0].shape[0]) if outputs else 0, "seconds": round(time.perf_counter() - t0, 4),
+            "runtime": model.runtime, "threads": model.threads, "outputs": [s.name for s in model.outputs]}
+
+
 def main(argv=None) -> int:
     """Runner entry point: ``python3 runtime.py bench ARTIFACT [--warmup N] [--runs N] ...`` prints JSON."""
     import numpy  # noqa: F401  (a missing numpy fails here, on stderr, where the host looks for it)
@@ -1157,7 +1263,7 @@ def main(argv=None) -> int:
     if argv is None:  # the runner process itself (not a test calling main()): may end itself
         _Watchdog(args.time_limit)
     inputs = None
-    after = None
+    after = model = None
     try:
         if args.input:
             data = np.load(args.input)
@@ -1174,11 +1280,12 @@ def main(argv=None) -> int:
                                     min_seconds=max(args.min_seconds, args.sustained), cache_dir=args.engine_cache,
                                     keep_samples=not args.no_samples, warmup_seconds=args.warmup_seconds)
             else:
-                res = bench(args.artifact, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
-                            threads=args.threads, seed=args.seed, inputs=inputs, delegate=args.delegate,
-                            provider=args.provider, keep_samples=not args.no_samples,
-                            warmup_seconds=args.warmup_seconds, sustained=args.sustained,
-                            max_samples=args.max_samples)
+                t0 = time.perf_counter()
+                model = _runner_model(args)
+                res = _bench_model(model, (time.perf_counter() - t0) * 1e3, warmup=args.warmup, runs=args.runs,
+                                   min_seconds=args.min_seconds, seed=args.seed, inputs=inputs,
+                                   keep_samples=not args.no_samples, warmup_seconds=args.warmup_seconds,
+                                   sustained=args.sustained, max_samples=args.max_samples)
                 notes = [res.pop(k) for k in ("note", "input_note") if res.get(k)]
                 if args.prefer_tensorrt and args.artifact.endswith(".onnx"):
                     why = ("TensorRT (trtexec) not found on this device" if not trt
@@ -1189,6 +1296,8 @@ def main(argv=None) -> int:
                     res["notes"] = notes
             if args.probe:
                 after = _run_probe(args.probe)
+            if args.val:  # after the conditions probe: "after" describes the timed run, not this one
+                res["val"] = _run_val(model, args)
     except RuntimeMissing as e:
         print(json.dumps({"error": str(e), "kind": "runtime_missing"}))
         return 3

@@ -128,3 +128,34 @@ def test_bench_and_deploy_store_their_results(lab, tflite_model, tmp_path):
                     "--json", env={"EDGEOPT_HISTORY": "off"})
     assert p.returncode == 0 and "id" not in json.loads(p.stdout)
     assert len(json.loads(edgeopt_cli("results", "--json", env=env).stdout)) == 3
+
+
+def test_device_check_columns_and_an_older_database(tmp_path):
+    """A database from before the on-device check opens (its columns are added), its rows list with nulls; a result
+    with an ``accuracy`` stores its lowest top-1 agreement and SQNR, shown by `edgeopt results`."""
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)  # the schema of the first release plus the sweep columns, one result in it
+    con.executescript(history.SCHEMA.replace("    timestamps BLOB\n", "    timestamps BLOB, sweep_id TEXT, sweep_cell TEXT\n"))
+    con.execute("INSERT INTO results (created, device, p50, result_json) VALUES ('2025-01-01T00:00:00+00:00', "
+                "'pi-old', 1.5, ?)", (json.dumps(fake("pi-old")),))
+    con.commit()
+    con.close()
+    checked = dict(fake("pi-new"), accuracy={"samples": 10, "reference": "fp32 source model (onnxruntime CPU) m.onnx",
+                                             "outputs": {"a": {"kind": "scores", "sqnr_db": 30.5, "top1_agreement": 0.9},
+                                                         "b": {"kind": "dense", "sqnr_db": 12.25}},
+                                             "host": {"outputs": {"a": {"top1_agreement": 0.9}}},
+                                             "same_as_host": True})
+    with history.open_db(str(path)) as db:
+        rid = db.add(checked, command="bench")
+        rows = {r["device"]: r for r in db.list()}
+        assert (rows["pi-old"]["val_top1"], rows["pi-old"]["val_sqnr_db"]) == (None, None)
+        assert (rows["pi-new"]["val_top1"], rows["pi-new"]["val_sqnr_db"]) == (0.9, 12.25)
+        assert db.get(rid)["accuracy"]["outputs"]["b"]["sqnr_db"] == 12.25
+    p = edgeopt_cli("results", "--history", path)
+    assert p.returncode == 0 and "top-1" in p.stdout and "0.900" in p.stdout and "12.2" in p.stdout
+    listed = json.loads(edgeopt_cli("results", "--history", path, "--json").stdout)
+    assert [(r["device"], r["val_top1"], r["val_sqnr_db"]) for r in listed] == [("pi-new", 0.9, 12.25),
+                                                                                 ("pi-old", None, None)]
+    p = edgeopt_cli("results", str(rid), "--history", path)
+    assert p.returncode == 0 and "accuracy  pi-new: on-device check, 10 samples" in p.stdout
+    assert "top-1 agreement 0.900 (host 0.900)" in p.stdout

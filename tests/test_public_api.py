@@ -25,7 +25,7 @@ CONVERT = {
 BENCH = {
     "artifact": _, "devices": None, "local": False, "inventory": None, "warmup": 10, "runs": 100,
     "min_seconds": 1.0, "threads": None, "seed": 0, "input": None, "lock_timeout": 600.0, "warmup_seconds": 0.0,
-    "sustained": 0.0, "cv_threshold": None, "accept_new": False,
+    "sustained": 0.0, "cv_threshold": None, "val": None, "max_val_samples": 1000, "accept_new": False,
 }
 DEPLOY = {
     "model": _, "target": _, "devices": None, "local": False, "inventory": None, "out": None, "calib": None,
@@ -116,7 +116,9 @@ def test_device_command_defaults_are_the_clis(command, fn):
 
 def test_runtime_public_names():
     public = set(edgeopt.runtime.__all__)
-    assert {"load", "Model", "IOSpec", "RuntimeMissing", "InputError", "bench", "latency_stats"} <= public
+    assert {"load", "Model", "IOSpec", "RuntimeMissing", "InputError", "bench", "latency_stats", "run_samples",
+            "load_samples", "save_outputs", "output_key"} <= public
+    assert list(inspect.signature(edgeopt.runtime.run_samples).parameters) == ["model", "samples", "out"]
     assert all(not n.startswith("_") and hasattr(edgeopt.runtime, n) for n in public)
     assert list(inspect.signature(edgeopt.runtime.load).parameters)[:2] == ["path", "threads"]
     for method in ("__call__", "predict", "batches", "run", "example_inputs"):

@@ -80,6 +80,20 @@ def test_html_is_self_contained_with_svg_plots():
     assert f"{rs[0]['latency_ms']['p50']:.3f}" in page and f"{rs[1]['latency_ms']['p90']:.3f}" in page
 
 
+
+def test_html_shows_the_on_device_check_escaped():
+    r = fake("pi-01", 8.0, 1, rid=11)
+    r["accuracy"] = {"samples": 100, "reference": "fp32 source model (onnxruntime CPU) <b>m.onnx",
+                     "runtime": {"name": "ai_edge_litert", "version": "2.1.0"}, "same_as_host": False,
+                     "outputs": {"<script>x": {"cosine": 0.99871, "sqnr_db": 24.5, "top1_agreement": 0.97}},
+                     "host": {"outputs": {"<script>x": {"cosine": 0.99912, "top1_agreement": 0.98}}},
+                     "notes": ["the first 100 of 1000 <i>samples"]}
+    page = report.html([r])
+    assert "<h3>On-device accuracy</h3>" in page and "differs from the host" in page and "<script" not in page
+    assert "&lt;script&gt;x" in page and "&lt;b&gt;m.onnx" in page and "1000 &lt;i&gt;samples" in page
+    assert "0.9987" in page and "0.9991" in page and "0.9700" in page and "0.9800" in page
+    assert "On-device accuracy" not in report.html([fake("pi-01", 8.0, 1)])
+
 def test_markdown_summary():
     rs = [fake("pi-01", 8.0, 1, rid=11), fake("pi-01", 10.0, 2, rid=12)]
     md = report.markdown(rs)

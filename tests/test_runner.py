@@ -133,3 +133,27 @@ def test_runtime_import_does_not_load_numpy():
     code = "import sys, edgeopt.runtime as r; assert r.RUNNER_DEFAULTS['runs'] == 100; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_runner_val_runs_the_samples_on_the_timed_model(tflite_model, tmp_path):
+    """--val/--val-out: every sample through the model that was timed; the outputs (output_0, ...) are what
+    edgeopt.runtime gives in this process, and the summary names the runtime that ran them."""
+    import numpy as np
+    m = runtime.load(str(tflite_model))
+    x = np.random.default_rng(3).uniform(-1, 1, [7] + list(m.inputs[0].source_shape[1:])).astype(np.float32)
+    np.savez(tmp_path / "val.npz", **{m.inputs[0].name: x}, labels=np.arange(7))  # labels: not an input, left out
+    out = tmp_path / "out.npz"
+    rc, res, _ = run_runner(tflite_model, "--runs", 2, "--min-seconds", 0, "--threads", 2, "--val",
+                            tmp_path / "val.npz", "--val-out", out)
+    assert rc == 0, res
+    assert res["val"]["samples"] == 7 and res["val"]["runtime"] == res["runtime"] and res["val"]["threads"] == 2
+    assert res["val"]["outputs"] == [s.name for s in m.outputs]
+    with np.load(out, allow_pickle=False) as z:
+        assert z.files == ["output_0"] and z["output_0"].dtype == np.float32
+        np.testing.assert_array_equal(z["output_0"], runtime.run_samples(m, {m.inputs[0].name: x})[0])
+    assert [p.name for p in tmp_path.iterdir() if ".part-" in p.name] == []  # written by a rename
+    rc, res, _ = run_runner(tflite_model, "--runs", 1, "--min-seconds", 0, "--val", tmp_path / "val.npz")
+    assert rc == 4 and res["kind"] == "run_failed" and "--val needs --val-out" in res["error"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [{"file": "other.tflite"}]}))
+    rc, res, _ = run_runner(tflite_model, "--runs", 1, "--min-seconds", 0, "--manifest", tmp_path / "manifest.json")
+    assert rc == 4 and "does not describe tiny cnn.int8.tflite" in res["error"]

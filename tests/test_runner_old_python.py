@@ -212,6 +212,23 @@ def test_load_and_run_equals_the_host(runner_python, model, request, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("model", ["onnx_model", "tflite_model"])
+def test_val_samples_on_the_old_pythons(runner_python, model, request, tmp_path):
+    """The runner's --val on Python 3.8 (numpy 1.24) and 3.10: the samples run, the .npz comes back and reads as
+    the host's own run does (an older runtime release may round float kernels in the last bits)."""
+    artifact = str(request.getfixturevalue(model))
+    host = edgeopt.runtime.load(artifact)
+    x = np.random.default_rng(5).standard_normal([6] + list(host.inputs[0].source_shape[1:])).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    device = local_device(python=runner_python, workdir=str(tmp_path / "wd"))
+    res = bench_device(device, artifact, BenchOptions(runs=2, min_seconds=0, warmup=1, conditions=False,
+                                                      val=str(tmp_path / "x.npy")))
+    acc = res["accuracy"]
+    assert acc["samples"] == 6 and acc["runtime"]["name"] == res["runtime"]["name"]
+    for m in acc["vs_host"].values():
+        assert m["max_abs_err"] <= 1e-5 and m.get("top1_agreement", 1.0) == 1.0
+
 # ------------------------------------------------------------------------------- over real SSH, via the CLI
 
 @pytest.mark.ssh

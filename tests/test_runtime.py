@@ -255,3 +255,30 @@ def test_fast_transpose_is_exact(shape):
     assert y.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(rt._transpose(x, [0, 3, 1, 2]), x.transpose(0, 3, 1, 2))
+
+
+def test_load_and_run_samples(nhwc_dir, tmp_path):
+    """Samples from a .npz (by input name; other arrays such as labels left out; one array under any name for a
+    single-input model), a .npy or a dict; outputs in manifest order, written as output_0 ... by a rename."""
+    m = rt.load(nhwc_dir)
+    x = np.random.default_rng(4).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "named.npz", image=x, labels=np.arange(3))
+    np.savez(tmp_path / "other.npz", pixels=x)
+    np.save(tmp_path / "x.npy", x)
+    for src in (tmp_path / "named.npz", tmp_path / "other.npz", str(tmp_path / "x.npy"), {"image": x, "labels": 0}):
+        got = rt.load_samples(src, m)
+        assert list(got) == ["image"]
+        np.testing.assert_array_equal(got["image"], x)
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    with pytest.raises(rt.InputError, match=r"no array named 'image' \(it has \['a', 'b'\]\)"):
+        rt.load_samples(tmp_path / "two.npz", m)
+    np.save(tmp_path / "obj.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded"):  # never unpickled
+        rt.load_samples(str(tmp_path / "obj.npy"), m)
+    outs = rt.run_samples(m, tmp_path / "named.npz", str(tmp_path / "o.npz"))
+    np.testing.assert_array_equal(outs[0], m(x)["features"])
+    assert outs[0].dtype == np.float32 and rt.output_key(0) == "output_0"
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
+        assert z.files == ["output_0"]
+        np.testing.assert_array_equal(z["output_0"], outs[0])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("o.npz")] == ["o.npz"]  # no .part- left

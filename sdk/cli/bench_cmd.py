@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from edgeopt.cli import echo_json
-from edgeopt.cli.options import BENCHMARK, DEBUG, DEVICE_SELECTION, JSON, argument, bench_options, command
+from edgeopt.cli.options import (BENCHMARK, DEBUG, DEVICE_SELECTION, DEVICE_VAL, JSON, argument, bench_options,
+                                 command)
 
 ARTIFACT = argument("artifact", str, ...,
                     help="A .tflite/.onnx artifact, or an edgeopt output dir (its primary artifact).")
 
 
-@command("bench", ARTIFACT, DEVICE_SELECTION, BENCHMARK, JSON, DEBUG)
+@command("bench", ARTIFACT, DEVICE_SELECTION, BENCHMARK, DEVICE_VAL, JSON, DEBUG)
 def bench(o):
     """Benchmark an artifact on devices (in parallel), pushing it first when it is not there yet."""
     from edgeopt.cli.bench_output import (check_clean, check_p90, print_bench_table, public, raise_for_failures,

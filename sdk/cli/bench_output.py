@@ -90,14 +90,17 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
 
     c = console()
     t = Table(title=title)
-    for col in ("device", "target", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "runs", "init ms",
-                "transfer", "status"):
-        t.add_column(col, justify="right" if col.endswith("ms") or col == "runs" else "left")
-    notes = []
+    checked = any(r.get("accuracy") for r in results)  # a column for the on-device check only when there is one
+    cols = ("device", "target", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "runs", "init ms",
+            "transfer") + (("device check",) if checked else ()) + ("status",)
+    for col in cols:
+        t.add_column(col, justify="right" if col.endswith("ms") or col == "runs" else "left",
+                     no_wrap=col == "device check")
+    notes, checks = [], []
     for r in results:
         if "error" in r:
-            t.add_row(r["device"], r.get("target") or "-", styled(("failed (see below)", "red")), "-", "-", "-", "-", "-",
-                      "-", "-", "-", "-")
+            t.add_row(r["device"], r.get("target") or "-", styled(("failed (see below)", "red")),
+                      *["-"] * (len(cols) - 3))
             continue
         rt = r.get("runtime") or {}
         how = rt.get("name") or "?"
@@ -121,13 +124,33 @@ def print_bench_table(results: list[dict], title: str = "edgeopt bench"):
             st += [" ", ("unstable", "yellow")]
         if r.get("id"):
             st.append(f" #{r['id']}")
+        acc = r.get("accuracy")
+        check = (_check_cell(acc),) if checked else ()
         t.add_row(r["device"], r.get("target") or "-", how, fmt(lat.get("p50")), fmt(lat.get("p90")),
                   fmt(lat.get("p99")), fmt(lat.get("mean")), "-" if lat.get("cv") is None else f"{lat['cv']:.3f}",
-                  str(r.get("runs", "-")), fmt(r.get("init_ms")), trs, styled(*st))
+                  str(r.get("runs", "-")), fmt(r.get("init_ms")), trs, *check, styled(*st))
+        if acc:
+            from edgeopt.devices.val import summary_line
+            checks.append(summary_line(r["device"], acc))
+            notes += [f"{r['device']}: {n}" for n in acc.get("notes") or []]
         for n in r.get("notes") or []:
             notes.append(f"{r['device']}: {n}")
         for n in (r.get("conditions") or {}).get("reasons") or []:
             notes.append(f"{r['device']}: not clean: {n}")
     c.print(t)
+    for line in checks:  # device data: printed as text, one line (no markup, no wrapping)
+        c.print(line, markup=False, highlight=False, soft_wrap=True)
     for n in notes:
         c.print(n)
+
+
+def _check_cell(acc: dict | None) -> str:
+    """The on-device check in a few characters: the worst top-1 agreement (else SQNR) and whether the device's
+    outputs are the host's."""
+    if not acc:
+        return "-"
+    outs = list((acc.get("outputs") or {}).values())
+    top1 = [m["top1_agreement"] for m in outs if m.get("top1_agreement") is not None]
+    sqnr = [m["sqnr_db"] for m in outs if m.get("sqnr_db") is not None]
+    text = f"top-1 {min(top1):.3f}" if top1 else (f"{min(sqnr):.1f} dB" if sqnr else "?")
+    return text + (" = host" if acc.get("same_as_host") else " ≠ host")

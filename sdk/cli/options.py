@@ -102,6 +102,8 @@ TARGET = option("target", str, ..., "--target", "-t", help="Target profile or fa
 CALIB = option("calib", Optional[str], None, "--calib", help="Calibration data: .npy, .npz, image dir, or 'random'.")
 VAL = option("val", Optional[str], None, "--val", help="Validation data for the accuracy check (same forms).")
 OUT = option("out", Optional[str], None, "--out", "-o", help="Output directory.")
+MAX_VAL_SAMPLES = option("max_val_samples", int, DEFAULT_MAX_VAL, "--max-val-samples",
+                         help="At most this many validation samples.")
 TRUST_MODEL_CODE = option("trust_model_code", bool, False, "--trust-model-code",
                           help="Allow loading model files that can run code (Keras Lambda layers, legacy .h5 via "
                                "tf_keras). Off by default: such models are refused.")
@@ -143,8 +145,7 @@ CONVERSION = [
            help="INT8 weight rounding: gptq (default: each layer's weights rounded against its calibration "
                 "inputs, least output error) or nearest (the converter's own)."),
     option("max_samples", int, DEFAULT_MAX_CALIB, "--max-samples", help="At most this many calibration samples."),
-    option("max_val_samples", int, DEFAULT_MAX_VAL, "--max-val-samples",
-           help="At most this many validation samples."),
+    MAX_VAL_SAMPLES,
     TRUST_MODEL_CODE,
 ]
 
@@ -220,16 +221,25 @@ BENCHMARK = [
 ]
 
 
+# bench's on-device accuracy check (deploy has both options among its conversion options, with the same meaning
+# extended: its --val samples run on the devices too)
+DEVICE_VAL = [
+    variant(VAL, help="Validation data (.npy, .npz, image dir): run on each device too, and its outputs compared "
+                      "with FP32 on this host (and with this host's run of the artifact)."),
+    MAX_VAL_SAMPLES,
+]
+
+
 def bench_options(values):
-    """The BENCHMARK values as :class:`edgeopt.devices.bench.BenchOptions` (every sample kept: ``--no-samples``
-    only thins the JSON output)."""
+    """The BENCHMARK (and, where the command has them, DEVICE_VAL) values as
+    :class:`edgeopt.devices.bench.BenchOptions` (every sample kept: ``--no-samples`` only thins the JSON output)."""
     import dataclasses
 
     from edgeopt.devices.bench import BenchOptions
 
     fields = {f.name for f in dataclasses.fields(BenchOptions)}
-    return BenchOptions(keep_samples=True, **{p.name: getattr(values, p.name) for p in BENCHMARK
-                                              if p.name in fields})
+    return BenchOptions(keep_samples=True, **{p.name: getattr(values, p.name) for p in BENCHMARK + DEVICE_VAL
+                                              if p.name in fields and hasattr(values, p.name)})
 
 # ----------------------------------------------------------------------------------------------- sweep
 

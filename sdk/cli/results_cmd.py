@@ -41,9 +41,11 @@ def results(o):
         c.print(f"no results in {db.path}")
         return
     t = Table(title=f"edgeopt results ({db.path})")
+    checked = any(r.get("val_top1") is not None or r.get("val_sqnr_db") is not None for r in rows)
     for col in ("id", "when (UTC)", "device", "target", "artifact", "sha256", "runtime", "p50 ms", "p90 ms", "CV",
-                "runs", "status"):
-        t.add_column(col, justify="right" if col in ("id", "p50 ms", "p90 ms", "CV", "runs") else "left")
+                "runs") + (("device top-1", "device SQNR") if checked else ()) + ("status",):
+        t.add_column(col, justify="right" if col in ("id", "p50 ms", "p90 ms", "CV", "runs", "device top-1",
+                                                     "device SQNR") else "left")
     for r in rows:
         st = ["clean" if r["clean"] else ("not clean", "red") if r["clean"] is False else "-"]
         if r["unstable"]:
@@ -51,7 +53,8 @@ def results(o):
         f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
         t.add_row(str(r["id"]), r["created"].replace("T", " ")[:19], r["device"] or "-", r["target"] or "-",
                   r["artifact_file"] or "-", (r["artifact_sha256"] or "")[:12], f"{r['runtime'] or '-'}",
-                  f(r["p50"]), f(r["p90"]), f(r["cv"]), str(r["runs"] or "-"), styled(*st))
+                  f(r["p50"]), f(r["p90"]), f(r["cv"]), str(r["runs"] or "-"),
+                  *((f(r.get("val_top1")), f(r.get("val_sqnr_db"), 1)) if checked else ()), styled(*st))
     c.print(t)
 
 
@@ -70,6 +73,10 @@ def _show(r: dict):
     c.print(f"config    {r.get('config')}  protocol {r.get('protocol', {}).get('warmup_seconds', 0)} s warm-up"
             + (f", sustained {r['protocol']['sustained']:g} s" if (r.get("protocol") or {}).get("sustained") else ""))
     c.print("latency   " + ", ".join(f"{k} {v:.3f}" for k, v in lat.items() if isinstance(v, (int, float))))
+    if isinstance(r.get("accuracy"), dict):
+        from edgeopt.devices.val import summary_line
+        c.print("accuracy  " + summary_line(str(r.get("device")), r["accuracy"]), markup=False, highlight=False,
+                soft_wrap=True)
     ci = r.get("ci95") or {}
     if ci.get("p50"):
         c.print(f"95% CI    p50 [{ci['p50'][0]:.3f}, {ci['p50'][1]:.3f}] ms, mean [{ci['mean'][0]:.3f}, "

@@ -9,7 +9,8 @@ import numpy as np
 from edgeopt.errors import UsageError
 
 
-__all__ = ["OUTPUT_KINDS", "looks_like_scores", "guess_kind", "parse_output_kinds", "metrics", "compare", "gate"]
+__all__ = ["OUTPUT_KINDS", "looks_like_scores", "guess_kind", "parse_output_kinds", "metrics", "compare",
+           "add_label_accuracy", "top1_accuracy", "gate"]
 
 # What an output is decides which numbers mean something: class scores (top-1 agreement), an embedding (cosine:
 # its direction is what is compared downstream), a dense map or boxes (SQNR and max error).
@@ -85,6 +86,24 @@ def compare(refs: list[np.ndarray], gots: list[np.ndarray], names: list[str], ki
     kinds = kinds or {}
     return {n: metrics(r, g, kinds.get(n) or guess_kind(n, r.shape)) for n, r, g in zip(names, refs, gots)}
 
+
+
+def top1_accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """The fraction of samples whose highest score is their label (rounded as the metrics are)."""
+    return round(float(np.mean(np.argmax(outputs.reshape(len(outputs), -1), 1) == labels)), 6)
+
+
+def add_label_accuracy(acc: dict, refs: list[np.ndarray], gots: list[np.ndarray], names: list[str],
+                       labels: np.ndarray | None) -> dict:
+    """``acc`` ({output name: metrics}) with the real top-1 accuracy of the reference (``fp32_top1_accuracy``) and
+    of the compared outputs (``top1_accuracy``) on every class-score output, when the data carries ``labels``."""
+    if labels is None:
+        return acc
+    for name, r, g in zip(names, refs, gots):
+        if "top1_agreement" in acc[name]:
+            acc[name]["fp32_top1_accuracy"] = top1_accuracy(r, labels)
+            acc[name]["top1_accuracy"] = top1_accuracy(g, labels)
+    return acc
 
 def gate(outputs: dict, min_sqnr: float | None, min_top1: float | None) -> list[str]:
     """Failures of the accuracy gates, as readable strings (empty when all pass)."""

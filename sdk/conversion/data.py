@@ -18,7 +18,8 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 
-__all__ = ["IMAGE_EXTS", "shape_str", "channels_first", "load", "read_npz_array", "digest", "take", "count"]
+__all__ = ["IMAGE_EXTS", "shape_str", "channels_first", "load", "read_npz_array", "read_labels", "digest", "take",
+           "count"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp")
 # Data files are read bounded: an image is refused above these sizes before it is decoded (a small PNG
@@ -193,6 +194,18 @@ def read_npz_array(path: str, key: str, limit: int | None = None) -> np.ndarray 
     except Exception as e:  # zipfile, zlib, header and truncation errors: all "not readable"
         raise UsageError(f"{path}: not a readable .npz file ({e})") from None
 
+
+
+def read_labels(src, n: int) -> np.ndarray | None:
+    """The integer class labels a validation .npz stores beside the inputs (array ``labels``) for its first ``n``
+    samples, or None (no such array, not integers, or fewer than ``n``)."""
+    if not isinstance(src, (str, os.PathLike)) or not os.fspath(src).endswith(".npz"):
+        return None
+    lab = read_npz_array(os.fspath(src), "labels", limit=n)  # bounded, header checked, never pickle
+    if lab is None:
+        return None
+    lab = np.asarray(lab).reshape(-1)[:n]
+    return lab.astype(np.int64) if lab.shape[0] == n and lab.dtype.kind in "iu" else None
 
 def load(src, inputs: list[dict], what: str = "calibration", mean=None, std=None, seed: int = 0,
          random_samples: int = 32, limit: int | None = None) -> tuple[dict, dict]:

@@ -15,9 +15,9 @@ import tempfile
 
 import edgeopt
 from edgeopt.conversion.defaults import DEFAULT_MAX_CALIB
+from edgeopt.conversion.reference import find_beside
 from edgeopt.errors import UsageError
 from edgeopt.json_files import read_json
-from edgeopt.hashing import sha256_file, sha256_tree
 
 __all__ = ["explain"]
 
@@ -32,16 +32,10 @@ def _load_manifest(out_dir: str) -> dict:
 def _find(name: str | None, out_dir: str, sha: str | None, what: str, flag: str) -> str:
     if not name:
         raise UsageError(f"the manifest records no {what} file", hint=f"give it with {flag} PATH")
-    out_dir = os.path.abspath(out_dir)
-    tried = []
-    for d in (out_dir, os.path.dirname(out_dir), os.path.dirname(os.path.dirname(out_dir)), os.getcwd()):
-        p = os.path.join(d, name)
-        if p in tried or not os.path.exists(p):
-            continue
-        tried.append(p)
-        if sha is None or (sha256_tree(p) if os.path.isdir(p) else sha256_file(p)) == sha:
-            return p
-    raise UsageError(f"{what} {name!r} not found beside {out_dir} or in the current directory"
+    path, tried = find_beside(name, out_dir, sha)
+    if path is not None:
+        return path
+    raise UsageError(f"{what} {name!r} not found beside {os.path.abspath(out_dir)} or in the current directory"
                      + (" (a file of that name has different contents)" if tried else ""),
                      hint=f"give it with {flag} PATH")
 

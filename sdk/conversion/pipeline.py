@@ -17,8 +17,9 @@ import tempfile
 import numpy as np
 
 from edgeopt import __version__, converters, runtime, targets
-from edgeopt.conversion import data, recover
-from edgeopt.conversion.accuracy import compare as compare_outputs, gate as accuracy_gate, guess_kind, parse_output_kinds
+from edgeopt.conversion import data, recover, reference
+from edgeopt.conversion.accuracy import (add_label_accuracy, compare as compare_outputs, gate as accuracy_gate,
+                                        guess_kind, parse_output_kinds)
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
                                          DEFAULT_MIN_COSINE,
                                          DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
@@ -405,13 +406,13 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     _say(progress, f"checking against FP32 on {data.count(vdata)} samples")
     ref = _reference(job, fmt)
     vlist = [vdata[i["name"]] for i in static_in]
-    ref_out = _run_batched(ref, vlist)
+    ref_out = reference.run_batched(ref, vlist)
     out_names = [o["name"] for o in src_out]
     for o, r in zip(src_out, ref_out):
         o["shape"] = [None] + list(r.shape[1:])
     kinds = {name: declared_kinds.get(name) or guess_kind(name, r.shape) for name, r in zip(out_names, ref_out)}
 
-    labels = _labels(val, data.count(vdata)) if val is not None else None
+    labels = data.read_labels(val, data.count(vdata)) if val is not None else None
     entries, by_artifact = [], {}
     # the samples each part sees: all of them, or (with --accuracy-target) the selection / confirmation half
     parts = {None: (vlist, ref_out, labels)}
@@ -424,12 +425,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         entry = _describe(a, path, static_in, src_out)
         m = runtime.Model(path, None, entry, threads=None)
         got = m.predict(inputs, batch_size=64)
-        acc = compare_outputs(refs, got, out_names, kinds)
-        if labs is not None:  # real task accuracy when the validation data carries labels
-            for name, r, g in zip(out_names, refs, got):
-                if "top1_agreement" in acc[name]:
-                    acc[name]["fp32_top1_accuracy"] = round(float(np.mean(np.argmax(r.reshape(len(r), -1), 1) == labs)), 6)
-                    acc[name]["top1_accuracy"] = round(float(np.mean(np.argmax(g.reshape(len(g), -1), 1) == labs)), 6)
+        acc = add_label_accuracy(compare_outputs(refs, got, out_names, kinds), refs, got, out_names, labs)
         entry["accuracy"] = acc
         return entry
 
@@ -458,7 +454,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     for e in entries:
         _stamp(os.path.join(staging, e["file"]))
     primary = entries[0]
-    accuracy = {"reference": "fp32 source model (" + ("onnxruntime CPU" if fmt == "onnx" else "TensorFlow") + ")",
+    accuracy = {"reference": reference.label(fmt),
                 "data": v_info, "samples": v_info["samples"], "artifact": primary["file"],
                 "outputs": primary["accuracy"], "by_artifact": by_artifact}
     if split:
@@ -544,7 +540,7 @@ def _auto_ranges(job, fn, fmt, progress):
     sees calibration data only, never the validation samples the check reports on."""
     n = min(AUTO_SAMPLES, data.count(job.calib))
     inputs = [job.calib[i["name"]][:n] for i in job.inputs]
-    refs = _run_batched(_reference(job, fmt), inputs)
+    refs = reference.run_batched(_reference(job, fmt), inputs)
     names = [o["name"] for o in job.outputs]
     src_out = [dict(o, shape=[None] + list(r.shape[1:])) for o, r in zip(job.outputs, refs)]
     tried, best = {}, None
@@ -606,27 +602,10 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops,
     return new, report, report.pop("layers", None), new_acc
 
 
-def _labels(val, n):
-    """Integer class labels stored beside the inputs in a validation .npz (key 'labels'), if any."""
-    if not isinstance(val, (str, os.PathLike)) or not os.fspath(val).endswith(".npz"):
-        return None
-    lab = data.read_npz_array(os.fspath(val), "labels", limit=n)  # bounded, header checked, never pickle
-    if lab is None:
-        return None
-    lab = np.asarray(lab).reshape(-1)[:n]
-    return lab.astype(np.int64) if lab.shape[0] == n and lab.dtype.kind in "iu" else None
-
-
 def _reference(job, fmt):
     if fmt == "onnx":
         return onnx_io.Reference(job.static_onnx_path(), [o["name"] for o in job.outputs])
     return job.graph
-
-
-def _run_batched(fn, arrays, batch=1):
-    n = arrays[0].shape[0]
-    parts = [fn([a[i:i + batch] for a in arrays]) for i in range(0, n, batch)]
-    return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(parts[0]))]
 
 
 def _describe(a: dict, path: str, static_in, src_out) -> dict:

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from edgeopt import targets
-from edgeopt.devices import conditions
+from edgeopt.conversion.defaults import DEFAULT_MAX_VAL
+from edgeopt.devices import conditions, val as device_val
 from edgeopt.devices.connection import Connection, abort_all, connect, q
 from edgeopt.errors import DeviceError, EdgeoptError, UsageError
 from edgeopt.json_files import read_json
@@ -51,6 +52,9 @@ class BenchOptions:
     conditions: bool = True           # probe device conditions before and after (clean / reasons)
     cv_threshold: float | None = None  # CV above which a run is flagged unstable (default stats.CV_THRESHOLD)
     thresholds: object = None         # conditions.Thresholds (default: its defaults)
+    val: str | None = None            # validation data run on each device too (edgeopt.devices.val)
+    max_val_samples: int = DEFAULT_MAX_VAL
+    val_check: object = None          # that check, prepared once on the host (bench_devices and deploy do it)
 
 
 def runner_source() -> bytes:
@@ -94,6 +98,17 @@ def resolve_artifact(path: str) -> tuple[str, dict | None]:
     if not (p.endswith(".tflite") or p.endswith(".onnx")):
         raise UsageError(f"{p}: not an artifact (expected .tflite or .onnx, or an edgeopt output directory)")
     return p, None
+
+
+def _manifest_file(file: str) -> str | None:
+    """The manifest.json beside an artifact file when it describes that file (edgeopt convert's output), else None."""
+    mpath = os.path.join(os.path.dirname(os.path.abspath(file)), "manifest.json")
+    try:
+        arts = read_json(mpath).get("artifacts") or []
+    except (UsageError, AttributeError):
+        return None
+    name = os.path.basename(file)
+    return mpath if any(isinstance(a, dict) and a.get("file") == name for a in arts) else None
 
 
 def manifest_target(artifact: str) -> str | None:
@@ -204,6 +219,14 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     opts = opts or BenchOptions()
     t_start = time.perf_counter()
     file, _entry = resolve_artifact(artifact)
+    check = opts.val_check
+    if opts.val is not None and check is None:  # a caller of bench_device alone: prepared here, for this device
+        check = device_val.prepare(file, opts.val, opts.max_val_samples,
+                                   out_dir=artifact if os.path.isdir(artifact) else None)
+        try:
+            return bench_device(device, artifact, replace(opts, val_check=check), accept_new, conn)
+        finally:
+            check.cleanup()
     own = conn is None
     conn = conn or connect(device, accept_new=accept_new)
     try:
@@ -222,7 +245,14 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
             if not os.path.isfile(opts.input):
                 raise UsageError(f"--input {opts.input}: no such file")
             runner["input"] = push(conn, opts.input, workdir, progress=False, python=device.python).path
+        mfile = _manifest_file(file) if (opts.input or check is not None) else None
+        if mfile:  # data in the source layout: the runner takes the artifact's I/O from its manifest
+            runner["manifest"] = push(conn, mfile, workdir, progress=False, python=device.python).path
         timeout = device.command_timeout + opts.lock_timeout + float(opts.sustained or 0)
+        if check is not None:  # the validation samples, pushed like an artifact (sent once), run after timing
+            val_pushed = push(conn, check.samples_file, workdir, progress=False, python=device.python)
+            runner.update(device_val.runner_values(val_pushed.path))
+            timeout += device_val.time_allowance(check)
         # the runner ends itself at our timeout too (a host that vanished cannot stop it); it probes the
         # device's conditions inside the device lock (another benchmark's load is not this one's "before")
         runner["time_limit"] = timeout
@@ -238,13 +268,16 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
         data = _parse_runner(device, res, file)
         got = (data.get("artifact") or {}).get("sha256")
         if got != pushed.sha256:  # what ran is not what we pushed (replaced or rotted on the device)
-            try:
-                conn.run(q(["rm", "-f", pushed.path]), timeout=30)  # the next push sends it again
+            try:  # the next push sends it again; the outputs of samples it ran are not read
+                conn.run(q(["rm", "-f", pushed.path] + ([runner["val_out"]] if check is not None else [])), timeout=30)
             except Exception:
                 pass
             raise DeviceError(f"the artifact the device ran is not the one pushed: sha256 {str(got)[:12]}, "
                               f"expected {pushed.sha256[:12]} ({pushed.path}); removed it", device=device.name,
                               hint="rerun to send it again; if it persists, check the device's storage")
+        accuracy = None
+        if check is not None:
+            accuracy = _device_accuracy(conn, device, check, data, runner["val_out"], val_pushed)
     finally:
         if own:
             conn.close()
@@ -264,6 +297,8 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
     for key in ("peak_rss_mb", "notes", "fallback", "engine", "trtexec"):
         if data.get(key) is not None:
             out[key] = data[key]
+    if accuracy is not None:
+        out["accuracy"] = accuracy
     measured_s = data.get("measured_s")  # of all samples (the runner may report a thinned list)
     if measured_s is None and data.get("samples_ms"):
         measured_s = sum(data["samples_ms"]) / 1e3
@@ -287,6 +322,23 @@ def bench_device(device: Device, artifact: str, opts: BenchOptions | None = None
         if data.get("timestamps_s") is not None:
             out["timestamps_s"] = data["timestamps_s"]
     return sanitize.result(out)  # device strings (facts, conditions, runtime) are data: no control characters
+
+
+def _device_accuracy(conn: Connection, device: Device, check, data: dict, val_out: str, pushed) -> dict:
+    """The result's ``accuracy`` from the runner's ``val`` summary and the outputs it left at ``val_out``."""
+    summary = data.get("val")
+    if not isinstance(summary, dict) or summary.get("samples") != check.count:
+        got = summary.get("samples") if isinstance(summary, dict) else None
+        raise DeviceError(f"the device's runner did not run the {check.count} validation samples"
+                          + (f" (it reports {got})" if got is not None else " (no val summary in its reply)"),
+                          device=device.name, hint="is the device's Python running edgeopt's runner?")
+    outputs = device_val.read_outputs(conn, check, val_out, timeout=60.0 + check.output_bytes / 1e6)
+    acc = device_val.device_accuracy(check, outputs, summary, pushed.transfer())
+    ran, timed = acc["runtime"], data.get("runtime") or {}
+    if ran.get("name") != timed.get("name"):  # TensorRT timed through trtexec: the samples ran with onnxruntime
+        acc.setdefault("notes", []).append(f"the samples ran with {ran.get('name')} ({ran.get('provider')}); the "
+                                           f"benchmark timed {timed.get('name')}")
+    return acc
 
 
 _RUN_MARK, _AFTER_MARK = PROBE_MARKS
@@ -378,6 +430,16 @@ def for_each_device(devices: list[Device], fn) -> list:
 def bench_devices(devices: list[Device], artifact: str, opts: BenchOptions | None = None,
                   accept_new: bool = False) -> list[dict]:
     """:func:`bench_device` on every device in parallel; failures come back as ``{"device", "error", ...}``."""
-    resolve_artifact(artifact)  # bad input fails once, before any device
+    file, _entry = resolve_artifact(artifact)  # bad input fails once, before any device
     _prefetch_stats()
-    return for_each_device(devices, lambda d: bench_device(d, artifact, opts, accept_new=accept_new))
+    opts = opts or BenchOptions()
+    check = None
+    if opts.val is not None and opts.val_check is None:  # the host's part of the check, once for every device
+        check = device_val.prepare(file, opts.val, opts.max_val_samples,
+                                   out_dir=artifact if os.path.isdir(artifact) else None)
+        opts = replace(opts, val_check=check)
+    try:
+        return for_each_device(devices, lambda d: bench_device(d, artifact, opts, accept_new=accept_new))
+    finally:
+        if check is not None:
+            check.cleanup()

@@ -13,13 +13,15 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
 import edgeopt
 from edgeopt import __version__, targets
+from edgeopt.conversion.defaults import DEFAULT_MAX_VAL
 from edgeopt.conversion.options import ConversionOptions
+from edgeopt.devices import val as device_val
 from edgeopt.devices.bench import BenchOptions, bench_device, for_each_device
 from edgeopt.devices.connection import connect
 from edgeopt.errors import UsageError
@@ -239,7 +241,8 @@ def deploy(model: str, target: str, devices: list[Device], out: str | None = Non
            input_shapes=None, mean=None, std=None, io=None, bench: BenchOptions | None = None,
            no_bench: bool = False, accept_new: bool = False, cache_root: str | None = None,
            convert_options: dict | None = None, trust_model_code: bool = False) -> dict:
-    """Convert (or reuse), then push and bench on every device in parallel.
+    """Convert (or reuse), then push and bench on every device in parallel. With ``val``, the validation samples
+    (at most ``convert_options["max_val_samples"]``) also run on every device: each result's ``accuracy``.
 
     ``trust_model_code`` lets the conversion load a model whose file can run code (Keras Lambda layers);
     it is part of the cache key.
@@ -255,6 +258,13 @@ def deploy(model: str, target: str, devices: list[Device], out: str | None = Non
     except ValueError as e:
         raise UsageError(f"{out_dir}/manifest.json: {e}") from None
     opts = bench or BenchOptions()
+    check = None
+    if val is not None and not no_bench and devices:
+        # the same validation samples run on every device, compared with the same FP32 reference the
+        # conversion's check used (the source model, run on this host)
+        check = device_val.prepare(primary, val, (convert_options or {}).get("max_val_samples", DEFAULT_MAX_VAL),
+                                   source=model, trust_model_code=trust_model_code)
+        opts = replace(opts, val_check=check)
 
     def one(dev: Device) -> dict:
         if no_bench:
@@ -265,7 +275,11 @@ def deploy(model: str, target: str, devices: list[Device], out: str | None = Non
                     "transfer": p.transfer()}
         return bench_device(dev, primary, opts, accept_new=accept_new)
 
-    results = for_each_device(devices, one) if devices else []
+    try:
+        results = for_each_device(devices, one) if devices else []
+    finally:
+        if check is not None:
+            check.cleanup()
     return {"manifest": {k: v for k, v in manifest.items() if not k.startswith("_")}, "results": results,
             "out": out_dir, "converted": not reused}
 

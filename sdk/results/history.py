@@ -67,10 +67,13 @@ CREATE TABLE IF NOT EXISTS sweep_records (
 # before has no rows there, and the report rebuilds its sweeps from `results` alone.
 # Columns added after the first release: an older database gets them on open (ALTER TABLE ... ADD COLUMN).
 # sweep_id / sweep_cell: the sweep a result belongs to and its cell (model.target.recipe@device).
-_ADDED_COLUMNS = (("sweep_id", "TEXT"), ("sweep_cell", "TEXT"))
+# val_top1 / val_sqnr_db: the on-device check (bench/deploy --val): the lowest top-1 agreement with FP32 over the
+# class-score outputs and the lowest SQNR over all outputs, on the device (NULL when there was no check).
+_ADDED_COLUMNS = (("sweep_id", "TEXT"), ("sweep_cell", "TEXT"), ("val_top1", "REAL"), ("val_sqnr_db", "REAL"))
 
 _SUMMARY = ("id", "created", "command", "device", "target", "host", "artifact_file", "artifact_sha256", "runtime",
-            "runtime_version", "p50", "p90", "p99", "mean", "cv", "runs", "clean", "unstable", "label")
+            "runtime_version", "p50", "p90", "p99", "mean", "cv", "runs", "clean", "unstable", "label", "val_top1",
+            "val_sqnr_db")
 
 
 def default_path() -> str | None:
@@ -97,6 +100,15 @@ def _unblob(b) -> list[float] | None:
     a.frombytes(bytes(b))
     return a.tolist()
 
+
+
+def _val_summary(result: dict) -> tuple:
+    """(val_top1, val_sqnr_db) of a result's on-device check: the worst output's numbers, or NULLs."""
+    outs = (result.get("accuracy") or {}).get("outputs") or {}
+    metrics = [m for m in outs.values() if isinstance(m, dict)]
+    top1 = [m["top1_agreement"] for m in metrics if isinstance(m.get("top1_agreement"), (int, float))]
+    sqnr = [m["sqnr_db"] for m in metrics if isinstance(m.get("sqnr_db"), (int, float))]
+    return (min(top1) if top1 else None, min(sqnr) if sqnr else None)
 
 class History:
     def __init__(self, path: str):
@@ -145,15 +157,15 @@ class History:
             cur = self.db.execute(
                 "INSERT INTO results (created, command, device, target, host, artifact_file, artifact_sha256, "
                 "runtime, runtime_version, p50, p90, p99, mean, cv, runs, clean, unstable, label, result_json, "
-                "manifest_json, samples, timestamps, sweep_id, sweep_cell) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "manifest_json, samples, timestamps, sweep_id, sweep_cell, val_top1, val_sqnr_db) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (created, command, result.get("device"), result.get("target"), result.get("host"), art.get("file"),
                  art.get("sha256"), rt.get("name"), rt.get("version"), lat.get("p50"), lat.get("p90"),
                  lat.get("p99"), lat.get("mean"), lat.get("cv"), result.get("runs"),
                  None if clean is None else int(bool(clean)), int(bool(result.get("unstable"))), label,
                  json.dumps(body, default=str), json.dumps(manifest) if manifest else None,
                  _blob(result.get("samples_ms")), _blob(result.get("timestamps_s")),
-                 sweep[0] if sweep else None, sweep[1] if sweep else None))
+                 sweep[0] if sweep else None, sweep[1] if sweep else None, *_val_summary(result)))
         return int(cur.lastrowid)
 
     def sweep_ids(self, sweep_id: str) -> dict:

@@ -234,6 +234,36 @@ def _manifest_html(r: dict) -> str:
     return f"<table>{html_rows}</table><h3>Accuracy (FP32 reference vs artifact)</h3>{acc_html}"
 
 
+
+def _device_check_html(r: dict) -> str:
+    """The on-device check of a result (bench/deploy --val): per output, the device's numbers against the reference
+    and the host's run of the same artifact beside them."""
+    acc = r.get("accuracy")
+    if not isinstance(acc, dict):
+        return ""
+    outs = acc.get("outputs") if isinstance(acc.get("outputs"), dict) else {}
+    host = acc.get("host") if isinstance(acc.get("host"), dict) else {}
+    host_outs = host.get("outputs") if isinstance(host.get("outputs"), dict) else {}
+    keys = ["cosine", "sqnr_db", "max_abs_err", "top1_agreement", "top1_accuracy"]
+    rows = []
+    for name, m in outs.items():
+        for who, vals in (("device", m), ("host", host_outs.get(name))):
+            if not isinstance(vals, dict):
+                continue
+            rows.append(f"<tr><td>{escape(str(name))}</td><td>{who}</td>" + "".join(
+                f"<td class=n>{_f(vals.get(k), 4) if isinstance(vals.get(k), (int, float)) else '–'}</td>"
+                for k in keys) + "</tr>")
+    rt = acc.get("runtime") if isinstance(acc.get("runtime"), dict) else {}
+    same = {True: _badge("identical to the host's outputs", "ok"),
+            False: _badge("differs from the host's outputs", "warn")}.get(acc.get("same_as_host"), "")
+    return (f"<h3>On-device accuracy</h3><p>{same} {_f(acc.get('samples'), 0)} samples on "
+            f"{escape(str(rt.get('name')))} {escape(str(rt.get('version') or ''))} against "
+            f"{escape(str(acc.get('reference')))}</p>"
+            "<table><tr><th>output</th><th>run</th>" + "".join(f"<th class=n>{k}</th>" for k in keys) + "</tr>"
+            + "".join(rows) + "</table>"
+            + "".join(f"<p class=muted>{escape(str(n))}</p>" for n in (acc.get("notes") or [])
+                      if isinstance(acc.get("notes"), list)))
+
 def _comparison_html(results: list[dict]) -> str:
     try:
         rep = compare([results[0]], [results[1]])
@@ -289,7 +319,7 @@ def html(results: list[dict], title: str = "edgeopt benchmark report") -> str:
             + (f", sustained {proto['sustained']:g} s" if proto.get("sustained") else "")
             + (f" · drift first→last tenth {drift['change'] * 100:+.1f} %"
                if isinstance(drift, dict) and drift.get("change") is not None else "") + "</p>"
-            f"<h3>Device conditions</h3>{_conditions_html(r)}"
+            f"<h3>Device conditions</h3>{_conditions_html(r)}{_device_check_html(r)}"
             f"<h3>Model</h3>{_manifest_html(r)}</div>")
     comp = ""
     if len(results) == 2:
