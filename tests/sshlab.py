@@ -2,8 +2,9 @@
 
 Each device is Debian's ``/usr/sbin/sshd`` with its own host key, ``authorized_keys`` and workdir, listening
 on 127.0.0.1 at a free port, or inside an ``ip netns`` namespace reached over a veth pair (optionally rate
-limited with ``tc ... tbf``). The client has one key; ``known_hosts`` is written for the devices started with
-``known=True``. Everything started is stopped by :meth:`Lab.stop` (the ``lab`` fixture of
+limited with ``tc ... tbf``), or another root file system's own sshd run chrooted in it (:class:`Chroot`: the
+emulated arm64 board of tests/armboard.py). The client has one key; ``known_hosts`` is written for the devices
+started with ``known=True``. Everything started is stopped by :meth:`Lab.stop` (the ``lab`` fixture of
 edgeopt_testkit/fixtures.py does it).
 
 Needs root (network namespaces, sshd's privilege separation) and openssh-server + iproute2 installed.
@@ -66,6 +67,23 @@ class Netns:
 
 
 @dataclass
+class Chroot:
+    """Another root file system for a device: its own ``/usr/sbin/sshd`` runs chrooted in it.
+
+    ``files`` is the host folder the device sees as ``/`` when the lab writes its sshd files (the upper layer of
+    an overlay, say); ``enter`` is the argv that goes before ``/usr/sbin/sshd ...`` and runs it inside (mounts,
+    then ``chroot``). ``user`` is the login user the inventory names."""
+
+    files: Path
+    enter: list
+    user: str = "root"
+
+    def inside(self, path: Path) -> str:
+        """A path under ``files`` as the device sees it."""
+        return "/" + str(Path(path).relative_to(self.files))
+
+
+@dataclass
 class LabDevice:
     name: str
     host: str
@@ -78,6 +96,8 @@ class LabDevice:
     netns: Netns | None = None
     target: str | None = "rpi5"
     extra: dict = field(default_factory=dict)
+    user: str = "root"
+    chroot: Chroot | None = None
 
     @property
     def known_line(self) -> str:
@@ -100,9 +120,16 @@ class LabDevice:
             except ProcessLookupError:
                 pass
 
+    def path(self, path: str) -> Path:
+        """Where a path of the device is on this machine: itself, or for a chrooted device (running) the path
+        under its root as its sshd sees it (``/proc/PID/root``: its mounts are its own)."""
+        if not self.chroot:
+            return Path(path)
+        return Path(f"/proc/{self.proc.pid}/root") / path.lstrip("/")
+
     def files(self) -> list[str]:
         """Every path under the workdir (relative), to assert what was written on the device."""
-        wd = Path(self.workdir)
+        wd = self.path(self.workdir)
         if not wd.exists():
             return []
         return sorted(str(p.relative_to(wd)) for p in wd.rglob("*"))
@@ -152,9 +179,14 @@ class Lab:
     # -- devices
     def start(self, name: str, *, netns: Netns | None = None, listen: str | None = None, workdir: str | None = None,
               target: str | None = "rpi5", known: bool = True, host_key: Path | None = None,
-              sftp: str = "internal-sftp") -> LabDevice:
-        root = self.base / "devices" / name
-        root.mkdir(parents=True, exist_ok=True)
+              sftp: str = "internal-sftp", chroot: Chroot | None = None, timeout: float = 10) -> LabDevice:
+        """Start a device's sshd and wait (``timeout`` s) until it listens. With ``chroot`` its files (host key,
+        config, authorized_keys) go under ``chroot.files`` at /etc/edgeopt-lab and its own sshd runs in it."""
+        logs = self.base / "devices" / name
+        root = chroot.files / "etc" / "edgeopt-lab" if chroot else logs
+        inside = chroot.inside if chroot else str
+        for folder in {root, logs}:
+            folder.mkdir(parents=True, exist_ok=True)
         hk = root / "ssh_host_ed25519_key"
         if host_key:
             shutil.copy(host_key, hk)
@@ -170,16 +202,18 @@ class Lab:
         port = free_port()
         cfg = root / "sshd_config"
         cfg.write_text("\n".join([
-            f"Port {port}", f"ListenAddress {host}", f"HostKey {hk}", f"PidFile {root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {root / 'authorized_keys'}", "PermitRootLogin prohibit-password",
+            f"Port {port}", f"ListenAddress {host}", f"HostKey {inside(hk)}", f"PidFile {inside(root / 'sshd.pid')}",
+            f"AuthorizedKeysFile {inside(root / 'authorized_keys')}", "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "AllowTcpForwarding yes", "PermitTunnel no", "X11Forwarding no",
             "PrintMotd no", "UseDNS no", "MaxStartups 64", "MaxSessions 64", "LogLevel INFO",
             f"Subsystem sftp {sftp}", "",
         ]))
-        log = root / "sshd.log"
-        argv = [SSHD, "-D", "-e", "-f", str(cfg)]
-        if self.quiet_shell:
+        log = logs / "sshd.log"
+        argv = [SSHD, "-D", "-e", "-f", inside(cfg)]
+        if chroot:
+            argv = list(chroot.enter) + argv
+        elif self.quiet_shell:
             # A private mount namespace where this machine's ~/.bashrc is empty: bash sources it for every
             # command over ssh, and a heavy one (pyenv init here) adds 0.2 s per command, which no device has.
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
@@ -190,14 +224,14 @@ class Lab:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         self._procs.append(proc)
-        deadline = time.time() + 10
+        deadline = time.time() + timeout
         while b"Server listening" not in log.read_bytes():
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"sshd for {name} did not start: {log.read_text()[-2000:]}")
             time.sleep(0.01)
-        wd = workdir or str(root / "work")
+        wd = workdir or inside(root / "work")
         dev = LabDevice(name=name, host=host, port=port, root=root, workdir=wd, host_pub=host_pub, proc=proc,
-                        log=log, netns=netns, target=target)
+                        log=log, netns=netns, target=target, user=chroot.user if chroot else "root", chroot=chroot)
         if known:
             with open(self.known_hosts, "a") as f:
                 f.write(dev.known_line + "\n")
@@ -222,7 +256,7 @@ class Lab:
         lines = []
         for d in (devices or list(self.devices.values())):
             d = self.devices[d] if isinstance(d, str) else d
-            keys = {"host": d.host, "port": d.port, "user": "root", "identity": str(self.client_key),
+            keys = {"host": d.host, "port": d.port, "user": d.user, "identity": str(self.client_key),
                     "known_hosts": str(self.known_hosts), "python": python or sys.executable,
                     "workdir": d.workdir}
             if d.target:

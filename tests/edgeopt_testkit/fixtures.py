@@ -1,5 +1,6 @@
 """The tests' pytest plugin (tests/conftest.py loads it): real data and small real models, built once per
-session, and the ``lab`` of real sshd devices (tests/sshlab.py), one per test."""
+session, the ``lab`` of real sshd devices (tests/sshlab.py), one per test, and ``arm_board``, the emulated
+64-bit Raspberry Pi OS board (tests/armboard.py), one per session."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,3 +74,26 @@ def lab(tmp_path):
         yield lab
     finally:
         lab.stop()
+
+
+@pytest.fixture(scope="session")
+def arm_board(tmp_path_factory):
+    """The emulated Raspberry Pi OS bookworm 64-bit board (armboard.Board), started once per session and stopped
+    at its end: ``.inventory`` (an edgeopt.toml naming it ``.name``, target rpi5, no python key), ``.device``
+    (the sshlab device), ``.ssh(cmd)``, ``.reset()`` (bare again). It is bare when started; a test that needs
+    it ready runs ``edgeopt devices --setup`` (a no-op when it already is). Skips where it cannot run; builds
+    its root file system on first use (about 6 minutes, once per machine)."""
+    import armboard
+    why = armboard.available()
+    if why:
+        pytest.skip(why)
+    try:
+        lower = armboard.rootfs()
+    except armboard.Unavailable as e:
+        pytest.skip(str(e))
+    import sshlab
+    board = armboard.start(sshlab.Lab(tmp_path_factory.mktemp("armboard")), lower)
+    try:
+        yield board
+    finally:
+        armboard.stop(board)
