@@ -85,11 +85,16 @@ def convert(job, recipe=None) -> list[dict]:
     method_name = recipe.calibration_method
     ours = method_name in ranges.METHODS and method_name != "minmax"  # ranges estimated here, not by onnxruntime
     method = CalibrationMethod.Entropy if method_name == "entropy" else CalibrationMethod.MinMax
+    base = prep   # the FP32 graph (same node and tensor names as the QDQ model)
     if recipe.weight_rounding == "gptq":  # before bias correction: it corrects what the rounded weights still shift
         prep = gptq_rounded(job, prep, names, bool(recipe.per_channel))
-    job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
+    job.qdq_prep = base
     if recipe.bias_correction:
         prep = bias_corrected(job, prep, names, set(recipe.float_layers), recipe)
+        job.qdq_prep = base
+    if recipe.weight_rounding == "gptq" and recipe.float_layers:
+        # float means float: the nodes kept in float compute with their FP32 weights, not GPTQ's grid values
+        prep = _weights_from(job, prep, base, set(recipe.float_layers))
     # biases stay float, as TensorRT's explicit quantization keeps them (it adds them in the layer's higher
     # precision); onnxruntime's int32 bias path would also rescale weights for it, and fails on some per-channel
     # layers ("truth value of an array" on Google's Magika)
@@ -303,6 +308,20 @@ class _reuse_calibration:
     def __exit__(self, *exc):
         self._mod.create_calibrator = self._orig
         return False
+
+
+def _weights_from(job, prep: str, base: str, nodes: set) -> str:
+    """``prep`` with the weights of ``nodes`` taken from ``base`` (the same graph before GPTQ)."""
+    import onnx
+    m, b = onnx.load(prep), onnx.load(base)
+    originals = {i.name: i for i in b.graph.initializer}
+    inits = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.name in nodes and len(n.input) > 1 and n.input[1] in inits and n.input[1] in originals:
+            inits[n.input[1]].CopyFrom(originals[n.input[1]])
+    out = os.path.join(job.workdir, "qdq-prep-float-weights.onnx")
+    onnx.save(m, out)
+    return out
 
 
 def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> str:

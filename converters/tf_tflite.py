@@ -258,7 +258,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             key = ("gptq", bool(per_channel))
             if key not in cache:
                 cache[key] = _rounded_weights(data, calib, per_channel)
-            weights, rounding_info = cache[key]
+            weights, _, rounding_info = cache[key]
             cal = _apply_buffers(cal, weights, set())
         if bias_correction:  # after rounding: it corrects what the rounded weights still shift
             shifts, bc_info = _bias_shifts(cal, final(cal, tf.float32), calib)
@@ -398,6 +398,7 @@ class Debugger:
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         conv._experimental_disable_per_channel = not per_channel
         self._debug_data = None
+        self._float_weights: dict = {}   # GPTQ-rounded layers' FP32 weights, for the layers kept in float
         try:
             self.dbg = tf.lite.experimental.QuantizationDebugger(
                 converter=conv, debug_dataset=lambda: self._data(),
@@ -406,7 +407,7 @@ class Debugger:
             raise UsageError(f"{source}: quantization debugger failed: {str(e).strip().splitlines()[-1][:300]}") from None
         if method != "minmax" or weight_rounding != "nearest":
             # the plain artifact's activation ranges and weights, for the per-layer error and every candidate
-            # (a layer recovery keeps in float keeps its rounded weights too: GPTQ's error is a small part)
+            # (a layer recovery keeps in float gets its FP32 weights back in :meth:`model`)
             calibrated = self.dbg.calibrated_model
             model = set_ranges(calibrated, calib, method)
             if weight_rounding == "gptq":
@@ -415,6 +416,7 @@ class Debugger:
                 if key not in cache:
                     cache[key] = _rounded_weights(calibrated, calib, per_channel)
                 model = _apply_buffers(model, cache[key][0], set())
+                self._float_weights = cache[key][1]
             self.dbg.calibrated_model = model
             self.dbg.options = self.dbg.options  # rebuilds its debug model from the calibrated model
 
@@ -448,6 +450,9 @@ class Debugger:
         from tensorflow.lite.python import util as lite_util
         io_dtype = io_dtype or self.io_dtype
         src = self.bias_corrected(skip=float_layers) if bias_correction else self.dbg.calibrated_model
+        back = {k: v for k, v in self._float_weights.items() if k in set(float_layers)}
+        if back:  # float means float: those layers compute with their FP32 weights, not GPTQ's grid values
+            src = _apply_buffers(src, back, set())
         data = lite_convert.mlir_quantize(src,
                                           disable_per_channel=self.dbg.converter._experimental_disable_per_channel,
                                           fully_quantize=False, enable_numeric_verify=False,
@@ -498,10 +503,10 @@ def _compute_layers(fm) -> list[tuple]:
     return res
 
 
-def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tuple[dict, dict]:
+def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tuple[dict, dict, dict]:
     """GPTQ-rounded weights of every CONV_2D, DEPTHWISE_CONV_2D (multiplier 1) and FULLY_CONNECTED layer
     (edgeopt.conversion.rounding), as float values on the INT8 grid the quantizer derives from them:
-    ({layer output name: (weight buffer index, bytes)}, info). The Hessians come from the float model on the
+    ({layer output name: (weight buffer index, bytes)}, the same with the FP32 weights, info). The Hessians come from the float model on the
     first ROUNDING_SAMPLES calibration samples."""
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -541,7 +546,7 @@ def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tupl
                 hs.add_rows(out, p.reshape(len(p), -1))
             else:
                 hs.add_channels(out, p.reshape(len(p), -1, p.shape[-1]))
-    res = {}
+    res, originals = {}, {}
     for kind, op, inputs, out, shape in layers:
         h = hs.get(out)
         if h is None:
@@ -552,7 +557,8 @@ def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tupl
         grid = rounding.grid_values(rows, h, per_row=per_channel)
         new = grid.T.reshape(shape) if kind == "DEPTHWISE_CONV_2D" else grid.reshape(shape)
         res[out] = (wt.buffer, np.frombuffer(new.astype(np.float32).tobytes(), np.uint8))
-    return res, {"method": "gptq", "layers": len(res), "of": len(_compute_layers(fm)), "calibration_samples": n}
+        originals[out] = (wt.buffer, np.frombuffer(w.tobytes(), np.uint8))
+    return res, originals, {"method": "gptq", "layers": len(res), "of": len(_compute_layers(fm)), "calibration_samples": n}
 
 
 def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict]:

@@ -102,10 +102,10 @@ def _sweep_command():
 
 
 @pytest.mark.parametrize("args, sweep_file, ray", [
-    (["--ray", "s.toml"], "s.toml", "auto"),                       # alone, before the sweep file
-    (["s.toml", "--ray"], "s.toml", "auto"),                       # alone, last
-    (["s.toml", "--ray", "--jobs", "2"], "s.toml", "auto"),        # alone, before another option
-    (["--ray", "sweep.cfg", "--fresh"], "sweep.cfg", "auto"),      # the sweep file is there (any name)
+    (["--ray", "s.toml"], "s.toml", "local"),                       # alone, before the sweep file
+    (["s.toml", "--ray"], "s.toml", "local"),                       # alone, last
+    (["s.toml", "--ray", "--jobs", "2"], "s.toml", "local"),        # alone, before another option
+    (["--ray", "sweep.cfg", "--fresh"], "sweep.cfg", "local"),      # the sweep file is there (any name)
     (["--ray", "10.0.0.1:6379", "s.toml"], "s.toml", "10.0.0.1:6379"),
     (["s.toml", "--ray", "ray://head:10001"], "s.toml", "ray://head:10001"),
     (["s.toml", "--ray=auto"], "s.toml", "auto"),
@@ -127,7 +127,7 @@ def test_fill_in_stops_at_double_dash_and_takes_each_value_once():
     assert fill_in(["--ray", "a"], "--ray", "auto", lambda word: False) == ["--ray", "auto", "a"]
 
 
-def test_ray_alone_reaches_the_backend_as_auto(tmp_path, monkeypatch):
+def test_ray_alone_reaches_the_backend_as_local(tmp_path, monkeypatch):
     from edgeopt.errors import UsageError
     from edgeopt.sweep import cluster
 
@@ -142,10 +142,10 @@ def test_ray_alone_reaches_the_backend_as_auto(tmp_path, monkeypatch):
             raise UsageError(f"fake cluster at {address}")
     monkeypatch.setattr(cluster, "RayBackend", FakeRay)
     out = tmp_path / "out"
-    for args, address in ((["--ray", f], "auto"), ([f, "--ray"], "auto"), ([f, "--ray", "h:6380", "--num-cpus", 2],
+    for args, address in ((["--ray", f], "local"), ([f, "--ray"], "local"), ([f, "--ray", "h:6380", "--num-cpus", 2],
                                                                            "h:6380")):
         assert_one_error(edgeopt_cli("sweep", *args, "--out", out, in_process=True), f"fake cluster at {address}")
-    assert seen == [("auto", 1.0), ("auto", 1.0), ("h:6380", 2.0)]
+    assert seen == [("local", 1.0), ("local", 1.0), ("h:6380", 2.0)]
     assert_one_error(edgeopt_cli("sweep", f, "--ray", "", in_process=True), "--ray '': an address")
     assert len(seen) == 3 and not out.exists()
 

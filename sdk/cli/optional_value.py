@@ -1,4 +1,4 @@
-"""An option whose value may be left out: ``edgeopt sweep --ray`` means ``--ray auto``.
+"""An option whose value may be left out: ``edgeopt sweep --ray`` means ``--ray local``.
 
 click takes the word after an option as its value whatever that word is, and typer passes no ``flag_value`` to
 click. So the command reads its arguments before click does: where the option is the last word, or is followed

@@ -7,18 +7,20 @@ from edgeopt.cli import console, echo_json
 from edgeopt.cli.optional_value import optional_value_command
 from edgeopt.cli.options import DEBUG, JSON, SWEEP, command, variant
 
-RAY_AUTO = "auto"  # ray.init's address for the cluster this machine is part of
+# --ray alone: ray.init() without an address joins the cluster this machine is part of, or starts a Ray instance
+# here for the sweep when there is none (``auto`` would fail then)
+RAY_LOCAL = "local"
 
 
 def ray_address_or_not(word: str) -> bool:
     """Whether the word after ``--ray`` is its address: not when it is the sweep file (a .toml name, or a file
-    that is there), so that ``sweep --ray s.toml`` means ``--ray auto s.toml``. A Ray address is ``auto``,
+    that is there), so that ``sweep --ray s.toml`` means ``--ray local s.toml``. A Ray address is ``local``, ``auto``,
     ``HOST:PORT`` or ``ray://HOST:PORT``: never a file name."""
     return not (word.lower().endswith(".toml") or os.path.isfile(word))
 
 
 @command("sweep", SWEEP, variant(JSON, help="Print the matrix as JSON on stdout, nothing else."), DEBUG,
-         cls=optional_value_command("--ray", RAY_AUTO, ray_address_or_not))
+         cls=optional_value_command("--ray", RAY_LOCAL, ray_address_or_not))
 def sweep(o):
     """Convert, check and benchmark every cell of models x targets x recipes on each matching device."""
     import contextlib
@@ -33,7 +35,7 @@ def sweep(o):
     if o.jobs is not None and o.jobs < 1:
         raise UsageError(f"--jobs {o.jobs}: at least 1")
     if o.ray is not None and not o.ray.strip():
-        raise UsageError("--ray '': an address (HOST:PORT, ray://HOST:PORT or auto), or --ray alone for auto")
+        raise UsageError("--ray '': an address (HOST:PORT, ray://HOST:PORT, auto or local), or --ray alone for local")
     if not 0 < o.num_cpus <= 1024:
         raise UsageError(f"--num-cpus {o.num_cpus:g}: from more than 0 to 1024")
     # stdout is the matrix's alone: what Ray prints for its driver (a worker that died, ...) goes to stderr
