@@ -370,3 +370,31 @@ def test_ray_sweep_on_two_nodes_and_two_namespace_devices(lab, models, ray_clust
     # and a plain deploy gives the same artifact
     cell = next(r for r in recs if r["recipe"] == "minmax" and r["model"] == "tiny")
     assert plain_deploy(models, cell, env, tmp_path / "cache-deploy") == cell["artifact"]["sha256"]
+
+
+@pytest.mark.slow  # a Ray instance started and stopped, 4 + 4 conversions: 1 to 2.5 minutes on 2 cores
+def test_ray_alone_runs_the_sweep_on_a_local_ray_instance(models, tmp_path):
+    """`--ray` with no address: a Ray instance started on this machine for the sweep (not the last cluster
+    started here, which may be long gone), the same cells as the local pool, and nothing of Ray left after it."""
+    env = {"EDGEOPT_LOCAL_WORKDIR": str(tmp_path / "wd"), "EDGEOPT_HISTORY": str(tmp_path / "h.sqlite"),
+           "RAY_AUTH_MODE": "disabled"}
+    f = write_sweep(tmp_path / "s.toml", {"tiny": models["tiny"]}, ["local"])
+    import tempfile
+    ray_dir = Path(tempfile.mkdtemp(prefix="eo-ray-", dir="/tmp"))   # short: Ray's socket paths must fit 107 bytes
+    # a stale pointer to a cluster that does not exist: ray.init() without an address would try it
+    (ray_dir / "ray").mkdir()
+    (ray_dir / "ray" / "ray_current_cluster").write_text("192.0.2.250:6399")
+    env_ray = {**env, "EDGEOPT_CACHE": str(tmp_path / "c-ray"), "RAY_TMPDIR": str(ray_dir)}
+    res = js(edgeopt_cli("sweep", "--ray", f, "--out", tmp_path / "o1", "--json", env=env_ray))
+    assert res["sweep"]["backend"] == "ray" and res["conversions"] == 4
+    nodes = {r["conversion"]["node"]["id"] for r in res["records"]}
+    assert len(nodes) == 1 and all(len(n) > 20 for n in nodes)   # Ray's node id, not "local"
+    local = js(edgeopt_cli("sweep", f, "--out", tmp_path / "o2", "--json",
+                           env={**env, "EDGEOPT_CACHE": str(tmp_path / "c-local")}))
+    assert local["sweep"]["backend"] == "local"
+    sha = lambda r: {x["id"]: x["artifact"]["sha256"] for x in r["records"]}  # noqa: E731
+    assert sha(res) == sha(local) and len(sha(res)) == 4
+    try:
+        assert subprocess.run(["pgrep", "-f", f"raylet.*{ray_dir}"], capture_output=True).returncode == 1
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)

@@ -7,8 +7,8 @@ from edgeopt.cli import console, echo_json
 from edgeopt.cli.optional_value import optional_value_command
 from edgeopt.cli.options import DEBUG, JSON, SWEEP, command, variant
 
-# --ray alone: ray.init() without an address joins the cluster this machine is part of, or starts a Ray instance
-# here for the sweep when there is none (``auto`` would fail then)
+# --ray alone: a Ray instance started on this machine for the sweep (ray.init(address="local")), as ``--ray auto``
+# joins the cluster this machine is part of and ``--ray HOST:PORT`` another
 RAY_LOCAL = "local"
 
 

@@ -144,9 +144,9 @@ class RayBackend:
         self.ray = ray
         self.cache_root = cache_root
         try:
-            # "local" (--ray alone): ray.init's own rule without an address: the cluster this machine is part
-            # of (RAY_ADDRESS, or the last one started here), else a new Ray instance on this machine
-            ray.init(address=None if address == "local" else address, namespace=NAMESPACE, ignore_reinit_error=True, log_to_driver=False,
+            # "local" (--ray alone) is ray.init's own word for a new Ray instance on this machine, for this sweep
+            # (no address would join the last cluster started here, even one long stopped)
+            ray.init(address=address, namespace=NAMESPACE, ignore_reinit_error=True, log_to_driver=False,
                      configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UsageError(f"--ray {address}: {str(e).splitlines()[0][:300]}",
