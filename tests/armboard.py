@@ -101,6 +101,14 @@ class Board:
                                "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", f"{d.user}@{d.host}", command],
                               capture_output=True, text=True, timeout=timeout)
 
+    def put(self, local: Path, remote: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """``local`` copied to ``remote`` on the board with OpenSSH's scp (SFTP, as a user copies a file), as pi."""
+        d = self.device
+        return subprocess.run(["scp", "-q", "-F", "/dev/null", "-i", str(self.lab.client_key), "-P", str(d.port),
+                               "-o", f"UserKnownHostsFile={self.lab.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                               "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", str(local),
+                               f"{d.user}@{d.host}:{remote}"], capture_output=True, text=True, timeout=timeout)
+
     def ready(self) -> dict:
         """Make the board ready to run rpi5 artifacts (``edgeopt devices --setup``; nothing is done or sent when
         it already is): the board's ``--json`` entry."""

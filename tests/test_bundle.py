@@ -93,8 +93,7 @@ def test_verify_catches_a_changed_byte(out_dir, tmp_path, cli):
     assert r.returncode == 0, r.stderr
     assert arc in r.stdout and "6 files" not in r.stdout and "5 files" in r.stdout
     inst = tmp_path / "usr-share-model"
-    with tarfile.open(arc) as tf:
-        tf.extractall(inst, filter="data")
+    firmware.unpack(arc, inst)
     r = cli("bundle", "--verify", str(inst))
     assert r.returncode == 0 and r.stdout.strip() == f"ok: {inst}: 4 files match SHA256SUMS", r.stdout + r.stderr
     assert cli("bundle", "--verify", arc).returncode == 0
@@ -186,8 +185,7 @@ def test_unpacked_bundle_imports_its_own_runtime(out_dir, tmp_path):
     """The bundle root on sys.path: `import edgeopt.runtime` is the bundled copy and load() finds the model."""
     arc = bundle.build(out_dir, str(tmp_path / "b.tar.gz"))["file"]
     root = tmp_path / "root"
-    with tarfile.open(arc) as tf:
-        tf.extractall(root, filter="data")
+    firmware.unpack(arc, root)
     x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     code = f"""
@@ -248,8 +246,7 @@ def _bundle_and_run(kind, target, onnx_cnn, work, fmnist, tmp_path):
     arc = bundle.build(out, str(tmp_path / f"fm-{target}.tar.gz"))
     assert bundle.build(out, str(tmp_path / f"again-{target}.tar.gz"))["sha256"] == arc["sha256"]
     root = tmp_path / "installed"
-    with tarfile.open(arc["file"]) as tf:
-        tf.extractall(root, filter="data")
+    firmware.unpack(arc["file"], root)
     assert bundle.verify(str(root))["ok"]
     py = firmware.bare_venv(kind, tmp_path.parent)
     y = tmp_path / "logits.npy"

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import zipfile
 
 import numpy as np
@@ -277,8 +276,7 @@ def test_unpacked_bundle_gives_the_devices_top1(rpi, tmp_path):
     from edgeopt.firmware import bundle
     arc = bundle.build(str(rpi["out"]), str(tmp_path / "b.tar.gz"))["file"]
     root = tmp_path / "root"
-    with tarfile.open(arc) as tf:
-        tf.extractall(root, filter="data")
+    firmware.unpack(arc, root)
     code = f"""
 import sys, json
 sys.path.insert(0, {str(root)!r})

@@ -89,8 +89,7 @@ def test_verify_rejects_a_changed_runtime_with_resealed_sums(out_dir, tmp_path, 
     assert code == 1 and out == "" and err.startswith(f"error: bundle {arc}: 1 problem(s)")
     # the same in an unpacked directory
     d = tmp_path / "inst"
-    with tarfile.open(arc) as tf:
-        tf.extractall(d, filter="data")
+    firmware.unpack(arc, d)
     assert _problems(d) == problems
 
 
@@ -206,8 +205,7 @@ def test_verify_flags_links_devices_and_unsafe_paths(out_dir, tmp_path, entry, e
 def _installed(out_dir, tmp_path) -> str:
     arc = bundle.build(out_dir, str(tmp_path / "b.tar.gz"))["file"]
     d = tmp_path / "installed"
-    with tarfile.open(arc) as tf:
-        tf.extractall(d, filter="data")
+    firmware.unpack(arc, d)
     assert bundle.verify(str(d))["ok"]
     return str(d)
 
@@ -396,8 +394,7 @@ def test_verify_a_signed_unpacked_directory(out_dir, tmp_path, cli):
     arc = str(tmp_path / "m.tar.gz")
     assert cli("bundle", out_dir, "-o", arc, "--sign", keys["alice"])[0] == 0
     d = tmp_path / "inst"
-    with tarfile.open(arc) as tf:
-        tf.extractall(d, filter="data")
+    firmware.unpack(arc, d)
     code, out, err = cli("bundle", "--verify", d, "--allowed-signers", allowed)
     assert code == 1 and err.splitlines()[0] == f"error: bundle {d}: signature: no signature {d}/SHA256SUMS.sig"
     shutil.copy(arc + ".SHA256SUMS.sig", d / "SHA256SUMS.sig")

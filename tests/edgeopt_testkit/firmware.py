@@ -68,6 +68,19 @@ def bare_venv(kind: str, base) -> str:
     return py
 
 
+def unpack(archive, dest) -> None:
+    """Unpack a bundle archive into ``dest`` as on a device: with tarfile's ``data`` filter (nothing outside
+    ``dest``, no links out, no device files) where this Python has it (3.12, 3.11.4 and later), else with tar(1),
+    as the docs do (Debian bookworm's Python 3.11.2 has no filter; GNU tar keeps members inside ``dest`` too)."""
+    import tarfile
+    os.makedirs(dest, exist_ok=True)
+    if hasattr(tarfile, "data_filter"):
+        with tarfile.open(archive) as tf:
+            tf.extractall(dest, filter="data")
+    else:
+        subprocess.run(["tar", "-xzf", str(archive), "-C", str(dest)], check=True, capture_output=True)
+
+
 def run_in(python: str, code: str, cwd, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=str(cwd), timeout=timeout,
                           env=clean_env(TF_CPP_MIN_LOG_LEVEL="3"))
