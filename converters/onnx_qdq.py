@@ -163,6 +163,8 @@ def _third_party_logs():
 def _prepare(job, src: str) -> str:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeopt.converters.onnx_fold import constants_as_initializers
     prep = os.path.join(job.workdir, "qdq-prep.onnx")
     try:
         # symbolic shape inference + graph optimisation, as onnxruntime recommends before quantizing
@@ -179,25 +181,6 @@ def _prepare(job, src: str) -> str:
         prep = os.path.join(job.workdir, "qdq-prep-init.onnx")
         onnx.save(model, prep)
     return prep
-
-
-def constants_as_initializers(model) -> int:
-    """Constant nodes (a tensor ``value``) made initializers of the same name, in place; returns how many.
-    onnxruntime's quantizer takes weights from initializers only: Paddle exports keep every weight in a
-    Constant node, which failed with "Quantization parameters are not specified for param conv1_weights"."""
-    graph = model.graph
-    constants = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
-                 and n.attribute[0].name == "value"]
-    for node in constants:
-        tensor = node.attribute[0].t
-        tensor.name = node.output[0]
-        graph.initializer.append(tensor)
-    if constants:
-        made = {n.output[0] for n in constants}
-        kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in made)]
-        del graph.node[:]
-        graph.node.extend(kept)
-    return len(constants)
 
 
 class _CachedCalibrator:
