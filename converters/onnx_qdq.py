@@ -348,13 +348,13 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
     so.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
     outs = [o.name for o in sess.get_outputs()]
-    hs = rounding.Hessians()
+    hs = rounding.Hessians()  # by output tensor: node names may be empty, tensor names are unique
     for sample in job.calib_samples()[:ROUNDING_SAMPLES]:
         got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
         for n, kind, auto in layers:
             x = got[n.input[0]]
             if kind in ("gemm_t", "matmul"):
-                hs.add_rows(n.name, x.reshape(-1, x.shape[-1]))
+                hs.add_rows(n.output[0], x.reshape(-1, x.shape[-1]))
                 continue
             if x.ndim != 4:
                 continue
@@ -370,11 +370,11 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
                 pads = (p[0], p[2], p[1], p[3])        # ONNX: begins then ends
             pt = rounding.patches(xh, k, st, dl, pads, rows=rounding.ROWS if kind == "conv" else rounding.CHANNEL_ROWS)
             if kind == "conv":   # ONNX weights [O, I, kh, kw]: rows over (I, kh, kw)
-                hs.add_rows(n.name, np.transpose(pt, (0, 3, 1, 2)).reshape(len(pt), -1))
+                hs.add_rows(n.output[0], np.transpose(pt, (0, 3, 1, 2)).reshape(len(pt), -1))
             else:
-                hs.add_channels(n.name, pt.reshape(len(pt), -1, pt.shape[-1]))
+                hs.add_channels(n.output[0], pt.reshape(len(pt), -1, pt.shape[-1]))
     for n, kind, _ in layers:
-        h = hs.get(n.name)
+        h = hs.get(n.output[0])
         if h is None:
             continue
         w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
