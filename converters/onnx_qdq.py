@@ -21,7 +21,7 @@ import numpy as np
 from edgeopt.conversion import ranges
 from edgeopt.errors import UsageError
 
-__all__ = ["convert", "gptq_rounded", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "MANY_FLOAT_ADVICE",
+__all__ = ["convert", "gptq_rounded", "original_weights", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "MANY_FLOAT_ADVICE",
            "rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info"]
 
 # What gets Q/DQ on its inputs: the compute layers, pooling, and residual Adds (two computed inputs: TensorRT
@@ -85,11 +85,14 @@ def convert(job, recipe=None) -> list[dict]:
     method_name = recipe.calibration_method
     ours = method_name in ranges.METHODS and method_name != "minmax"  # ranges estimated here, not by onnxruntime
     method = CalibrationMethod.Entropy if method_name == "entropy" else CalibrationMethod.MinMax
+    unrounded = prep
     if recipe.weight_rounding == "gptq":  # before bias correction: it corrects what the rounded weights still shift
         prep = gptq_rounded(job, prep, names, bool(recipe.per_channel))
     job.qdq_prep = prep  # the float graph the QDQ model was made from (same node and tensor names)
     if recipe.bias_correction:
         prep = bias_corrected(job, prep, names, set(recipe.float_layers), recipe)
+    if recipe.float_layers and prep != unrounded:
+        prep = original_weights(job, prep, unrounded, set(recipe.float_layers))
     # biases stay float, as TensorRT's explicit quantization keeps them (it adds them in the layer's higher
     # precision); onnxruntime's int32 bias path would also rescale weights for it, and fails on some per-channel
     # layers ("truth value of an array" on Google's Magika)
@@ -385,6 +388,23 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
     out = os.path.join(job.workdir, "qdq-prep-gptq.onnx")
     onnx.save(fm, out)
     cache[key] = out
+    return out
+
+
+def original_weights(job, prep: str, original: str, nodes: set) -> str:
+    """``prep`` with the weights of ``nodes`` (layers kept in float) taken back from ``original``, the graph
+    before GPTQ: a float layer computes with its FP32 weights, not with values rounded onto an INT8 grid it does
+    not use (with every layer in float, recovery's "all float" candidate was not the FP32 model: 56 dB, not
+    exact). Same node and tensor names."""
+    import onnx
+    m = onnx.load(prep)
+    source = {i.name: i for i in onnx.load(original).graph.initializer}
+    inits = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.name in nodes and len(n.input) > 1 and n.input[1] in inits and n.input[1] in source:
+            inits[n.input[1]].CopyFrom(source[n.input[1]])
+    out = os.path.join(job.workdir, "qdq-prep-float.onnx")
+    onnx.save(m, out)
     return out
 
 
