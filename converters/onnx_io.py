@@ -49,17 +49,26 @@ def fix_shapes(model, shapes: dict[str, list[int]]):
                 shape.dim.add().dim_value = int(v)
     dynamic = [o for o in model.graph.output
                if any(not d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
+    declared = {}
     for o in dynamic:
+        declared[o.name] = onnx.TensorShapeProto()
+        declared[o.name].CopyFrom(o.type.tensor_type.shape)
         o.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]  # stale symbolic shapes of intermediate tensors
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
         by_name = {o.name: o for o in inferred.graph.output}
-        for o in dynamic:
-            if o.name in by_name and by_name[o.name].type.tensor_type.HasField("shape"):
-                o.type.tensor_type.shape.CopyFrom(by_name[o.name].type.tensor_type.shape)
-    except Exception:  # outputs whose shape inference fails keep no static shape; converters cope
-        pass
+    except Exception:
+        by_name = {}
+    for o in dynamic:
+        got = by_name.get(o.name)
+        if got is not None and got.type.tensor_type.HasField("shape"):
+            o.type.tensor_type.shape.CopyFrom(got.type.tensor_type.shape)
+        else:
+            # inference cannot tell (Paddle exports compute shapes with Shape/Reshape chains): the declared,
+            # symbolic shape stays. An output without any shape is not valid ONNX to onnxsim's checker, which
+            # then left PP-OCRv4's recognizer unsimplified, a graph onnx2tf converts wrongly
+            o.type.tensor_type.shape.CopyFrom(declared[o.name])
     return model
 
 

@@ -168,6 +168,8 @@ def _third_party_logs():
 def _prepare(job, src: str) -> str:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeopt.converters.onnx_fold import constants_as_initializers
     prep = os.path.join(job.workdir, "qdq-prep.onnx")
     try:
         # symbolic shape inference + graph optimisation, as onnxruntime recommends before quantizing
@@ -184,25 +186,6 @@ def _prepare(job, src: str) -> str:
         prep = os.path.join(job.workdir, "qdq-prep-init.onnx")
         onnx.save(model, prep)
     return prep
-
-
-def constants_as_initializers(model) -> int:
-    """Constant nodes (a tensor ``value``) made initializers of the same name, in place; returns how many.
-    onnxruntime's quantizer takes weights from initializers only: Paddle exports keep every weight in a
-    Constant node, which failed with "Quantization parameters are not specified for param conv1_weights"."""
-    graph = model.graph
-    constants = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
-                 and n.attribute[0].name == "value"]
-    for node in constants:
-        tensor = node.attribute[0].t
-        tensor.name = node.output[0]
-        graph.initializer.append(tensor)
-    if constants:
-        made = {n.output[0] for n in constants}
-        kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in made)]
-        del graph.node[:]
-        graph.node.extend(kept)
-    return len(constants)
 
 
 class _CachedCalibrator:
@@ -384,7 +367,7 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
     so.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
     outs = [o.name for o in sess.get_outputs()]
-    hs = rounding.Hessians()
+    hs = rounding.Hessians()  # by output tensor: node names may be empty, tensor names are unique
     for sample in job.calib_samples()[:ROUNDING_SAMPLES]:
         got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
         for n, kind, auto in layers:

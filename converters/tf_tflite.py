@@ -527,6 +527,10 @@ def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tupl
             continue
         if kind == "DEPTHWISE_CONV_2D" and int(getattr(op.builtinOptions, "depthMultiplier", 1) or 1) != 1:
             continue
+        if kind == "CONV_2D" and list(sg.tensors[inputs[0]].shape)[-1:] != shape[-1:]:
+            # a grouped convolution (onnx2tf makes one of a grouped ONNX Conv: PP-OCRv4 rec): each filter sees
+            # input channels / groups, not the patches' channels; its weights keep the converter's rounding
+            continue
         layers.append((kind, op, inputs, out, shape))
     hs = rounding.Hessians()
     n = 0

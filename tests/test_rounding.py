@@ -166,3 +166,46 @@ def test_gptq_codes_survive_each_converter_and_lower_the_error(onnx_cnn, fm_data
     sq = lambda m: m["accuracy"]["outputs"]["logits"]["sqnr_db"]  # noqa: E731
     print(target, "SQNR nearest", sq(near), "gptq", sq(gq), "codes moved", moved)
     assert sq(gq) > sq(near)
+
+
+
+def _grouped_cnn(path, named=True):
+    """Conv -> grouped Conv (2 groups of 4 channels, not depthwise) -> pool -> Gemm; nodes named or not."""
+    from edgeopt_testkit import onnx_graph
+    rng = np.random.default_rng(0)
+    init = {"w1": (rng.standard_normal((8, 3, 3, 3)) / 4).astype(np.float32),
+            "w2": (rng.standard_normal((8, 4, 3, 3)) / 6).astype(np.float32),
+            "w3": (rng.standard_normal((10, 8)) / 3).astype(np.float32)}
+    name = (lambda n: {"name": n}) if named else (lambda n: {})  # noqa: E731
+    nodes = [("Conv", ["x", "w1"], ["a"], {"pads": [1, 1, 1, 1], **name("conv1")}), ("Relu", ["a"], ["ar"]),
+             ("Conv", ["ar", "w2"], ["b"], {"pads": [1, 1, 1, 1], "group": 2, **name("grouped")}),
+             ("Relu", ["b"], ["br"]), ("GlobalAveragePool", ["br"], ["p"]), ("Flatten", ["p"], ["f"]),
+             ("Gemm", ["f", "w3"], ["y"], {"transB": 1, **name("fc")})]
+    onnx_graph(nodes, {"x": [1, 3, 12, 12]}, {"y": [1, 10]}, init, path=path)
+    return path
+
+
+def _convert_small(path, target, tmp_path):
+    import edgeopt
+    from edgeopt_testkit import save_arrays
+    x = np.random.default_rng(1).standard_normal((48, 3, 12, 12)).astype(np.float32)
+    files = save_arrays(tmp_path, calib=x[:32], val=x[32:])
+    m = edgeopt.convert(str(path), target, calib=files["calib"], val=files["val"], out=str(tmp_path / "o"))
+    assert m["calibration"]["recipe"]["weight_rounding"] == "gptq"
+    return m
+
+
+@pytest.mark.parametrize("target", ["rpi", "jetson"])
+def test_grouped_convolution_converts_with_gptq(tmp_path, target):
+    """A grouped Conv (PP-OCRv4's recognizer has one): onnx2tf makes a grouped CONV_2D whose filters see 4 of
+    its input's 8 channels. GPTQ built that layer's Hessian over all 8 and failed on rpi ("operands could not be
+    broadcast together with shapes (72,72) (36,36)"); such a layer now keeps the converter's rounding."""
+    m = _convert_small(_grouped_cnn(tmp_path / "grouped.onnx"), target, tmp_path)
+    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
+
+
+def test_gptq_on_a_qdq_model_with_unnamed_nodes(tmp_path):
+    """ONNX node names may be empty: the QDQ route's GPTQ kept its Hessians by node name, so every unnamed layer
+    shared one ("operands could not be broadcast together with shapes (27,27) (8,8)")."""
+    m = _convert_small(_grouped_cnn(tmp_path / "unnamed.onnx", named=False), "jetson", tmp_path)
+    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
