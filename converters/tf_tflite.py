@@ -254,11 +254,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         cal = set_ranges(data, calib, method)
         rounding_info = None
         if weight_rounding == "gptq":
-            cache = {} if cache is None else cache
-            key = ("gptq", bool(per_channel))
-            if key not in cache:
-                cache[key] = _rounded_weights(data, calib, per_channel)
-            weights, _, rounding_info = cache[key]
+            weights, _, rounding_info = _cached_rounding(cache, data, calib, per_channel)
             cal = _apply_buffers(cal, weights, set())
         if bias_correction:  # after rounding: it corrects what the rounded weights still shift
             shifts, bc_info = _bias_shifts(cal, final(cal, tf.float32), calib)
@@ -411,12 +407,8 @@ class Debugger:
             calibrated = self.dbg.calibrated_model
             model = set_ranges(calibrated, calib, method)
             if weight_rounding == "gptq":
-                cache = {} if cache is None else cache
-                key = ("gptq", bool(per_channel))
-                if key not in cache:
-                    cache[key] = _rounded_weights(calibrated, calib, per_channel)
-                model = _apply_buffers(model, cache[key][0], set())
-                self._float_weights = cache[key][1]
+                weights, self._float_weights, _ = _cached_rounding(cache, calibrated, calib, per_channel)
+                model = _apply_buffers(model, weights, set())
             self.dbg.calibrated_model = model
             self.dbg.options = self.dbg.options  # rebuilds its debug model from the calibrated model
 
@@ -501,6 +493,16 @@ def _compute_layers(fm) -> list[tuple]:
             t = sg.tensors[op.outputs[0]].name
             res.append((kind, op, list(op.inputs), t.decode() if isinstance(t, bytes) else t))
     return res
+
+
+def _cached_rounding(cache: dict | None, calibrated: bytes, calib, per_channel: bool) -> tuple[dict, dict, dict]:
+    """:func:`_rounded_weights`, computed once per ``cache`` (a job's) and weight granularity: the rounded weights
+    depend on the float weights and activations only, not on the activation ranges or the recipe's float layers."""
+    cache = {} if cache is None else cache
+    key = ("gptq", bool(per_channel))
+    if key not in cache:
+        cache[key] = _rounded_weights(calibrated, calib, per_channel)
+    return cache[key]
 
 
 def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tuple[dict, dict, dict]:
