@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeopt.converters.onnx_fold import attribute
+
 __all__ = ["equalize", "equalize_file", "CLIP_MODES"]
 
 CLIP_MODES = ("skip", "exact")
@@ -129,14 +131,6 @@ def _constant_node_value(node):
     return None
 
 
-def _attr(node, name, default=None):
-    from onnx import helper
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 _LAYERS = ("Conv", "Gemm", "MatMul")
 
 
@@ -145,7 +139,7 @@ def _layer_weights(graph: _Graph, node, weight_users: dict):
     bias) are float32 initializers read by it alone; None for any other node."""
     if node.op_type not in _LAYERS or len(node.input) < 2 or node.input[1] not in graph.inits:
         return None
-    if node.op_type == "Gemm" and _attr(node, "transA", 0):
+    if node.op_type == "Gemm" and attribute(node, "transA", 0):
         return None
     w = node.input[1]
     b = node.input[2] if node.op_type != "MatMul" and len(node.input) > 2 and node.input[2] else None
@@ -162,7 +156,7 @@ def _layer_weights(graph: _Graph, node, weight_users: dict):
 
 def _out_axis(node) -> int:
     """Axis of the weight that indexes output channels (Conv: 0; Gemm: 0 when B is transposed; MatMul: 1)."""
-    if node.op_type == "Conv" or (node.op_type == "Gemm" and _attr(node, "transB", 0)):
+    if node.op_type == "Conv" or (node.op_type == "Gemm" and attribute(node, "transB", 0)):
         return 0
     return 1
 
@@ -177,7 +171,7 @@ def _in_channel_index(node, w2_shape, channels: int):
     row block i, column 0). Gemm/MatMul: row i of B (column i when B is transposed)."""
     if node.op_type != "Conv":
         return [(slice(None), i) if _out_axis(node) == 0 else (i,) for i in range(channels)]
-    groups = _attr(node, "group", 1)
+    groups = attribute(node, "group", 1)
     per_group_in = channels // groups
     per_group_out = w2_shape[0] // groups
     index = []
@@ -190,7 +184,7 @@ def _in_channel_index(node, w2_shape, channels: int):
 def _channels_match(node, w2_dims, channels: int) -> bool:
     if node.op_type != "Conv":
         return len(w2_dims) == 2 and w2_dims[1 - _out_axis(node)] == channels
-    groups = _attr(node, "group", 1)
+    groups = attribute(node, "group", 1)
     return len(w2_dims) >= 2 and w2_dims[1] * groups == channels and w2_dims[0] % groups == 0
 
 
@@ -205,13 +199,13 @@ def _clip_bounds(graph: _Graph, node):
         if (lo is not None and lo.size != 1) or (hi is not None and hi.size != 1):
             return False
         return (None if lo is None else float(lo.reshape(-1)[0]), None if hi is None else float(hi.reshape(-1)[0]))
-    return _attr(node, "min"), _attr(node, "max")
+    return attribute(node, "min"), attribute(node, "max")
 
 
 def _pad_ok(graph: _Graph, node, data_rank: int) -> bool:
     """A Pad that commutes with per-channel scaling: zero (or edge/reflect) padding, none on axes 0 and 1
     of its ``data_rank``-dimensional input."""
-    mode = _attr(node, "mode", b"constant")
+    mode = attribute(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if len(node.input) > 1:
         pads = graph.const(node.input[1])
@@ -220,7 +214,7 @@ def _pad_ok(graph: _Graph, node, data_rank: int) -> bool:
         if pads is None or value is None or (len(node.input) > 3 and node.input[3] and axes is None):
             return False
     else:
-        pads, value, axes = np.asarray(_attr(node, "pads", [])), np.asarray(_attr(node, "value", 0.0)), None
+        pads, value, axes = np.asarray(attribute(node, "pads", [])), np.asarray(attribute(node, "value", 0.0)), None
     pads = np.asarray(pads).reshape(-1)
     if mode == "constant" and np.any(np.asarray(value) != 0):
         return False
@@ -365,8 +359,8 @@ def equalize(model, clip: str = "skip", iterations: int = 50, tolerance: float =
         graph.inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
     rewritten = _rewrite_clips(graph, pairs, clip_scale)
     report = {"pairs": len(pairs),
-              "depthwise_pairs": sum(1 for p in pairs if _attr(p.second, "group", 1) > 1
-                                     or _attr(p.first, "group", 1) > 1),
+              "depthwise_pairs": sum(1 for p in pairs if attribute(p.second, "group", 1) > 1
+                                     or attribute(p.first, "group", 1) > 1),
               "clips_rewritten": rewritten, "clip_mode": clip, "iterations": done,
               "skipped": skipped, "range_spread_before": spread_before,
               "range_spread_after": _spread(weights, pairs)}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FP16_MAX", "constants_as_initializers", "fold_batchnorm", "fp16_unsafe_nodes", "name_nodes"]
+__all__ = ["FP16_MAX", "attribute", "constants_as_initializers", "fold_batchnorm", "fp16_unsafe_nodes", "name_nodes"]
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
@@ -42,7 +42,8 @@ def constants_as_initializers(model) -> int:
     return len(constants)
 
 
-def _attr(node, name, default):
+def attribute(node, name, default=None):
+    """The value of a node's attribute ``name`` (onnx.helper's Python value), or ``default``."""
     from onnx import helper
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
@@ -66,7 +67,7 @@ def fold_batchnorm(model) -> int:
     for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
         conv = producer.get(bn.input[0])
         if (conv is None or conv.op_type not in ("Conv", "ConvTranspose") or len(bn.output) != 1
-                or _attr(bn, "training_mode", 0) or readers.get(conv.output[0]) != 1 or conv.output[0] in outputs
+                or attribute(bn, "training_mode", 0) or readers.get(conv.output[0]) != 1 or conv.output[0] in outputs
                 or len(bn.input) != 5 or any(t not in inits for t in bn.input[1:])):
             continue
         weight = conv.input[1]
@@ -78,8 +79,8 @@ def fold_batchnorm(model) -> int:
         if w.dtype != np.float32 or w.ndim < 3:
             continue
         gamma, beta, mean, var = (numpy_helper.to_array(inits[t]).astype(np.float64) for t in bn.input[1:])
-        scale = gamma / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
-        group = int(_attr(conv, "group", 1))
+        scale = gamma / np.sqrt(var + float(attribute(bn, "epsilon", 1e-5)))
+        group = int(attribute(conv, "group", 1))
         w64 = w.astype(np.float64)
         if conv.op_type == "Conv":  # W [C_out, C_in / group, k...]
             channels = w.shape[0]

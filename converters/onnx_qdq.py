@@ -88,10 +88,9 @@ def convert(job, recipe=None) -> list[dict]:
     base = prep   # the FP32 graph (same node and tensor names as the QDQ model)
     if recipe.weight_rounding == "gptq":  # before bias correction: it corrects what the rounded weights still shift
         prep = gptq_rounded(job, prep, names, bool(recipe.per_channel))
-    job.qdq_prep = base
     if recipe.bias_correction:
         prep = bias_corrected(job, prep, names, set(recipe.float_layers), recipe)
-        job.qdq_prep = base
+    job.qdq_prep = base   # after bias correction, whose own conversion of the plain recipe sets it too
     if recipe.weight_rounding == "gptq" and recipe.float_layers:
         # float means float: the nodes kept in float compute with their FP32 weights, not GPTQ's grid values
         prep = _weights_from(job, prep, base, set(recipe.float_layers))
@@ -318,6 +317,7 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
 
     from edgeopt.conversion import rounding
     from edgeopt.conversion.defaults import ROUNDING_SAMPLES
+    from edgeopt.converters.onnx_fold import attribute
     cache = job.__dict__.setdefault("_gptq_cache", {})
     key = (prep, per_channel)
     if key in cache:
@@ -328,8 +328,6 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
     for n in fm.graph.node:
         for t in n.input:
             users[t] = users.get(t, 0) + 1
-    attr = lambda n, name, default: next((onnx.helper.get_attribute_value(a) for a in n.attribute  # noqa: E731
-                                          if a.name == name), default)
     layers = []   # (node, kind, weight [O, ...] rows view info)
     for n in fm.graph.node:
         if len(n.input) < 2 or n.input[1] not in inits or users.get(n.input[1], 0) != 1:
@@ -338,8 +336,8 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
         if w.dtype != np.float32:
             continue
         if n.op_type == "Conv" and w.ndim == 4:
-            g = attr(n, "group", 1)
-            auto = attr(n, "auto_pad", b"NOTSET")
+            g = attribute(n, "group", 1)
+            auto = attribute(n, "auto_pad", b"NOTSET")
             auto = auto.decode() if isinstance(auto, bytes) else auto
             if auto not in ("NOTSET", "VALID", "SAME_UPPER"):
                 continue
@@ -350,8 +348,8 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
             else:
                 continue
             layers.append((n, kind, auto))
-        elif n.op_type == "Gemm" and w.ndim == 2 and not attr(n, "transA", 0):
-            layers.append((n, "gemm_t" if attr(n, "transB", 0) else "matmul", None))
+        elif n.op_type == "Gemm" and w.ndim == 2 and not attribute(n, "transA", 0):
+            layers.append((n, "gemm_t" if attribute(n, "transB", 0) else "matmul", None))
         elif n.op_type == "MatMul" and w.ndim == 2:
             layers.append((n, "matmul", None))
     if not layers:
@@ -379,13 +377,13 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
                 continue
             w_shape = inits[n.input[1]].dims
             k = tuple(w_shape[2:])
-            st = tuple(attr(n, "strides", [1, 1]))
-            dl = tuple(attr(n, "dilations", [1, 1]))
+            st = tuple(attribute(n, "strides", [1, 1]))
+            dl = tuple(attribute(n, "dilations", [1, 1]))
             xh = np.transpose(x, (0, 2, 3, 1))
             if auto == "SAME_UPPER":
                 pads = rounding.same_pads(xh.shape[1:3], k, st, dl)
             else:
-                p = list(attr(n, "pads", [0, 0, 0, 0]))
+                p = list(attribute(n, "pads", [0, 0, 0, 0]))
                 pads = (p[0], p[2], p[1], p[3])        # ONNX: begins then ends
             pt = rounding.patches(xh, k, st, dl, pads, rows=rounding.ROWS if kind == "conv" else rounding.CHANNEL_ROWS)
             if kind == "conv":   # ONNX weights [O, I, kh, kw]: rows over (I, kh, kw)

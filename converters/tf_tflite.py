@@ -244,7 +244,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
                                 (str(fallback_error).strip().splitlines() or ["unknown error"])[-1][:300]),
                              hint="convert for jetson (ONNX) instead, or replace those ops in the source model")
         float_ops = _failing_ops(str(e)) or ["(unnamed)"]
-    bc_info = None
+    bc_info = rounding_info = None
     if stepwise:
         from tensorflow.lite.python import convert as lite_convert
 
@@ -252,7 +252,6 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
                                               output_data_type=io_type)
         cal = set_ranges(data, calib, method)
-        rounding_info = None
         if weight_rounding == "gptq":
             weights, _, rounding_info = _cached_rounding(cache, data, calib, per_channel)
             cal = _apply_buffers(cal, weights, set())
@@ -274,7 +273,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         info["float_ops"] = left or float_ops
     if bc_info is not None:
         info["bias_correction"] = bc_info
-    if stepwise and rounding_info is not None:
+    if rounding_info is not None:
         info["weight_rounding"] = rounding_info
     return data, info
 
@@ -574,14 +573,13 @@ def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict
 
     fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     sg = fm.subgraphs[0]
-    kinds = _KINDS
     layers = [(kind, inputs, out) for kind, _, inputs, out in _compute_layers(fm) if len(inputs) > 2 and inputs[2] >= 0]
     # INT8 weights as the quantizer made them, by the op's output name
     qi = Interpreter(model_content=quantized)
     qi.allocate_tensors()
     q_ops = {}
     for op in qi._get_ops_details():
-        if op["op_name"] in kinds.values() and len(op["outputs"]):
+        if op["op_name"] in _KINDS.values() and len(op["outputs"]):
             out = qi._get_tensor_details(op["outputs"][0], subgraph_index=0)["name"]
             q_ops[out] = int(op["inputs"][1])
     # per-channel means of the layers' inputs, float model on the calibration samples
