@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from edgeopt.converters import onnx_io
 from edgeopt.runtime import KEEP_FLOAT_OPTIMIZERS
 
 __all__ = ["QUANTIZED_OPS", "WEIGHTED_OPS", "layer_errors"]
@@ -25,22 +26,8 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def _session(model, outputs):
-    import onnx
-    import onnxruntime as ort
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in outputs:
-        if name not in have:
-            m.graph.output.append(onnx.ValueInfoProto(name=name))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as edgeopt.runtime runs QDQ
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
     # float nodes stay float, as edgeopt.runtime runs them
-    s = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=list(KEEP_FLOAT_OPTIMIZERS))
-    return s
+    return onnx_io.tensor_session(model, outputs, optimize=True, disabled_optimizers=list(KEEP_FLOAT_OPTIMIZERS))
 
 
 def layer_errors(float_path: str, qdq_path_or_bytes, samples: list[dict]) -> list[dict]:

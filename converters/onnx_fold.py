@@ -13,12 +13,15 @@ inside FP16's range, and the FP16 model agrees with FP32 (cosine 0.9999).
   one convolution with scaled weights and a shifted bias, computed in float64 and stored as float32.
 - :func:`fp16_unsafe_nodes`: the nodes that still read a float constant beyond FP16's range: the FP16 converter
   keeps them, and their constants, in FP32 (TensorRT runs such a layer in FP32 too).
+- :func:`fp16_overflow_nodes`: the nodes that make or read an *activation* beyond FP16's range on the
+  calibration data (FP16 would make it inf): kept in FP32 as well.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FP16_MAX", "attribute", "constants_as_initializers", "fold_batchnorm", "fp16_unsafe_nodes", "name_nodes"]
+__all__ = ["FP16_MAX", "attribute", "constants_as_initializers", "fold_batchnorm", "fp16_overflow_nodes", "fp16_unsafe_nodes",
+           "name_nodes"]
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
@@ -155,3 +158,30 @@ def fp16_unsafe_nodes(model, limit: float = FP16_MAX) -> list[str]:
             if finite.size and float(np.abs(finite).max()) > limit:
                 big.add(init.name)
     return [n.name for n in model.graph.node if any(t in big for t in n.input)]
+
+
+# Calibration maxima understate what unseen inputs reach: an activation is unsafe in FP16 from half its range.
+FP16_ACTIVATION_LIMIT = FP16_MAX / 2
+
+
+def fp16_overflow_nodes(model, feeds: list[dict], limit: float = FP16_ACTIVATION_LIMIT) -> list[str]:
+    """Names of the nodes that make or read a float activation whose magnitude exceeds ``limit`` on any of
+    ``feeds`` ({input name: array}, the FP32 model run node by node), in graph order. In FP16 such a tensor
+    becomes inf (a Conv summing to 1e5, a transformer's outlier features): its producer must compute it in
+    FP32 and its readers must take it in FP32. Call :func:`name_nodes` first."""
+    from edgeopt.converters import onnx_io
+    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+    tensors = [o for n in nodes for o in n.output if o]
+    if not feeds or not tensors:
+        return []
+    sess = onnx_io.tensor_session(model, tensors)
+    names = [o.name for o in sess.get_outputs()]
+    big = set()
+    for feed in feeds:
+        for name, value in zip(names, sess.run(None, feed)):
+            value = np.asarray(value)
+            if name not in big and value.dtype.kind == "f" and value.size:
+                finite = np.abs(value[np.isfinite(value)])
+                if finite.size and float(finite.max()) > limit:
+                    big.add(name)
+    return [n.name for n in nodes if big.intersection(n.output) or big.intersection(n.input)]

@@ -5,7 +5,7 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 
-__all__ = ["load", "io_specs", "fix_shapes", "Reference", "versions"]
+__all__ = ["load", "io_specs", "fix_shapes", "tensor_session", "Reference", "versions"]
 
 _DT = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 9: "bool"}
 
@@ -86,6 +86,28 @@ class Reference:
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self.sess.run(self.outputs, dict(zip(self.in_names, arrays)))
+
+
+def tensor_session(model, tensors, optimize: bool = False, **session_args):
+    """An onnxruntime CPU session of a copy of ``model`` in which each of ``tensors`` is also a graph output,
+    so one run returns the intermediate values too. ``optimize``: onnxruntime's basic graph optimizations (as
+    edgeopt.runtime runs a QDQ model), else none (the graph's own arithmetic, node by node); ``session_args``
+    go to InferenceSession (e.g. ``disabled_optimizers``)."""
+    import onnx
+    import onnxruntime as ort
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in dict.fromkeys(tensors):
+        if name not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"],
+                                **session_args)
 
 
 def versions() -> dict:

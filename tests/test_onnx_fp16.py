@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import edgeopt
-from edgeopt.converters import onnx_fold, onnx_fp16
+from edgeopt.converters import onnx_fold, onnx_fp16, onnx_io
 from edgeopt_testkit import onnx_graph, save_arrays
 
 
@@ -83,12 +83,15 @@ def test_fold_leaves_a_conv_whose_output_has_other_readers():
     assert "BatchNormalization" in [n.op_type for n in model.graph.node]
 
 
-def _fp16(model, tmp_path):
-    """The FP16 artifact of ``model`` as onnx_fp16.convert makes it (a job with just the static model)."""
+def _fp16(model, tmp_path, calib=()):
+    """The FP16 artifact of ``model`` as onnx_fp16.convert makes it (a job with the static model and the
+    calibration samples ``calib`` of its input ``x``)."""
     import onnx
     path = tmp_path / "static.onnx"
     onnx.save(model, str(path))
-    art = onnx_fp16.convert(types.SimpleNamespace(static_onnx_path=lambda: str(path)))[0]
+    job = types.SimpleNamespace(static_onnx_path=lambda: str(path), inputs=[{"name": "x"}],
+                                calib_samples=lambda: [[c[None]] for c in calib])
+    art = onnx_fp16.convert(job)[0]
     return onnx.load_from_string(art["data"]), art
 
 
@@ -119,6 +122,40 @@ def test_fp16_keeps_a_node_with_constants_beyond_fp16_in_fp32(tmp_path):
     d = next(i for i in fp16.graph.initializer if i.name == "d")
     assert d.data_type == onnx.TensorProto.FLOAT
     np.testing.assert_allclose(_run(fp16, x), ref, rtol=0.02, atol=0.02 * np.abs(ref).max())
+
+
+def test_fp16_keeps_activations_beyond_fp16_in_fp32(tmp_path):
+    """A Conv whose output reaches ~2e5 on real-looking inputs (weights well inside FP16), then a Mul by 1e-3:
+    cast as it is, the Conv's output is inf in FP16 and so is the model's; the calibration data shows the
+    activation's range, and the Conv and its reader stay in FP32, the rest in FP16."""
+    rng = np.random.default_rng(6)
+    init = {"w": (rng.standard_normal((4, 3, 3, 3)) * 1e4).astype(np.float32), "s": np.array(1e-3, np.float32),
+            "w2": (rng.standard_normal((2, 4, 1, 1))).astype(np.float32)}
+    nodes = [("Conv", ["x", "w"], ["c"], {"pads": [1, 1, 1, 1], "name": "conv"}),
+             ("Mul", ["c", "s"], ["m"], {"name": "scale_down"}),
+             ("Conv", ["m", "w2"], ["y"], {"name": "conv2"})]
+    model = onnx_graph(nodes, {"x": [1, 3, 8, 8]}, {"y": [1, 2, 8, 8]}, init)
+    x = rng.standard_normal((12, 3, 8, 8)).astype(np.float32)
+    ref = _run(model, x[8:])
+    assert np.abs(ref).max() < 1e3 and _activation_max(model, x[:8]) > 1e5  # large inside only
+    plain, art = _fp16(model, tmp_path)  # no calibration data: what a cast alone gives
+    # onnxruntime's CPU computes FP16 nodes in FP32 and drops the casts between them: the tensor TensorRT
+    # would hold in FP16 is read out on its own, where the cast stays
+    assert np.isinf(_activation_max(plain, x[8:])) and "float_nodes" not in art
+    fp16, art = _fp16(model, tmp_path, calib=x[:8])
+    assert art["float_nodes"] == ["conv", "scale_down"] and "activations beyond FP16" in art["converter"]
+    conv_out = next(n.output[0] for n in fp16.graph.node if n.name == "conv")
+    assert 1e5 < _activation_max(fp16, x[8:], conv_out) < np.inf  # not cast to FP16 between conv and Mul
+    got = _run(fp16, x[8:])
+    np.testing.assert_allclose(got, ref, rtol=0.02, atol=0.01 * np.abs(ref).max())
+    import onnx
+    w2 = next(i for i in fp16.graph.initializer if i.name.startswith("w2"))
+    assert w2.data_type == onnx.TensorProto.FLOAT16  # the rest is FP16
+
+
+def _activation_max(model, x, tensor="c") -> float:
+    sess = onnx_io.tensor_session(model, [tensor])
+    return max(float(np.abs(sess.run([tensor], {"x": x[i:i + 1]})[0]).max()) for i in range(len(x)))
 
 
 def test_fp16_artifact_of_paddle_like_batchnorm_passes_the_check(tmp_path):
