@@ -237,6 +237,45 @@ def test_qdq_float_node_stays_float_in_runtime(tmp_path):
     assert not rows["dwconv"]["quantized"] and rows["conv1"]["quantized"] and rows["conv3"]["quantized"]
 
 
+def test_qdq_layer_errors_measure_every_output_and_blame_no_reshape(tmp_path):
+    """The per-layer report (explain, recovery's candidates) on a Split whose second output goes through a
+    Reshape: both outputs are measured, so the Reshape (which cannot add error) is not blamed for what came
+    before it (it was: 'losing 90 dB' on a real detector, its input unmeasured and taken as exact), and only
+    nodes reading a DequantizeLinear count as quantized (a Sigmoid between Convs has no Q/DQ of its own)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from edgeopt.converters import debug_onnx
+    rng = np.random.default_rng(7)
+    src, out = str(tmp_path / "split.onnx"), str(tmp_path / "split.int8.qdq.onnx")
+    onnx_graph([("Conv", ["x", "w1"], ["c1"], {"pads": [1, 1, 1, 1], "name": "conv1"}),
+                ("Split", ["c1", "parts"], ["s0", "s1"], {"axis": 1, "name": "split"}),
+                ("Reshape", ["s1", "shape"], ["flat"], {"name": "reshape"}),
+                ("Sigmoid", ["s0"], ["g"], {"name": "sigmoid"}),
+                ("Conv", ["g", "w2"], ["y0"], {"name": "conv2"}),
+                ("MatMul", ["flat", "w3"], ["y1"], {"name": "fc"})],
+               {"x": [1, 3, 8, 8]}, {"y0": [1, 4, 8, 8], "y1": [4, 8]},
+               {"w1": (rng.standard_normal((8, 3, 3, 3)) / 3).astype(np.float32),
+                "parts": np.array([4, 4], np.int64), "shape": np.array([4, 64], np.int64),
+                "w2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32),
+                "w3": rng.standard_normal((64, 8)).astype(np.float32)}, path=src, name="split")
+    xs = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
+
+    class Reader:
+        it = iter([{"x": x} for x in xs])
+
+        def get_next(self):
+            return next(self.it, None)
+    quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["Conv", "MatMul"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    rows = {r["node"]: r for r in debug_onnx.layer_errors(src, out, [{"x": x} for x in xs[:4]])}
+    assert rows["reshape"]["added_db"] == 0 and rows["sigmoid"]["added_db"] < 3  # measured: 0.0 / 0.0
+    assert rows["split"]["tensor"] in ("s0", "s1") and rows["split"]["sqnr_db"] < 60  # INT8 noise from conv1
+    quantized = {n for n, r in rows.items() if r["quantized"]}
+    assert {"conv1", "conv2", "fc"} <= quantized and not {"reshape", "sigmoid"} & quantized, quantized
+
+
 # ------------------------------------------------------------- Coral: float layers leave the Edge TPU
 
 @pytest.fixture(scope="module")
