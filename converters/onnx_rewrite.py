@@ -6,8 +6,13 @@ converts right. Each rewrite keeps the model's function (same outputs for every 
   arange against it (on Magika its own check, ``-cotof``, fails at this Equal: "2048 and 257"). ``Gather(W, ids)``
   is the same
   lookup (for ids in ``[0, K)``; an id outside gives a zero row in the one-hot form and is not a valid input of
-  such a model), and also skips a K-wide one-hot and a matrix product. (Magika's graph is still wrong further
-  on, in a JAX Conv onnx2tf lays out wrongly: the pipeline's graph check says so and the conversion fails.)
+  such a model), and also skips a K-wide one-hot and a matrix product.
+- Slices over several axes, ``Slice(x, starts, ends, axes=[0, 1, 2, 3])`` (tf2onnx spells a strided slice so,
+  even one that keeps everything: Magika's ``x[..., :1]`` after its Conv, on a tensor whose last axis has size 1):
+  onnx2tf turns ``axes`` into the channels-last axes of a transposed tensor but leaves ``starts``/``ends`` in
+  ONNX order, so it slices the wrong axes (Magika: the Conv's 512 channels cut to 1; its float graph had cosine
+  0.00 against the ONNX model). The same Slice as a chain of one-axis Slices, an axis that keeps its whole
+  extent left out (a Slice left with none is dropped), is exact, and onnx2tf converts one-axis Slices right.
 - Node names TensorFlow refuses as scope names (``Softmax@0`` in Paddle exports), which made onnx2tf fail.
 """
 from __future__ import annotations
@@ -25,6 +30,9 @@ def rewrite(model) -> tuple[object, list[str]]:
     n = _onehot_matmul_to_gather(model)
     if n:
         notes.append(f"{n} one-hot MatMul embedding lookup(s) as Gather")
+    n = _split_multi_axis_slices(model)
+    if n:
+        notes.append(f"{n} multi-axis Slice(s) as one-axis Slices")
     n = _scope_safe_node_names(model)
     if n:
         notes.append(f"{n} node name(s) made valid TensorFlow scope names")
@@ -109,4 +117,94 @@ def _onehot_matmul_to_gather(model) -> int:
         del graph.node[:]
         graph.node.extend(kept[:position] + new + kept[position:])
         done += 1
+    return done
+
+
+def _static_dims(model) -> dict:
+    """{tensor name: [dim or None]} from ONNX shape inference (the pipeline's models have static inputs)."""
+    import onnx
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes only sharpen the rewrite (whole-extent axes); without them it still applies
+        return {}
+    graph = inferred.graph
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+
+
+def _whole_extent(start: int, end: int, step: int, dim) -> bool:
+    """Whether ONNX Slice's (start, end, step) on an axis of size ``dim`` keeps the axis whole (clamping as the
+    ONNX spec does); False when the size is unknown."""
+    if dim is None or step != 1:
+        return False
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    return min(max(start, 0), dim) == 0 and min(max(end, 0), dim) == dim
+
+
+def _split_multi_axis_slices(model) -> int:
+    """Every Slice with constant starts/ends/axes/steps over two or more axes, or over an axis it keeps whole,
+    replaced by one-axis Slices in a chain (slices along distinct axes commute, so the chain is the same
+    function). A Slice that keeps everything is dropped: its readers read its input. Returns the count."""
+    from onnx import helper, numpy_helper
+    graph = model.graph
+    constants = _constants(graph)
+    dims = _static_dims(model)
+    # a name read inside a subgraph (If, Loop) is not rewired here: such Slices stay as Identity
+    keep_names = {o.name for o in graph.output} | (
+        {o for n in graph.node for o in n.output} if any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node
+                                                        for a in n.attribute) else set())
+    names = {i.name for i in list(graph.initializer) + list(graph.input)} | {o for n in graph.node for o in n.output}
+    renamed: dict = {}  # output of a dropped Slice -> its input
+    new_nodes, done = [], 0
+    for node in graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        consts = [constants.get(i) if i else None for i in node.input[1:5]]
+        if node.op_type != "Slice" or len(node.input) < 3 or any(
+                c is None for c, i in zip(consts, node.input[1:5]) if i) or node.attribute:
+            new_nodes.append(node)
+            continue
+        starts, ends = (np.asarray(c).reshape(-1) for c in consts[:2])
+        axes = np.asarray(consts[2]).reshape(-1) if len(consts) > 2 and consts[2] is not None \
+            else np.arange(len(starts))
+        steps = np.asarray(consts[3]).reshape(-1) if len(consts) > 3 and consts[3] is not None \
+            else np.ones(len(starts), np.int64)
+        shape = dims.get(node.input[0])
+        if shape is None and (axes < 0).any():
+            new_nodes.append(node)
+            continue
+        axes = [int(a) + len(shape) if a < 0 else int(a) for a in axes]
+        kept = [(a, int(s), int(e), int(t)) for a, s, e, t in zip(axes, starts, ends, steps)
+                if not _whole_extent(int(s), int(e), int(t), shape[a] if shape and a < len(shape) else None)]
+        if len(kept) == len(axes) and len(kept) <= 1:
+            new_nodes.append(node)
+            continue
+        done += 1
+        out = node.output[0]
+        if not kept and out not in keep_names:
+            renamed[out] = node.input[0]
+            continue
+        if not kept:  # a graph output (or a name a subgraph reads) keeps its name
+            new_nodes.append(helper.make_node("Identity", [node.input[0]], [out], name=node.name or None))
+            continue
+        dtype = np.asarray(consts[0]).dtype
+        prev = node.input[0]
+        for k, (axis, start, end, step) in enumerate(kept):
+            base = f"{out}__slice{k}"
+            while base in names:
+                base += "_"
+            params = []
+            for what, value in (("starts", start), ("ends", end), ("axes", axis), ("steps", step)):
+                graph.initializer.append(numpy_helper.from_array(np.array([value], dtype), f"{base}_{what}"))
+                params.append(f"{base}_{what}")
+                names.add(params[-1])
+            target = out if k == len(kept) - 1 else base
+            names.add(target)
+            new_nodes.append(helper.make_node("Slice", [prev] + params, [target],
+                                              name=f"{node.name or 'slice'}_{k}"))
+            prev = target
+    if done:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
     return done

@@ -93,6 +93,7 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None, name: str | None = 
         return np.asarray(sample_nhwc, dtype=np.float32)
 
     name = name or os.path.basename(onnx_path)
+    onnx_path = os.path.abspath(onnx_path)  # before the chdir below
     import tf_keras
     # onnx2tf builds tf_keras layers whose names carry per-process counters ("tf.math.add_9"); they end up
     # in the TFLite file. A fresh session makes a second conversion in the same process byte-identical.
@@ -105,7 +106,7 @@ def to_keras(onnx_path: str, sample_nhwc: np.ndarray | None, name: str | None = 
         with tempfile.TemporaryDirectory(prefix="edgeopt-onnx2tf-") as tmp, offline(), _quiet():
             os.chdir(tmp)  # onnx2tf writes helper files into the working directory
             model = onnx2tf.convert(
-                input_onnx_file_path=os.path.abspath(onnx_path) if not os.path.isabs(onnx_path) else onnx_path,
+                input_onnx_file_path=onnx_path,
                 output_folder_path=os.path.join(tmp, "saved_model"),
                 disable_model_save=True,
                 not_use_onnxsim=True,  # simplified in-process above

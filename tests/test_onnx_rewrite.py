@@ -67,6 +67,87 @@ def test_onehot_model_on_rpi(tmp_path):
     assert m["accuracy"]["outputs"]["logits"]["cosine"] > 0.99
 
 
+BIG = 2 ** 31 - 1
+
+
+def _conv_slice_model(starts, ends, axes, out_shape, x_shape=(1, 4, 16, 16), kernel=(3, 3), steps=None, after=None):
+    """Conv then a Slice over ``axes`` (as tf2onnx writes strided slices); ``after``: one more op reading it."""
+    rng = np.random.default_rng(0)
+    init = {"w": (rng.standard_normal((8, x_shape[1]) + kernel) / 5).astype(np.float32),
+            "st": np.array(starts, np.int64), "en": np.array(ends, np.int64), "ax": np.array(axes, np.int64)}
+    slice_inputs = ["c", "st", "en", "ax"]
+    if steps is not None:
+        init["sp"] = np.array(steps, np.int64)
+        slice_inputs.append("sp")
+    nodes = [("Conv", ["x", "w"], ["c"], {"kernel_shape": list(kernel)}),
+             ("Slice", slice_inputs, ["s" if after else "y"])]
+    if after:
+        nodes.append((after, ["s"], ["y"]))
+    return onnx_graph(nodes, {"x": list(x_shape)}, {"y": out_shape}, init, opset=13)
+
+
+# (starts, ends, axes, output shape, input shape, kernel, steps, Slices after the rewrite)
+SLICES = {
+    # Magika's x[..., :1] after its Conv: every axis whole, the Slice is dropped
+    "keeps_all": ([0, 0, 0, 0], [BIG, BIG, BIG, 1], [0, 1, 2, 3], [1, 8, 12, 1], (1, 4, 16, 1), (5, 1), None, 0),
+    "four_axes": ([0, 0, 2, 1], [1, 8, 12, 13], [0, 1, 2, 3], [1, 8, 10, 12], (1, 4, 16, 16), (3, 3), None, 2),
+    "channels_and_width": ([2, -13], [6, -1], [1, -1], [1, 4, 14, 12], (1, 4, 16, 16), (3, 3), None, 2),
+    "steps": ([1, 0], [BIG, BIG], [2, 3], [1, 8, 7, 7], (1, 4, 16, 16), (3, 3), [2, 2], 2),
+}
+
+
+def _ort(model, x):
+    import onnxruntime as ort
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("case", sorted(SLICES))
+def test_multi_axis_slices_become_one_axis_slices_exactly(case):
+    starts, ends, axes, out_shape, x_shape, kernel, steps, slices = SLICES[case]
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    for after in (None, "Relu"):  # the Slice's output a graph output, or read by another node
+        model = _conv_slice_model(starts, ends, axes, out_shape, x_shape, kernel, steps, after)
+        before = _ort(model, x)
+        model, notes = onnx_rewrite.rewrite(model)
+        ops = [n.op_type for n in model.graph.node]
+        assert notes == ["1 multi-axis Slice(s) as one-axis Slices"], notes
+        assert ops.count("Slice") == slices
+        if not slices:  # dropped: an output keeps its name through an Identity, a reader reads the Conv
+            assert ops == (["Conv", "Relu"] if after else ["Conv", "Identity"])
+        for node in model.graph.node:
+            if node.op_type == "Slice":
+                assert [len(init.dims) and init.dims[0] for init in model.graph.initializer
+                        if init.name in node.input[1:]] == [1] * (len(node.input) - 1)
+        assert before.shape == tuple(out_shape)
+        np.testing.assert_array_equal(_ort(model, x), before)
+
+
+def test_one_axis_and_dynamic_slices_are_left_alone():
+    model = _conv_slice_model([1], [13], [3], [1, 8, 14, 12])
+    assert onnx_rewrite.rewrite(model)[1] == []
+    model = _conv_slice_model([0, 1], [8, 13], [1, 3], [1, 8, 14, 12])
+    model.graph.initializer.pop(1)  # ends computed at run time: not rewritten
+    model.graph.input.append(onnx_graph([], {"en": ([2], "int64")}, {}).graph.input[0])
+    assert onnx_rewrite.rewrite(model)[1] == []
+
+
+@pytest.mark.parametrize("case", sorted(SLICES))
+def test_onnx2tf_float_graph_of_rewritten_slices_matches_onnxruntime(tmp_path, case):
+    """The float graph onnx2tf builds after the rewrite computes what onnxruntime computes (before it, onnx2tf
+    applied starts/ends in ONNX order to its channels-last axes: Magika's Conv output cut from 512 channels to 1,
+    the other cases the wrong rows and columns)."""
+    import onnx
+
+    from edgeopt.converters import onnx_tflite
+    starts, ends, axes, out_shape, x_shape, kernel, steps, _ = SLICES[case]
+    model = _conv_slice_model(starts, ends, axes, out_shape, x_shape, kernel, steps)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    keras_model = onnx_tflite.to_keras(onnx_tflite.simplify(str(tmp_path / "m.onnx"), "m.onnx"), None)
+    got = np.asarray(keras_model(np.transpose(x, (0, 2, 3, 1))))  # channels-last in and out
+    np.testing.assert_allclose(np.transpose(got, (0, 3, 1, 2)), _ort(model, x), rtol=1e-4, atol=1e-5)
+
+
 def _gelu_model(path):
     rng = np.random.default_rng(0)
     nodes = [("MatMul", ["x", "w1"], ["h"]), ("Div", ["h", "sq2"], ["hd"]), ("Erf", ["hd"], ["e"]),
