@@ -430,11 +430,11 @@ class _OpGraph:
             for i in ins:
                 self.consumers.setdefault(i, []).append(k)
 
-    def region(self, first: int, seeds: set, start=()) -> tuple[list[int], int] | None:
+    def region(self, first: int, seeds: set, start=(), complete=lambda kinds: True) -> tuple[list[int], int] | None:
         """Ops from op ``first`` on (execution order) that read a tensor of the region (``seeds`` or a region op's
-        output), the ops in ``start`` included, up to where the region's live tensors (those read outside it, or
-        graph outputs) are one op's single output: (op indices, that output), or None when they never reconverge
-        within _BLOCK_MAX_OPS ops or reach a weighted layer."""
+        output), the ops in ``start`` included, up to where the region is ``complete`` (a test of its op kinds)
+        and its live tensors (those read outside it, or graph outputs) are one op's single output: (op indices,
+        that output), or None when that does not happen within _BLOCK_MAX_OPS ops or a weighted layer is reached."""
         live, inside = set(seeds), []
         for k in range(first, len(self.kinds)):
             if k not in start and not live.intersection(self.ins[k]):
@@ -446,7 +446,8 @@ class _OpGraph:
             done = set(inside)
             frontier = {t for t in live if t in self.graph_outputs
                         or any(c not in done for c in self.consumers.get(t, ()))}
-            if len(inside) > 1 and len(self.outs[k]) == 1 and frontier == {self.outs[k][0]}:
+            if (len(inside) > 1 and len(self.outs[k]) == 1 and frontier == {self.outs[k][0]}
+                    and complete([self.kinds[o] for o in inside])):
                 return inside, self.outs[k][0]
         return None
 
@@ -459,6 +460,17 @@ class _OpGraph:
                 break
             ops, out = ops + [c], self.outs[c][0]
         return ops, out
+
+
+def _is_layernorm(kinds: list[str]) -> bool:
+    """A region from a MEAN that holds a LayerNorm: the variance's MEAN and the division by its square root."""
+    return kinds.count("MEAN") >= 2 and bool(_ROOTS.intersection(kinds))
+
+
+def _is_gelu(kinds: list[str]) -> bool:
+    """A region from a tensor that holds a GELU: Erf's EXP or the approximation's TANH, ending in the product
+    with its input (Swish, x * sigmoid(x), has neither)."""
+    return kinds[-1] == "MUL" and bool({"EXP", "TANH"}.intersection(kinds)) and not {"MEAN", "SOFTMAX"} & set(kinds)
 
 
 def norm_blocks(data: bytes) -> list[dict]:
@@ -493,24 +505,16 @@ def norm_blocks(data: bytes) -> list[dict]:
         elif kind == "GELU":
             add("gelu", [k], g.outs[k][0])
         elif kind == "MEAN":
-            got = g.region(k, set(g.outs[k]), start={k})
-            if got is None:
-                continue
-            ops, out = got
-            kinds = [g.kinds[o] for o in ops]
-            if kinds.count("MEAN") >= 2 and _ROOTS.intersection(kinds):
-                add("layernorm", *g.affine_tail(ops, out))
+            got = g.region(k, set(g.outs[k]), start={k}, complete=_is_layernorm)
+            if got is not None:
+                add("layernorm", *g.affine_tail(*got))
         for x in g.outs[k]:
             readers = g.consumers.get(x, ())
             if len(readers) < 2 or x in g.const:
                 continue
-            got = g.region(min(readers), {x})
-            if got is None:
-                continue
-            ops, out = got
-            kinds = {g.kinds[o] for o in ops}
-            if g.kinds[ops[-1]] == "MUL" and kinds & {"EXP", "TANH"} and not kinds & {"MEAN", "SOFTMAX"}:
-                add("gelu", *g.affine_tail(ops, out))
+            got = g.region(min(readers), {x}, complete=_is_gelu)
+            if got is not None:
+                add("gelu", *g.affine_tail(*got))
     found.sort(key=lambda b: b.pop("_at"))
     return found
 
