@@ -88,11 +88,14 @@ def convert(job, recipe=None) -> list[dict]:
     job.tf_graph, job.tf_calib, job.tf_perms = job.graph, job.calib_samples(), [None] * len(job.inputs)
     data, info = tf_tflite.quantize(job.graph, job.tf_calib, job.io_dtype, job.allow_float_fallback,
                                     source=job.source_name, cache=job.__dict__.setdefault("tf_rounding", {}),
-                                    **tf_tflite.recipe_options(recipe))
+                                    float_blocks=not job.target.integer_only,
+                                    max_float_layers=job.options.max_float_layers, **tf_tflite.recipe_options(recipe))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": [None] * len(job.inputs),
            "converter": "tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8, per-channel weights)"}
     if info.get("float_ops"):
         art["float_ops"] = info["float_ops"]
+    if info.get("float_blocks"):
+        art["float_blocks"] = info["float_blocks"]
     return [art]

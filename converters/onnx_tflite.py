@@ -156,12 +156,15 @@ def convert(job, recipe=None) -> list[dict]:
     graph, calib, real_perms = job.tf_graph, job.tf_calib, job.tf_perms
     data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name,
                                     cache=job.__dict__.setdefault("tf_rounding", {}),
-                                    **tf_tflite.recipe_options(recipe))
+                                    float_blocks=not job.target.integer_only,
+                                    max_float_layers=job.options.max_float_layers, **tf_tflite.recipe_options(recipe))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}
     if info.get("float_ops"):
         art["float_ops"] = info["float_ops"]
+    if info.get("float_blocks"):
+        art["float_blocks"] = info["float_blocks"]
     if job.tf_graph_check:
         art["graph_check"] = job.tf_graph_check
     return [art]

@@ -24,7 +24,7 @@ import absl.logging  # noqa: E402
 
 __all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
            "RECOVERY_METHODS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
-           "bias_correction_info"]
+           "bias_correction_info", "norm_blocks", "block_tensors"]
 
 absl.logging.set_verbosity(absl.logging.ERROR)
 warnings.filterwarnings("ignore", module=r"tensorflow\..*")
@@ -189,8 +189,8 @@ def recipe_options(recipe) -> dict:
 
 def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_float_fallback: bool = False,
              source: str = "model", method: str = "minmax", bias_correction: bool = False,
-             per_channel: bool = True, weight_rounding: str = "nearest", cache: dict | None = None
-             ) -> tuple[bytes, dict]:
+             per_channel: bool = True, weight_rounding: str = "nearest", cache: dict | None = None,
+             float_blocks: bool = False, max_float_layers: dict | None = None) -> tuple[bytes, dict]:
     """Full-integer INT8 TFLite (per-channel weights) from a Graph with static batch-1 input shapes.
 
     calib: list of samples, each a list of arrays (batch 1) in the graph's input order and layout.
@@ -200,7 +200,16 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     weight_rounding: "gptq" (:func:`_rounded_weights`) or "nearest" (the converter's own).
     cache: a dict kept across calls on the same graph and calibration data (the rounded weights do not depend
     on the activation ranges: "auto" computes them once).
-    Returns (tflite bytes, info) where info has the signature's tensor indices and any float ops kept.
+    float_blocks: the target runs float ops where it runs the INT8 ones (not an integer-only one): the
+    normalization blocks of a transformer (:func:`norm_blocks`: LayerNorm's arithmetic, Softmax, GELU) stay in
+    float where INT8 does not fit them: ops inside them without an INT8 kernel, or a worst output SQNR (on the
+    first AUTO_SAMPLES calibration samples, against the float model) at least FLOAT_BLOCKS_MIN_GAIN_DB better
+    with them in float. Each block counts as one float layer against ``max_float_layers``
+    (edgeopt.conversion.options.parse_max_float_layers; None: the default budget); more blocks than that keep
+    the all-INT8 artifact. Convolutions, FULLY_CONNECTED and BATCH_MATMUL stay INT8. A model without such a
+    block is converted exactly as without ``float_blocks``.
+    Returns (tflite bytes, info) where info has the signature's tensor indices, any float ops kept and, where
+    the model has normalization blocks, ``float_blocks`` (the choice; its ``tensors`` are the ops kept float).
     """
     cf = _frozen(graph, source)
     # min-max without bias correction is the converter's own one-step conversion; any other recipe calibrates
@@ -215,13 +224,13 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         for sample in calib:
             yield feed(sample, dtypes)
 
-    def convert(ops):
+    def convert(ops, calibrate_only=stepwise):
         conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = ops
         conv._experimental_disable_per_channel = not per_channel
-        if stepwise:
+        if calibrate_only:
             conv.experimental_new_quantizer = True
             conv._experimental_calibrate_only = True
         else:
@@ -229,11 +238,18 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             conv.inference_output_type = io
         return conv.convert()
 
+    from tensorflow.lite.python import convert as lite_convert
+
+    def final(model, io_type, floats=None):
+        return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
+                                          output_data_type=io_type, denylisted_nodes=list(floats or []) or None)
+
     float_ops: list[str] = []
+    refusal = None  # the full-integer conversion's refusal, while float blocks may still resolve it
     try:
         data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
     except Exception as e:
-        if not allow_float_fallback:
+        if not allow_float_fallback and not float_blocks:
             raise _int8_failure(e, source) from None
         try:
             data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
@@ -242,15 +258,13 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             raise UsageError(f"{source}: TFLite conversion failed even with float kernels: "
                              + (f"no TFLite kernel for {', '.join(ops)}" if ops else
                                 (str(fallback_error).strip().splitlines() or ["unknown error"])[-1][:300]),
-                             hint="convert for jetson (ONNX) instead, or replace those ops in the source model")
+                             hint="convert for jetson (ONNX) instead, or replace those ops in the model")
         float_ops = _failing_ops(str(e)) or ["(unnamed)"]
+        if not allow_float_fallback:
+            refusal = _int8_failure(e, source)
     bc_info = rounding_info = None
+    raw = cal = data if stepwise else None   # the calibrated float model, and the one quantized from it
     if stepwise:
-        from tensorflow.lite.python import convert as lite_convert
-
-        def final(model, io_type):
-            return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
-                                              output_data_type=io_type)
         cal = set_ranges(data, calib, method)
         if weight_rounding == "gptq":
             weights, _, rounding_info = _cached_rounding(cache, data, calib, per_channel)
@@ -261,16 +275,39 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         try:
             data = final(cal, io)
         except Exception as e:
-            raise _int8_failure(e, source) from None
-    info = io_order(data)
+            if not float_blocks:
+                raise _int8_failure(e, source) from None
+            refusal, float_ops = _int8_failure(e, source), _failing_ops(str(e)) or ["(unnamed)"]
     # The converter may leave an op without an int8 kernel in float (wrapped in DEQUANTIZE/QUANTIZE) even
     # with TFLITE_BUILTINS_INT8 only: check the result itself.
-    left = float_ops_of(data)
+    left = float_ops_of(data) if refusal is None else []
     if left and not allow_float_fallback:
-        raise _no_int8_kernel(UsageError(f"{source}: ops that cannot be quantized to INT8: {', '.join(left)} "
-                                         "(they would run in float)", hint=FLOAT_FALLBACK_HINT))
-    if left or float_ops:  # the fallback was used: record which ops really compute in float
+        refusal = _no_int8_kernel(UsageError(f"{source}: ops that cannot be quantized to INT8: {', '.join(left)} "
+                                             "(they would run in float)", hint=FLOAT_FALLBACK_HINT))
+        float_ops = left
+    blocks = None
+    if float_blocks and (refusal is not None or stepwise or norm_blocks(data)):
+        if raw is None:  # the one-step conversion: calibrate only, the same min-max ranges, to requantize
+            raw = cal = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS], True)
+        chosen, blocks = _choose_float_blocks(raw, None if refusal is not None else data,
+                                              lambda tensors: final(cal, io, tensors), calib,
+                                              allow_float_fallback, max_float_layers, float_ops)
+        if chosen is not None:
+            data = chosen
+            if blocks.get("float"):
+                refusal = None
+    if refusal is not None:
+        if blocks is not None and "why" in blocks:  # the blocks would have held those ops: say why they did not
+            refusal.message = (f"{refusal.message}; the {len(blocks['blocks'])} normalization blocks were not kept "
+                               f"in float: {blocks['why']}")
+            refusal.args = (refusal.message,)
+        raise refusal
+    info = io_order(data)
+    left = float_ops_of(data)
+    if left or float_ops:  # the fallback was used, or blocks kept float: record which ops really compute in float
         info["float_ops"] = left or float_ops
+    if blocks is not None:
+        info["float_blocks"] = blocks
     if bc_info is not None:
         info["bias_correction"] = bc_info
     if rounding_info is not None:
@@ -359,6 +396,231 @@ def _frozen(graph: Graph, source: str):
     # Freeze variables into constants: Keras 3 models otherwise leave READ_VARIABLE ops in the TFLite file.
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     return convert_variables_to_constants_v2(serve.get_concrete_function())
+
+
+# ----------------------------------------------------------- transformer normalization blocks kept in float
+
+# Ops that are a layer of their own (weights): never inside a normalization block, and INT8 on every route.
+_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D"}
+_BLOCK_MAX_OPS = 40          # a block spans at most this many ops (LayerNorm's is ~10, pseudo-Erf GELU's ~25)
+_ROOTS = {"RSQRT", "SQRT", "DIV", "POW"}   # a LayerNorm divides by the standard deviation
+
+
+class _OpGraph:
+    """The main subgraph of a TFLite model as op kinds, tensor indices and names (no interpreter)."""
+
+    def __init__(self, data: bytes):
+        from tensorflow.lite.python import schema_py_generated as schema_fb
+        from tensorflow.lite.tools import flatbuffer_utils
+        fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+        sg = fm.subgraphs[0]
+        names = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
+        codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+        self.kinds = [names.get(codes[op.opcodeIndex], "CUSTOM") for op in sg.operators]
+        self.ins = [[int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0] for op in sg.operators]
+        self.outs = [[int(i) for i in (op.outputs if op.outputs is not None else [])] for op in sg.operators]
+        self.names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in sg.tensors]
+        self.const = {i for i, t in enumerate(sg.tensors)
+                      if fm.buffers[t.buffer].data is not None and len(fm.buffers[t.buffer].data)}
+        self.calibrated = {i for i, t in enumerate(sg.tensors) if t.quantization is not None
+                           and t.quantization.min is not None and len(t.quantization.min)}
+        self.graph_outputs = {int(i) for i in sg.outputs}
+        self.consumers: dict[int, list[int]] = {}
+        for k, ins in enumerate(self.ins):
+            for i in ins:
+                self.consumers.setdefault(i, []).append(k)
+
+    def region(self, first: int, seeds: set, start=(), complete=lambda kinds: True) -> tuple[list[int], int] | None:
+        """Ops from op ``first`` on (execution order) that read a tensor of the region (``seeds`` or a region op's
+        output), the ops in ``start`` included, up to where the region is ``complete`` (a test of its op kinds)
+        and its live tensors (those read outside it, or graph outputs) are one op's single output: (op indices,
+        that output), or None when that does not happen within _BLOCK_MAX_OPS ops or a weighted layer is reached."""
+        live, inside = set(seeds), []
+        for k in range(first, len(self.kinds)):
+            if k not in start and not live.intersection(self.ins[k]):
+                continue
+            if self.kinds[k] in _WEIGHTED or len(inside) >= _BLOCK_MAX_OPS:
+                return None
+            inside.append(k)
+            live.update(self.outs[k])
+            done = set(inside)
+            frontier = {t for t in live if t in self.graph_outputs
+                        or any(c not in done for c in self.consumers.get(t, ()))}
+            if (len(inside) > 1 and len(self.outs[k]) == 1 and frontier == {self.outs[k][0]}
+                    and complete([self.kinds[o] for o in inside])):
+                return inside, self.outs[k][0]
+        return None
+
+    def affine_tail(self, ops: list[int], out: int) -> tuple[list[int], int]:
+        """``ops`` extended by the per-channel scale and shift after them (MUL/ADD/SUB with constants: LayerNorm's
+        gamma and beta), so the block hands one tensor to the next layer."""
+        while out not in self.graph_outputs and len(self.consumers.get(out, ())) == 1:
+            c = self.consumers[out][0]
+            if self.kinds[c] not in ("MUL", "ADD", "SUB") or any(i != out and i not in self.const for i in self.ins[c]):
+                break
+            ops, out = ops + [c], self.outs[c][0]
+        return ops, out
+
+
+def _is_layernorm(kinds: list[str]) -> bool:
+    """A region from a MEAN that holds a LayerNorm: the variance's MEAN and the division by its square root."""
+    return kinds.count("MEAN") >= 2 and bool(_ROOTS.intersection(kinds))
+
+
+def _is_gelu(kinds: list[str]) -> bool:
+    """A region from a tensor that holds a GELU: Erf's EXP or the approximation's TANH, ending in the product
+    with its input (Swish, x * sigmoid(x), has neither)."""
+    return kinds[-1] == "MUL" and bool({"EXP", "TANH"}.intersection(kinds)) and not {"MEAN", "SOFTMAX"} & set(kinds)
+
+
+def norm_blocks(data: bytes) -> list[dict]:
+    """The normalization blocks of a (calibrated float or INT8) TFLite model, recognised by structure:
+
+    - ``layernorm``: from a MEAN, the ops until the paths reconverge, with a second MEAN (the variance) and a
+      square root or division among them (mean -> subtract -> square -> mean -> add eps -> rsqrt/sqrt ->
+      mul/div), then gamma and beta;
+    - ``softmax``: a SOFTMAX (or LOG_SOFTMAX) op;
+    - ``gelu``: a GELU op, or the ops from a tensor all of whose readers join again in a MUL, with an EXP or
+      TANH among them (x * (1 + erf(x / sqrt 2)) / 2 with onnx2tf's pseudo-Erf, or the tanh approximation).
+
+    Returns [{"kind", "ops": [op kinds], "tensors": [output tensor names], "output": the block's output}] in
+    execution order; no op is in two blocks."""
+    g = _OpGraph(data)
+    used: set[int] = set()
+    found = []
+
+    def add(kind, ops, out):
+        if used.intersection(ops):
+            return
+        used.update(ops)
+        ops = sorted(ops)
+        found.append({"kind": kind, "ops": [g.kinds[k] for k in ops],
+                      "tensors": [g.names[t] for k in ops for t in g.outs[k]], "output": g.names[out], "_at": ops[0]})
+
+    for k, kind in enumerate(g.kinds):
+        if k in used:
+            continue
+        if kind in ("SOFTMAX", "LOG_SOFTMAX"):
+            add("softmax", [k], g.outs[k][0])
+        elif kind == "GELU":
+            add("gelu", [k], g.outs[k][0])
+        elif kind == "MEAN":
+            got = g.region(k, set(g.outs[k]), start={k}, complete=_is_layernorm)
+            if got is not None:
+                add("layernorm", *g.affine_tail(*got))
+        for x in g.outs[k]:
+            readers = g.consumers.get(x, ())
+            if len(readers) < 2 or x in g.const:
+                continue
+            got = g.region(min(readers), {x}, complete=_is_gelu)
+            if got is not None:
+                add("gelu", *g.affine_tail(*got))
+    found.sort(key=lambda b: b.pop("_at"))
+    return found
+
+
+def quantizable_layers(calibrated: bytes) -> int:
+    """Ops of a calibrated float model whose output has calibration statistics (what the quantizer makes INT8):
+    the count the float budget is a percentage of."""
+    g = _OpGraph(calibrated)
+    return sum(1 for k, kind in enumerate(g.kinds) if kind not in ("QUANTIZE", "DEQUANTIZE")
+               and g.outs[k] and g.outs[k][0] in g.calibrated)
+
+
+def _float_computing(data: bytes) -> list[tuple[str, str]]:
+    """(op kind, output tensor name) of each op of a TFLite model that computes in float (any float32 input
+    or output tensor), QUANTIZE and DEQUANTIZE left out."""
+    interp = _interpreter(data)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    res = []
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        idx = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
+        if any(tensors[i]["dtype"] == np.float32 for i in idx):
+            out = list(op["outputs"])
+            res.append((op["op_name"], tensors[out[0]]["name"] if out and out[0] in tensors else ""))
+    return res
+
+
+def _outputs(data: bytes, samples) -> list[np.ndarray]:
+    """A TFLite model's outputs (float, dequantized) on ``samples`` (each a list of arrays, batch 1, inputs
+    quantized where the model takes integers), stacked per output in the model's output order."""
+    interp = _interpreter(data)
+    interp.allocate_tensors()
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    got = [[] for _ in outs]
+    for sample in samples:
+        for d, a in zip(ins, sample):
+            a = np.asarray(a)
+            scale, zero = d["quantization"]
+            if np.dtype(d["dtype"]).kind in "iu" and scale and np.asarray(a).dtype.kind == "f":
+                info = np.iinfo(d["dtype"])
+                a = np.clip(np.round(a / scale) + zero, info.min, info.max)
+            interp.set_tensor(d["index"], a.astype(d["dtype"]))
+        interp.invoke()
+        for j, d in enumerate(outs):
+            v = interp.get_tensor(d["index"]).astype(np.float64)
+            scale, zero = d["quantization"]
+            got[j].append((v - zero) * scale if np.dtype(d["dtype"]).kind in "iu" and scale else v)
+    return [np.concatenate(v) for v in got]
+
+
+def _worst_sqnr(refs: list[np.ndarray], outs: list[np.ndarray]) -> float:
+    """The worst output's SQNR (dB) of ``outs`` against ``refs`` over all samples together."""
+    worst = float("inf")
+    for r, o in zip(refs, outs):
+        noise = float(np.sum((r - o) ** 2))
+        worst = min(worst, 10 * np.log10(float(np.sum(r ** 2)) / noise) if noise > 0 else 200.0)
+    return round(float(worst), 3)
+
+
+def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_float_fallback: bool,
+                         max_float_layers, no_kernel: list[str]) -> tuple[bytes | None, dict | None]:
+    """(artifact, report) of the float-blocks choice (see :func:`quantize`), or (None, None) when the model has
+    no normalization block (the caller keeps ``plain``: a CNN's bytes are unchanged).
+
+    raw: the calibrated float model (the FP32 reference here); plain: the all-INT8 artifact (None: there is none,
+    ops without INT8 kernels); build(tensors): the artifact with those tensors' ops in float; no_kernel: the op
+    kinds without an INT8 kernel. A returned artifact of None: neither fits (the caller refuses as before)."""
+    from edgeopt.conversion import recover
+    from edgeopt.conversion.defaults import AUTO_SAMPLES, FLOAT_BLOCKS_MIN_GAIN_DB
+    blocks = norm_blocks(raw)
+    if not blocks:
+        return None, None
+    layers = quantizable_layers(raw)
+    budget, rule = recover.float_budget(max_float_layers, layers)
+    report = {"blocks": [{k: b[k] for k in ("kind", "output", "ops")} for b in blocks],
+              "budget": {"max_float_layers": budget, "quantizable_layers": layers, "rule": rule,
+                         "counted": "each block as one float layer"}}
+    if len(blocks) > budget:
+        report.update(float=False, why=f"{len(blocks)} blocks are more than the float budget allows ({budget})")
+        return plain, report
+    tensors = [t for b in blocks for t in b["tensors"]]
+    cand = build(tensors)
+    outside = sorted({kind for kind, name in _float_computing(cand) if name not in set(tensors)})
+    if outside and not allow_float_fallback:  # an op without an INT8 kernel outside every block
+        report.update(float=False, why=f"ops outside the blocks have no INT8 kernel: {', '.join(outside)}")
+        return plain, report
+    if plain is None:
+        report.update(float=True, why="ops without an INT8 kernel inside the blocks: " + ", ".join(no_kernel))
+        report["tensors"] = tensors
+        return cand, report
+    samples = calib[:AUTO_SAMPLES]
+    refs = _outputs(raw, samples)
+    sqnr = {"all_int8": _worst_sqnr(refs, _outputs(plain, samples)),
+            "float_blocks": _worst_sqnr(refs, _outputs(cand, samples))}
+    gain = sqnr["float_blocks"] - sqnr["all_int8"]
+    report["sqnr_db"] = sqnr
+    report["samples"] = len(samples)
+    report["by"] = ("worst output SQNR against the float model on the first calibration samples; the blocks stay "
+                    f"float when that gains at least {FLOAT_BLOCKS_MIN_GAIN_DB:g} dB over all-INT8")
+    if gain < FLOAT_BLOCKS_MIN_GAIN_DB:
+        report.update(float=False, why=f"all-INT8 is as good ({gain:+.2f} dB with the blocks in float)")
+        return plain, report
+    report.update(float=True, why=f"INT8 costs accuracy in the blocks ({gain:+.2f} dB with them in float)")
+    report["tensors"] = tensors
+    return cand, report
 
 
 # ------------------------------------------------------------------------- per-layer error, float layers
@@ -697,7 +959,8 @@ def rebuild(job, art: dict, recipe) -> dict:
     layers (tensor names from :func:`layer_errors`) as denylisted nodes that run as float kernels."""
     floats = list(recipe.float_layers)
     dbg = _debugger(job, recipe)
-    data = dbg.model(floats, job.io_dtype, bias_correction=bool(recipe.bias_correction))
+    blocks = block_tensors(art)  # the normalization blocks the plain artifact keeps in float stay float
+    data = dbg.model(list(dict.fromkeys(blocks + floats)), job.io_dtype, bias_correction=bool(recipe.bias_correction))
     if recipe.bias_correction:
         job.bias_correction_info = getattr(dbg, "bias_correction_info", None)
     a = dict(art, data=data)
@@ -707,8 +970,15 @@ def rebuild(job, art: dict, recipe) -> dict:
     if floats:
         a["converter"] = (art.get("converter", "") + f"; {len(floats)} layers kept in float "
                           "(QuantizationDebugger denylisted_nodes)")
+    if floats or blocks:
         a["float_ops"] = float_ops_of(data)
     return a
+
+
+def block_tensors(art: dict) -> list[str]:
+    """The tensors of the normalization blocks an artifact keeps in float (:func:`quantize`'s ``float_blocks``)."""
+    fb = art.get("float_blocks") or {}
+    return list(fb.get("tensors") or []) if fb.get("float") else []
 
 
 def layer_errors(job, art: dict, samples: list[list]) -> dict:
@@ -717,7 +987,8 @@ def layer_errors(job, art: dict, samples: list[list]) -> dict:
     dbg = _debugger(job, job.recipe)
     perms = getattr(job, "tf_perms", None) or [None] * len(samples[0])
     data = [[np.transpose(a, p) if p else a for a, p in zip(s, perms)] for s in samples]
-    rows = dbg.layers(data)
+    floats = set(block_tensors(art))  # already float in the artifact: not a candidate
+    rows = [r for r in dbg.layers(data) if r["tensor"] not in floats]
     return {"method": "tf.lite.experimental.QuantizationDebugger: each quantized op's INT8 output against "
                       "the same op in float on the same inputs; rmse_scale = RMSE / quantization step "
                       "(0.29 is rounding alone)",

@@ -73,6 +73,14 @@ def print_summary(manifest: dict):
     acc = manifest.get("accuracy") or {}
     if acc.get("data", {}).get("note"):
         c.print(f"validation: {acc['data']['note']}")
+    for a in manifest["artifacts"]:
+        fb = a.get("float_blocks") or {}
+        if a.get("float_ops") or fb:
+            kinds = sorted({b["kind"] for b in fb.get("blocks") or []})
+            blocks = (f"{len(fb['blocks'])} normalization blocks ({', '.join(kinds)}) "
+                      + ("kept in float: " if fb.get("float") else "left INT8: ") + fb.get("why", "")) if fb else ""
+            c.print(f"{a['file']}: " + "; ".join(x for x in (
+                f"float ops {', '.join(a['float_ops'])}" if a.get("float_ops") else "", blocks) if x))
     tpu = manifest.get("edgetpu")
     if tpu:
         s = tpu["summary"]

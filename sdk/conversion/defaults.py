@@ -15,6 +15,11 @@ CALIBRATION_METHODS = ("auto", "mse", "minmax", "mean_minmax", "percentile", "en
 TFLITE_METHODS = ("auto", "mse", "minmax", "mean_minmax", "percentile")   # those the TFLite route takes
 AUTO_METHODS = ("mse", "mean_minmax")   # what "auto" chooses from
 AUTO_SAMPLES = 32                       # calibration samples "auto" compares the candidates on
+# On a TFLite target that runs float ops beside INT8 ones (rpi), a transformer's normalization blocks (LayerNorm's
+# arithmetic, Softmax, GELU) stay in float when that raises the worst output's SQNR against FP32 by at least this
+# much on the first AUTO_SAMPLES calibration samples (or when they hold ops without INT8 kernels): below it, INT8
+# is as good and the all-INT8 artifact is kept.
+FLOAT_BLOCKS_MIN_GAIN_DB = 0.5
 DEFAULT_BIAS_CORRECTION = True   # bias correction in the plain recipe (E[x]-weighted INT8 weight error)
 # INT8 weight rounding (edgeopt.conversion.rounding): "gptq" rounds each layer's weights against its inputs'
 # Hessian (the layer's output error, not each weight's); "nearest" is the converters' own. Measured (bench_ptq,

@@ -644,6 +644,8 @@ def _describe(a: dict, path: str, static_in, src_out) -> dict:
              "layout": _layout_note(inputs), "converter": a.get("converter")}
     if a.get("float_ops"):
         entry["float_ops"] = a["float_ops"]
+    if a.get("float_blocks"):  # the normalization blocks and the choice (tensor names stay with the artifact)
+        entry["float_blocks"] = {k: v for k, v in a["float_blocks"].items() if k != "tensors"}
     if a.get("graph_check"):
         entry["graph_check"] = a["graph_check"]
     return entry
