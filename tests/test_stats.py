@@ -115,12 +115,13 @@ def test_compare_samples_detects_a_5_percent_slowdown_and_not_noise():
 def test_stats_from_a_real_run_match_numpy_on_the_runner_samples(lab, tflite_model, tmp_path):
     lab.start("pi-ns", netns=lab.netns())
     inv = lab.inventory()
-    p = edgeopt_cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 300, "--min-seconds", 0.5,
+    p = edgeopt_cli("bench", tflite_model, "--device", "pi-ns", "--inventory", inv, "--runs", 300, "--min-seconds", 0.1,
                     "--warmup-seconds", 0.3, "--threads", 1, "--json",
                     env={"EDGEOPT_HISTORY": str(tmp_path / "h.sqlite")})
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     a = np.asarray(r["samples_ms"])
+    # every run's sample (a tiny model runs ~0.01 ms: 0.1 s stays under the 20000-sample cap, thinning is tested below)
     assert a.size == r["runs"] >= 300
     lat = r["latency_ms"]
     for k, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99)):
@@ -136,7 +137,7 @@ def test_stats_from_a_real_run_match_numpy_on_the_runner_samples(lab, tflite_mod
     # warm-up by time, then at least N runs and S seconds
     assert r["protocol"]["warmup_seconds"] == 0.3 and r["protocol"]["warmup_done"]["seconds"] >= 0.3
     t = np.asarray(r["timestamps_s"])
-    assert t.size == a.size and np.all(np.diff(t) > 0) and t[-1] + a[-1] / 1e3 >= 0.5
+    assert t.size == a.size and np.all(np.diff(t) > 0) and t[-1] + a[-1] / 1e3 >= 0.1
     # every sample fits in its slot: sample i ends before sample i+1 starts
     assert np.all(t[:-1] + a[:-1] / 1e3 <= t[1:] + 1e-6)
     assert r["id"] == 1 and isinstance(r["clean"], bool) and "conditions" in r
