@@ -462,9 +462,13 @@ class _OpGraph:
         return ops, out
 
 
+_REDUCTIONS = ("MEAN", "SUM")   # a LayerNorm's mean and variance: MEANs, or SUMs times 1/n (JAX's E[x^2] - E[x]^2)
+
+
 def _is_layernorm(kinds: list[str]) -> bool:
-    """A region from a MEAN that holds a LayerNorm: the variance's MEAN and the division by its square root."""
-    return kinds.count("MEAN") >= 2 and bool(_ROOTS.intersection(kinds))
+    """A region that holds a LayerNorm: the mean's and the variance's reductions and the division by the
+    variance's square root."""
+    return sum(kinds.count(r) for r in _REDUCTIONS) >= 2 and bool(_ROOTS.intersection(kinds))
 
 
 def _is_gelu(kinds: list[str]) -> bool:
@@ -478,7 +482,9 @@ def norm_blocks(data: bytes) -> list[dict]:
 
     - ``layernorm``: from a MEAN, the ops until the paths reconverge, with a second MEAN (the variance) and a
       square root or division among them (mean -> subtract -> square -> mean -> add eps -> rsqrt/sqrt ->
-      mul/div), then gamma and beta;
+      mul/div), then gamma and beta; or from the normalized tensor, every op reading it and the ops after them
+      until they reconverge, with two MEAN or SUM reductions and a square root among them (JAX's
+      E[x^2] - E[x]^2 variance);
     - ``softmax``: a SOFTMAX (or LOG_SOFTMAX) op;
     - ``gelu``: a GELU op, or the ops from a tensor all of whose readers join again in a MUL, with an EXP or
       TANH among them (x * (1 + erf(x / sqrt 2)) / 2 with onnx2tf's pseudo-Erf, or the tanh approximation).
@@ -512,6 +518,13 @@ def norm_blocks(data: bytes) -> list[dict]:
             readers = g.consumers.get(x, ())
             if len(readers) < 2 or x in g.const:
                 continue
+            if any(g.kinds[r] in _REDUCTIONS for r in readers):
+                # a LayerNorm whose variance is not a MEAN of the centred input (magika's, from JAX: SUM(x * x)
+                # / n - mean^2): from the normalized tensor, every reader of it inside
+                got = g.region(min(readers), {x}, complete=_is_layernorm)
+                if got is not None:
+                    add("layernorm", *g.affine_tail(*got))
+                    continue
             got = g.region(min(readers), {x}, complete=_is_gelu)
             if got is not None:
                 add("gelu", *g.affine_tail(*got))

@@ -93,7 +93,7 @@ def test_layernorm_and_gelu_without_int8_kernels_float_on_rpi_refused_on_coral(t
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads(r.stdout)
     fb = m["artifacts"][0]["float_blocks"]
-    assert fb["float"] is True and "no INT8 kernel" in fb["why"] and "DIV" in fb["why"]
+    assert fb["float"] is True and "without an INT8 kernel" in fb["why"] and "DIV" in fb["why"]
     assert "DIV" in m["artifacts"][0]["float_ops"] and m["options"]["allow_float_fallback"] is False
     assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
     r = edgeopt_cli("convert", tmp_path / "block.onnx", "--target", "coral", "--calib", files["calib"],
@@ -184,3 +184,33 @@ def test_blocks_kept_float_only_when_int8_costs_accuracy(monkeypatch):
     data, info = tf_tflite.quantize(graph, calib, "float32", **kw)
     assert data == plain and info["float_blocks"]["float"] is False and "as good" in info["float_blocks"]["why"]
     assert info["float_ops"] == ["NEG"]  # the fallback's own float op only
+
+
+def _keras_sum_layernorm():
+    """A LayerNorm written as JAX writes it (Magika's): mean and E[x^2] as SUMs times 1/n, variance
+    E[x^2] - mean^2, then x - mean times 1/sqrt(variance + eps)."""
+    import keras
+    from keras import ops
+    keras.utils.set_random_seed(0)
+    x = keras.Input((T, D), name="tokens")
+    h = keras.layers.Dense(D)(x)
+    mean = ops.sum(h, axis=-1, keepdims=True) * (1.0 / D)
+    var = ops.maximum(ops.sum(h * h, axis=-1, keepdims=True) * (1.0 / D) - mean * mean, 0.0)
+    n = (h - mean) * (1.0 / ops.sqrt(var + 1e-5))
+    return keras.Model(x, keras.layers.Dense(D, name="y")(n * 1.3 + 0.1))
+
+
+def test_a_layernorm_with_sum_reductions_is_a_block():
+    """JAX's LayerNorm (no MEAN op; Magika's form) is found from the tensor it normalizes, and chosen by the
+    same rule as any block; the Dense layers around it stay INT8."""
+    from edgeopt.conversion import defaults
+    from edgeopt.converters import tf_tflite
+    graph, calib = tf_tflite.from_keras_model(_keras_sum_layernorm()), _calib((T, D), outliers=(3,))
+    data, info = tf_tflite.quantize(graph, calib, "float32", float_blocks=True, max_float_layers={"layers": 1})
+    fb = info["float_blocks"]
+    assert [b["kind"] for b in fb["blocks"]] == ["layernorm"], fb
+    ops = fb["blocks"][0]["ops"]
+    assert ops.count("SUM") == 2 and {"SQRT", "RSQRT"} & set(ops) and "FULLY_CONNECTED" not in ops, ops
+    gain = fb["sqnr_db"]["float_blocks"] - fb["sqnr_db"]["all_int8"]
+    assert fb["float"] is (gain >= defaults.FLOAT_BLOCKS_MIN_GAIN_DB) and not WEIGHTED & set(info.get("float_ops", []))
+    assert ("SUM" in {k for k, _ in tf_tflite._float_computing(data)}) is fb["float"]
