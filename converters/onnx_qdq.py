@@ -86,12 +86,18 @@ def convert(job, recipe=None) -> list[dict]:
     ours = method_name in ranges.METHODS and method_name != "minmax"  # ranges estimated here, not by onnxruntime
     method = CalibrationMethod.Entropy if method_name == "entropy" else CalibrationMethod.MinMax
     base = prep   # the FP32 graph (same node and tensor names as the QDQ model)
-    if recipe.weight_rounding == "gptq":  # before bias correction: it corrects what the rounded weights still shift
+    ranges_from = None   # the float graph the activation ranges are calibrated on, when not the one quantized
+    if recipe.weight_rounding in ("gptq", "gptq_act"):  # before bias correction: it corrects what they still shift
         prep = gptq_rounded(job, prep, names, bool(recipe.per_channel))
+    if recipe.weight_rounding == "gptq_act":
+        # the compensated weights are fitted to the INT8 model's inputs: the float graph with them computes other
+        # activations than either model, so the ranges stay plain GPTQ's (those the weights were fitted under)
+        ranges_from = prep
+        prep = gptq_compensated(job, base, names, recipe)
     if recipe.bias_correction:
         prep = bias_corrected(job, prep, names, set(recipe.float_layers), recipe)
     job.qdq_prep = base   # after bias correction, whose own conversion of the plain recipe sets it too
-    if recipe.weight_rounding == "gptq" and recipe.float_layers:
+    if recipe.weight_rounding != "nearest" and recipe.float_layers:
         # float means float: the nodes kept in float compute with their FP32 weights, not GPTQ's grid values
         prep = _weights_from(job, prep, base, set(recipe.float_layers))
     # biases stay float, as TensorRT's explicit quantization keeps them (it adds them in the layer's higher
@@ -115,7 +121,12 @@ def convert(job, recipe=None) -> list[dict]:
     factory = None
     if ours:
         def factory(*a, **k):
-            return _RangeCalibrator(prep, method_name, extra.get("CalibPercentile"))
+            return _RangeCalibrator(ranges_from or prep, method_name, extra.get("CalibPercentile"))
+    elif ranges_from:
+        create = importlib.import_module("onnxruntime.quantization.calibrate").create_calibrator
+
+        def factory(model, *a, **k):
+            return create(ranges_from, *a, **k)
     try:
         # the histogram calibrators print their progress: on stderr with --debug, else nowhere
         sink = sys.stderr if os.environ.get("EDGEOPT_DEBUG") == "1" else io.StringIO()
@@ -299,36 +310,27 @@ def _weights_from(job, prep: str, base: str, nodes: set) -> str:
     originals = {i.name: i for i in b.graph.initializer}
     inits = {i.name: i for i in m.graph.initializer}
     for n in m.graph.node:
-        if n.name in nodes and len(n.input) > 1 and n.input[1] in inits and n.input[1] in originals:
-            inits[n.input[1]].CopyFrom(originals[n.input[1]])
+        if n.name in nodes:   # the weights, and the bias gptq_act moved (bias correction skips float nodes)
+            for t in n.input[1:3]:
+                if t in inits and t in originals:
+                    inits[t].CopyFrom(originals[t])
     out = os.path.join(job.workdir, "qdq-prep-float-weights.onnx")
     onnx.save(m, out)
     return out
 
 
-def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> str:
-    """The float graph with the weights of its Conv (dense or depthwise), Gemm and MatMul layers rounded by GPTQ
-    (edgeopt.conversion.rounding) and written back as float values on the INT8 grid quantize_static derives
-    from them (symmetric, max|w| / 127 per output channel: Conv axis 0, Gemm/MatMul the output axis), so its
-    own rounding keeps every code. Hessians from the float graph on the first ROUNDING_SAMPLES calibration
-    samples. Same node and tensor names as ``prep``; computed once per job and graph."""
-    import onnx
+def _rounding_layers(fm) -> list[tuple]:
+    """[(node, kind, auto_pad)] of the Conv (dense or depthwise), Gemm and MatMul nodes of ``fm`` whose weights
+    GPTQ rounds: a float32 initializer read by that node only."""
     from onnx import numpy_helper
 
-    from edgeopt.conversion import rounding
-    from edgeopt.conversion.defaults import ROUNDING_SAMPLES
     from edgeopt.converters.onnx_fold import attribute
-    cache = job.__dict__.setdefault("_gptq_cache", {})
-    key = (prep, per_channel)
-    if key in cache:
-        return cache[key]
-    fm = onnx.load(prep)
     inits = {i.name: i for i in fm.graph.initializer}
     users: dict = {}
     for n in fm.graph.node:
         for t in n.input:
             users[t] = users.get(t, 0) + 1
-    layers = []   # (node, kind, weight [O, ...] rows view info)
+    layers = []
     for n in fm.graph.node:
         if len(n.input) < 2 or n.input[1] not in inits or users.get(n.input[1], 0) != 1:
             continue
@@ -352,44 +354,80 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
             layers.append((n, "gemm_t" if attribute(n, "transB", 0) else "matmul", None))
         elif n.op_type == "MatMul" and w.ndim == 2:
             layers.append((n, "matmul", None))
-    if not layers:
-        cache[key] = prep
-        return prep
+    return layers
+
+
+def _layer_rows(n, kind: str, auto, x, w_shape):
+    """A layer's input ``x`` (NCHW for Conv) as what a Hessian takes: ("rows", [P, K]) or ("channels",
+    [P, K, C]) for a depthwise layer, at fixed pseudo-random output positions (the same for every tensor of
+    the same shape); None when it cannot (a Conv input that is not 4-D)."""
+    from edgeopt.conversion import rounding
+    from edgeopt.converters.onnx_fold import attribute
+    if kind in ("gemm_t", "matmul"):
+        return "rows", x.reshape(-1, x.shape[-1])
+    if x.ndim != 4:
+        return None
+    k = tuple(w_shape[2:])
+    st = tuple(attribute(n, "strides", [1, 1]))
+    dl = tuple(attribute(n, "dilations", [1, 1]))
+    xh = np.transpose(x, (0, 2, 3, 1))
+    if auto == "SAME_UPPER":
+        pads = rounding.same_pads(xh.shape[1:3], k, st, dl)
+    else:
+        p = list(attribute(n, "pads", [0, 0, 0, 0]))
+        pads = (p[0], p[2], p[1], p[3])        # ONNX: begins then ends
+    pt = rounding.patches(xh, k, st, dl, pads, rows=rounding.ROWS if kind == "conv" else rounding.CHANNEL_ROWS)
+    if kind == "conv":   # ONNX weights [O, I, kh, kw]: rows over (I, kh, kw)
+        return "rows", np.transpose(pt, (0, 3, 1, 2)).reshape(len(pt), -1)
+    return "channels", pt.reshape(len(pt), -1, pt.shape[-1])
+
+
+def _session_with_outputs(model, tensors, disable_all: bool = False):
+    """(onnxruntime session of ``model`` with ``tensors`` as extra outputs, its output names)."""
+    import onnx
     import onnxruntime as ort
     m = onnx.ModelProto()
-    m.CopyFrom(fm)
+    m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
-    for t in sorted({n.input[0] for n, _, _ in layers} - have):
+    for t in sorted(set(tensors) - have):
         m.graph.output.append(onnx.ValueInfoProto(name=t))
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if disable_all:  # Q/DQ as explicit ops (TensorRT's arithmetic), and no fused node hides a tensor
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
+    return sess, [o.name for o in sess.get_outputs()]
+
+
+def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> str:
+    """The float graph with the weights of its Conv (dense or depthwise), Gemm and MatMul layers rounded by GPTQ
+    (edgeopt.conversion.rounding) and written back as float values on the INT8 grid quantize_static derives
+    from them (symmetric, max|w| / 127 per output channel: Conv axis 0, Gemm/MatMul the output axis), so its
+    own rounding keeps every code. Hessians from the float graph on the first ROUNDING_SAMPLES calibration
+    samples. Same node and tensor names as ``prep``; computed once per job and graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeopt.conversion import rounding
+    from edgeopt.conversion.defaults import ROUNDING_SAMPLES
+    cache = job.__dict__.setdefault("_gptq_cache", {})
+    key = (prep, per_channel)
+    if key in cache:
+        return cache[key]
+    fm = onnx.load(prep)
+    inits = {i.name: i for i in fm.graph.initializer}
+    layers = _rounding_layers(fm)
+    if not layers:
+        cache[key] = prep
+        return prep
+    sess, outs = _session_with_outputs(fm, {n.input[0] for n, _, _ in layers})
     hs = rounding.Hessians()  # by output tensor: node names may be empty, tensor names are unique
     for sample in job.calib_samples()[:ROUNDING_SAMPLES]:
         got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
         for n, kind, auto in layers:
-            x = got[n.input[0]]
-            if kind in ("gemm_t", "matmul"):
-                hs.add_rows(n.output[0], x.reshape(-1, x.shape[-1]))
-                continue
-            if x.ndim != 4:
-                continue
-            w_shape = inits[n.input[1]].dims
-            k = tuple(w_shape[2:])
-            st = tuple(attribute(n, "strides", [1, 1]))
-            dl = tuple(attribute(n, "dilations", [1, 1]))
-            xh = np.transpose(x, (0, 2, 3, 1))
-            if auto == "SAME_UPPER":
-                pads = rounding.same_pads(xh.shape[1:3], k, st, dl)
-            else:
-                p = list(attribute(n, "pads", [0, 0, 0, 0]))
-                pads = (p[0], p[2], p[1], p[3])        # ONNX: begins then ends
-            pt = rounding.patches(xh, k, st, dl, pads, rows=rounding.ROWS if kind == "conv" else rounding.CHANNEL_ROWS)
-            if kind == "conv":   # ONNX weights [O, I, kh, kw]: rows over (I, kh, kw)
-                hs.add_rows(n.output[0], np.transpose(pt, (0, 3, 1, 2)).reshape(len(pt), -1))
-            else:
-                hs.add_channels(n.output[0], pt.reshape(len(pt), -1, pt.shape[-1]))
+            r = _layer_rows(n, kind, auto, got[n.input[0]], inits[n.input[1]].dims)
+            if r is not None:
+                (hs.add_rows if r[0] == "rows" else hs.add_channels)(n.output[0], r[1])
     for n, kind, _ in layers:
         h = hs.get(n.output[0])   # by output: node names may be empty
         if h is None:
@@ -400,6 +438,108 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
         new = grid.T if kind == "matmul" else grid.reshape(w.shape)
         inits[n.input[1]].CopyFrom(numpy_helper.from_array(new.astype(np.float32), n.input[1]))
     out = os.path.join(job.workdir, "qdq-prep-gptq.onnx")
+    onnx.save(fm, out)
+    cache[key] = out
+    return out
+
+
+def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
+    """The float graph ``base`` with GPTQ weights that compensate the INT8 model's activation error
+    (edgeopt.conversion.rounding.compensated): each layer's weights map its input *in the INT8 model* to its
+    FP32 output, rounded against that input's Hessian, and its bias absorbs the mean shift left. Layers are
+    fitted one after the other in graph order (GPTQ's sequential mode): a layer's INT8 input comes from the QDQ
+    model of ``recipe`` with plain GPTQ (its activation ranges) whose upstream layers already carry their
+    compensated weights and biases, so no layer corrects again what an upstream one has corrected. Paired
+    inputs (FP32 graph, QDQ model at ORT_DISABLE_ALL) on the first ROUNDING_SAMPLES calibration samples.
+    Computed once per job, graph and activation ranges."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeopt.conversion import rounding
+    from edgeopt.conversion.defaults import ROUNDING_SAMPLES
+    cache = job.__dict__.setdefault("_gptq_cache", {})
+    key = (base, "compensated", bool(recipe.per_channel), recipe.calibration_method, recipe.calib_percentile)
+    if key in cache:
+        return cache[key]
+    plain = recipe.replace(weight_rounding="gptq", bias_correction=False, float_layers=())
+    try:
+        qm = onnx.load_from_string(convert(job, plain)[0]["data"])
+    finally:
+        job.qdq_prep = base
+    fm = onnx.load(base)
+    inits = {i.name: i for i in fm.graph.initializer}
+    q_inits = {i.name: i for i in qm.graph.initializer}
+    dq = {n.output[0]: n for n in qm.graph.node if n.op_type == "DequantizeLinear"}
+    q_by_out = {n.output[0]: n for n in qm.graph.node if n.output}
+    pairs = []   # (node, kind, auto, the node's input tensor in the QDQ model, its weight DQ node, its bias name)
+    for n, kind, auto in _rounding_layers(fm):
+        qn = q_by_out.get(n.output[0])    # quantize_static keeps the float graph's tensor names
+        if qn is None or qn.op_type != n.op_type:
+            continue
+        d = dq.get(qn.input[1])
+        if d is None or d.input[0] not in q_inits or d.input[1] not in q_inits:
+            continue
+        q_bias = qn.input[2] if len(qn.input) > 2 and qn.input[2] in q_inits else None
+        pairs.append((n, kind, auto, qn.input[0], d, q_bias))
+    if not pairs:
+        cache[key] = gptq_rounded(job, base, names, bool(recipe.per_channel))
+        return cache[key]
+    samples = job.calib_samples()[:ROUNDING_SAMPLES]
+    fsess, _ = _session_with_outputs(fm, {p[0].input[0] for p in pairs})
+    for n, kind, auto, t, d, q_bias in pairs:
+        qsess, _ = _session_with_outputs(qm, {t}, disable_all=True)   # with the upstream layers compensated
+        stats = rounding.Pairs()
+        dims = inits[n.input[1]].dims
+        for sample in samples:
+            feed = dict(zip(names, sample))
+            x, xq = fsess.run([n.input[0]], feed)[0], qsess.run([t], feed)[0]
+            if x.shape != xq.shape:
+                break
+            r, rq = _layer_rows(n, kind, auto, x, dims), _layer_rows(n, kind, auto, xq, dims)
+            if r is None:
+                break
+            if kind == "conv":    # per-channel means over every position, as the rows' columns (I, kh, kw)
+                taps = int(np.prod(dims[2:]))
+                means = tuple(np.repeat(v.mean(axis=(0, 2, 3), dtype=np.float64), taps) for v in (x, xq))
+                stats.add_rows(n.output[0], r[1], rq[1], means)
+            elif kind == "depthwise":   # [K, C]
+                taps = int(np.prod(dims[2:]))
+                means = tuple(np.tile(v.mean(axis=(0, 2, 3), dtype=np.float64), (taps, 1)) for v in (x, xq))
+                stats.add_channels(n.output[0], r[1], rq[1], means)
+            else:
+                stats.add_rows(n.output[0], r[1], rq[1])
+        st = stats.get(n.output[0])
+        if st is None:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        rows = w.T if kind == "matmul" else w.reshape(w.shape[0], -1)
+        has_bias = len(n.input) > 2 and n.input[2] in inits and n.op_type in ("Conv", "Gemm")
+        b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64) if has_bias else None
+        if b is not None and b.shape != (len(rows),):
+            b, has_bias = None, False
+        grid, nb = rounding.compensated(rows, b, st, per_row=bool(recipe.per_channel))
+        new = grid.T if kind == "matmul" else grid.reshape(w.shape)
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(new.astype(np.float32), n.input[1]))
+        if has_bias:
+            inits[n.input[2]].CopyFrom(numpy_helper.from_array(nb.astype(np.float32), n.input[2]))
+        # the same layer in the QDQ model the next layers are fitted against: codes and scales as
+        # quantize_static will derive them from these grid values (symmetric, max|w| / 127), the float bias
+        codes_of = numpy_helper.to_array(q_inits[d.input[0]])
+        axis = next((a.i for a in d.attribute if a.name == "axis"), 1) if np.ndim(
+            numpy_helper.to_array(q_inits[d.input[1]])) else None
+        amax = np.abs(new).max(axis=tuple(i for i in range(new.ndim) if i != axis)) if axis is not None \
+            else np.abs(new).max()
+        scale = np.where(amax > 0, amax / rounding.LEVELS, 1.0).astype(np.float32)
+        shape = [1] * new.ndim
+        if axis is not None:
+            shape[axis] = -1
+        codes = np.clip(np.round(new / scale.reshape(shape)), -rounding.LEVELS, rounding.LEVELS)
+        if codes.shape == codes_of.shape:
+            q_inits[d.input[0]].CopyFrom(numpy_helper.from_array(codes.astype(codes_of.dtype), d.input[0]))
+            q_inits[d.input[1]].CopyFrom(numpy_helper.from_array(scale, d.input[1]))
+            if has_bias and q_bias is not None:
+                q_inits[q_bias].CopyFrom(numpy_helper.from_array(nb.astype(np.float32), q_bias))
+    out = os.path.join(job.workdir, f"qdq-prep-gptq-act-{len(cache)}.onnx")
     onnx.save(fm, out)
     cache[key] = out
     return out

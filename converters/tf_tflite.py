@@ -183,8 +183,17 @@ def _failing_ops(msg: str) -> list[str]:
 def recipe_options(recipe) -> dict:
     """The keywords of :func:`quantize` a recipe (edgeopt.conversion.options.Recipe) asks for. Its float layers
     are recovery's (:func:`rebuild`): a first conversion has none."""
+    _tflite_rounding(recipe.weight_rounding)
     return {"method": recipe.calibration_method, "bias_correction": bool(recipe.bias_correction),
             "per_channel": bool(recipe.per_channel), "weight_rounding": recipe.weight_rounding}
+
+
+def _tflite_rounding(weight_rounding: str) -> None:
+    """Refuses a weight rounding this route does not implement: gptq_act is the QDQ route's only (its
+    compensation is fitted layer after layer to the INT8 model, which this route does not simulate yet)."""
+    if weight_rounding == "gptq_act":
+        raise UsageError("--weight-rounding gptq_act: QDQ ONNX routes only (jetson); TFLite routes take gptq or "
+                         "nearest")
 
 
 def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_float_fallback: bool = False,
@@ -958,6 +967,7 @@ MANY_FLOAT_ADVICE = "consider the float model, or a looser --accuracy-target"
 
 def _debugger(job, recipe) -> Debugger:
     """The job's Debugger for a recipe's activation ranges and weight granularity, calibrated once."""
+    _tflite_rounding(recipe.weight_rounding)
     key = (recipe.calibration_method, bool(recipe.per_channel), recipe.weight_rounding)
     debuggers = job.__dict__.setdefault("tf_debuggers", {})
     if key not in debuggers:

@@ -86,6 +86,66 @@ def test_zero_rows_and_all_zero_inputs_stay_zero():
     assert q[1, 1] == -127 and np.isfinite(q).all()
 
 
+def _upstream_int8(x, gain, step):
+    """What an upstream INT8 layer hands on: its output off by a per-channel gain (its rounded weights), then
+    quantized to an activation grid of ``step``."""
+    return np.round(x * gain / step) * step
+
+
+def test_compensated_weights_undo_a_known_input_error():
+    """Fed the INT8 model's input xq, the compensated layer reproduces the FP32 output W x + b better than plain
+    GPTQ (fitted to x) does, on data it was not fitted on; still codes on the converter's grid."""
+    rng = np.random.default_rng(5)
+    k = 32
+    gain = 1 + 0.05 * rng.normal(size=k)
+    x = _correlated_inputs(n=8000, k=k, seed=5) + 0.5      # a mean the bias has to carry
+    step = np.abs(x).max() / 127
+    xq = _upstream_int8(x, gain, step)
+    w = rng.normal(size=(16, k)) * 0.05
+    b = rng.normal(size=16) * 0.1
+    pairs = rounding.Pairs()
+    for i in range(0, 4000, 1000):                            # four calibration samples, the first half
+        pairs.add_rows("layer", x[i:i + 1000], xq[i:i + 1000])
+    g, nb = rounding.compensated(w, b, pairs.get("layer"))
+    plain = rounding.grid_values(w, x[:4000].T @ x[:4000])
+    want = x[4000:] @ w.T + b
+    e_comp = np.sum((xq[4000:] @ g.T + nb - want) ** 2)
+    e_plain = np.sum((xq[4000:] @ plain.T + b - want) ** 2)
+    assert e_comp < 0.5 * e_plain            # measured: 0.13
+    scales = np.abs(g).max(1) / 127
+    codes = g / scales[:, None]
+    assert np.allclose(codes, np.round(codes), atol=1e-9) and np.abs(np.round(codes)).max() == 127
+
+
+def test_compensated_depthwise_and_too_few_rows():
+    """One Hessian per channel (depthwise) compensates too; with fewer rows than MIN_ROWS_PER_INPUT per weight
+    column the weights are not refitted (plain GPTQ against xq^T xq) and only the bias moves."""
+    rng = np.random.default_rng(6)
+    c, k = 6, 9
+    p = rng.normal(size=(2000, k, c)) + 0.3
+    p += 0.5 * p[:, ::-1]                                     # correlated taps
+    gain = 1 + 0.05 * rng.normal(size=c)
+    pq = _upstream_int8(p, gain, np.abs(p).max() / 127)
+    w = rng.normal(size=(c, k))
+    b = np.zeros(c)
+    pairs = rounding.Pairs()
+    for i in range(0, 1000, 250):                             # four samples: 1000 rows, > 32 per column
+        pairs.add_channels("dw", p[i:i + 250], pq[i:i + 250])
+    g, nb = rounding.compensated(w, b, pairs.get("dw"), damp=0.01)   # a light ridge: a clean signal
+    plain = rounding.grid_values(w, np.einsum("nkc,nlc->ckl", p[:1000], p[:1000]))
+    want = np.einsum("nkc,ck->nc", p[1000:], w)
+    e_comp = np.sum((np.einsum("nkc,ck->nc", pq[1000:], g) + nb - want) ** 2, 0)
+    e_plain = np.sum((np.einsum("nkc,ck->nc", pq[1000:], plain) - want) ** 2, 0)
+    assert (e_comp < e_plain).all() and e_comp.sum() < 0.5 * e_plain.sum()   # measured: 0.01..0.51, 0.03
+    few = rounding.Pairs()
+    few.add_channels("dw", p[:10], pq[:10])                  # 10 rows < 2 x 9 columns
+    hq, _, mx, mq, n = st = few.get("dw")
+    assert n == 10
+    g2, nb2 = rounding.compensated(w, b, st)
+    assert np.allclose(g2, rounding.grid_values(w, hq))
+    assert np.allclose(nb2, (w * mx).sum(1) - (g2 * mq).sum(1))
+
+
 @pytest.mark.parametrize("stride, dilation, same", [((1, 1), (1, 1), True), ((2, 2), (1, 1), True),
                                                      ((1, 2), (2, 1), False)])
 def test_patches_are_the_convolutions_inputs(stride, dilation, same):
@@ -209,3 +269,23 @@ def test_gptq_on_a_qdq_model_with_unnamed_nodes(tmp_path):
     shared one ("operands could not be broadcast together with shapes (27,27) (8,8)")."""
     m = _convert_small(_grouped_cnn(tmp_path / "unnamed.onnx", named=False), "jetson", tmp_path)
     assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
+
+
+def test_gptq_act_on_the_qdq_route_and_refused_on_tflite(tmp_path):
+    """gptq_act converts a small CNN on jetson (codes on the grid quantize_static derives, recorded in the
+    recipe, output close to FP32), and a TFLite route refuses it by name."""
+    import edgeopt
+    from edgeopt.errors import UsageError
+    from edgeopt_testkit import save_arrays
+    path = _grouped_cnn(str(tmp_path / "g.onnx"))
+    x = np.random.default_rng(1).standard_normal((48, 3, 12, 12)).astype(np.float32)
+    files = save_arrays(tmp_path, calib=x[:32], val=x[32:])
+    m = edgeopt.convert(path, "jetson", calib=files["calib"], val=files["val"], out=str(tmp_path / "o"),
+                        weight_rounding="gptq_act")
+    assert m["calibration"]["recipe"]["weight_rounding"] == "gptq_act"
+    assert m["accuracy"]["outputs"]["y"]["sqnr_db"] > 20
+    for codes, _ in _weights(tmp_path / "o" / m["artifacts"][0]["file"]):
+        assert np.abs(codes).max() == 127
+    with pytest.raises(UsageError, match="gptq_act"):
+        edgeopt.convert(path, "rpi", calib=files["calib"], val=files["val"], out=str(tmp_path / "r"),
+                        weight_rounding="gptq_act")

@@ -37,7 +37,7 @@ class Recipe:
     calib_percentile: float | None = None   # percentile calibration's percentile (None: DEFAULT_PERCENTILE)
     histogram_samples: int | None = None    # calibration samples histogram methods see (percentile, entropy)
     float_layers: tuple[str, ...] = ()      # layers (TFLite tensors / ONNX nodes) kept in float
-    weight_rounding: str = "nearest"        # WEIGHT_ROUNDINGS: "gptq" or the converters' own "nearest"
+    weight_rounding: str = "nearest"        # WEIGHT_ROUNDINGS: "gptq", the converters' own "nearest", "gptq_act"
 
     def __post_init__(self):
         # a list given by a caller would make the frozen object mutable through the back door
