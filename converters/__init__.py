@@ -23,14 +23,15 @@ ROUTES: dict[tuple[str, str], str] = {
 # artifact kind -> the module that owns that kind's accuracy-recovery hooks (edgeopt.conversion.recover keeps only
 # the search): rebuild(job, art, recipe) -> artifact, layer_errors(job, art, samples) -> per-layer report,
 # float_candidates(report) -> layer names, fp32_bytes(job), bias_correction_info(job), and RECOVERY_METHODS (the
-# calibration methods recovery tries, cheapest first) and MANY_FLOAT_ADVICE (what to say when most layers stay
+# calibration methods recovery tries, cheapest first), RECOVERY_ROUNDINGS (the costlier all-INT8 weight roundings it
+# tries after them) and MANY_FLOAT_ADVICE (what to say when most layers stay
 # float). Both TFLite routes (Keras, ONNX via onnx2tf) leave their graph on the job for tf_tflite's hooks.
 HOOKS: dict[str, str] = {
     "tflite-int8": "edgeopt.converters.tf_tflite",
     "onnx-qdq-int8": "edgeopt.converters.onnx_qdq",
 }
 HOOK_NAMES = ("rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info",
-              "RECOVERY_METHODS", "MANY_FLOAT_ADVICE")
+              "RECOVERY_METHODS", "RECOVERY_ROUNDINGS", "MANY_FLOAT_ADVICE")
 
 # Routes we refuse on purpose, with the reason users get.
 REFUSED: dict[tuple[str, str], str] = {

@@ -21,7 +21,8 @@ import numpy as np
 from edgeopt.conversion import ranges
 from edgeopt.errors import UsageError
 
-__all__ = ["convert", "gptq_rounded", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "MANY_FLOAT_ADVICE",
+__all__ = ["convert", "gptq_rounded", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "RECOVERY_ROUNDINGS",
+           "MANY_FLOAT_ADVICE",
            "rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info"]
 
 # What gets Q/DQ on its inputs: the compute layers, pooling, and residual Adds (two computed inputs: TensorRT
@@ -710,6 +711,9 @@ def check_symmetric(model) -> None:
 
 # calibration methods recovery tries after the plain recipe, cheapest first (entropy: onnxruntime's histograms)
 RECOVERY_METHODS = ("percentile", "entropy")
+# all-INT8 weight roundings recovery tries after the calibration methods and bias correction, before any float layer:
+# gptq_act is 2-6x the conversion time of the default gptq, so it is not the default (defaults.WEIGHT_ROUNDINGS)
+RECOVERY_ROUNDINGS = ("gptq_act",)
 MANY_FLOAT_ADVICE = ("the FP16 artifact (model.fp16.onnx) is the simpler choice, and TensorRT runs float layers in "
                      "FP16 anyway")
 

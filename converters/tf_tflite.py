@@ -23,7 +23,7 @@ import warnings  # noqa: E402
 import absl.logging  # noqa: E402
 
 __all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
-           "RECOVERY_METHODS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
+           "RECOVERY_METHODS", "RECOVERY_ROUNDINGS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
            "bias_correction_info", "norm_blocks", "block_tensors"]
 
 absl.logging.set_verbosity(absl.logging.ERROR)
@@ -962,6 +962,7 @@ def float_ops_of(data: bytes) -> list[str]:
 # (job.tf_perms); recovery requantizes from those with a Debugger (seconds per candidate, no new conversion).
 
 RECOVERY_METHODS = ()   # recovery tries no other calibration method: the plain recipe's ranges are kept
+RECOVERY_ROUNDINGS = ()  # nor another weight rounding (gptq_act is the QDQ route's only)
 MANY_FLOAT_ADVICE = "consider the float model, or a looser --accuracy-target"
 
 

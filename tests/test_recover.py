@@ -396,6 +396,11 @@ def test_qdq_recovery_fmnist_jetson(onnx_cnn, fm_data, tmp_path):
     bc = [s for s in steps if s.get("recipe", {}).get("bias_correction") and not s.get("float_layers")
           and "skipped" not in s]  # bias correction is in the default recipe: the plain step has it too
     assert bc and all("error" not in s and s["accuracy"]["logits"]["sqnr_db"] > 30 for s in bc), bc
+    # the costlier all-INT8 rounding (QDQ's gptq_act) before any float layer
+    act = [i for i, s in enumerate(steps) if s.get("recipe", {}).get("weight_rounding") == "gptq_act"]
+    first_float = min(i for i, s in enumerate(steps) if s.get("float_layers"))
+    assert act and act[0] < first_float and not steps[act[0]].get("float_layers"), steps
+    assert steps[act[0]]["accuracy"]["logits"]["sqnr_db"] > 30
     floats = rec["chosen"]["float_layers"]
     # the default budget: 10% of the 4 quantizable layers (Conv, Conv, Gemm, Gemm), at least 1
     assert rec["budget"]["max_float_layers"] == 1 and rec["budget"]["float_candidates"] == 4
