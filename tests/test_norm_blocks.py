@@ -214,3 +214,28 @@ def test_a_layernorm_with_sum_reductions_is_a_block():
     gain = fb["sqnr_db"]["float_blocks"] - fb["sqnr_db"]["all_int8"]
     assert fb["float"] is (gain >= defaults.FLOAT_BLOCKS_MIN_GAIN_DB) and not WEIGHTED & set(info.get("float_ops", []))
     assert ("SUM" in {k for k, _ in tf_tflite._float_computing(data)}) is fb["float"]
+
+
+def test_attention_products_float_only_when_they_gain(monkeypatch):
+    """Attention's BATCH_MATMULs of two activations (Q K^T, P V; not the Dense layers) join the float blocks only
+    when that gains the threshold again over the blocks alone (PP-OCRv4 rec: +6.2 dB, cosine 0.907 -> 0.970);
+    otherwise the blocks' artifact is kept and every matmul stays INT8."""
+    from edgeopt.conversion import defaults
+    from edgeopt.converters import tf_tflite
+    graph, calib = tf_tflite.from_keras_model(_keras_block()), _calib((T, D), outliers=(3, 17))
+    kw = {"allow_float_fallback": True, "float_blocks": True, "max_float_layers": {"layers": 6}}
+    monkeypatch.setattr(defaults, "FLOAT_BLOCKS_MIN_GAIN_DB", -100.0)   # any gain is enough: both steps taken
+    data, info = tf_tflite.quantize(graph, calib, "float32", **kw)
+    fb = info["float_blocks"]
+    assert [b["kind"] for b in fb["blocks"]].count("attention") == 2 and "with_attention" in fb["sqnr_db"], fb
+    floats = {k for k, _ in tf_tflite._float_computing(data)}
+    assert "BATCH_MATMUL" in floats and "FULLY_CONNECTED" not in floats and "attention products" in fb["why"]
+    assert len(tf_tflite.attention_matmuls(data)) == 2
+    monkeypatch.setattr(defaults, "FLOAT_BLOCKS_MIN_GAIN_DB", 100.0)
+    data, info = tf_tflite.quantize(graph, calib, "float32", **kw)
+    assert "attention" not in [b["kind"] for b in info["float_blocks"]["blocks"]]
+    assert "BATCH_MATMUL" not in {k for k, _ in tf_tflite._float_computing(data)}
+    kw["max_float_layers"] = {"layers": 5}   # 4 blocks + 2 products: over the budget, not tried
+    monkeypatch.setattr(defaults, "FLOAT_BLOCKS_MIN_GAIN_DB", -100.0)
+    _, info = tf_tflite.quantize(graph, calib, "float32", **kw)
+    assert "with_attention" not in info["float_blocks"]["sqnr_db"]
