@@ -444,6 +444,21 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
     return out
 
 
+def _beside_plain(job, graph: str, recipe) -> tuple:
+    """(QDQ model of ``recipe``'s all-INT8 form without bias correction, the float graph ``graph``, its
+    initializers by name, the QDQ model's initializers by name, its DequantizeLinear nodes by output): what
+    bias correction and gptq_act read exact scales and rounding from. ``job.qdq_prep`` is left at ``graph``."""
+    import onnx
+    plain = recipe.replace(bias_correction=False, float_layers=())
+    try:
+        qm = onnx.load_from_string(convert(job, plain)[0]["data"])
+    finally:
+        job.qdq_prep = graph
+    fm = onnx.load(graph)
+    return (qm, fm, {i.name: i for i in fm.graph.initializer}, {i.name: i for i in qm.graph.initializer},
+            {n.output[0]: n for n in qm.graph.node if n.op_type == "DequantizeLinear"})
+
+
 def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     """The float graph ``base`` with GPTQ weights that compensate the INT8 model's activation error
     (edgeopt.conversion.rounding.compensated): each layer's weights map its input *in the INT8 model* to its
@@ -462,15 +477,7 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     key = (base, "compensated", bool(recipe.per_channel), recipe.calibration_method, recipe.calib_percentile)
     if key in cache:
         return cache[key]
-    plain = recipe.replace(weight_rounding="gptq", bias_correction=False, float_layers=())
-    try:
-        qm = onnx.load_from_string(convert(job, plain)[0]["data"])
-    finally:
-        job.qdq_prep = base
-    fm = onnx.load(base)
-    inits = {i.name: i for i in fm.graph.initializer}
-    q_inits = {i.name: i for i in qm.graph.initializer}
-    dq = {n.output[0]: n for n in qm.graph.node if n.op_type == "DequantizeLinear"}
+    qm, fm, inits, q_inits, dq = _beside_plain(job, base, recipe.replace(weight_rounding="gptq"))
     q_by_out = {n.output[0]: n for n in qm.graph.node if n.output}
     pairs = []   # (node, kind, auto, the node's input tensor in the QDQ model, its weight DQ node, its bias name)
     for n, kind, auto in _rounding_layers(fm):
@@ -556,15 +563,7 @@ def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> 
     from onnx import numpy_helper
     cache = job.__dict__.setdefault("_bias_cache", {})
     if prep not in cache:
-        plain = (job.recipe if recipe is None else recipe).replace(bias_correction=False, float_layers=())
-        try:
-            qdq = onnx.load_from_string(convert(job, plain)[0]["data"])
-        finally:
-            job.qdq_prep = prep
-        fm = onnx.load(prep)
-        inits = {i.name: i for i in fm.graph.initializer}
-        q_inits = {i.name: i for i in qdq.graph.initializer}
-        dq = {n.output[0]: n for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+        qdq, fm, inits, q_inits, dq = _beside_plain(job, prep, job.recipe if recipe is None else recipe)
         q_nodes = {n.output[0]: n for n in qdq.graph.node if n.output and n.op_type in ("Conv", "Gemm")}
         layers = [n for n in fm.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2
                   and n.input[1] in inits and n.input[2] in inits]

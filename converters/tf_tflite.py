@@ -973,16 +973,7 @@ def _interpreter(data: bytes):
 
 def float_ops_of(data: bytes) -> list[str]:
     """Ops of a TFLite model that compute in float (any float32 input/output tensor)."""
-    interp = _interpreter(data)
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    res = []
-    for op in interp._get_ops_details():
-        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        idx = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
-        if any(tensors[i]["dtype"] == np.float32 for i in idx):
-            res.append(op["op_name"])
-    return sorted(set(res))
+    return sorted({kind for kind, _name in _float_computing(data)})
 
 
 # ------------------------------------------------------------ accuracy recovery hooks (edgeopt.converters.HOOKS)
