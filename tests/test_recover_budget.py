@@ -230,3 +230,35 @@ def test_fmnist_jetson_budget(onnx_cnn, fm_data, tmp_path):
     assert rec["chosen"]["selection"]["accuracy"]["logits"]["sqnr_db"] >= 51.5
     # the two Gemms hold most of this CNN's weights: a budget the user raised lifts the 0.4x size cap too
     assert rec["cost"]["size_ratio_fp32"] > 0.4
+
+
+def test_float_layers_not_borne_out_give_the_all_int8_artifact(three_layers, tmp_path):
+    """Float layers chosen on the selection half that miss the target on the confirmation half are not returned:
+    exit 1 with the best all-INT8 artifact written, the float candidate's numbers on both halves recorded. The
+    odd-indexed (confirmation) samples are 4x the calibration range, so what three float layers gain on the
+    even-indexed ones (~53 dB against ~45 dB all-INT8) does not hold there (~8 dB)."""
+    d, path, files = three_layers
+    val = np.random.default_rng(0).standard_normal((60, 3, 8, 8)).astype(np.float32)
+    val[1::2] *= 4
+    own = save_arrays(tmp_path, calib=np.random.default_rng(1).standard_normal((40, 3, 8, 8)).astype(np.float32),
+                      val=val)
+    with pytest.raises(GateError) as e:
+        edgeopt.convert(path, "jetson", calib=own["calib"], val=own["val"], out=str(tmp_path / "o"),
+                        accuracy_target="sqnr=50", max_float_layers=3)
+    assert e.value.exit_code == 1
+    m = e.value.result
+    rec = m["recovery"]
+    best = rec["best_float"]
+    assert len(best["float_layers"]) >= 2 and not best["met"]
+    assert best["accuracy"]["logits"]["sqnr_db"] >= 50 > best["confirmation_accuracy"]["logits"]["sqnr_db"]
+    # what is returned and written is the best all-INT8 candidate, claimed on the confirmation half
+    assert rec["chosen"]["float_layers"] == [] and m["calibration"]["recipe"]["float_layers"] == 0
+    assert _float_nodes(tmp_path / "o") == set()
+    assert not rec["met"] and not rec["chosen"]["selection"]["met"] and "cost" not in rec
+    assert m["accuracy"]["outputs"] == m["accuracy"]["by_artifact"][m["artifacts"][0]["file"]]
+    assert m["accuracy"]["outputs"]["logits"]["sqnr_db"] == rec["chosen"]["accuracy"]["logits"]["sqnr_db"] < 50
+    written = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert written["recovery"]["chosen"]["float_layers"] == [] and written["recovery"]["best_float"] == best
+    msg = str(e.value)
+    assert f"the {len(best['float_layers'])} float layers chosen on the 30 selection samples met sqnr=50" in msg
+    assert "not on the 30 confirmation samples" in msg and "the best all-INT8 artifact was kept" in msg

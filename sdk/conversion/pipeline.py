@@ -413,7 +413,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     kinds = {name: declared_kinds.get(name) or guess_kind(name, r.shape) for name, r in zip(out_names, ref_out)}
 
     labels = data.read_labels(val, data.count(vdata)) if val is not None else None
-    entries, by_artifact = [], {}
+    by_artifact = {}
     # the samples each part sees: all of them, or (with --accuracy-target) the selection / confirmation half
     parts = {None: (vlist, ref_out, labels)}
     for part, idx in (split or {}).items():
@@ -431,18 +431,31 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
 
     recovery = layer_report = None
     target_spec = options.accuracy_target
-    selection_acc = None
+    selection_acc = fallback = None
     if target_spec or options.explain:
-        arts[0], recovery, layer_report, selection_acc = _recover(job, arts[0], check, target_spec, vdata, static_in,
-                                                                  progress, options.allow_cpu_ops, split)
+        arts[0], recovery, layer_report, selection_acc, fallback = _recover(
+            job, arts[0], check, target_spec, vdata, static_in, progress, options.allow_cpu_ops, split)
     final = "confirmation" if split else None  # the claim is measured on samples no choice saw
-    for a in arts:
+
+    def write_checked(a):
         path = os.path.join(staging, a["file"])
         with open(path, "wb") as f:
             f.write(a["data"])
         entry = check(a, path, final)
         by_artifact[a["file"]] = entry["accuracy"]
-        entries.append(entry)
+        return entry
+
+    entries = [write_checked(a) for a in arts]
+    if split and fallback is not None and not recover.meets(entries[0]["accuracy"], target_spec):
+        # the float layers were not borne out on the confirmation half: the best all-INT8 artifact instead
+        _say(progress, "the float layers missed the target on the confirmation samples: keeping the best all-INT8 "
+                       "artifact")
+        recover.reject_float(recovery, fallback, entries[0]["accuracy"], target_spec, len(split["selection"]),
+                             len(split["confirmation"]))
+        os.remove(os.path.join(staging, arts[0]["file"]))
+        del by_artifact[arts[0]["file"]]
+        arts[0], selection_acc = fallback["art"], fallback["acc"]
+        entries[0] = write_checked(arts[0])
     if split and recovery is not None:
         recover.confirm(recovery, target_spec, selection_acc, by_artifact[arts[0]["file"]],
                         len(split["selection"]), len(split["confirmation"]))
@@ -565,8 +578,9 @@ def _auto_ranges(job, fn, fmt, progress):
 
 
 def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops, split=None):
-    """(artifact, recovery report or None, layer report or None, its accuracy on the samples it was chosen on)
-    for the primary artifact. With ``split``, every choice sees the selection samples only."""
+    """(artifact, recovery report or None, layer report or None, its accuracy on the samples it was chosen on,
+    the best all-INT8 candidate when the artifact keeps float layers, else None) for the primary artifact. With
+    ``split``, every choice sees the selection samples only."""
     counter = [0]
     part = "selection" if split else None
 
@@ -587,19 +601,19 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops,
     acc = evaluate(art)[0]
     if not target:  # explain only: the per-layer report of the plain artifact
         _say(progress, "per-layer error")
-        return (art, {"chosen": {"recipe": job.recipe.to_manifest()}}, recover.layers(job, art, samples), acc)
+        return (art, {"chosen": {"recipe": job.recipe.to_manifest()}}, recover.layers(job, art, samples), acc, None)
     if recover.meets(acc, target) and not job.options.explain:
         report = {"target": target, "target_str": recover.target_str(target), "met": True,
                   "steps": [recover.step_entry({"recipe": job.recipe, "float": [], "acc": acc}, target)],
                   "chosen": {"recipe": job.recipe.to_manifest(), "float_layers": [],
                              "accuracy": recover.brief_accuracy(acc)},
                   "note": "the plain recipe meets the target"}
-        return art, report, None, acc
-    new, new_acc, report = recover.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops,
-                                           progress=progress, samples=samples,
-                                           n_val=None if split else data.count(vdata),
-                                           max_float_layers=job.options.max_float_layers)
-    return new, report, report.pop("layers", None), new_acc
+        return art, report, None, acc, None
+    new, new_acc, report, fallback = recover.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops,
+                                                     progress=progress, samples=samples,
+                                                     n_val=None if split else data.count(vdata),
+                                                     max_float_layers=job.options.max_float_layers)
+    return new, report, report.pop("layers", None), new_acc, fallback
 
 
 def _reference(job, fmt):

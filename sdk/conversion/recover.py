@@ -51,7 +51,8 @@ from edgeopt.converters import edgetpu
 from edgeopt.errors import UsageError
 
 __all__ = ["TOP_LAYERS", "DEBUG_SAMPLES", "DEFAULT_FLOAT_BUDGET", "MAX_SIZE_RATIO", "parse_target",
-           "parse_max_float_layers", "float_budget", "split_samples", "confirmation_needed", "confirm", "failures",
+           "parse_max_float_layers", "float_budget", "split_samples", "confirmation_needed", "confirm", "reject_float",
+           "failures",
            "meets", "score", "target_str", "wilson", "brief_accuracy", "layers", "float_layer_policy", "recover",
            "step_entry"]
 
@@ -221,11 +222,13 @@ def float_layer_policy(target, fmt: str, allow_cpu_ops: bool = False) -> tuple[b
 
 def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bool = False,
             progress=None, samples=None, n_val: int | None = None,
-            max_float_layers: dict | None = None) -> tuple[dict, dict, dict]:
-    """(artifact, accuracy, report). ``evaluate(art) -> (accuracy, path)`` runs a candidate on the selection
-    samples. The returned artifact is the first that meets the target with the fewest float layers, at most
-    ``max_float_layers`` of them (:func:`parse_max_float_layers`; None: the default budget, and no artifact
-    over MAX_SIZE_RATIO of the FP32 size), or else the best all-INT8 one tried."""
+            max_float_layers: dict | None = None) -> tuple[dict, dict, dict, dict | None]:
+    """(artifact, accuracy, report, all-INT8 fallback). ``evaluate(art) -> (accuracy, path)`` runs a candidate on
+    the selection samples. The returned artifact is the first that meets the target with the fewest float layers,
+    at most ``max_float_layers`` of them (:func:`parse_max_float_layers`; None: the default budget, and no
+    artifact over MAX_SIZE_RATIO of the FP32 size), or else the best all-INT8 one tried. When the artifact keeps
+    float layers, the fallback is the best all-INT8 candidate ({"art", "acc", "recipe", "float"}): what
+    :func:`reject_float` returns instead if the confirmation samples do not bear the float layers out."""
 
     say = progress or (lambda m: None)
     hooks = _hooks(art)
@@ -297,6 +300,8 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     else:
         ranked = []
 
+    all_int8 = best  # what is returned if no float-layer candidate is taken, or confirmed
+
     # 3. float layers, fewest first, within the budget
     float_ok, search_anyway = float_layer_policy(job.target, art["format"], allow_cpu_ops)
     if ranked and not meets(best["acc"], target) and (float_ok or search_anyway):
@@ -347,7 +352,33 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
                       "is what was selected for, not a held-out estimate"
                       + ("; top1_ci95 is the 95% (Wilson) interval of top-1 agreement on that many samples, "
                          "selection not included" if "top1_ci95" in report["chosen"] else ""))
-    return best["art"], best["acc"], report
+    return best["art"], best["acc"], report, (all_int8 if best["float"] else None)
+
+
+def reject_float(report: dict, fallback: dict, float_confirmation_acc: dict, target: dict, n_selection: int,
+                 n_confirmation: int) -> None:
+    """The float layers chosen on the selection samples missed ``target`` on the confirmation samples: the
+    best all-INT8 candidate (``fallback``, see :func:`recover`) becomes ``chosen``, and the float-layer one is
+    recorded in ``best_float`` with the numbers of both parts. Call :func:`confirm` with the fallback's
+    accuracies next. INT8 means INT8: float layers are only worth their cost where they are borne out on data
+    no choice saw; a user asked for INT8 and is given INT8, with what the float layers reached."""
+    chosen = report["chosen"]
+    floats = list(chosen["float_layers"])
+    best_float = report.setdefault("best_float", {})
+    best_float.update(float_layers=floats, accuracy=chosen["accuracy"], met=False,
+                      confirmation_accuracy=brief_accuracy(float_confirmation_acc))
+    if "cost" in report:  # the float-layer candidate's cost against the plain one: not what is returned
+        best_float["cost"] = report.pop("cost")
+    report.pop("advice", None)
+    report["chosen"] = {"recipe": fallback["recipe"].to_manifest(), "float_layers": [],
+                        "accuracy": brief_accuracy(fallback["acc"])}
+    if "float_candidates" in chosen:
+        report["chosen"]["float_candidates"] = chosen["float_candidates"]
+    report["unmet"] = (f"the {_n(len(floats), 'float layer')} chosen on the {n_selection} selection samples met "
+                       f"{target_str(target)} there but not on the {n_confirmation} confirmation samples ("
+                       + "; ".join(failures(float_confirmation_acc, target)) + "): what they gained did not hold on "
+                       "samples no choice saw; the best all-INT8 artifact was kept (more validation samples, or a "
+                       "lower target, decide it)")
 
 
 def _fits(c: dict, target: dict, max_bytes: int | None) -> bool:
