@@ -466,8 +466,8 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     fitted one after the other in graph order (GPTQ's sequential mode): a layer's INT8 input comes from the QDQ
     model of ``recipe`` with plain GPTQ (its activation ranges) whose upstream layers already carry their
     compensated weights and biases, so no layer corrects again what an upstream one has corrected. Paired
-    inputs (FP32 graph, QDQ model at ORT_DISABLE_ALL) on the first ROUNDING_SAMPLES calibration samples.
-    Computed once per job, graph and activation ranges."""
+    inputs (FP32 graph, QDQ model at ORT_DISABLE_ALL) on the first ROUNDING_SAMPLES calibration samples; a layer
+    whose input has too few positions in them (rounding.compensable) keeps its GPTQ weights. Computed once per job, graph and activation ranges."""
     import onnx
     from onnx import numpy_helper
 
@@ -517,7 +517,7 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
             else:
                 stats.add_rows(n.output[0], r[1], rq[1])
         st = stats.get(n.output[0])
-        if st is None:
+        if not rounding.compensable(st):   # too few positions (a 7x7 stage, a classifier): plain GPTQ
             continue
         w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
         rows = w.T if kind == "matmul" else w.reshape(w.shape[0], -1)

@@ -54,7 +54,7 @@ def convert(model, target: str, calib=None, val=None, out=None, *, input_shapes=
     Keras Lambda layers: only for files you trust). Recipe knobs, as recorded in
     ``manifest["calibration"]["recipe"]``: ``per_channel``, ``bias_correction``, ``calib_percentile``,
     ``histogram_samples``, ``weight_rounding`` (gptq (default: each layer's INT8 weights rounded against its
-    calibration inputs), nearest, or gptq_act (QDQ ONNX routes only)). ``progress(msg)`` is called at each step; ``warn(msg)`` receives warnings
+    calibration inputs), nearest, or gptq_act (each layer fitted to its input in the INT8 model)). ``progress(msg)`` is called at each step; ``warn(msg)`` receives warnings
     (default: printed on stderr). An unknown keyword is a TypeError naming it.
 
     Raises :class:`UsageError` for bad input (exit code 2) and :class:`GateError` when an accuracy gate

@@ -93,7 +93,7 @@ def test_lite0_rpi_default_recipe_and_float_budget(lite0_recovered):
         else:  # the error says what the budget allowed
             assert "--max-float-layers" in r.stderr and "budget" in r.stderr
     else:
-        # GPTQ's all-INT8 recipe meets it on its own here (0.98 on the confirmation half, no float layer)
+        # an all-INT8 recipe meets it on its own here (gptq_act: 0.98 on the confirmation half, no float layer)
         assert rec["met"] and len(floats) <= budget and (not floats or "CONV_2D" in a["float_ops"])
         assert m["accuracy"]["outputs"]["logits"]["top1_agreement"] >= 0.98
     assert a["bytes"] <= 0.35 * rec["budget"]["fp32_bytes"]
@@ -102,7 +102,8 @@ def test_lite0_rpi_default_recipe_and_float_budget(lite0_recovered):
     assert split["selection_samples"] + split["confirmation_samples"] == 200
     assert m["accuracy"]["samples"] == split["confirmation_samples"] == rec["chosen"]["confirmation_samples"]
     # the artifact in OUT_DIR runs in edgeopt.runtime; on 200 crops used for nothing else it agrees with FP32 as
-    # the default recipe does today (0.955, 24.4 dB; nearest rounding: 0.955, 22.3 dB; min-max alone: 0.87, 18.3 dB)
+    # recovery's gptq_act step makes it today (0.98, 26.4 dB; the default recipe, GPTQ: 0.955, 24.4 dB; nearest
+    # rounding: 0.955, 22.3 dB; min-max alone: 0.87, 18.3 dB)
     import onnxruntime as ort
     x = np.load(d / "test.npy")
     ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
@@ -112,7 +113,7 @@ def test_lite0_rpi_default_recipe_and_float_budget(lite0_recovered):
     held_out = float(np.mean(out.argmax(1) == ref.argmax(1)))
     sqnr = float(10 * np.log10(np.sum(ref ** 2) / np.sum((out - ref) ** 2)))
     print("held-out top-1 agreement", held_out, "SQNR", sqnr)
-    assert held_out >= 0.94 and sqnr >= 23.5
+    assert held_out >= 0.95 and sqnr >= 25.5
 
 
 @pytest.mark.slow

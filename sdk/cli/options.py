@@ -143,7 +143,7 @@ CONVERSION = [
                 "QDQ only)."),
     option("weight_rounding", Optional[str], None, "--weight-rounding",
            help="INT8 weight rounding: gptq (default: each layer's weights rounded against its calibration "
-                "inputs, least output error), nearest (the converter's own) or gptq_act (QDQ ONNX only: each layer "
+                "inputs, least output error), nearest (the converter's own) or gptq_act (each layer "
                 "fitted to its input in the INT8 model)."),
     option("max_samples", int, DEFAULT_MAX_CALIB, "--max-samples", help="At most this many calibration samples."),
     MAX_VAL_SAMPLES,

@@ -24,10 +24,9 @@ DEFAULT_BIAS_CORRECTION = True   # bias correction in the plain recipe (E[x]-wei
 # INT8 weight rounding (edgeopt.conversion.rounding): "gptq" rounds each layer's weights against its inputs'
 # Hessian (the layer's output error, not each weight's); "nearest" is the converters' own. Measured (bench_ptq,
 # 200 held-out crops, output SQNR): EfficientNet-Lite0 rpi 22.5 -> 24.3 dB, jetson 21.8 -> 22.3; MobileNetV2 rpi
-# 20.8 -> 21.6, jetson 16.8 -> 17.0. "gptq_act" (QDQ route only) fits each layer, one after the other, to map
-# its input in the INT8 model to its FP32 output (rounding.compensated): jetson, same bench (100 calib, 200
-# held-out), gptq -> gptq_act: Lite0 0.945 / 22.3 dB -> 0.950 / 24.7 dB, MobileNetV2 0.870 / 16.9 -> 0.880 / 17.8;
-# conversion 34 -> 199 s, 53 -> 121 s. Not the default: no TFLite form yet, and 2-6x the conversion time.
+# 20.8 -> 21.6, jetson 16.8 -> 17.0. "gptq_act" (every route) fits each layer, one after the other, to map its
+# input in the INT8 model to its FP32 output (rounding.compensated); benchmarks/README.md has its numbers. Not the
+# default: 2-6x the conversion time; accuracy recovery tries it before any float layer.
 WEIGHT_ROUNDINGS = ("gptq", "nearest", "gptq_act")   # the first is the default
 ROUNDING_SAMPLES = 32                    # calibration samples whose inputs make GPTQ's Hessians
 # The sanity floor: an artifact whose output has a cosine against FP32 under this is broken, not imprecise

@@ -550,16 +550,18 @@ def _sanity(entries: list[dict], floor: float) -> dict | None:
 def _auto_ranges(job, fn, fmt, progress):
     """(artifacts, report) of the primary route built with each of AUTO_METHODS, keeping the one whose outputs
     are closest to FP32 (the worst output's SQNR) on the first AUTO_SAMPLES calibration samples. The choice
-    sees calibration data only, never the validation samples the check reports on."""
+    sees calibration data only, never the validation samples the check reports on. A costly weight rounding
+    (gptq_act: minutes, fitted to the ranges it is given) is built once, for the ranges chosen with plain GPTQ."""
     n = min(AUTO_SAMPLES, data.count(job.calib))
     inputs = [job.calib[i["name"]][:n] for i in job.inputs]
     refs = reference.run_batched(_reference(job, fmt), inputs)
     names = [o["name"] for o in job.outputs]
     src_out = [dict(o, shape=[None] + list(r.shape[1:])) for o, r in zip(job.outputs, refs)]
     tried, best = {}, None
+    costly = job.recipe.weight_rounding == "gptq_act"
     for method in AUTO_METHODS:
         _say(progress, f"activation ranges: trying {method}")
-        got = fn(job, job.recipe.replace(calibration_method=method))
+        got = fn(job, job.recipe.replace(calibration_method=method, **({"weight_rounding": "gptq"} if costly else {})))
         path = os.path.join(job.workdir, f"auto-{method}-{got[0]['file']}")
         with open(path, "wb") as f:
             f.write(got[0]["data"])
@@ -573,8 +575,12 @@ def _auto_ranges(job, fn, fmt, progress):
     method, got, prep = best
     if prep is not None:
         job.qdq_prep = prep
+    if costly:
+        _say(progress, f"weight rounding: gptq_act for {method}")
+        got = fn(job, job.recipe.replace(calibration_method=method))
     return got, {"chosen": method, "sqnr_db": tried, "samples": n,
-                 "by": "worst output SQNR against FP32 on the calibration samples"}
+                 "by": "worst output SQNR against FP32 on the calibration samples"
+                       + (", each with plain GPTQ weights (gptq_act is fitted to the chosen ranges)" if costly else "")}
 
 
 def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops, split=None):

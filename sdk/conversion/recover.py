@@ -7,7 +7,7 @@
 2. Bias correction (TFLite and QDQ): each convolution's bias absorbs the mean shift its INT8 weights cause
    (b - dW . E[x]); weights, ranges and kernels are unchanged, so size and latency are too. On
    EfficientNet-Lite0, where per-channel INT8 weights alone cost ~18 dB of output SQNR spread over all 50
-   convolutions, this gains ~3.5 dB. Then the route's costlier all-INT8 weight roundings (QDQ: gptq_act,
+   convolutions, this gains ~3.5 dB. Then the route's costlier all-INT8 weight roundings (gptq_act,
    weights fitted layer after layer to the INT8 model's inputs).
 3. Per-layer error of the best recipe (TFLite: tf.lite.experimental.QuantizationDebugger; ONNX: QDQ vs.
    float intermediate tensors, edgeopt.converters.debug_onnx), ranked.
@@ -282,7 +282,7 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             steps.append({"recipe": job.recipe.replace(bias_correction=True).to_manifest(),
                           "error": str(e).strip().splitlines()[-1][:200]})
 
-    # costlier all-INT8 weight roundings the route offers (QDQ: gptq_act), on the best recipe so far
+    # costlier all-INT8 weight roundings the route offers (gptq_act), on the best recipe so far
     for rounding in hooks.RECOVERY_ROUNDINGS:
         if meets(best["acc"], target) or best["recipe"].weight_rounding == rounding:
             break

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Hessians", "Pairs", "patches", "gptq", "grid_values", "compensated", "ROWS", "DAMP", "LEVELS"]
+__all__ = ["Hessians", "Pairs", "patches", "gptq", "grid_values", "compensated", "compensable", "ROWS", "DAMP",
+           "LEVELS", "MIN_POSITIONS"]
 
 LEVELS = 127     # symmetric INT8 weights: codes -127..127 (both routes; TensorRT and TFLite use narrow range)
 ROWS = 4096      # input rows (positions) per sample and layer that enter a Hessian
@@ -31,6 +32,11 @@ DAMP = 0.001     # dampening added to H's diagonal, as a fraction of its mean (H
 # SQNR 16.9 dB (gptq) -> 11.8); 1.0 and 32: 17.8
 COMPENSATION_DAMP = 1.0
 MIN_ROWS_PER_INPUT = 32
+# the input positions (samples x positions per sample) a layer's compensation must see; below it the layer keeps
+# plain GPTQ. Measured on MobileNetV2 rpi (48 held-out crops, output SQNR): compensating every layer 19.7 dB, plain
+# GPTQ 21.3, all but the 7x7 stage and the classifier (32 x 49 = 1568 positions, 32 x 1) 22.2: fitted to 32
+# samples' few positions, a compensation fits those samples, not the layer (its output SQNR fell on other crops)
+MIN_POSITIONS = 2048
 BLOCK = 128      # columns rounded per block (the lazy batch update of GPTQ's implementation)
 
 
@@ -63,7 +69,8 @@ class Hessians:
         idx = self._subset(len(p), self.channel_rows)
         if idx is not None:
             p = p[idx]
-        h = np.einsum("nkc,nlc->ckl", p, p).astype(np.float64)
+        pc = np.ascontiguousarray(p.transpose(2, 1, 0))     # [C, K, N]: batched BLAS, not einsum (10x slower)
+        h = np.matmul(pc, pc.transpose(0, 2, 1)).astype(np.float64)
         self.sums[key] = self.sums.get(key, 0) + h
 
     def get(self, key):
@@ -116,8 +123,9 @@ class Pairs:
         idx = Hessians._subset(len(p), self.channel_rows)
         if idx is not None:
             p, pq = p[idx], pq[idx]
-        p64, q64 = p.astype(np.float64), pq.astype(np.float64)
-        self._add(key, np.einsum("nkc,nlc->ckl", q64, q64), np.einsum("nkc,nlc->ckl", p64, q64),
+        p64, q64 = (np.ascontiguousarray(v.astype(np.float64).transpose(2, 1, 0)) for v in (p, pq))   # [C, K, N]
+        qt = q64.transpose(0, 2, 1)
+        self._add(key, np.matmul(q64, qt), np.matmul(p64, qt),
                   np.asarray(means[0], np.float64).T, np.asarray(means[1], np.float64).T, len(p))
 
     def get(self, key):
@@ -244,6 +252,12 @@ def grid_values(weights, hessian, per_row: bool = True, damp: float = DAMP) -> n
     return q * scales[:, None]
 
 
+def compensable(stats) -> bool:
+    """Whether a layer's :meth:`Pairs.get` statistics come from enough input positions (MIN_POSITIONS) for
+    :func:`compensated` to fit the layer rather than its calibration samples."""
+    return stats is not None and stats[4] >= MIN_POSITIONS
+
+
 def compensated(weights, bias, stats, per_row: bool = True, damp: float = COMPENSATION_DAMP,
                 min_rows: float = MIN_ROWS_PER_INPUT) -> tuple[np.ndarray, np.ndarray]:
     """(INT8 grid weights [R, K], bias [R]) of a layer whose inputs in the INT8 model are not its FP32 inputs.
@@ -287,3 +301,4 @@ def compensated(weights, bias, stats, per_row: bool = True, damp: float = COMPEN
     else:
         shift = w @ mx - grid @ mq
     return grid, b + shift
+
