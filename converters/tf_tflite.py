@@ -941,9 +941,10 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
         stats, where = rounding.Pairs(), None
         for fi, qi in zip(_float_runs(raw, samples), _float_runs(q, samples)):
             if where is None:
-                where = _input_of(qi, out)
-                if where is None:
+                op_q = _layers_by_output(qi).get(out)
+                if op_q is None:
                     break
+                where = int(op_q["inputs"][0])
             x, xq = fi.get_tensor(inputs[0]), _dequantized(qi, where)
             if x.shape != xq.shape:
                 break
@@ -984,12 +985,15 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
                             "calibration_samples": len(samples)}
 
 
-def _input_of(interp, out: str) -> int | None:
-    """The tensor index of the first input of the op whose output is named ``out`` in an interpreter's model."""
+def _layers_by_output(interp) -> dict:
+    """{name of its output tensor: op details} of each CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op of an
+    interpreter's model: the quantizer keeps the calibrated model's tensor names, so a layer is found again in
+    the INT8 model by its output's name (another kind of op may carry the same name: a QUANTIZE after it)."""
+    res = {}
     for op in interp._get_ops_details():
-        if len(op["outputs"]) and interp._get_tensor_details(op["outputs"][0], subgraph_index=0)["name"] == out:
-            return int(op["inputs"][0])
-    return None
+        if op["op_name"] in _KINDS.values() and len(op["outputs"]):
+            res.setdefault(interp._get_tensor_details(op["outputs"][0], subgraph_index=0)["name"], op)
+    return res
 
 
 def _dequantized(interp, index: int) -> np.ndarray:
@@ -1012,11 +1016,7 @@ def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict
     # INT8 weights as the quantizer made them, by the op's output name
     qi = Interpreter(model_content=quantized)
     qi.allocate_tensors()
-    q_ops = {}
-    for op in qi._get_ops_details():
-        if op["op_name"] in _KINDS.values() and len(op["outputs"]):
-            out = qi._get_tensor_details(op["outputs"][0], subgraph_index=0)["name"]
-            q_ops[out] = int(op["inputs"][1])
+    q_ops = {out: int(op["inputs"][1]) for out, op in _layers_by_output(qi).items()}
     # per-channel means of the layers' inputs, float model on the calibration samples
     want = {inputs[0] for _, inputs, _ in layers}
     sums, n = {}, 0
