@@ -618,6 +618,7 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops,
     new, new_acc, report, fallback = recover.recover(job, art, acc, target, evaluate, allow_cpu_ops=allow_cpu_ops,
                                                      progress=progress, samples=samples,
                                                      n_val=None if split else data.count(vdata),
+                                                     n_selection=len(split["selection"]) if split else data.count(vdata),
                                                      max_float_layers=job.options.max_float_layers)
     return new, report, report.pop("layers", None), new_acc, fallback
 
