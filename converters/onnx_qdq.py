@@ -467,7 +467,8 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     model of ``recipe`` with plain GPTQ (its activation ranges) whose upstream layers already carry their
     compensated weights and biases, so no layer corrects again what an upstream one has corrected. Paired
     inputs (FP32 graph, QDQ model at ORT_DISABLE_ALL) on the first ROUNDING_SAMPLES calibration samples; a layer
-    whose input has too few positions in them (rounding.compensable) keeps its GPTQ weights. Computed once per job, graph and activation ranges."""
+    whose input has too few positions in them (rounding.compensable) keeps its GPTQ weights. Computed once per
+    job, graph and activation ranges."""
     import onnx
     from onnx import numpy_helper
 

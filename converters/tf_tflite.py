@@ -807,13 +807,20 @@ def _compute_layers(fm) -> list[tuple]:
     return res
 
 
+def _buffer_users(sg) -> dict:
+    """{buffer index: how many tensors of subgraph ``sg`` use it}: a constant shared by two tensors is not one
+    layer's to rewrite."""
+    users: dict = {}
+    for t in sg.tensors:
+        users[t.buffer] = users.get(t.buffer, 0) + 1
+    return users
+
+
 def _roundable_layers(fm) -> list[tuple]:
     """[(kind, op, inputs, output name, weight shape)] of a model object's layers whose weights GPTQ may round:
     each with a constant float weight of its own, no depthwise multiplier > 1, no grouped convolution."""
     sg = fm.subgraphs[0]
-    users: dict = {}
-    for t in sg.tensors:
-        users[t.buffer] = users.get(t.buffer, 0) + 1
+    users = _buffer_users(sg)
     layers = []
     for kind, op, inputs, out in _compute_layers(fm):
         wt = sg.tensors[inputs[1]]
@@ -931,9 +938,7 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
     fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(raw))
     sg = fm.subgraphs[0]
     cm = flatbuffer_utils.convert_bytearray_to_object(bytearray(cal))   # updated in place, layer after layer
-    users: dict = {}
-    for t in sg.tensors:
-        users[t.buffer] = users.get(t.buffer, 0) + 1
+    users = _buffer_users(sg)
     samples = calib[:ROUNDING_SAMPLES]
     res, originals = {}, {}
     for kind, op, inputs, out, shape in _roundable_layers(fm):
@@ -1027,9 +1032,7 @@ def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict
             v = v.reshape(-1, v.shape[-1]).astype(np.float64).mean(0)
             sums[t] = sums.get(t, 0) + v
     done, shifts, res = 0, [], {}
-    buf_users = {}
-    for t in sg.tensors:
-        buf_users[t.buffer] = buf_users.get(t.buffer, 0) + 1
+    buf_users = _buffer_users(sg)
     for kind, inputs, out in layers:
         wi = q_ops.get(out)
         bt = sg.tensors[inputs[2]]
