@@ -474,6 +474,7 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
 
     from edgeopt.conversion import rounding
     from edgeopt.conversion.defaults import ROUNDING_SAMPLES
+    from edgeopt.converters import onnx_prefix
     cache = job.__dict__.setdefault("_gptq_cache", {})
     key = (base, "compensated", bool(recipe.per_channel), recipe.calibration_method, recipe.calib_percentile)
     if key in cache:
@@ -493,15 +494,15 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     if not pairs:
         cache[key] = gptq_rounded(job, base, names, bool(recipe.per_channel))
         return cache[key]
-    samples = job.calib_samples()[:ROUNDING_SAMPLES]
-    fsess, _ = _session_with_outputs(fm, {p[0].input[0] for p in pairs})
+    feeds = [dict(zip(names, sample)) for sample in job.calib_samples()[:ROUNDING_SAMPLES]]
+    reference = onnx.ModelProto()
+    reference.CopyFrom(fm)   # FP32 weights: fm's change below, layer after layer
+    ref = onnx_prefix.Prefix(reference, feeds)
+    live = onnx_prefix.Prefix(qm, feeds, disable_all=True)   # reads each layer's weights once its input is read
     for n, kind, auto, t, d, q_bias in pairs:
-        qsess, _ = _session_with_outputs(qm, {t}, disable_all=True)   # with the upstream layers compensated
         stats = rounding.Pairs()
         dims = inits[n.input[1]].dims
-        for sample in samples:
-            feed = dict(zip(names, sample))
-            x, xq = fsess.run([n.input[0]], feed)[0], qsess.run([t], feed)[0]
+        for x, xq in zip(ref.get(n.input[0]), live.get(t)):
             if x.shape != xq.shape:
                 break
             r, rq = _layer_rows(n, kind, auto, x, dims), _layer_rows(n, kind, auto, xq, dims)
