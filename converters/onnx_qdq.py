@@ -713,7 +713,7 @@ def check_symmetric(model) -> None:
 # calibration methods recovery tries after the plain recipe, cheapest first (entropy: onnxruntime's histograms)
 RECOVERY_METHODS = ("percentile", "entropy")
 # all-INT8 weight roundings recovery tries after the calibration methods and bias correction, before any float layer:
-# gptq_act is 2-6x the conversion time of the default gptq, so it is not the default (defaults.WEIGHT_ROUNDINGS)
+# gptq_act is the default (defaults.WEIGHT_ROUNDINGS); this step is for a plain recipe that kept gptq (auto's check)
 RECOVERY_ROUNDINGS = ("gptq_act",)
 MANY_FLOAT_ADVICE = ("the FP16 artifact (model.fp16.onnx) is the simpler choice, and TensorRT runs float layers in "
                      "FP16 anyway")

@@ -1118,8 +1118,8 @@ def float_ops_of(data: bytes) -> list[str]:
 # (job.tf_perms); recovery requantizes from those with a Debugger (seconds per candidate, no new conversion).
 
 RECOVERY_METHODS = ()   # recovery tries no other calibration method: the plain recipe's ranges are kept
-# then gptq_act (weights fitted layer after layer to the INT8 model's inputs): minutes, so a recovery step, not the
-# default; bench_ptq, EfficientNet-Lite0 rpi, 200 held-out crops: 0.925 / 24.3 dB (gptq) -> 0.955 / 26.4 dB
+# then gptq_act (weights fitted layer after layer to the INT8 model's inputs), where the plain recipe kept plain GPTQ
+# (the default is gptq_act; auto keeps gptq where it is closer to FP32 on samples gptq_act was not fitted to)
 RECOVERY_ROUNDINGS = ("gptq_act",)
 MANY_FLOAT_ADVICE = "consider the float model, or a looser --accuracy-target"
 

@@ -95,7 +95,7 @@ def test_from_keywords_refuses_what_the_pipeline_refused():
         ConversionOptions.from_keywords(max_float_layers=3)
     with pytest.raises(UsageError, match="--accuracy-target"):
         ConversionOptions.from_keywords(accuracy_target="top1=2")
-    with pytest.raises(UsageError, match="--weight-rounding 'adaround': expected one of gptq, nearest"):
+    with pytest.raises(UsageError, match="--weight-rounding 'adaround': expected one of gptq_act, gptq, nearest"):
         ConversionOptions.from_keywords(weight_rounding="adaround")
 
 

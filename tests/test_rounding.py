@@ -215,13 +215,13 @@ def _weights(path):
 
 @pytest.mark.parametrize("target", ["rpi", "jetson"])
 def test_gptq_codes_survive_each_converter_and_lower_the_error(onnx_cnn, fm_data, tmp_path, target):
-    """The default (gptq) against nearest rounding on the Fashion-MNIST CNN, on each route: the converter derives
+    """gptq against nearest rounding on the Fashion-MNIST CNN, on each route: the converter derives
     the very same weight scales from the rounded values (they are on its grid, each channel's largest weight
     kept), the codes differ from nearest rounding's by a level or a few, and the output is closer to FP32."""
     import edgeopt
     common = dict(calib=fm_data["calib_nchw"], val=fm_data["val_nchw"])
     near = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "n"), weight_rounding="nearest", **common)
-    gq = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "g"), **common)
+    gq = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "g"), weight_rounding="gptq", **common)
     assert near["calibration"]["recipe"]["weight_rounding"] == "nearest"
     assert gq["calibration"]["recipe"]["weight_rounding"] == "gptq"
     f = near["artifacts"][0]["file"]
@@ -261,7 +261,8 @@ def _convert_small(path, target, tmp_path):
     from edgeopt_testkit import save_arrays
     x = np.random.default_rng(1).standard_normal((48, 3, 12, 12)).astype(np.float32)
     files = save_arrays(tmp_path, calib=x[:32], val=x[32:])
-    m = edgeopt.convert(str(path), target, calib=files["calib"], val=files["val"], out=str(tmp_path / "o"))
+    m = edgeopt.convert(str(path), target, calib=files["calib"], val=files["val"], out=str(tmp_path / "o"),
+                        weight_rounding="gptq")
     assert m["calibration"]["recipe"]["weight_rounding"] == "gptq"
     return m
 
@@ -289,8 +290,9 @@ def test_gptq_act_on_each_route(onnx_cnn, fm_data, tmp_path, target):
     from FP32 than plain GPTQ's on the validation samples (on real models it is closer: benchmarks/bench_ptq.py)."""
     import edgeopt
     common = dict(calib=fm_data["calib_nchw"], val=fm_data["val_nchw"])
-    gq = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "g"), **common)
-    act = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "a"), weight_rounding="gptq_act", **common)
+    gq = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "g"), weight_rounding="gptq", **common)
+    act = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "a"), weight_rounding="gptq_act",
+                          calibration_method=gq["calibration"]["method"], **common)   # no auto: no check
     assert act["calibration"]["recipe"]["weight_rounding"] == "gptq_act"
     f = act["artifacts"][0]["file"]
     wg, wa = _weights(tmp_path / "g" / f), _weights(tmp_path / "a" / f)
@@ -303,3 +305,35 @@ def test_gptq_act_on_each_route(onnx_cnn, fm_data, tmp_path, target):
     sq = lambda m: m["accuracy"]["outputs"]["logits"]["sqnr_db"]  # noqa: E731
     print(target, "SQNR gptq", sq(gq), "gptq_act", sq(act), "codes moved", moved)
     assert sq(act) > sq(gq) - 0.3   # 42.33 -> 42.36 dB (rpi), 44.89 -> 44.92 (jetson): a small model fits well already
+
+
+@pytest.mark.parametrize("target", ["rpi", "jetson"])
+def test_default_keeps_the_rounding_closer_to_fp32_on_samples_not_fitted(onnx_cnn, fm_data, tmp_path, target):
+    """The default (gptq_act, calibration auto) is checked against plain GPTQ on calibration samples gptq_act was
+    not fitted to (32-63 of the 200), and the artifact written is the one kept: the same weights as that
+    rounding asked for explicitly with the ranges auto chose. With 32 calibration samples there are no others:
+    the check says it judged on the fitted ones."""
+    import edgeopt
+    common = dict(calib=fm_data["calib_nchw"], val=fm_data["val_nchw"])
+    m = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "d"), **common)
+    check = m["calibration"]["auto"]["weight_rounding"]
+    print(target, check)
+    assert m["calibration"]["samples"] == 200
+    assert check["samples"] == 32 and check["fitted_on_them"] is False
+    sq = check["sqnr_db"]
+    assert set(sq) == {"gptq", "gptq_act"} and all(20 < v < 80 for v in sq.values())
+    assert check["kept"] == ("gptq_act" if sq["gptq_act"] >= sq["gptq"] else "gptq")
+    assert m["calibration"]["recipe"]["weight_rounding"] == check["kept"]
+    same = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "e"), weight_rounding=check["kept"],
+                           calibration_method=m["calibration"]["method"], **common)
+    f = m["artifacts"][0]["file"]
+    for (cd, sd), (ce, se) in zip(_weights(tmp_path / "d" / f), _weights(tmp_path / "e" / f)):
+        assert np.array_equal(cd, ce) and np.allclose(sd, se, rtol=1e-6)
+    if target == "jetson":
+        import edgeopt_testkit
+        x = np.random.default_rng(1).standard_normal((32, 3, 12, 12)).astype(np.float32)
+        files = edgeopt_testkit.save_arrays(tmp_path, calib=x, val=x[:16])
+        small = edgeopt.convert(str(_grouped_cnn(tmp_path / "g.onnx")), target, calib=files["calib"],
+                                val=files["val"], out=str(tmp_path / "s"))
+        c = small["calibration"]["auto"]["weight_rounding"]
+        assert c["fitted_on_them"] is True and c["samples"] == 32 and "fitted to (too few others)" in c["by"]

@@ -142,9 +142,10 @@ CONVERSION = [
                 "samples), mse (least INT8 error per tensor), minmax, mean_minmax, percentile, or entropy (ONNX "
                 "QDQ only)."),
     option("weight_rounding", Optional[str], None, "--weight-rounding",
-           help="INT8 weight rounding: gptq (default: each layer's weights rounded against its calibration "
-                "inputs, least output error), nearest (the converter's own) or gptq_act (each layer "
-                "fitted to its input in the INT8 model)."),
+           help="INT8 weight rounding: gptq_act (default: each layer fitted, one after the other, to its input "
+                "in the INT8 model; with --calibration auto kept only where it beats gptq on calibration samples "
+                "it was not fitted to), gptq (each layer's weights rounded against its FP32 calibration inputs) "
+                "or nearest (the converter's own)."),
     option("max_samples", int, DEFAULT_MAX_CALIB, "--max-samples", help="At most this many calibration samples."),
     MAX_VAL_SAMPLES,
     TRUST_MODEL_CODE,

@@ -22,12 +22,15 @@ AUTO_SAMPLES = 32                       # calibration samples "auto" compares th
 FLOAT_BLOCKS_MIN_GAIN_DB = 0.5
 DEFAULT_BIAS_CORRECTION = True   # bias correction in the plain recipe (E[x]-weighted INT8 weight error)
 # INT8 weight rounding (edgeopt.conversion.rounding): "gptq" rounds each layer's weights against its inputs'
-# Hessian (the layer's output error, not each weight's); "nearest" is the converters' own. Measured (bench_ptq,
-# 200 held-out crops, output SQNR): EfficientNet-Lite0 rpi 22.5 -> 24.3 dB, jetson 21.8 -> 22.3; MobileNetV2 rpi
-# 20.8 -> 21.6, jetson 16.8 -> 17.0. "gptq_act" (every route) fits each layer, one after the other, to map its
-# input in the INT8 model to its FP32 output (rounding.compensated); benchmarks/README.md has its numbers. Not the
-# default: 2-6x the conversion time; accuracy recovery tries it before any float layer.
-WEIGHT_ROUNDINGS = ("gptq", "nearest", "gptq_act")   # the first is the default
+# Hessian (the layer's output error, not each weight's); "nearest" is the converters' own. "gptq_act" (the
+# default, every route) fits each layer, one after the other, to map its input in the INT8 model to its FP32
+# output, then rounds it by GPTQ (rounding.compensated). Measured (bench_ptq, 200 held-out crops, output SQNR):
+# nearest -> gptq -> gptq_act: EfficientNet-Lite0 rpi 22.5 -> 24.3 -> 26.2 dB, jetson 21.8 -> 22.3 -> 24.3;
+# MobileNetV2 rpi 20.8 -> 21.6 -> 22.1, jetson 16.8 -> 17.0 -> 19.0; benchmarks/README.md has the rest. With
+# calibration "auto", gptq_act is kept only where its outputs are at least as close to FP32 as plain GPTQ's on
+# calibration samples it was not fitted to (pipeline._rounding_check); about 2x plain GPTQ's conversion time.
+WEIGHT_ROUNDINGS = ("gptq_act", "gptq", "nearest")   # the first is the default
+MIN_CHECK_SAMPLES = 16   # calibration samples beyond ROUNDING_SAMPLES that _rounding_check needs to judge on them
 ROUNDING_SAMPLES = 32                    # calibration samples whose inputs make GPTQ's Hessians
 # The sanity floor: an artifact whose output has a cosine against FP32 under this is broken, not imprecise
 # (a good INT8 classifier keeps > 0.99; Magika's QDQ with a quantized LayerNorm gave 0.72), and the conversion

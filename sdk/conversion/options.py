@@ -108,7 +108,7 @@ class ConversionOptions:
     @classmethod
     def from_keywords(cls, **keywords) -> ConversionOptions:
         """The options :func:`edgeopt.convert`'s keywords (and the CLI's flags) ask for, the user-facing
-        defaults filled in: ``calibration_method`` auto, ``weight_rounding`` gptq, bias correction
+        defaults filled in: ``calibration_method`` auto, ``weight_rounding`` gptq_act, bias correction
         DEFAULT_BIAS_CORRECTION.
 
         None means "the default" for every keyword. A keyword not in KEYWORDS is a TypeError naming it (a

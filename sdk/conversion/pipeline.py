@@ -21,8 +21,8 @@ from edgeopt.conversion import data, recover, reference
 from edgeopt.conversion.accuracy import (add_label_accuracy, compare as compare_outputs, gate as accuracy_gate,
                                         guess_kind, parse_output_kinds)
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
-                                         DEFAULT_MIN_COSINE,
-                                         DEFAULT_MAX_VAL, IO_DTYPES, TFLITE_METHODS)
+                                         DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE, IO_DTYPES, MIN_CHECK_SAMPLES,
+                                         ROUNDING_SAMPLES, TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
@@ -518,7 +518,9 @@ def _run_routes(job, routes, fmt, progress) -> tuple[list[dict], dict | None]:
         _say(progress, f"converting to {kind}")
         if kind == routes[0][0] and job.options.recipe.calibration_method == "auto":
             got, auto = _auto_ranges(job, fn, fmt, progress)
-            job.options = job.options.with_recipe(calibration_method=auto["chosen"])
+            kept = (auto.get("weight_rounding") or {}).get("kept")
+            job.options = job.options.with_recipe(calibration_method=auto["chosen"],
+                                                  **({"weight_rounding": kept} if kept else {}))
         else:
             got = fn(job)
         if kind == routes[0][0] and getattr(job, "qdq_prep", None):  # keep the primary's float graph
@@ -551,7 +553,8 @@ def _auto_ranges(job, fn, fmt, progress):
     """(artifacts, report) of the primary route built with each of AUTO_METHODS, keeping the one whose outputs
     are closest to FP32 (the worst output's SQNR) on the first AUTO_SAMPLES calibration samples. The choice
     sees calibration data only, never the validation samples the check reports on. A costly weight rounding
-    (gptq_act: minutes, fitted to the ranges it is given) is built once, for the ranges chosen with plain GPTQ."""
+    (gptq_act: fitted to the ranges it is given) is built once, for the ranges chosen with plain GPTQ, and kept
+    only if its outputs are at least as close to FP32 as plain GPTQ's (:func:`_rounding_check`)."""
     n = min(AUTO_SAMPLES, data.count(job.calib))
     inputs = [job.calib[i["name"]][:n] for i in job.inputs]
     refs = reference.run_batched(_reference(job, fmt), inputs)
@@ -562,25 +565,57 @@ def _auto_ranges(job, fn, fmt, progress):
     for method in AUTO_METHODS:
         _say(progress, f"activation ranges: trying {method}")
         got = fn(job, job.recipe.replace(calibration_method=method, **({"weight_rounding": "gptq"} if costly else {})))
-        path = os.path.join(job.workdir, f"auto-{method}-{got[0]['file']}")
-        with open(path, "wb") as f:
-            f.write(got[0]["data"])
-        entry = _describe(got[0], path, job.inputs, src_out)
-        outs = runtime.Model(path, None, entry, threads=None).predict(inputs, batch_size=64)
-        os.remove(path)
-        acc = compare_outputs(refs, outs, names)
-        tried[method] = min(m["sqnr_db"] for m in acc.values())
+        tried[method] = _worst_sqnr(job, got[0], inputs, refs, src_out, names)
         if best is None or tried[method] > tried[best[0]]:
             best = (method, got, getattr(job, "qdq_prep", None))
     method, got, prep = best
     if prep is not None:
         job.qdq_prep = prep
+    report = {"chosen": method, "sqnr_db": tried, "samples": n,
+              "by": "worst output SQNR against FP32 on the calibration samples"
+                    + (", each with plain GPTQ weights (gptq_act is fitted to the chosen ranges)" if costly else "")}
     if costly:
         _say(progress, f"weight rounding: gptq_act for {method}")
-        got = fn(job, job.recipe.replace(calibration_method=method))
-    return got, {"chosen": method, "sqnr_db": tried, "samples": n,
-                 "by": "worst output SQNR against FP32 on the calibration samples"
-                       + (", each with plain GPTQ weights (gptq_act is fitted to the chosen ranges)" if costly else "")}
+        act = fn(job, job.recipe.replace(calibration_method=method))
+        report["weight_rounding"] = _rounding_check(job, fmt, got[0], act[0], names, src_out)
+        if report["weight_rounding"]["kept"] == "gptq_act":
+            got = act
+        elif prep is not None:
+            job.qdq_prep = prep
+    return got, report
+
+
+def _worst_sqnr(job, art: dict, inputs, refs, src_out, names) -> float:
+    """The worst output's SQNR (dB) against ``refs`` of an artifact run on ``inputs`` (edgeopt.runtime)."""
+    path = os.path.join(job.workdir, f"auto-{len(os.listdir(job.workdir))}-{art['file']}")
+    with open(path, "wb") as f:
+        f.write(art["data"])
+    try:
+        entry = _describe(art, path, job.inputs, src_out)
+        outs = runtime.Model(path, None, entry, threads=None).predict(inputs, batch_size=64)
+    finally:
+        os.remove(path)
+    return min(m["sqnr_db"] for m in compare_outputs(refs, outs, names).values())
+
+
+def _rounding_check(job, fmt, plain: dict, act: dict, names, src_out) -> dict:
+    """Which of two artifacts of the chosen ranges to keep: plain GPTQ's or gptq_act's, by the worst output's
+    SQNR against FP32 on calibration samples that gptq_act was not fitted to (those after the first
+    ROUNDING_SAMPLES, at most AUTO_SAMPLES of them; with fewer than MIN_CHECK_SAMPLES there, the first
+    AUTO_SAMPLES, which it was fitted to). gptq_act fits each layer to a few samples' INT8 inputs: a layer that
+    fits them and not the layer loses accuracy on other inputs, and a model kind it was never measured on must
+    not come out worse than plain GPTQ. A tie keeps gptq_act."""
+    total = data.count(job.calib)
+    lo = ROUNDING_SAMPLES if total - ROUNDING_SAMPLES >= MIN_CHECK_SAMPLES else 0
+    hi = min(total, lo + AUTO_SAMPLES)
+    inputs = [job.calib[i["name"]][lo:hi] for i in job.inputs]
+    refs = reference.run_batched(_reference(job, fmt), inputs)
+    got = {"gptq": _worst_sqnr(job, plain, inputs, refs, src_out, names),
+           "gptq_act": _worst_sqnr(job, act, inputs, refs, src_out, names)}
+    kept = "gptq_act" if got["gptq_act"] >= got["gptq"] else "gptq"
+    return {"kept": kept, "sqnr_db": got, "samples": hi - lo, "fitted_on_them": lo == 0,
+            "by": "worst output SQNR against FP32 on calibration samples "
+                  + ("gptq_act was fitted to (too few others)" if lo == 0 else "gptq_act was not fitted to")}
 
 
 def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops, split=None):
