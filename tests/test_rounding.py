@@ -337,3 +337,54 @@ def test_default_keeps_the_rounding_closer_to_fp32_on_samples_not_fitted(onnx_cn
                                 val=files["val"], out=str(tmp_path / "s"))
         c = small["calibration"]["auto"]["weight_rounding"]
         assert c["fitted_on_them"] is True and c["samples"] == 32 and "fitted to (too few others)" in c["by"]
+
+
+def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
+    """gptq_act on the TFLite route writes each fitted layer into the INT8 model in place (tf_tflite._Int8Weights)
+    instead of quantizing the whole model again: the codes and scales must be the quantizer's own for the same
+    float weights and biases (conv: a scale per output channel; depthwise: along axis 3; dense), with scales
+    that change (weights scaled per channel by 0.5-1.5)."""
+    import keras
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgeopt.converters import tf_tflite
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 3), name="image"), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.DepthwiseConv2D(3, activation="relu"), keras.layers.Conv2D(6, 1),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, name="logits")])
+    rng = np.random.default_rng(1)
+    for layer in model.layers:   # biases of their own (zero biases of one length share one constant)
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype(np.float32))
+    calib = [[s] for s in rng.standard_normal((16, 1, 16, 16, 3)).astype(np.float32)]
+    cache = {}
+    tf_tflite.quantize(tf_tflite.from_keras_model(model), calib, "float32", method="mse", weight_rounding="gptq",
+                       cache=cache)
+    cal = cache[("calibrated", True)]
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(cal))
+    live = tf_tflite._Int8Weights(tf_tflite._int8_float_io(cal, True))
+    layers = tf_tflite._roundable_layers(fm)
+    assert sorted(kind for kind, *_ in layers) == ["CONV_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"]
+    written = []
+    for kind, op, inputs, out, shape in layers:
+        if out not in live.ops:   # the classifier's output is renamed in the INT8 model (gptq_act never fits it)
+            continue
+        wbuf = fm.buffers[fm.subgraphs[0].tensors[inputs[1]].buffer]
+        w = np.frombuffer(bytes(wbuf.data), np.float32).reshape(shape)
+        axis = 3 if kind == "DEPTHWISE_CONV_2D" else 0
+        factor = rng.uniform(0.5, 1.5, w.shape[axis]).reshape([-1 if i == axis else 1 for i in range(w.ndim)])
+        new = (w * factor + rng.normal(0, 0.01, w.shape)).astype(np.float32)
+        wbuf.data = np.frombuffer(new.tobytes(), np.uint8)
+        bbuf = fm.buffers[fm.subgraphs[0].tensors[inputs[2]].buffer]
+        b = np.frombuffer(bytes(bbuf.data), np.float32) + rng.normal(0, 0.05, new.shape[axis]).astype(np.float32)
+        bbuf.data = np.frombuffer(b.tobytes(), np.uint8)
+        assert live.write(out, new, b)
+        written.append(out)
+    assert len(written) == 3
+    again = tf_tflite._Int8Weights(tf_tflite._int8_float_io(tf_tflite._serialized(fm), True))
+    for out in written:
+        (w1, s1, b1), (w2, s2, b2) = live.codes(out), again.codes(out)
+        np.testing.assert_allclose(s1, s2, rtol=1e-6)
+        assert np.abs(w1.astype(int) - w2).max() <= 1 and np.mean(w1 != w2) < 0.01   # a .5 tie at most
+        assert np.abs(b1.astype(np.int64) - b2).max() <= 1
+        assert np.abs(w1).max() == 127
