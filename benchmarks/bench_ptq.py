@@ -216,7 +216,7 @@ def _edgeopt(src, target, paths, out, accuracy_target=None, weight_rounding=None
         return None, time.perf_counter() - t0, {"refused": str(e)}
     secs = time.perf_counter() - t0
     calib = manifest.get("calibration") or {}
-    extra["calibration"] = {k: calib[k] for k in ("method", "recipe") if k in calib}
+    extra["calibration"] = {k: calib[k] for k in ("method", "recipe", "auto") if k in calib}
     if accuracy_target and manifest.get("recovery"):
         chosen = manifest["recovery"].get("chosen") or {}
         extra["recovery_float_layers"] = len(chosen.get("float_layers") or [])
@@ -307,10 +307,13 @@ def run(name, targets, work, a):
                     continue
                 out = os.path.join(work, f"{name}-{target}-{'target' if goal else 'plain'}{tag.replace(' ', '-')}")
                 art, secs, extra = _edgeopt(src, target, paths, out, goal, rounding)
+                # calibration auto may keep plain GPTQ where gptq_act was asked (pipeline._rounding_check)
+                kept = ((extra.get("calibration") or {}).get("recipe") or {}).get("weight_rounding")
+                label = tool + tag + (f" (kept {kept})" if kept and kept != rounding else "")
                 if art is None:
-                    rows.append({"model": name, "tool": tool + tag, "target": target, **extra})
+                    rows.append({"model": name, "tool": label, "target": target, **extra})
                 else:
-                    rows.append(_row(name, tool + tag, target, art, ref, x, secs, src_bytes, extra))
+                    rows.append(_row(name, label, target, art, ref, x, secs, src_bytes, extra))
                 print(json.dumps(rows[-1]), flush=True)
     if not a.no_nncf:
         art, secs, extra = _nncf(src, paths["calib"], os.path.join(work, f"{name}-nncf"))

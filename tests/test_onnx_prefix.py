@@ -2,15 +2,14 @@
 runs once, and a weight changed after a tensor was read is what later segments compute with (the sequential
 fitting of gptq_act)."""
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import helper, numpy_helper
 
 from edgeopt.converters import onnx_prefix
 
 
 def _model(w1, w2, w3):
     """x -> conv1 -> relu (a) -> conv2 (b) ; a + b (c) -> conv3 (y): a residual block, weights as initializers."""
+    import onnx
+    from onnx import helper, numpy_helper
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["a"]),
              helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1]),
@@ -23,6 +22,8 @@ def _model(w1, w2, w3):
 
 
 def _full(model, tensor, feed):
+    import onnx
+    import onnxruntime as ort
     m = onnx.ModelProto()
     m.CopyFrom(model)
     m.graph.output.append(onnx.ValueInfoProto(name=tensor))
@@ -31,6 +32,7 @@ def _full(model, tensor, feed):
 
 
 def test_segments_match_full_runs_and_follow_weight_changes():
+    from onnx import numpy_helper
     rng = np.random.default_rng(0)
     w1, w2, w3 = rng.normal(size=(3, 2, 3, 3)), rng.normal(size=(3, 3, 3, 3)), rng.normal(size=(2, 3, 1, 1))
     model = _model(w1, w2, w3)
@@ -54,6 +56,8 @@ def test_segments_match_full_runs_and_follow_weight_changes():
 
 
 def test_model_with_a_subgraph_runs_whole():
+    import onnx
+    from onnx import helper, numpy_helper
     then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
                              [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, None)])
     other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],

@@ -324,8 +324,8 @@ def test_default_keeps_the_rounding_closer_to_fp32_on_samples_not_fitted(onnx_cn
     assert set(sq) == {"gptq", "gptq_act"} and all(20 < v < 80 for v in sq.values())
     assert check["kept"] == ("gptq_act" if sq["gptq_act"] >= sq["gptq"] else "gptq")
     assert m["calibration"]["recipe"]["weight_rounding"] == check["kept"]
-    same = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "e"), weight_rounding=check["kept"],
-                           calibration_method=m["calibration"]["method"], **common)
+    edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "e"), weight_rounding=check["kept"],
+                    calibration_method=m["calibration"]["method"], **common)
     f = m["artifacts"][0]["file"]
     for (cd, sd), (ce, se) in zip(_weights(tmp_path / "d" / f), _weights(tmp_path / "e" / f)):
         assert np.array_equal(cd, ce) and np.allclose(sd, se, rtol=1e-6)
