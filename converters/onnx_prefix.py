@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Prefix", "supported"]
+__all__ = ["Prefix", "supported", "MAX_KEPT_BYTES"]
+
+# the most bytes of tensors a Prefix keeps between segments (32 samples of a high-resolution model's live tensors
+# can reach gigabytes); beyond it, it runs the whole model per request as before, keeping nothing
+MAX_KEPT_BYTES = 1 << 30
 
 
 def supported(model) -> bool:
@@ -27,10 +31,12 @@ def supported(model) -> bool:
 class Prefix:
     """``get(tensor)``: that tensor's value on each of ``feeds`` (dicts of graph input name -> array).
     ``model`` is read live (its initializers when each segment is built); ``disable_all`` runs segments at
-    ORT_DISABLE_ALL (Q/DQ as explicit ops, TensorRT's arithmetic)."""
+    ORT_DISABLE_ALL (Q/DQ as explicit ops, TensorRT's arithmetic). Past ``max_kept_bytes`` of kept tensors it
+    runs the whole model per request from then on."""
 
-    def __init__(self, model, feeds: list[dict], disable_all: bool = False):
-        self.model, self.disable_all = model, disable_all
+    def __init__(self, model, feeds: list[dict], disable_all: bool = False, max_kept_bytes: int | None = None):
+        self.model, self.disable_all, self.feeds = model, disable_all, feeds
+        self.max_kept_bytes = MAX_KEPT_BYTES if max_kept_bytes is None else max_kept_bytes
         graph = model.graph
         self.nodes = list(graph.node)     # ONNX graphs are stored in topological order
         self.inits = {i.name: i for i in graph.initializer}
@@ -47,10 +53,11 @@ class Prefix:
         self.whole = not supported(model)   # then each request runs the whole model (nothing kept)
 
     def get(self, tensor: str) -> list[np.ndarray]:
+        if tensor in self.values:
+            return self.values[tensor]
         if self.whole:
             return self._run_whole(tensor)
-        if tensor not in self.values:
-            self._run_segment(tensor)
+        self._run_segment(tensor)
         return self.values[tensor]
 
     def _session(self, model):
@@ -70,7 +77,7 @@ class Prefix:
         sess = self._session(m)
         names = [i.name for i in sess.get_inputs()]
         self.runs += self.n
-        return [sess.run([tensor], {k: self.values[k][i] for k in names})[0] for i in range(self.n)]
+        return [sess.run([tensor], {k: self.feeds[i][k] for k in names})[0] for i in range(self.n)]
 
     def _needed(self, tensor: str) -> list[int]:
         need, stack = set(), [tensor]
@@ -117,3 +124,5 @@ class Prefix:
         for t in [t for t in self.values if t != tensor]:
             if self.consumers.get(t, set()) <= self.done:
                 del self.values[t]
+        if sum(v.nbytes for vs in self.values.values() for v in vs) > self.max_kept_bytes:
+            self.whole, self.values = True, {tensor: self.values[tensor]}

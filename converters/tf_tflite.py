@@ -950,19 +950,21 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
     samples = calib[:ROUNDING_SAMPLES]
     layers = _roundable_layers(fm)
     # the FP32 inputs of every layer, run once (the INT8 model changes after each layer; the float one does not)
-    float_inputs = [[fi.get_tensor(inputs[0]) for _, _, inputs, _, _ in layers] for fi in _float_runs(raw, samples)]
+    float_inputs = _kept_inputs(raw, samples, [inputs[0] for _, _, inputs, _, _ in layers])
     res, originals = {}, {}
     live = _Int8Weights(quantized(_serialized(cm)))   # the INT8 model, each fitted layer written into it in place
     for k, (kind, op, inputs, out, shape) in enumerate(layers):
         q = live.data()
         stats, where = rounding.Pairs(), None
-        for fx, qi in zip(float_inputs, _float_runs(q, samples)):
+        xs = ([fx[k] for fx in float_inputs] if float_inputs is not None else
+              (fi.get_tensor(inputs[0]) for fi in _float_runs(raw, samples)))
+        for x, qi in zip(xs, _float_runs(q, samples)):
             if where is None:
                 op_q = _layers_by_output(qi).get(out)
                 if op_q is None:
                     break
                 where = int(op_q["inputs"][0])
-            x, xq = fx[k], _dequantized(qi, where)
+            xq = _dequantized(qi, where)
             if x.shape != xq.shape:
                 break
             r, rq = _layer_rows(kind, op, shape, x), _layer_rows(kind, op, shape, xq)
@@ -1002,6 +1004,24 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
             live = _Int8Weights(quantized(_serialized(cm)))
     return res, originals, {"method": "gptq_act", "layers": len(res), "of": len(_compute_layers(fm)),
                             "calibration_samples": len(samples)}
+
+
+# the most bytes of FP32 layer inputs gptq_act keeps for its fitting samples (a high-resolution model's inputs of
+# every layer on 32 samples can reach gigabytes); beyond it the FP32 model is run again for each layer
+MAX_KEPT_BYTES = 1 << 30
+
+
+def _kept_inputs(raw: bytes, samples, tensors: list[int], max_bytes: int | None = None) -> list[list] | None:
+    """Each sample's values of ``tensors`` in the FP32 model ``raw``, run once; None past ``max_bytes``
+    (default MAX_KEPT_BYTES)."""
+    limit = MAX_KEPT_BYTES if max_bytes is None else max_bytes
+    kept, total = [], 0
+    for fi in _float_runs(raw, samples):
+        kept.append([fi.get_tensor(t) for t in tensors])
+        total += sum(v.nbytes for v in kept[-1])
+        if total > limit:
+            return None
+    return kept
 
 
 def _serialized(fm) -> bytes:

@@ -55,6 +55,24 @@ def test_segments_match_full_runs_and_follow_weight_changes():
     assert "x" not in prefix.values and "c1" not in prefix.values   # nothing left reads them
 
 
+def test_past_its_memory_bound_it_runs_the_whole_model():
+    """A Prefix that would keep more than max_kept_bytes of tensors (high-resolution models, 32 samples) keeps
+    nothing and runs the whole model per request: the same values, weight changes still followed."""
+    from onnx import numpy_helper
+    rng = np.random.default_rng(0)
+    w1, w2, w3 = rng.normal(size=(3, 2, 3, 3)), rng.normal(size=(3, 3, 3, 3)), rng.normal(size=(2, 3, 1, 1))
+    model = _model(w1, w2, w3)
+    feeds = [{"x": rng.normal(size=(1, 2, 6, 6)).astype(np.float32)} for _ in range(2)]
+    prefix = onnx_prefix.Prefix(model, feeds, max_kept_bytes=100)
+    np.testing.assert_allclose(prefix.get("a")[1], _full(model, "a", feeds[1]), rtol=1e-6)
+    assert prefix.whole and list(prefix.values) == ["a"]   # "a" (2 x 108 floats) was over the bound
+    {i.name: i for i in model.graph.initializer}["w2"].CopyFrom(numpy_helper.from_array((w2 * 3).astype(np.float32), "w2"))
+    c = prefix.get("c")
+    assert prefix.runs == 4
+    for got, feed in zip(c, feeds):
+        np.testing.assert_allclose(got, _full(model, "c", feed), rtol=1e-5, atol=1e-5)
+
+
 def test_model_with_a_subgraph_runs_whole():
     import onnx
     from onnx import helper, numpy_helper

@@ -388,3 +388,23 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
         assert np.abs(w1.astype(int) - w2).max() <= 1 and np.mean(w1 != w2) < 0.01   # a .5 tie at most
         assert np.abs(b1.astype(np.int64) - b2).max() <= 1
         assert np.abs(w1).max() == 127
+
+
+@pytest.mark.parametrize("target", ["rpi", "jetson"])
+def test_gptq_act_past_its_memory_bound_gives_the_same_weights(onnx_cnn, fm_data, tmp_path, monkeypatch, target):
+    """gptq_act keeps the FP32 inputs of every layer (TFLite) or the live tensors of both models (QDQ) for its 32
+    fitting samples, up to MAX_KEPT_BYTES; past it (a high-resolution model) it runs the models again per layer
+    instead: the same weights either way."""
+    import edgeopt
+    from edgeopt.converters import onnx_prefix, tf_tflite
+    common = dict(calib=fm_data["calib_nchw"], val=fm_data["val_nchw"], calibration_method="mse",
+                  weight_rounding="gptq_act")
+    edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "kept"), **common)
+    monkeypatch.setattr(tf_tflite, "MAX_KEPT_BYTES", 0)
+    monkeypatch.setattr(onnx_prefix, "MAX_KEPT_BYTES", 0)
+    m = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "bounded"), **common)
+    f = m["artifacts"][0]["file"]
+    kept, bounded = _weights(tmp_path / "kept" / f), _weights(tmp_path / "bounded" / f)
+    assert len(kept) == len(bounded) == 4
+    for (ck, sk), (cb, sb) in zip(kept, bounded):
+        assert np.array_equal(ck, cb) and np.allclose(sk, sb, rtol=1e-6)
