@@ -950,15 +950,13 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
     samples = calib[:ROUNDING_SAMPLES]
     layers = _roundable_layers(fm)
     # the FP32 inputs of every layer, run once (the INT8 model changes after each layer; the float one does not)
-    float_inputs = _kept_inputs(raw, samples, [inputs[0] for _, _, inputs, _, _ in layers])
+    float_inputs = _FloatInputs(raw, samples, [inputs[0] for _, _, inputs, _, _ in layers])
     res, originals = {}, {}
     live = _Int8Weights(quantized(_serialized(cm)))   # the INT8 model, each fitted layer written into it in place
     for k, (kind, op, inputs, out, shape) in enumerate(layers):
         q = live.data()
         stats, where = rounding.Pairs(), None
-        xs = ([fx[k] for fx in float_inputs] if float_inputs is not None else
-              (fi.get_tensor(inputs[0]) for fi in _float_runs(raw, samples)))
-        for x, qi in zip(xs, _float_runs(q, samples)):
+        for x, qi in zip(float_inputs.get(k), _float_runs(q, samples)):
             if where is None:
                 op_q = _layers_by_output(qi).get(out)
                 if op_q is None:
@@ -1006,22 +1004,41 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
                             "calibration_samples": len(samples)}
 
 
-# the most bytes of FP32 layer inputs gptq_act keeps for its fitting samples (a high-resolution model's inputs of
-# every layer on 32 samples can reach gigabytes); beyond it the FP32 model is run again for each layer
+# the most bytes of FP32 layer inputs gptq_act keeps at a time for its fitting samples (a high-resolution model's
+# inputs of every layer on 32 samples reach gigabytes: PP-OCRv4's detector at 480x480)
 MAX_KEPT_BYTES = 1 << 30
 
 
-def _kept_inputs(raw: bytes, samples, tensors: list[int], max_bytes: int | None = None) -> list[list] | None:
-    """Each sample's values of ``tensors`` in the FP32 model ``raw``, run once; None past ``max_bytes``
-    (default MAX_KEPT_BYTES)."""
-    limit = MAX_KEPT_BYTES if max_bytes is None else max_bytes
-    kept, total = [], 0
-    for fi in _float_runs(raw, samples):
-        kept.append([fi.get_tensor(t) for t in tensors])
-        total += sum(v.nbytes for v in kept[-1])
-        if total > limit:
-            return None
-    return kept
+class _FloatInputs:
+    """The FP32 model's input tensor of each layer on each sample, for gptq_act: the model is run once for a
+    window of consecutive layers whose inputs on all samples fit in MAX_KEPT_BYTES (every layer at once on
+    MobileNet-class models; one run per layer would be 32 runs x 50 layers), the next window when a layer
+    past it is asked for."""
+
+    def __init__(self, raw: bytes, samples, tensors: list[int]):
+        self.raw, self.samples, self.tensors = raw, samples, tensors
+        interp = _interpreter(raw)
+        self.sizes = []
+        for t in tensors:
+            d = interp._get_tensor_details(t, subgraph_index=0)
+            self.sizes.append(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize * len(samples))
+        self.window: dict = {}
+        self.runs = 0
+
+    def get(self, k: int) -> list[np.ndarray]:
+        if k not in self.window:
+            chosen, total = [], 0
+            for j in range(k, len(self.tensors)):
+                if chosen and total + self.sizes[j] > MAX_KEPT_BYTES:
+                    break
+                chosen.append(j)
+                total += self.sizes[j]
+            self.window = {j: [] for j in chosen}
+            for fi in _float_runs(self.raw, self.samples):
+                self.runs += 1
+                for j in chosen:
+                    self.window[j].append(fi.get_tensor(self.tensors[j]))
+        return self.window[k]
 
 
 def _serialized(fm) -> bytes:

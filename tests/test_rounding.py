@@ -392,9 +392,9 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
 
 @pytest.mark.parametrize("target", ["rpi", "jetson"])
 def test_gptq_act_past_its_memory_bound_gives_the_same_weights(onnx_cnn, fm_data, tmp_path, monkeypatch, target):
-    """gptq_act keeps the FP32 inputs of every layer (TFLite) or the live tensors of both models (QDQ) for its 32
-    fitting samples, up to MAX_KEPT_BYTES; past it (a high-resolution model) it runs the models again per layer
-    instead: the same weights either way."""
+    """gptq_act keeps the FP32 inputs of the layers (TFLite) or the live tensors of both models (QDQ) for its 32
+    fitting samples up to MAX_KEPT_BYTES; past it (a high-resolution model) it runs the FP32 model once per window
+    of layers that fits (TFLite; here one layer each) or the whole models per layer (QDQ): the same weights."""
     import edgeopt
     from edgeopt.converters import onnx_prefix, tf_tflite
     common = dict(calib=fm_data["calib_nchw"], val=fm_data["val_nchw"], calibration_method="mse",
