@@ -15,11 +15,30 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Prefix", "supported", "MAX_KEPT_BYTES"]
+from edgeopt.conversion import defaults
 
-# the most bytes of tensors a Prefix keeps between segments (32 samples of a high-resolution model's live tensors
-# can reach gigabytes); beyond it, it runs the whole model per request as before, keeping nothing
-MAX_KEPT_BYTES = 1 << 30
+__all__ = ["Prefix", "supported", "session_with_outputs"]
+
+
+def session_with_outputs(model, tensors, disable_all: bool = False):
+    """(onnxruntime session of ``model`` with ``tensors`` as extra outputs, its output names)."""
+    import onnx
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for t in sorted(set(tensors) - have):
+        m.graph.output.append(onnx.ValueInfoProto(name=t))
+    sess = _session(m, disable_all)
+    return sess, [o.name for o in sess.get_outputs()]
+
+
+def _session(model, disable_all: bool):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if disable_all:  # Q/DQ as explicit ops (TensorRT's arithmetic), and no fused node hides a tensor
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def supported(model) -> bool:
@@ -36,7 +55,7 @@ class Prefix:
 
     def __init__(self, model, feeds: list[dict], disable_all: bool = False, max_kept_bytes: int | None = None):
         self.model, self.disable_all, self.feeds = model, disable_all, feeds
-        self.max_kept_bytes = MAX_KEPT_BYTES if max_kept_bytes is None else max_kept_bytes
+        self.max_kept_bytes = defaults.GPTQ_ACT_MAX_KEPT_BYTES if max_kept_bytes is None else max_kept_bytes
         graph = model.graph
         self.nodes = list(graph.node)     # ONNX graphs are stored in topological order
         self.inits = {i.name: i for i in graph.initializer}
@@ -60,21 +79,8 @@ class Prefix:
         self._run_segment(tensor)
         return self.values[tensor]
 
-    def _session(self, model):
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if self.disable_all:
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
-
     def _run_whole(self, tensor: str) -> list[np.ndarray]:
-        import onnx
-        m = onnx.ModelProto()
-        m.CopyFrom(self.model)
-        if tensor not in {o.name for o in m.graph.output}:
-            m.graph.output.append(onnx.ValueInfoProto(name=tensor))
-        sess = self._session(m)
+        sess, _ = session_with_outputs(self.model, {tensor}, self.disable_all)
         names = [i.name for i in sess.get_inputs()]
         self.runs += self.n
         return [sess.run([tensor], {k: self.feeds[i][k] for k in names})[0] for i in range(self.n)]
@@ -114,7 +120,7 @@ class Prefix:
         m = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import))
         m.ir_version = self.model.ir_version
         m.functions.extend(self.model.functions)
-        sess = self._session(m)
+        sess = _session(m, self.disable_all)
         got = [sess.run(outs, {t: self.values[t][i] for t in ins}) for i in range(self.n)]
         self.runs += self.n
         for j, t in enumerate(outs):

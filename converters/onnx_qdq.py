@@ -383,23 +383,6 @@ def _layer_rows(n, kind: str, auto, x, w_shape):
     return "channels", pt.reshape(len(pt), -1, pt.shape[-1])
 
 
-def _session_with_outputs(model, tensors, disable_all: bool = False):
-    """(onnxruntime session of ``model`` with ``tensors`` as extra outputs, its output names)."""
-    import onnx
-    import onnxruntime as ort
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in sorted(set(tensors) - have):
-        m.graph.output.append(onnx.ValueInfoProto(name=t))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if disable_all:  # Q/DQ as explicit ops (TensorRT's arithmetic), and no fused node hides a tensor
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
-    return sess, [o.name for o in sess.get_outputs()]
-
-
 def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> str:
     """The float graph with the weights of its Conv (dense or depthwise), Gemm and MatMul layers rounded by GPTQ
     (edgeopt.conversion.rounding) and written back as float values on the INT8 grid quantize_static derives
@@ -411,6 +394,7 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
 
     from edgeopt.conversion import rounding
     from edgeopt.conversion.defaults import ROUNDING_SAMPLES
+    from edgeopt.converters import onnx_prefix
     cache = job.__dict__.setdefault("_gptq_cache", {})
     key = (prep, per_channel)
     if key in cache:
@@ -421,7 +405,7 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
     if not layers:
         cache[key] = prep
         return prep
-    sess, outs = _session_with_outputs(fm, {n.input[0] for n, _, _ in layers})
+    sess, outs = onnx_prefix.session_with_outputs(fm, {n.input[0] for n, _, _ in layers})
     hs = rounding.Hessians()  # by output tensor: node names may be empty, tensor names are unique
     for sample in job.calib_samples()[:ROUNDING_SAMPLES]:
         got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))

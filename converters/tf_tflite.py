@@ -15,6 +15,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN reorders float sum
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from edgeopt.conversion import defaults  # noqa: E402
 from edgeopt.errors import UsageError  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
@@ -1004,14 +1005,9 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
                             "calibration_samples": len(samples)}
 
 
-# the most bytes of FP32 layer inputs gptq_act keeps at a time for its fitting samples (a high-resolution model's
-# inputs of every layer on 32 samples reach gigabytes: PP-OCRv4's detector at 480x480)
-MAX_KEPT_BYTES = 1 << 30
-
-
 class _FloatInputs:
     """The FP32 model's input tensor of each layer on each sample, for gptq_act: the model is run once for a
-    window of consecutive layers whose inputs on all samples fit in MAX_KEPT_BYTES (every layer at once on
+    window of consecutive layers whose inputs on all samples fit in defaults.GPTQ_ACT_MAX_KEPT_BYTES (every layer at once on
     MobileNet-class models; one run per layer would be 32 runs x 50 layers), the next window when a layer
     past it is asked for."""
 
@@ -1023,19 +1019,17 @@ class _FloatInputs:
             d = interp._get_tensor_details(t, subgraph_index=0)
             self.sizes.append(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize * len(samples))
         self.window: dict = {}
-        self.runs = 0
 
     def get(self, k: int) -> list[np.ndarray]:
         if k not in self.window:
             chosen, total = [], 0
             for j in range(k, len(self.tensors)):
-                if chosen and total + self.sizes[j] > MAX_KEPT_BYTES:
+                if chosen and total + self.sizes[j] > defaults.GPTQ_ACT_MAX_KEPT_BYTES:
                     break
                 chosen.append(j)
                 total += self.sizes[j]
             self.window = {j: [] for j in chosen}
             for fi in _float_runs(self.raw, self.samples):
-                self.runs += 1
                 for j in chosen:
                     self.window[j].append(fi.get_tensor(self.tensors[j]))
         return self.window[k]

@@ -393,15 +393,14 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
 @pytest.mark.parametrize("target", ["rpi", "jetson"])
 def test_gptq_act_past_its_memory_bound_gives_the_same_weights(onnx_cnn, fm_data, tmp_path, monkeypatch, target):
     """gptq_act keeps the FP32 inputs of the layers (TFLite) or the live tensors of both models (QDQ) for its 32
-    fitting samples up to MAX_KEPT_BYTES; past it (a high-resolution model) it runs the FP32 model once per window
+    fitting samples up to defaults.GPTQ_ACT_MAX_KEPT_BYTES; past it (a high-resolution model) it runs the FP32 model once per window
     of layers that fits (TFLite; here one layer each) or the whole models per layer (QDQ): the same weights."""
     import edgeopt
-    from edgeopt.converters import onnx_prefix, tf_tflite
+    from edgeopt.conversion import defaults
     common = dict(calib=fm_data["calib_nchw"], val=fm_data["val_nchw"], calibration_method="mse",
                   weight_rounding="gptq_act")
     edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "kept"), **common)
-    monkeypatch.setattr(tf_tflite, "MAX_KEPT_BYTES", 0)
-    monkeypatch.setattr(onnx_prefix, "MAX_KEPT_BYTES", 0)
+    monkeypatch.setattr(defaults, "GPTQ_ACT_MAX_KEPT_BYTES", 0)
     m = edgeopt.convert(onnx_cnn, target, out=str(tmp_path / "bounded"), **common)
     f = m["artifacts"][0]["file"]
     kept, bounded = _weights(tmp_path / "kept" / f), _weights(tmp_path / "bounded" / f)

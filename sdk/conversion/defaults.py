@@ -32,6 +32,10 @@ DEFAULT_BIAS_CORRECTION = True   # bias correction in the plain recipe (E[x]-wei
 WEIGHT_ROUNDINGS = ("gptq_act", "gptq", "nearest")   # the first is the default
 MIN_CHECK_SAMPLES = 16   # calibration samples beyond ROUNDING_SAMPLES that _rounding_check needs to judge on them
 ROUNDING_SAMPLES = 32                    # calibration samples whose inputs make GPTQ's Hessians
+# the most bytes of tensors gptq_act keeps for its fitting samples (FP32 layer inputs on TFLite, live segment tensors
+# on QDQ; a high-resolution model on 32 samples reaches gigabytes: PP-OCRv4's detector at 480x480); past it, it runs
+# the models again (TFLite: once per window of layers that fits; QDQ: the whole model per layer)
+GPTQ_ACT_MAX_KEPT_BYTES = 1 << 30
 # The sanity floor: an artifact whose output has a cosine against FP32 under this is broken, not imprecise
 # (a good INT8 classifier keeps > 0.99; Magika's QDQ with a quantized LayerNorm gave 0.72), and the conversion
 # fails (exit 1) instead of reporting it as a success.
