@@ -74,6 +74,10 @@ def test_magika_rpi_keeps_its_normalization_blocks_float_and_converts_right(magi
     assert fb["float"] is True and "DIV, SQRT" in fb["why"] and fb["budget"]["max_float_layers"] >= 5
     assert {"DIV", "SQRT", "SUM"} <= set(art["float_ops"]) and not {"CONV_2D", "FULLY_CONNECTED"} & set(art["float_ops"])
     assert acc["cosine"] >= 0.98 and acc["top1_agreement"] >= 0.9  # 0.9943 / 0.95 measured (120 files)
+    # gptq_act fitted in the artifact's form (its blocks float) comes near plain GPTQ (29.1 vs 31.3 dB measured;
+    # auto keeps GPTQ); fitted to the all-INT8 form (broken INT8 LayerNorm) it was 13-19 dB worse
+    check = m["calibration"]["auto"]["weight_rounding"]["sqnr_db"]
+    assert check["gptq_act"] >= check["gptq"] - 5, check
     x = np.load(arrays["val"])[:4]
     out = edgeopt.runtime.load(str(d / "rpi"), artifact=art["file"]).run(x)[0]  # the int32 bytes as they are
     assert out.shape == (4, 214) and np.allclose(out.sum(1), 1, atol=0.05)  # softmax scores
