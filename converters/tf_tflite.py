@@ -1082,6 +1082,9 @@ class _Int8Weights:
         sg = self.model.Subgraphs(0)
         self.sg = sg
         self.ops = {}
+        self.users: dict = {}   # buffer index: tensors that use it (a shared INT32 bias is not one layer's)
+        for i in range(sg.TensorsLength()):
+            self.users[sg.Tensors(i).Buffer()] = self.users.get(sg.Tensors(i).Buffer(), 0) + 1
         for i in range(sg.OperatorsLength()):
             op = sg.Operators(i)
             code = self.model.OperatorCodes(op.OpcodeIndex())
@@ -1105,7 +1108,8 @@ class _Int8Weights:
 
     def write(self, out: str, weights: np.ndarray, bias: np.ndarray | None) -> bool:
         """Write a layer's float ``weights`` (the float model's layout) and ``bias`` as INT8 / INT32 codes; False
-        (nothing written) where the layer is not in the form this knows (then quantize the model again)."""
+        (nothing written) where the layer is not in the form this knows (then quantize the model again). With
+        ``bias`` None the layer's INT32 bias keeps its float value: its codes follow the new weight scales."""
         from tensorflow.lite.python import schema_py_generated as schema
 
         from edgeopt.conversion.rounding import LEVELS
@@ -1134,16 +1138,19 @@ class _Int8Weights:
         if len(scales) > 1:
             shape[axis] = -1
         q = np.clip(np.round(w / new_scales.reshape(shape)), -LEVELS, LEVELS)
-        if bias is not None:
-            if len(inputs) < 3 or inputs[2] < 0:
-                return False
+        if bias is not None and (len(inputs) < 3 or inputs[2] < 0):
+            return False
+        if len(inputs) > 2 and inputs[2] >= 0:
             t_b = self.sg.Tensors(inputs[2])
             b_codes = self.model.Buffers(t_b.Buffer()).DataAsNumpy()
             b_scales = t_b.Quantization().ScaleAsNumpy() if t_b.Quantization() is not None else 0
             if (t_b.Type() != schema.TensorType.INT32 or isinstance(b_codes, int) or isinstance(b_scales, int)
-                    or b_codes.size != 4 * len(bias) or len(b_scales) != len(bias)):
+                    or self.users.get(t_b.Buffer(), 0) != 1 or len(b_scales) != b_codes.size // 4
+                    or (bias is not None and len(bias) != len(b_scales))):
                 return False
-            bs = float(s_in[0]) * np.broadcast_to(new_scales, (len(bias),))
+            if bias is None:   # the float bias the codes hold now
+                bias = b_codes.view(np.int32).astype(np.float64) * b_scales
+            bs = float(s_in[0]) * np.broadcast_to(new_scales, (len(b_scales),))
             b_codes.view(np.int32)[:] = np.clip(np.round(np.asarray(bias, np.float64) / bs), -2 ** 31, 2 ** 31 - 1)
             b_scales[:] = bs
         codes.view(np.int8)[:] = q.reshape(-1).astype(np.int8)
