@@ -24,6 +24,10 @@ gains nothing (-0.25 dB QDQ, -0.2 dB TFLite). CLE pays off only with
 per-tensor weights (QDQ: +1.25 dB, top-1 0.63 -> 0.79), still far below per-channel without it. Hence
 edgeopt does not run it by default; the function is here, tested, for ReLU networks and per-tensor recipes.
 
+What does run by default is :func:`equalize_depthwise_inputs`: the same rescaling of a conv -> ReLU(6) ->
+depthwise pair, with the scales chosen from the *activations* on the calibration data (each channel of the
+depthwise input brought to about the same range) rather than from the weights, and ReLU6 kept as it is.
+
 The float model's outputs are unchanged up to float rounding. Only onnx and numpy are used; onnx is
 imported inside the functions (edgeopt imports converters lazily).
 """
@@ -33,7 +37,7 @@ import numpy as np
 
 from edgeopt.converters.onnx_fold import attribute
 
-__all__ = ["equalize", "equalize_file", "CLIP_MODES"]
+__all__ = ["equalize", "equalize_file", "equalize_depthwise_inputs", "CLIP_MODES"]
 
 CLIP_MODES = ("skip", "exact")
 # Activations with f(x / s) == f(x) / s for every s > 0.
@@ -447,3 +451,71 @@ def equalize_file(src: str, dst: str, **options) -> dict:
     model, report = equalize(onnx.load(src), **options)
     onnx.save(model, dst)
     return report
+
+
+def equalize_depthwise_inputs(model, feeds: list[dict], margin: float, floor: float) -> dict:
+    """Equalize the channel ranges of each depthwise convolution's input from data, in place; returns what it did.
+
+    A depthwise input (Conv -> Relu or Clip(0, hi) -> zero Pad -> depthwise Conv: MobileNet's inverted
+    residuals) is quantized with one scale for all its channels, and many channels use a fraction of it
+    (MobileNetV2: half of the channels under 0.35-0.5 of the tensor's range; TensorRT and TFLite take one scale
+    per activation tensor, NNCF's per-channel scales there run on neither). Channel c of the first Conv (weights,
+    bias) is divided by s_c and the depthwise filter c multiplied by it, so every channel reaches about the same
+    range; the depthwise weights are quantized per channel, so they lose nothing. ``feeds``: calibration inputs,
+    on which each channel's maximum ``r_c`` is measured. Through a Relu, ``s_c = r_c / max(r)`` (exact: Relu is
+    homogeneous). Through Clip(0, hi), ``s_c = min(1, margin * r_c / hi)``: the Clip stays, so channel c is now
+    clipped at ``min(hi, margin * r_c)``: the same function wherever a channel stays under ``margin`` times its
+    calibration maximum (every calibration sample), where the INT8 model's own range clips it anyway for most
+    channels. ``floor``: the smallest ``s_c`` (a channel that is almost always zero is not blown up)."""
+    from onnx import numpy_helper
+
+    from edgeopt.converters import onnx_io
+    graph = _Graph(model)
+    skipped: dict = {}
+    pairs = []
+    for p in _find_pairs(graph, "exact", skipped):
+        w2 = graph.inits[p.second.input[1]]
+        channels = _out_channels(p.first, graph.inits[p.first.input[1]].dims)
+        if p.first.op_type != "Conv" or attribute(p.second, "group", 1) != channels or list(w2.dims[:2]) != [channels, 1]:
+            continue   # not a depthwise convolution with multiplier 1
+        bounds = [_clip_bounds(graph, c) for c in p.clips]
+        if len(bounds) > 1 or any(b is False or b[0] != 0 or b[1] is None or b[1] <= 0 for b in bounds):
+            continue   # one Clip(0, hi) at most
+        if not any(n.op_type in ("Relu", "Clip") for n in p.path):
+            continue   # no rectifier: the ranges are signed and symmetric INT8 already fits them
+        pairs.append((p, bounds[0][1] if bounds else None))
+    info = {"pairs": 0, "of": len(pairs), "margin": margin, "floor": floor}
+    if not pairs or not feeds:
+        return info
+    tensors = [p.second.input[0] for p, _ in pairs]
+    sess = onnx_io.tensor_session(model, tensors)
+    top = {t: None for t in tensors}
+    for feed in feeds:
+        for t, v in zip(tensors, sess.run(tensors, feed)):
+            if v.ndim < 2:
+                break
+            m = np.abs(v).reshape(v.shape[0], v.shape[1], -1).max(axis=(0, 2)).astype(np.float64)
+            top[t] = m if top[t] is None else np.maximum(top[t], m)
+    spread = []
+    for (p, hi), t in zip(pairs, tensors):
+        r = top[t]
+        if r is None or r.max() <= 0:
+            continue
+        s = np.clip(margin * r / hi, floor, 1.0) if hi is not None else np.maximum(r / r.max(), floor)
+        w1, b1, w2 = (numpy_helper.to_array(graph.inits[n]).astype(np.float64) if n else None
+                      for n in (p.first.input[1], p.first.input[2] if len(p.first.input) > 2 else "", p.second.input[1]))
+        if len(s) != w1.shape[0] or len(s) != w2.shape[0] or (b1 is not None and b1.shape != s.shape):
+            continue
+        shape = (-1,) + (1,) * (w1.ndim - 1)
+        graph.inits[p.first.input[1]].CopyFrom(numpy_helper.from_array((w1 / s.reshape(shape)).astype(np.float32),
+                                                                       p.first.input[1]))
+        if b1 is not None:
+            graph.inits[p.first.input[2]].CopyFrom(numpy_helper.from_array((b1 / s).astype(np.float32),
+                                                                           p.first.input[2]))
+        graph.inits[p.second.input[1]].CopyFrom(numpy_helper.from_array(
+            (w2 * s.reshape((-1,) + (1,) * (w2.ndim - 1))).astype(np.float32), p.second.input[1]))
+        info["pairs"] += 1
+        spread.append(float(np.median(s)))
+    if spread:
+        info["median_scale"] = round(float(np.median(spread)), 3)
+    return info

@@ -146,7 +146,7 @@ def convert(job, recipe=None) -> list[dict]:
         sample_nhwc = None
         if len(src_inputs) == 1 and perms[0] and len(src_inputs[0]["shape"]) == 4:
             sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
-        keras_model = to_keras(simplify(job.static_onnx_path(), job.source_name), sample_nhwc, job.source_name)
+        keras_model = to_keras(simplify(job.quantizable_onnx_path(), job.source_name), sample_nhwc, job.source_name)
         graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
         real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:])
                       for s, g in zip(src_inputs, graph.inputs)]

@@ -261,3 +261,79 @@ def test_module_import_is_light():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def _depthwise_block(rng, clip_hi=6.0, group=8):
+    """conv 3->8 whose output channels differ in range by up to 100x -> Relu or Clip(0, clip_hi) -> zero Pad
+    -> depthwise 3x3 (``group`` 8; 1: an ordinary conv) -> 1x1 conv -> 4; the rectified tensor is "a1"."""
+    c = 8
+    w1 = rng.standard_normal((c, 3, 3, 3)) * np.logspace(-2, 0, c)[:, None, None, None]
+    inits = {"w1": w1.astype(np.float32), "b1": (0.1 * rng.standard_normal(c)).astype(np.float32),
+             "w2": rng.standard_normal((c, c // group, 3, 3)).astype(np.float32),
+             "b2": rng.standard_normal(c).astype(np.float32),
+             "w3": rng.standard_normal((4, c, 1, 1)).astype(np.float32), "b3": np.zeros(4, np.float32),
+             "lo": np.array(0.0, np.float32), "hi": np.array(clip_hi or 0, np.float32),
+             "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
+    rect = (helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"]) if clip_hi else helper.make_node("Relu", ["c1"], ["a1"]))
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), rect,
+             helper.make_node("Pad", ["a1", "pads"], ["p1"]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], group=group),
+             helper.make_node("Conv", ["c2", "w3", "b3"], ["y"])]
+    return _model(nodes, inits)
+
+
+def _with_a1(model, x):
+    """(y, a1) of a :func:`_depthwise_block` on x."""
+    from edgeopt.converters import onnx_io
+    return onnx_io.tensor_session(model, ["a1"]).run(["y", "a1"], {"x": x})
+
+
+@pytest.mark.parametrize("clip_hi", [6.0, None], ids=["relu6", "relu"])
+def test_depthwise_inputs_equalized_from_the_calibration_data(clip_hi):
+    """Each channel of a depthwise input reaches about the same range (Relu: the tensor's maximum; Clip(0, hi):
+    hi / margin, or hi where its calibration maximum is over hi / margin already); the function is the same on
+    the calibration data; the INT8 error of that tensor (one symmetric scale, as TensorRT and TFLite take it)
+    falls; the calibration data's channel maxima came from the data given."""
+    rng = np.random.default_rng(7)
+    model = _depthwise_block(rng, clip_hi)
+    x = (rng.standard_normal((8, 3, 8, 8)) * 2).astype(np.float32)
+    y0, a0 = _with_a1(model, x)
+    eq = onnx.ModelProto()
+    eq.CopyFrom(model)
+    info = onnx_equalize.equalize_depthwise_inputs(eq, [{"x": x[i:i + 1]} for i in range(len(x))], margin=2.0,
+                                                   floor=1 / 16)
+    assert info["pairs"] == 1 and info["of"] == 1, info
+    y1, a1 = _with_a1(eq, x)
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * np.abs(y0).max())
+    r0, r1 = a0.max(axis=(0, 2, 3)), a1.max(axis=(0, 2, 3))
+    s = r0 / r1                                            # each channel's scale
+    assert r0.min() < 0.1 * r0.max()                      # the block's channels differ (what it evens out)
+    if clip_hi:
+        want = np.where(2.0 * r0 / clip_hi >= 1, r0, clip_hi / 2.0)
+        want = np.where(2.0 * r0 / clip_hi < 1 / 16, r0 * 16, want)
+        np.testing.assert_allclose(r1, want, rtol=1e-4)
+    else:
+        np.testing.assert_allclose(r1, np.where(r0 >= r0.max() / 16, r0.max(), r0 * 16), rtol=1e-4)
+    assert s.min() >= 1 / 16 - 1e-6 and s.max() <= 1 + 1e-6
+
+    def int8_error(a, scale):   # per channel: symmetric INT8 of the whole tensor, in the original units
+        step = np.abs(a).max() / 127
+        return np.sqrt(np.mean((np.round(a / step) * step * scale - a * scale) ** 2, axis=(0, 2, 3)))
+    e0, e1 = int8_error(a0, 1.0), int8_error(a1, s[None, :, None, None])
+    assert (e1 <= e0 * 1.05 + 1e-9).all() and np.mean(e1 / a0.std(axis=(0, 2, 3))) < 0.5 * np.mean(
+        e0 / a0.std(axis=(0, 2, 3)))
+
+
+def test_depthwise_equalization_leaves_other_patterns_alone():
+    """An ordinary convolution after the rectifier (its weights are quantized per output channel: scaling its
+    inputs would move precision between them) and a block with no data are left as they are."""
+    rng = np.random.default_rng(8)
+    model = _depthwise_block(rng, 6.0, group=1)
+    before = _weights(model)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    info = onnx_equalize.equalize_depthwise_inputs(model, [{"x": x[:1]}, {"x": x[1:]}], 2.0, 1 / 16)
+    assert info["pairs"] == 0 and info["of"] == 0
+    assert all(np.array_equal(before[k], v) for k, v in _weights(model).items())
+    dw = _depthwise_block(rng, 6.0)
+    assert onnx_equalize.equalize_depthwise_inputs(dw, [], 2.0, 1 / 16) == {"pairs": 0, "of": 1, "margin": 2.0,
+                                                                            "floor": 1 / 16}

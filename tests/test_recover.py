@@ -134,6 +134,9 @@ def test_lite0_jetson_default_recipe_floor(lite0_recovered):
     # gptq_act kept: closer to FP32 than plain GPTQ on calibration crops it was not fitted to
     check = auto["weight_rounding"]
     assert check["kept"] == m["calibration"]["recipe"]["weight_rounding"] == "gptq_act" and not check["fitted_on_them"]
+    # its 16 depthwise inputs (after ReLU6) equalized; most Lite0 channels reach 6 already (median scale 1)
+    eq = m["calibration"]["equalization"]
+    assert eq["pairs"] == eq["of"] == 16 and eq["margin"] == 2.0, eq
     qdq = onnx.load(str(d / "jetson" / a["file"]))
     # TensorRT's placement: no Q/DQ between a Conv and the activation it fuses (Clip/Relu take the Conv's output)
     producer = {o: n.op_type for n in qdq.graph.node for o in n.output}

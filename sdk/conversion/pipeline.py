@@ -21,8 +21,9 @@ from edgeopt.conversion import data, recover, reference
 from edgeopt.conversion.accuracy import (add_label_accuracy, compare as compare_outputs, gate as accuracy_gate,
                                         guess_kind, parse_output_kinds)
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
-                                         DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE, IO_DTYPES, MIN_CHECK_SAMPLES,
-                                         ROUNDING_SAMPLES, TFLITE_METHODS)
+                                         DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE, DEPTHWISE_EQUALIZATION_FLOOR,
+                                         DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES, ROUNDING_SAMPLES,
+                                         TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
@@ -122,6 +123,8 @@ class Job:
         self.onnx_model = onnx_model
         self.options = options or ConversionOptions()
         self._static_onnx = None
+        self._quantizable_onnx = None
+        self.equalization = None      # what quantizable_onnx_path() did (the manifest's calibration.equalization)
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
     @property
@@ -148,6 +151,26 @@ class Job:
             self._static_onnx = os.path.join(self.workdir, "source.static.onnx")
             onnx.save(m, self._static_onnx)
         return self._static_onnx
+
+    def quantizable_onnx_path(self) -> str:
+        """The float ONNX the routes quantize: :meth:`static_onnx_path` with its depthwise inputs equalized on
+        the calibration samples (edgeopt.converters.onnx_equalize.equalize_depthwise_inputs), or that file itself
+        where there is nothing to equalize. The FP32 reference is the static source, never this."""
+        if self._quantizable_onnx is None:
+            import onnx
+
+            from edgeopt.converters import onnx_equalize
+            m = onnx.load(self.static_onnx_path())
+            names = [i["name"] for i in self.inputs]
+            feeds = [dict(zip(names, sample)) for sample in self.calib_samples()]
+            self.equalization = onnx_equalize.equalize_depthwise_inputs(
+                m, feeds, DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR)
+            path = self.static_onnx_path()
+            if self.equalization["pairs"]:
+                path = os.path.join(self.workdir, "source.equalized.onnx")
+                onnx.save(m, path)
+            self._quantizable_onnx = path
+        return self._quantizable_onnx
 
 
 def _say(progress, msg):
@@ -495,6 +518,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
                          options)
     if auto is not None:
         manifest["calibration"]["auto"] = auto
+    if job.equalization is not None:
+        manifest["calibration"]["equalization"] = job.equalization
     if recovery is not None:
         manifest["calibration"]["method"] = recovery["chosen"]["recipe"]["calibration_method"]
         manifest["calibration"]["recipe"] = recovery["chosen"]["recipe"]
