@@ -25,8 +25,7 @@ def convert(job, recipe=None) -> list[dict]:
     onnx_fold.name_nodes(model)
     keep = onnx_fold.fp16_unsafe_nodes(model)
     # the FP32 model (folded) on the first calibration samples: the activations' magnitudes
-    names = [i["name"] for i in job.inputs]
-    feeds = [dict(zip(names, sample)) for sample in job.calib_samples()[:OVERFLOW_SAMPLES]]
+    feeds = job.calib_feeds(OVERFLOW_SAMPLES)
     overflow = [n for n in onnx_fold.fp16_overflow_nodes(model, feeds) if n not in keep]
     keep += overflow
     # op_block_list None: onnxruntime's default list (ops without FP16 kernels) stays in FP32 as before

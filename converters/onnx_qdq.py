@@ -478,7 +478,7 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     if not pairs:
         cache[key] = gptq_rounded(job, base, names, bool(recipe.per_channel))
         return cache[key]
-    feeds = [dict(zip(names, sample)) for sample in job.calib_samples()[:ROUNDING_SAMPLES]]
+    feeds = job.calib_feeds(ROUNDING_SAMPLES)
     reference = onnx.ModelProto()
     reference.CopyFrom(fm)   # FP32 weights: fm's change below, layer after layer
     ref = onnx_prefix.Prefix(reference, feeds)

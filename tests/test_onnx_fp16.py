@@ -90,7 +90,7 @@ def _fp16(model, tmp_path, calib=()):
     path = tmp_path / "static.onnx"
     onnx.save(model, str(path))
     job = types.SimpleNamespace(static_onnx_path=lambda: str(path), inputs=[{"name": "x"}],
-                                calib_samples=lambda: [[c[None]] for c in calib])
+                                calib_feeds=lambda limit=None: [{"x": c[None]} for c in calib][:limit])
     art = onnx_fp16.convert(job)[0]
     return onnx.load_from_string(art["data"]), art
 

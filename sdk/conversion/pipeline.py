@@ -141,6 +141,11 @@ class Job:
         n = data.count(self.calib)
         return [[self.calib[i["name"]][k:k + 1] for i in self.inputs] for k in range(n)]
 
+    def calib_feeds(self, limit: int | None = None) -> list[dict]:
+        """The first ``limit`` (None: all) calibration samples as onnxruntime feeds: {input name: batch-1 array}."""
+        names = [i["name"] for i in self.inputs]
+        return [dict(zip(names, sample)) for sample in self.calib_samples()[:limit]]
+
     def static_onnx_path(self) -> str:
         """The source ONNX with every input fixed to its static shape (batch 1), saved in the workdir."""
         if self._static_onnx is None:
@@ -161,10 +166,8 @@ class Job:
 
             from edgeopt.converters import onnx_equalize
             m = onnx.load(self.static_onnx_path())
-            names = [i["name"] for i in self.inputs]
-            feeds = [dict(zip(names, sample)) for sample in self.calib_samples()]
             self.equalization = onnx_equalize.equalize_depthwise_inputs(
-                m, feeds, DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR)
+                m, self.calib_feeds(), DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR)
             path = self.static_onnx_path()
             if self.equalization["pairs"]:
                 path = os.path.join(self.workdir, "source.equalized.onnx")
