@@ -499,8 +499,8 @@ def equalize_depthwise_inputs(model, feeds: list[dict], margin: float, floor: fl
     spread = []
     for (p, hi), t in zip(pairs, tensors):
         r = top[t]
-        if r is None or r.max() <= 0:
-            continue
+        if r is None or not np.isfinite(r).all() or r.max() <= 0:
+            continue   # a crafted model can overflow to inf (or NaN): its scales would be NaN; leave the pair
         s = np.clip(margin * r / hi, floor, 1.0) if hi is not None else np.maximum(r / r.max(), floor)
         w1, b1, w2 = (numpy_helper.to_array(graph.inits[n]).astype(np.float64) if n else None
                       for n in (p.first.input[1], p.first.input[2] if len(p.first.input) > 2 else "", p.second.input[1]))

@@ -337,3 +337,21 @@ def test_depthwise_equalization_leaves_other_patterns_alone():
     dw = _depthwise_block(rng, 6.0)
     assert onnx_equalize.equalize_depthwise_inputs(dw, [], 2.0, 1 / 16) == {"pairs": 0, "of": 1, "margin": 2.0,
                                                                             "floor": 1 / 16}
+
+
+def test_depthwise_equalization_skips_overflowing_channels():
+    """A crafted model whose rectified channel overflows to inf on the calibration data (weights near float32's
+    maximum) would get NaN scales (inf / inf) and NaN weights; the pair is left as it is instead."""
+    rng = np.random.default_rng(9)
+    model = _depthwise_block(rng, None)
+    w1 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w1")).copy()
+    w1[0] = 3e38
+    next(i for i in model.graph.initializer if i.name == "w1").CopyFrom(numpy_helper.from_array(w1, "w1"))
+    x = np.abs(rng.standard_normal((2, 3, 8, 8))).astype(np.float32) + 1
+    assert np.isinf(_with_a1(model, x)[1]).any()          # the attack: channel 0 is inf
+    before = _weights(model)
+    info = onnx_equalize.equalize_depthwise_inputs(model, [{"x": x[:1]}, {"x": x[1:]}], 2.0, 1 / 16)
+    assert info["pairs"] == 0 and info["of"] == 1, info
+    after = _weights(model)
+    assert all(np.array_equal(before[k], v) for k, v in after.items())
+    assert all(np.isfinite(v).all() for k, v in after.items() if k != "w1")

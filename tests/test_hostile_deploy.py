@@ -67,6 +67,28 @@ def test_cache_key_changes_with_the_toolchain(model, monkeypatch):
     assert deploy.cache_key(model, "rpi5", {"calib": "random"}) != before
 
 
+def test_cache_key_changes_with_edgeopt_code_of_the_same_version(model, monkeypatch, tmp_path):
+    """An artifact converted by older code of the same version (a checkout between releases) is not served."""
+    code = tmp_path / "code"
+    (code / "sub").mkdir(parents=True)
+    (code / "sub" / "m.py").write_text("X = 1\n")
+    monkeypatch.setattr(deploy, "_code_roots", lambda: [code])
+    before = deploy.cache_key(model, "rpi5", {"calib": "random"})
+    (code / "__pycache__").mkdir()
+    (code / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"bytecode")   # not code: the key stays
+    deploy._CODE.clear()
+    assert deploy.cache_key(model, "rpi5", {"calib": "random"}) == before
+    (code / "sub" / "m.py").write_text("X = 2\n")
+    deploy._CODE.clear()
+    assert deploy.cache_key(model, "rpi5", {"calib": "random"}) != before
+
+
+def test_code_roots_are_edgeopts_three_folders():
+    roots = deploy._code_roots()
+    assert len(roots) == 3 and all((r / "__init__.py").is_file() for r in roots)
+    assert (roots[0] / "devices" / "deploy.py").is_file() and (roots[2] / "onnx_qdq.py").is_file()
+
+
 def test_deploy_passes_trust_model_code_and_keys_on_it(tmp_path, model, monkeypatch):
     calls = []
     monkeypatch.setattr(edgeopt, "convert", _fake_convert(calls, delay=0))

@@ -29,7 +29,7 @@ from edgeopt.devices.inventory import Device
 from edgeopt.devices.push import push, sha256_file
 from edgeopt.runtime import check_artifact_name
 
-__all__ = ["convert_cached", "deploy", "cache_key", "cache_entry", "cached_manifest", "install_entry",
+__all__ = ["convert_cached", "deploy", "cache_key", "code_fingerprint", "cache_entry", "cached_manifest", "install_entry",
            "entry_files", "CacheEntry"]
 
 STAMP = ".edgeopt-deploy-key"
@@ -50,7 +50,8 @@ def _hash_path(path: str, h) -> None:
 
 
 def cache_key(model: str, target: str, options: dict) -> str:
-    """sha256 over the model's bytes, the target, the convert options (data files by content) and edgeopt's version."""
+    """sha256 over the model's bytes, the target, the convert options (data files by content), edgeopt's version
+    and code (:func:`code_fingerprint`) and the converter stack's versions."""
     h = hashlib.sha256()
     _hash_path(model, h)
     h.update(b"\0target=" + target.encode())
@@ -61,9 +62,36 @@ def cache_key(model: str, target: str, options: dict) -> str:
             _hash_path(v, h)
         else:
             h.update(json.dumps(v, sort_keys=True, default=str).encode())
-    h.update(b"\0edgeopt=" + __version__.encode())
+    h.update(b"\0edgeopt=" + __version__.encode() + b"\0code=" + code_fingerprint().encode())
     h.update(b"\0toolchain=" + json.dumps(toolchain_versions(), sort_keys=True).encode())
     return h.hexdigest()
+
+
+_CODE: dict[tuple, str] = {}
+
+
+def _code_roots() -> list[Path]:
+    """The directories of edgeopt's own code: the package and the two it maps from other folders."""
+    from importlib.util import find_spec
+    return [Path(edgeopt.__file__).parent] + [Path(find_spec(name).origin).parent
+                                              for name in ("edgeopt.targets", "edgeopt.converters")]
+
+
+def code_fingerprint() -> str:
+    """SHA-256 of edgeopt's own files (sources and package data, not bytecode), once per process.
+
+    The version alone does not say what converted an artifact: between releases (a checkout, an editable
+    install) the code changes under the same version, and a cache keyed on the version would serve what older
+    code converted."""
+    roots = tuple(sorted({str(r) for r in _code_roots()}))
+    if roots not in _CODE:
+        h = hashlib.sha256()
+        for root in roots:
+            for f in sorted(Path(root).rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo"):
+                    h.update(str(f.relative_to(root)).encode() + b"\0" + bytes.fromhex(sha256_file(str(f))))
+        _CODE[roots] = h.hexdigest()
+    return _CODE[roots]
 
 
 def toolchain_versions() -> dict:
