@@ -239,11 +239,8 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             conv.inference_output_type = io
         return conv.convert()
 
-    from tensorflow.lite.python import convert as lite_convert
-
     def final(model, io_type, floats=None):
-        return lite_convert.mlir_quantize(model, disable_per_channel=not per_channel, input_data_type=io_type,
-                                          output_data_type=io_type, denylisted_nodes=list(floats or []) or None)
+        return _int8_float_io(model, per_channel, floats or (), io_type)
 
     float_ops: list[str] = []
     refusal = None  # the full-integer conversion's refusal, while float blocks may still resolve it
@@ -909,12 +906,14 @@ def _cached_compensation(cache: dict | None, raw: bytes, cal: bytes, calib, per_
     return cache[key]
 
 
-def _int8_float_io(calibrated: bytes, per_channel: bool, floats=()) -> bytes:
-    """The INT8 model the quantizer makes of a calibrated one, its inputs and outputs float, the ops of
-    ``floats`` (tensor names) in float."""
+def _int8_float_io(calibrated: bytes, per_channel: bool, floats=(), io_type=None) -> bytes:
+    """The INT8 model the quantizer makes of a calibrated one, its inputs and outputs float (or ``io_type``: a
+    tf dtype), the ops of ``floats`` (tensor names) in float. The one call of the MLIR quantizer with a
+    denylist: the artifact, the models weights are fitted to and the bias correction's all go through it."""
     from tensorflow.lite.python import convert as lite_convert
-    return lite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=tf.float32,
-                                      output_data_type=tf.float32, denylisted_nodes=list(floats) or None)
+    io_type = tf.float32 if io_type is None else io_type
+    return lite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io_type,
+                                      output_data_type=io_type, denylisted_nodes=list(floats) or None)
 
 
 def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tuple[dict, dict, dict]:
