@@ -73,7 +73,7 @@ def convert(job, recipe=None) -> list[dict]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     recipe = job.recipe if recipe is None else recipe
-    src = job.quantizable_onnx_path()
+    src = job.quantizable_onnx_path(symmetric=True)   # this route's activations: symmetric INT8, zero point 0
     cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
     if cache is not None and "prep" in cache:  # recovery candidates: the same float graph as the first
         prep = cache["prep"]

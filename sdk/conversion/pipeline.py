@@ -124,7 +124,9 @@ class Job:
         self.options = options or ConversionOptions()
         self._static_onnx = None
         self._quantizable_onnx = None
+        self._centered_onnx = None
         self.equalization = None      # what quantizable_onnx_path() did (the manifest's calibration.equalization)
+        self.centering = None         # what quantizable_onnx_path(symmetric=True) did (calibration.centering)
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
     @property
@@ -157,10 +159,25 @@ class Job:
             onnx.save(m, self._static_onnx)
         return self._static_onnx
 
-    def quantizable_onnx_path(self) -> str:
+    def quantizable_onnx_path(self, symmetric: bool = False) -> str:
         """The float ONNX the routes quantize: :meth:`static_onnx_path` with its depthwise inputs equalized on
         the calibration samples (edgeopt.converters.onnx_equalize.equalize_depthwise_inputs), or that file itself
-        where there is nothing to equalize. The FP32 reference is the static source, never this."""
+        where there is nothing to equalize. ``symmetric``: the route quantizes activations symmetrically, zero
+        point 0 (TensorRT's QDQ): its rectified inputs of padding-free convolutions are centred too
+        (edgeopt.converters.onnx_center). The FP32 reference is the static source, never this."""
+        if symmetric:
+            if self._centered_onnx is None:
+                import onnx
+
+                from edgeopt.converters import onnx_center
+                m = onnx.load(self.quantizable_onnx_path())
+                self.centering = onnx_center.center_rectified_inputs(m, self.calib_feeds())
+                path = self.quantizable_onnx_path()
+                if self.centering["pairs"]:
+                    path = os.path.join(self.workdir, "source.centered.onnx")
+                    onnx.save(m, path)
+                self._centered_onnx = path
+            return self._centered_onnx
         if self._quantizable_onnx is None:
             import onnx
 
@@ -523,6 +540,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         manifest["calibration"]["auto"] = auto
     if job.equalization is not None:
         manifest["calibration"]["equalization"] = job.equalization
+    if job.centering is not None:
+        manifest["calibration"]["centering"] = job.centering
     if recovery is not None:
         manifest["calibration"]["method"] = recovery["chosen"]["recipe"]["calibration_method"]
         manifest["calibration"]["recipe"] = recovery["chosen"]["recipe"]

@@ -1,0 +1,129 @@
+"""Centering of rectified activations for symmetric INT8 (edgeopt.converters.onnx_center): the float function
+is unchanged, the tensor a padding-free convolution reads is moved onto [-c, c] (half its symmetric INT8 step),
+and what it must not touch is left alone."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+helper, numpy_helper = onnx.helper, onnx.numpy_helper
+
+from edgeopt.converters import onnx_center  # noqa: E402
+from edgeopt_testkit import onnx_graph  # noqa: E402
+
+
+def _block(rng, rect="clip", second_pads=(0, 0, 0, 0), lo=0.0, bias=True, residual=False, kernel=1):
+    """conv 3->8 (pads 1) -> Clip(lo, 6) (or Relu) "a1" -> conv 8->4 (``kernel``, ``second_pads``) "y"; with
+    ``residual``, a1 is also added to itself (a second reader)."""
+    inits = {"w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+             "w2": rng.standard_normal((4, 8, kernel, kernel)).astype(np.float32),
+             "lo": np.array(lo, np.float32), "hi": np.array(6.0, np.float32)}
+    if bias:
+        inits.update(b1=rng.standard_normal(8).astype(np.float32), b2=rng.standard_normal(4).astype(np.float32))
+    act = (helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="clip") if rect == "clip"
+           else helper.make_node("Relu", ["c1"], ["a1"], name="relu"))
+    nodes = [helper.make_node("Conv", ["x", "w1"] + (["b1"] if bias else []), ["c1"], pads=[1, 1, 1, 1], name="A"), act,
+             helper.make_node("Conv", ["a1", "w2"] + (["b2"] if bias else []), ["y"], pads=list(second_pads), name="B")]
+    outputs = {"y": [None, 4, None, None]}
+    if residual:
+        nodes.append(helper.make_node("Add", ["a1", "a1"], ["r"]))
+        outputs["r"] = [None, 8, 8, 8]
+    return onnx_graph(nodes, {"x": [None, 3, 8, 8]}, outputs, inits)
+
+
+def _run(model, x, names=("y", "a1")):
+    from edgeopt.converters import onnx_io
+    return onnx_io.tensor_session(model, ["a1"]).run(list(names), {"x": x})
+
+
+def _copy(model):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+@pytest.mark.parametrize("bias,kernel", [(True, 1), (False, 1), (True, 3)], ids=["1x1", "no-bias", "3x3-valid"])
+def test_centered_tensor_is_symmetric_and_the_function_the_same(bias, kernel):
+    """y is unchanged on the calibration data and on other data; the tensor B reads is a1 - c with c half its
+    calibration maximum: on [-c, c], so its symmetric INT8 step (TensorRT's) is half, and so is its error."""
+    rng = np.random.default_rng(1)
+    model = _block(rng, bias=bias, kernel=kernel)
+    x = (rng.standard_normal((6, 3, 8, 8)) * 2).astype(np.float32)
+    y0, a0 = _run(model, x)
+    m = _copy(model)
+    info = onnx_center.center_rectified_inputs(m, [{"x": x[i:i + 1]} for i in range(4)])
+    assert info == {"pairs": 1, "of": 1}
+    y1, a1 = _run(m, x)
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * np.abs(y0).max())
+    c = a0[:4].max() / 2
+    np.testing.assert_allclose(a1, a0 - c, atol=1e-5)
+    assert a1[:4].min() == pytest.approx(-c) and a1[:4].max() == pytest.approx(c, rel=1e-5)
+    other = (rng.standard_normal((3, 3, 8, 8)) * 5).astype(np.float32)   # beyond the calibration range
+    np.testing.assert_allclose(_run(m, other)[0], _run(model, other)[0], rtol=1e-4,
+                               atol=1e-4 * np.abs(_run(model, other)[0]).max())
+
+    def int8_error(a):   # symmetric INT8 of the whole tensor, zero point 0, on its calibration range
+        step = np.abs(a[:4]).max() / 127
+        return float(np.sqrt(np.mean((np.clip(np.round(a / step), -127, 127) * step - a) ** 2)))
+    assert int8_error(a1) < 0.55 * int8_error(a0)
+
+
+@pytest.mark.parametrize("case", ["padded", "relu", "lower-bound", "second-reader"])
+def test_left_alone(case):
+    """A convolution with padding would read its zeros as -c; a Relu has no upper bound to centre; a Clip whose
+    lower bound is not 0 is not a rectifier; a tensor something else reads too (a residual Add) would change
+    for it: none is touched."""
+    rng = np.random.default_rng(2)
+    kw = {"padded": {"second_pads": (1, 1, 1, 1), "kernel": 3}, "relu": {"rect": "relu"},
+          "lower-bound": {"lo": -1.0}, "second-reader": {"residual": True}}[case]
+    model = _block(rng, **kw)
+    before = model.SerializeToString()
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert onnx_center.center_rectified_inputs(model, [{"x": x}]) == {"pairs": 0, "of": 0}
+    assert model.SerializeToString() == before
+
+
+def test_dead_tensor_left_alone():
+    """A rectified tensor that is 0 on every calibration sample has nothing to centre: left as it is. (A
+    non-finite one cannot reach here: the Clip bounds inf, and onnxruntime's Clip maps NaN to a bound.)"""
+    rng = np.random.default_rng(3)
+    model = _block(rng)
+    b1 = next(i for i in model.graph.initializer if i.name == "b1")
+    b1.CopyFrom(numpy_helper.from_array(np.full(8, -1e6, np.float32), "b1"))
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert not _run(model, x)[1].any()
+    before = model.SerializeToString()
+    assert onnx_center.center_rectified_inputs(model, [{"x": x}]) == {"pairs": 0, "of": 1}
+    assert model.SerializeToString() == before
+
+
+def test_no_data_no_change():
+    model = _block(np.random.default_rng(4))
+    before = model.SerializeToString()
+    assert onnx_center.center_rectified_inputs(model, []) == {"pairs": 0, "of": 1}
+    assert model.SerializeToString() == before
+
+
+def test_jetson_route_centres_and_tflite_route_does_not(tmp_path):
+    """The QDQ route (symmetric INT8, TensorRT) quantizes the centred model: the manifest says so, the Clip in the
+    artifact reads (-c, 6 - c) and the artifact still agrees with FP32; the TFLite route (asymmetric INT8 already
+    uses the whole range) is not centred."""
+    import edgeopt
+    from edgeopt_testkit import save_arrays
+    rng = np.random.default_rng(5)
+    path = str(tmp_path / "block.onnx")
+    onnx.save(_block(rng), path)
+    files = save_arrays(tmp_path, calib=(rng.standard_normal((24, 3, 8, 8)) * 2).astype(np.float32))
+    m = edgeopt.convert(path, "jetson", calib=files["calib"], out=str(tmp_path / "j"))
+    assert m["calibration"]["centering"] == {"pairs": 1, "of": 1}
+    art = onnx.load(str(tmp_path / "j" / "model.int8.qdq.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in art.graph.initializer}
+    (clip,) = [n for n in art.graph.node if n.op_type == "Clip"]
+    lo, hi = float(inits[clip.input[1]]), float(inits[clip.input[2]])
+    assert lo < 0 and hi - lo == pytest.approx(6.0, rel=1e-6)
+    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
+    r = edgeopt.convert(path, "rpi", calib=files["calib"], out=str(tmp_path / "r"))
+    assert "centering" not in r["calibration"]
