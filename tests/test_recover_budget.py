@@ -136,6 +136,14 @@ def test_search_takes_no_float_layer_that_meets_top1_by_noise():
     assert found["float"] == ["a", "b"] and found["acc"]["logits"]["sqnr_db"] > 26.0
     assert [r["layer"] for r in report["sensitivity"]["layers"]] == ["a", "b", "c", "noisy"]
     assert ("noisy",) in built   # measured, and meets top1 alone, but is not what is returned
+    assert recover._fits(found, {"top1": 0.98}, None, 26.0)
+    # no candidate that gains meets the target: the best one tried is reported, and may not be returned
+    effect["a"], effect["b"], effect["c"] = acc(0.97, 26.1), acc(0.97, 26.05), acc(0.96, 25.9)
+    found = recover._search(build, best, ["noisy", "a", "b", "c"], {"top1": 0.98}, lambda m: None, [], {}, budget=3)
+    assert found["float"] == ["noisy"] and not recover._fits(found, {"top1": 0.98}, None, 26.0)
+    note = recover._budget_note({"max_float_layers": 3, "rule": "--max-float-layers 3"}, found, {"top1": 0.98}, 26.0)
+    assert "met top1=0.98 on the selection samples with an output SQNR of 25.8 dB, not above the all-INT8" in note
+    assert "near-ties" in note and "raise --max-float-layers" not in note
 
 
 def test_budget_respected_best_int8_kept(three_layers):
