@@ -120,7 +120,8 @@ def test_lite0_rpi_default_recipe_and_float_budget(lite0_recovered):
 @pytest.mark.slow
 def test_lite0_jetson_default_recipe_floor(lite0_recovered):
     """The QDQ route's default all-INT8 recipe (auto: symmetric MSE ranges here, zero point 0, bias correction,
-    gptq_act weights) must not get worse than it is on 200 crops used for nothing else: 0.975 / 24.3 dB today
+    gptq_act weights, centred projection inputs) must not get worse than it is on 200 crops used for nothing
+    else: 0.97 / 25.0 dB today
     (plain GPTQ: 0.95 / 22.3; nearest rounding: 0.925 / 21.4; min-max alone: ~0.89 / 18.0)."""
     import onnx
     import onnxruntime as ort
@@ -152,8 +153,9 @@ def test_lite0_jetson_default_recipe_floor(lite0_recovered):
     held_out = float(np.mean(out.argmax(1) == ref.argmax(1)))
     sqnr = float(10 * np.log10(np.sum(ref ** 2) / np.sum((out - ref) ** 2)))
     print("jetson held-out top-1 agreement", held_out, "SQNR", sqnr)
-    # SQNR is the steady signal; top-1 on 200 crops moves by a few crops with any rounding change (0.925-0.975)
-    assert held_out >= 0.94 and sqnr >= 23.8
+    # SQNR is the steady signal; top-1 on 200 crops moves by a few crops with any rounding change (0.925-0.975).
+    # 0.97 / 25.0 dB with the centred projection inputs (24.3 before)
+    assert held_out >= 0.94 and sqnr >= 24.5
 
 
 @pytest.mark.slow
