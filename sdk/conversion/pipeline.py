@@ -165,32 +165,29 @@ class Job:
         where there is nothing to equalize. ``symmetric``: the route quantizes activations symmetrically, zero
         point 0 (TensorRT's QDQ): its rectified inputs of padding-free convolutions are centred too
         (edgeopt.converters.onnx_center). The FP32 reference is the static source, never this."""
-        if symmetric:
-            if self._centered_onnx is None:
-                import onnx
-
-                from edgeopt.converters import onnx_center
-                m = onnx.load(self.quantizable_onnx_path())
-                self.centering = onnx_center.center_rectified_inputs(m, self.calib_feeds())
-                path = self.quantizable_onnx_path()
-                if self.centering["pairs"]:
-                    path = os.path.join(self.workdir, "source.centered.onnx")
-                    onnx.save(m, path)
-                self._centered_onnx = path
-            return self._centered_onnx
+        from edgeopt.converters import onnx_center, onnx_equalize
         if self._quantizable_onnx is None:
-            import onnx
+            self._quantizable_onnx, self.equalization = self._rewritten(
+                self.static_onnx_path(), "source.equalized.onnx",
+                lambda m: onnx_equalize.equalize_depthwise_inputs(
+                    m, self.calib_feeds(), DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR))
+        if symmetric and self._centered_onnx is None:
+            self._centered_onnx, self.centering = self._rewritten(
+                self._quantizable_onnx, "source.centered.onnx",
+                lambda m: onnx_center.center_rectified_inputs(m, self.calib_feeds()))
+        return self._centered_onnx if symmetric else self._quantizable_onnx
 
-            from edgeopt.converters import onnx_equalize
-            m = onnx.load(self.static_onnx_path())
-            self.equalization = onnx_equalize.equalize_depthwise_inputs(
-                m, self.calib_feeds(), DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR)
-            path = self.static_onnx_path()
-            if self.equalization["pairs"]:
-                path = os.path.join(self.workdir, "source.equalized.onnx")
-                onnx.save(m, path)
-            self._quantizable_onnx = path
-        return self._quantizable_onnx
+    def _rewritten(self, src: str, name: str, rewrite) -> tuple[str, dict]:
+        """(path, info): ``src`` loaded, ``rewrite(model) -> info`` applied in place, saved in the workdir as
+        ``name`` when it changed something (``info["pairs"]``), else ``src`` itself."""
+        import onnx
+        m = onnx.load(src)
+        info = rewrite(m)
+        if not info["pairs"]:
+            return src, info
+        path = os.path.join(self.workdir, name)
+        onnx.save(m, path)
+        return path, info
 
 
 def _say(progress, msg):
