@@ -5,14 +5,14 @@ TensorRT quantizes every activation symmetrically, zero point 0: a ReLU6 output,
 the grid onto [0, m]), which is most of why the same recipe was ~2 dB further from FP32 on the QDQ route than on
 TFLite (EfficientNet-Lite0, bench_ptq).
 
-:func:`center_rectified_inputs` moves such a tensor onto [-c, m - c], c = m / 2, where a padding-free
-convolution reads it (MobileNet's projection convs read the depthwise ReLU6 output): ``Conv A -> Clip(0, hi) ->
-Conv B`` becomes ``Conv A (bias - c) -> Clip(-c, hi - c) -> Conv B (bias + c * sum of each output's weights)``.
-The same function exactly (B's input is x - c, and B(x - c) + c W 1 = B(x)), and the symmetric scale halves:
-m / 2 / 127 instead of m / 127. A convolution with padding would read its zeros as -c: such pairs (the
-depthwise convs' inputs) are left alone, as are tensors read by anything else (a residual Add, a second
-consumer), Relu (its upper end is not bounded: the calibration maximum would set c for data it never saw)
-and Clips whose lower bound is not 0.
+:func:`center_rectified_inputs` moves such a tensor onto [-c, m - c] where a padding-free convolution reads
+it (MobileNet's projection convs read the depthwise ReLU6 output; detectors' 1x1 convs read Relu outputs):
+``Conv A -> Clip(0, hi) -> Conv B`` becomes ``Conv A (bias - c) -> Clip(-c, hi - c) -> Conv B (bias + c * sum
+of each output's weights)``, and a Relu becomes Clip(-c) (max(y - c, -c) = Relu(y) - c). The same function
+exactly (B's input is x - c, and B(x - c) + c W 1 = B(x)); c is half the range that quantizes the tensor best
+on the calibration data (:func:`_shift`; about m / 2 for ReLU6), and the symmetric step halves. A convolution
+with padding would read its zeros as -c: such pairs (the depthwise convs' inputs) are left alone, as are
+tensors read by anything else (a residual Add, a second consumer) and Clips whose lower bound is not 0.
 
 Only onnx and numpy are used; onnx is imported inside the functions (edgeopt imports converters lazily).
 """
@@ -32,22 +32,50 @@ def _no_padding(node) -> bool:
     return auto in ("NOTSET", "VALID") and not any(attribute(node, "pads", []) or [])
 
 
+KEPT_VALUES = 20000   # values of each tensor kept per calibration sample to choose its shift (a random subset)
+SHIFTS = 64           # candidate ranges tried, up to the calibration maximum
+
+
+def _int8_error(x, c: float) -> float:
+    """Mean squared error of ``x - c`` in symmetric INT8 with range ``c`` (zero point 0: step c / 127)."""
+    step = c / 127.0
+    y = x - c
+    return float(np.mean((np.clip(np.round(y / step), -127, 127) * step - y) ** 2))
+
+
+def _shift(x, m: float) -> float | None:
+    """The shift c for the non-negative values ``x`` (calibration maximum ``m``): centred, x - c is quantized
+    on [-c, c], so c = r / 2 gives the values in [0, r] half the step of the uncentred tensor on [0, r] (codes
+    0..127) and clips those above r alike; c is chosen from SHIFTS candidates up to m / 2 by that error (a
+    long-tailed Relu output is best cut under its maximum). None when the error is not below the uncentred
+    tensor's best, chosen the same way (a safeguard: the zeros sit exactly on -c)."""
+    grid = np.linspace(m / SHIFTS, m, SHIFTS)
+    plain = min(float(np.mean((np.clip(np.round(x / (r / 127.0)), 0, 127) * (r / 127.0) - x) ** 2)) for r in grid)
+    errs = [(_int8_error(x, r / 2.0), r / 2.0) for r in grid]
+    err, c = min(errs)
+    return c if err < plain else None
+
+
 def _pairs(graph: _Graph) -> list[tuple]:
-    """(Conv A, Clip, Conv B, hi): A's output read only by a Clip(0, hi), whose output only B reads, with no
-    padding; A and B with constant weights (and biases, where they have them)."""
+    """(Conv A, Clip or Relu, Conv B, hi): A's output read only by a Clip(0, hi) (hi None: a Relu), whose output
+    only B reads, with no padding; A and B with constant weights (and biases, where they have them)."""
     found = []
+    relu_ok = any(o.domain in ("", "ai.onnx") and o.version >= 11 for o in graph.model.opset_import)
     for clip in graph.model.graph.node:
-        if clip.op_type != "Clip" or len(clip.input) < 3:
-            continue
+        if not ((clip.op_type == "Clip" and len(clip.input) >= 3) or (clip.op_type == "Relu" and relu_ok)):
+            continue   # a Relu becomes a Clip with inputs (opset 11)
         a = graph.producer.get(clip.input[0])
         b = graph.single_consumer(clip.output[0])
         if a is None or b is None or a.op_type != "Conv" or b.op_type != "Conv" or b.input[0] != clip.output[0]:
             continue
         if graph.single_consumer(a.output[0]) is not clip or not _no_padding(b):
             continue
-        bounds = _clip_bounds(graph, clip)
-        if bounds is False or bounds[0] != 0 or bounds[1] is None or not np.isfinite(bounds[1]) or bounds[1] <= 0:
+        bounds = (0.0, None) if clip.op_type == "Relu" else _clip_bounds(graph, clip)
+        if bounds is False or bounds[0] != 0 or (bounds[1] is not None and (not np.isfinite(bounds[1])
+                                                                            or bounds[1] <= 0)):
             continue
+        if clip.op_type == "Clip" and bounds[1] is None:
+            continue   # Clip(0) with no upper bound: a Relu written as a Clip; left as the exporter wrote it
         weights = [a.input[1], b.input[1]] + [n.input[2] for n in (a, b) if len(n.input) > 2 and n.input[2]]
         if not all(w in graph.inits for w in weights):
             continue
@@ -71,9 +99,13 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
     tensors = [clip.output[0] for _, clip, _, _ in pairs]
     sess = onnx_io.tensor_session(model, tensors)
     top = dict.fromkeys(tensors, -np.inf)
+    kept: dict[str, list] = {t: [] for t in tensors}
+    rng = np.random.default_rng(0)
     for feed in feeds:
         for t, v in zip(tensors, sess.run(tensors, feed)):
-            top[t] = max(top[t], float(np.max(v)) if v.size else -np.inf)
+            flat = v.reshape(-1)
+            top[t] = max(top[t], float(np.max(flat)) if flat.size else -np.inf)
+            kept[t].append(flat if flat.size <= KEPT_VALUES else rng.choice(flat, KEPT_VALUES, replace=False))
 
     def put(name, value):
         graph.inits[name].CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), name))
@@ -95,7 +127,9 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
         m = top[clip.output[0]]
         if not np.isfinite(m) or m <= 0:
             continue
-        c = m / 2.0
+        c = _shift(np.concatenate(kept[clip.output[0]]).astype(np.float64), m)
+        if c is None:
+            continue
         wa = numpy_helper.to_array(graph.inits[a.input[1]])
         wb = numpy_helper.to_array(graph.inits[b.input[1]]).astype(np.float64)
         ba, bb = bias_of(a, wa.shape[0]), bias_of(b, wb.shape[0])
@@ -107,9 +141,13 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
         put(ba, numpy_helper.to_array(graph.inits[ba]).astype(np.float64) - c)
         put(bb, numpy_helper.to_array(graph.inits[bb]).astype(np.float64) + c * wb.reshape(wb.shape[0], -1).sum(1))
         lo_name, hi_name = f"{clip.name or clip.output[0]}_centered_min", f"{clip.name or clip.output[0]}_centered_max"
-        model.graph.initializer.extend([numpy_helper.from_array(np.array(-c, np.float32), lo_name),
-                                        numpy_helper.from_array(np.array(hi - c, np.float32), hi_name)])
-        clip.input[1], clip.input[2] = lo_name, hi_name
+        model.graph.initializer.append(numpy_helper.from_array(np.array(-c, np.float32), lo_name))
+        if hi is None:   # Relu(y) - c = max(y - c, -c): a Clip with a lower bound only
+            clip.op_type = "Clip"
+            clip.input.append(lo_name)
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(np.array(hi - c, np.float32), hi_name))
+            clip.input[1], clip.input[2] = lo_name, hi_name
         info["pairs"] += 1
     onnx.checker.check_model(model)
     return info
