@@ -32,7 +32,7 @@ def _no_padding(node) -> bool:
     return auto in ("NOTSET", "VALID") and not any(attribute(node, "pads", []) or [])
 
 
-KEPT_VALUES = 20000   # values of each tensor kept per calibration sample to choose its shift (a random subset)
+KEPT_VALUES = 200_000  # values of each tensor kept over all calibration samples to choose its shift (random)
 SHIFTS = 64           # candidate ranges tried, up to the calibration maximum
 
 
@@ -101,11 +101,12 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
     top = dict.fromkeys(tensors, -np.inf)
     kept: dict[str, list] = {t: [] for t in tensors}
     rng = np.random.default_rng(0)
+    per_sample = max(1, KEPT_VALUES // len(feeds))   # bounded: 200 samples of 50 large tensors stay ~40 MB
     for feed in feeds:
         for t, v in zip(tensors, sess.run(tensors, feed)):
             flat = v.reshape(-1)
             top[t] = max(top[t], float(np.max(flat)) if flat.size else -np.inf)
-            kept[t].append(flat if flat.size <= KEPT_VALUES else rng.choice(flat, KEPT_VALUES, replace=False))
+            kept[t].append(flat if flat.size <= per_sample else rng.choice(flat, per_sample, replace=False))
 
     def put(name, value):
         graph.inits[name].CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), name))
