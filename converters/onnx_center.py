@@ -36,11 +36,9 @@ KEPT_VALUES = 200_000  # values of each tensor kept over all calibration samples
 SHIFTS = 64           # candidate ranges tried, up to the calibration maximum
 
 
-def _int8_error(x, c: float) -> float:
-    """Mean squared error of ``x - c`` in symmetric INT8 with range ``c`` (zero point 0: step c / 127)."""
-    step = c / 127.0
-    y = x - c
-    return float(np.mean((np.clip(np.round(y / step), -127, 127) * step - y) ** 2))
+def _int8_error(y, step: float, lowest: int) -> float:
+    """Mean squared error of ``y`` in INT8 with zero point 0, ``step`` and codes ``lowest``..127."""
+    return float(np.mean((np.clip(np.round(y / step), lowest, 127) * step - y) ** 2))
 
 
 def _shift(x, m: float) -> float | None:
@@ -50,9 +48,8 @@ def _shift(x, m: float) -> float | None:
     long-tailed Relu output is best cut under its maximum). None when the error is not below the uncentred
     tensor's best, chosen the same way (a safeguard: the zeros sit exactly on -c)."""
     grid = np.linspace(m / SHIFTS, m, SHIFTS)
-    plain = min(float(np.mean((np.clip(np.round(x / (r / 127.0)), 0, 127) * (r / 127.0) - x) ** 2)) for r in grid)
-    errs = [(_int8_error(x, r / 2.0), r / 2.0) for r in grid]
-    err, c = min(errs)
+    plain = min(_int8_error(x, r / 127.0, 0) for r in grid)               # [0, r]: codes 0..127
+    err, c = min((_int8_error(x - r / 2.0, r / 254.0, -127), r / 2.0) for r in grid)   # [-r/2, r/2]
     return c if err < plain else None
 
 
@@ -84,9 +81,9 @@ def _pairs(graph: _Graph) -> list[tuple]:
 
 
 def center_rectified_inputs(model, feeds: list[dict]) -> dict:
-    """Center, in place, the ReLU6-type tensors padding-free convolutions read (see the module's docstring),
-    each by half its maximum on the calibration inputs ``feeds``; returns {"pairs": centered, "of": found}. A
-    tensor whose maximum is 0 or not finite (a crafted model) is left alone."""
+    """Center, in place, the ReLU / ReLU6 tensors padding-free convolutions read (see the module's docstring),
+    each by the shift :func:`_shift` chooses on the calibration inputs ``feeds``; returns {"pairs": centered,
+    "of": found}. A tensor whose maximum is 0 or not finite (a crafted model) is left alone."""
     import onnx
     from onnx import numpy_helper
 

@@ -37,10 +37,10 @@ STAMP = ".edgeopt-deploy-key"
 TOOLCHAIN = ("tensorflow", "keras", "tf_keras", "onnx", "onnxruntime", "onnx2tf", "numpy")
 
 
-def _hash_path(path: str, h) -> None:
+def _hash_path(path: str, h, skip=lambda f: False) -> None:
     p = Path(path)
     if p.is_dir():
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and not skip(x)):
             h.update(str(f.relative_to(p)).encode() + b"\0")
             h.update(sha256_file(str(f)).encode())
     elif p.is_file():
@@ -87,9 +87,7 @@ def code_fingerprint() -> str:
     if roots not in _CODE:
         h = hashlib.sha256()
         for root in roots:
-            for f in sorted(Path(root).rglob("*")):
-                if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo"):
-                    h.update(str(f.relative_to(root)).encode() + b"\0" + bytes.fromhex(sha256_file(str(f))))
+            _hash_path(root, h, skip=lambda f: "__pycache__" in f.parts or f.suffix in (".pyc", ".pyo"))
         _CODE[roots] = h.hexdigest()
     return _CODE[roots]
 
