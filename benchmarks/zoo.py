@@ -162,9 +162,27 @@ def mobilenet_v2(path: str, wheels=None) -> str:
     return _example().export_onnx(net, torch.zeros(1, 3, 224, 224), path, "image", "logits")
 
 
-def sample_photos(n: int = 64, size: int = 224, seed: int = 0) -> np.ndarray:
-    """Real photos (scikit-image and scikit-learn samples), random crops and flips, as NCHW float 0..1."""
+def photo_files(folder: str) -> list[str]:
+    """The photo files (.jpg, .jpeg, .png) directly in ``folder``, sorted."""
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    assert names, f"no .jpg/.png photos in {folder}"
+    return [os.path.join(folder, f) for f in names]
+
+
+def sample_photos(n: int = 64, size: int = 224, seed: int = 0, folder: str | None = None) -> np.ndarray:
+    """Real photos, random crops and flips, as NCHW float 0..1.
+
+    The photos are scikit-image's and scikit-learn's samples, or with ``folder`` the photos in that folder (a
+    held-out set from other photos: e.g. Debian's mate-backgrounds, /usr/share/backgrounds/mate/nature).
+    """
     from PIL import Image
+    if folder:
+        photos = []
+        for path in photo_files(folder):
+            with Image.open(path) as im:
+                im.thumbnail((1024, 1024))  # crops are resized to ``size`` anyway; bounds the memory
+                photos.append(np.asarray(im.convert("RGB")))
+        return _crops(photos, n, size, seed)
     photos = []
     try:
         from skimage import data as skdata
@@ -186,6 +204,12 @@ def sample_photos(n: int = 64, size: int = 224, seed: int = 0) -> np.ndarray:
     except Exception:
         pass
     assert photos, "no sample photos available (install scikit-image / scikit-learn)"
+    return _crops(photos, n, size, seed)
+
+
+def _crops(photos: list, n: int, size: int, seed: int) -> np.ndarray:
+    """``n`` random square crops (half to all of the shorter side), half of them flipped, resized to ``size``."""
+    from PIL import Image
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n):

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeopt.converters.onnx_equalize import _clip_bounds, _Graph
 from edgeopt.converters.onnx_fold import attribute
+from edgeopt.converters.onnx_graph import Graph, clip_bounds
 
 __all__ = ["center_rectified_inputs"]
 
@@ -53,7 +53,7 @@ def _shift(x, m: float) -> float | None:
     return c if err < plain else None
 
 
-def _pairs(graph: _Graph) -> list[tuple]:
+def _pairs(graph: Graph) -> list[tuple]:
     """(Conv A, Clip or Relu, Conv B, hi): A's output read only by a Clip(0, hi) (hi None: a Relu), whose output
     only B reads, with no padding; A and B with constant weights (and biases, where they have them)."""
     found = []
@@ -67,7 +67,7 @@ def _pairs(graph: _Graph) -> list[tuple]:
             continue
         if graph.single_consumer(a.output[0]) is not clip or not _no_padding(b):
             continue
-        bounds = (0.0, None) if clip.op_type == "Relu" else _clip_bounds(graph, clip)
+        bounds = (0.0, None) if clip.op_type == "Relu" else clip_bounds(graph, clip)
         if bounds is False or bounds[0] != 0 or (bounds[1] is not None and (not np.isfinite(bounds[1])
                                                                             or bounds[1] <= 0)):
             continue
@@ -88,7 +88,7 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
     from onnx import numpy_helper
 
     from edgeopt.converters import onnx_io
-    graph = _Graph(model)
+    graph = Graph(model)
     pairs = _pairs(graph)
     info = {"pairs": 0, "of": len(pairs)}
     if not pairs or not feeds:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeopt.converters.onnx_fold import attribute
+from edgeopt.converters.onnx_graph import Graph, clip_bounds
 
 __all__ = ["equalize", "equalize_file", "equalize_depthwise_inputs", "CLIP_MODES"]
 
@@ -47,98 +48,10 @@ _POOLS = {"MaxPool", "AveragePool"}
 _MIN_RANGE = 1e-12  # a channel with (almost) all-zero weights on either side is left unscaled
 
 
-class _Graph:
-    """Producers, consumers and constant values of an ONNX graph (no subgraphs: CLE looks only at the top)."""
-
-    def __init__(self, model):
-        from onnx import numpy_helper
-        self.model = model
-        g = model.graph
-        self.inits = {t.name: t for t in g.initializer}
-        self.producer = {}
-        self.consumers: dict[str, list] = {}
-        for node in g.node:
-            for o in node.output:
-                self.producer[o] = node
-            for i in node.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(node)
-        self.graph_outputs = {o.name for o in g.output}
-        self._numpy = numpy_helper
-        self._folded: dict[str, np.ndarray | None] = {}
-
-    def const(self, name: str):
-        """The value of a tensor computed from constants only (initializer, Constant node, or a small
-        constant subgraph such as the static padding of an exported EfficientNet); None otherwise."""
-        if not name:
-            return None
-        if name in self._folded:
-            return self._folded[name]
-        val = None
-        if name in self.inits:
-            val = self._numpy.to_array(self.inits[name])
-        else:
-            node = self.producer.get(name)
-            if node is not None and node.op_type == "Constant":
-                val = _constant_node_value(node)
-            elif node is not None:
-                val = self._fold(name)
-        self._folded[name] = val
-        return val
-
-    def _fold(self, name: str, most: int = 64):
-        """Evaluate the constant-only ancestry of ``name`` with onnx's reference evaluator (None if it
-        depends on a graph input, or is larger than ``most`` nodes: not worth it)."""
-        import onnx
-        from onnx.reference import ReferenceEvaluator
-        nodes, ids, seen, stack = [], set(), set(), [name]
-        graph_inputs = {i.name for i in self.model.graph.input} - set(self.inits)
-        while stack:
-            t = stack.pop()
-            if t in seen or t in self.inits or not t:
-                continue
-            seen.add(t)
-            if t in graph_inputs:
-                return None
-            node = self.producer.get(t)
-            if node is None or len(nodes) >= most:
-                return None
-            if id(node) not in ids:
-                ids.add(id(node))
-                nodes.append(node)
-                stack.extend(node.input)
-        order = [n for n in self.model.graph.node if id(n) in ids]  # graph order is topological
-        used = {i for n in order for i in n.input}
-        graph = onnx.helper.make_graph(order, "fold", [], [onnx.helper.make_tensor_value_info(
-            name, onnx.TensorProto.UNDEFINED, None)], [self.inits[i] for i in used if i in self.inits])
-        sub = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        try:
-            return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
-        except Exception:  # an op the reference evaluator lacks: treat as not constant
-            return None
-
-    def single_consumer(self, tensor: str):
-        """The one node reading ``tensor`` (None if several, none, or it is a graph output)."""
-        users = self.consumers.get(tensor, [])
-        if len(users) != 1 or tensor in self.graph_outputs:
-            return None
-        return users[0]
-
-
-def _constant_node_value(node):
-    from onnx import helper, numpy_helper
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-            return np.asarray(helper.get_attribute_value(a))
-    return None
-
-
 _LAYERS = ("Conv", "Gemm", "MatMul")
 
 
-def _layer_weights(graph: _Graph, node, weight_users: dict):
+def _layer_weights(graph: Graph, node, weight_users: dict):
     """(weight name, bias name or None) of a Conv, Gemm (A not transposed) or MatMul whose weights (and
     bias) are float32 initializers read by it alone; None for any other node."""
     if node.op_type not in _LAYERS or len(node.input) < 2 or node.input[1] not in graph.inits:
@@ -192,21 +105,7 @@ def _channels_match(node, w2_dims, channels: int) -> bool:
     return len(w2_dims) >= 2 and w2_dims[1] * groups == channels and w2_dims[0] % groups == 0
 
 
-def _clip_bounds(graph: _Graph, node):
-    """(lo, hi) of a Clip as floats (None for an open side), or False when a bound is not a constant."""
-    if len(node.input) > 1:  # opset >= 11: bounds are inputs
-        lo = graph.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        hi = graph.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if (len(node.input) > 1 and node.input[1] and lo is None) or (len(node.input) > 2 and node.input[2]
-                                                                       and hi is None):
-            return False
-        if (lo is not None and lo.size != 1) or (hi is not None and hi.size != 1):
-            return False
-        return (None if lo is None else float(lo.reshape(-1)[0]), None if hi is None else float(hi.reshape(-1)[0]))
-    return attribute(node, "min"), attribute(node, "max")
-
-
-def _pad_ok(graph: _Graph, node, data_rank: int) -> bool:
+def _pad_ok(graph: Graph, node, data_rank: int) -> bool:
     """A Pad that commutes with per-channel scaling: zero (or edge/reflect) padding, none on axes 0 and 1
     of its ``data_rank``-dimensional input."""
     mode = attribute(node, "mode", b"constant")
@@ -237,7 +136,7 @@ class _Pair:
         self.first, self.second, self.clips, self.path = first, second, clips, path
 
 
-def _find_pairs(graph: _Graph, clip: str, skipped: dict):
+def _find_pairs(graph: Graph, clip: str, skipped: dict):
     """Conv -> (homogeneous ops) -> Conv and Gemm/MatMul -> (homogeneous ops) -> Gemm/MatMul pairs whose
     intermediate tensors have a single reader."""
     weight_users: dict[str, int] = {}
@@ -275,7 +174,7 @@ def _find_pairs(graph: _Graph, clip: str, skipped: dict):
                     skip("pad that mixes channels or pads with a non-zero value")
                     break
             elif nxt.op_type == "Clip":
-                bounds = _clip_bounds(graph, nxt)
+                bounds = clip_bounds(graph, nxt)
                 if bounds is False:
                     skip("clip with non-constant bounds")
                     break
@@ -321,7 +220,7 @@ def equalize(model, clip: str = "skip", iterations: int = 50, tolerance: float =
         raise ValueError(f"clip must be one of {CLIP_MODES}, not {clip!r}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = _Graph(out)
+    graph = Graph(out)
     skipped: dict[str, int] = {}
     pairs = _find_pairs(graph, clip, skipped)
     weights = {}  # name -> float64 array, written back at the end
@@ -389,7 +288,7 @@ def _spread(weights: dict, pairs) -> float | None:
     return round(float(np.mean(vals)), 3) if vals else None
 
 
-def _rewrite_clips(graph: _Graph, pairs, clip_scale: dict) -> int:
+def _rewrite_clips(graph: Graph, pairs, clip_scale: dict) -> int:
     """Replace each scaled Clip(lo, hi) by Relu (lo == 0) or Max(x, lo * f) and Min(x, hi * f), with f the
     per-channel factor its input was scaled by: clip(y * f, lo * f, hi * f) == clip(y, lo, hi) * f.
     The node list is rebuilt once at the end (no edits while holding references into it)."""
@@ -402,7 +301,7 @@ def _rewrite_clips(graph: _Graph, pairs, clip_scale: dict) -> int:
             f = clip_scale[id(c)]
             if np.all(f == 1.0):
                 continue
-            lo, hi = _clip_bounds(graph, c)
+            lo, hi = clip_bounds(graph, c)
             # conv: channels on axis 1 of an N-C-spatial tensor; dense: on the last axis (broadcasts)
             shape = (1, len(f)) + (1,) * (rank - 2) if p.first.op_type == "Conv" else (len(f),)
             base, cur, new = (c.name or c.output[0]) + "_cle", c.input[0], []
@@ -438,7 +337,7 @@ def _rewrite_clips(graph: _Graph, pairs, clip_scale: dict) -> int:
     return len(replace)
 
 
-def _unused_bounds(graph: _Graph, clip) -> set:
+def _unused_bounds(graph: Graph, clip) -> set:
     """Names of the Clip's bound tensors (Constant node outputs or initializers) that nothing else reads."""
     return {name for name in clip.input[1:] if name and name not in graph.graph_outputs
             and all(u is clip for u in graph.consumers.get(name, []))
@@ -470,7 +369,7 @@ def equalize_depthwise_inputs(model, feeds: list[dict], margin: float, floor: fl
     from onnx import numpy_helper
 
     from edgeopt.converters import onnx_io
-    graph = _Graph(model)
+    graph = Graph(model)
     skipped: dict = {}
     pairs = []
     for p in _find_pairs(graph, "exact", skipped):
@@ -478,7 +377,7 @@ def equalize_depthwise_inputs(model, feeds: list[dict], margin: float, floor: fl
         channels = _out_channels(p.first, graph.inits[p.first.input[1]].dims)
         if p.first.op_type != "Conv" or attribute(p.second, "group", 1) != channels or list(w2.dims[:2]) != [channels, 1]:
             continue   # not a depthwise convolution with multiplier 1
-        bounds = [_clip_bounds(graph, c) for c in p.clips]
+        bounds = [clip_bounds(graph, c) for c in p.clips]
         if len(bounds) > 1 or any(b is False or b[0] != 0 or b[1] is None or b[1] <= 0 for b in bounds):
             continue   # one Clip(0, hi) at most
         if not any(n.op_type in ("Relu", "Clip") for n in p.path):

@@ -88,19 +88,25 @@ class Reference:
         return self.sess.run(self.outputs, dict(zip(self.in_names, arrays)))
 
 
-def tensor_session(model, tensors, optimize: bool = False, **session_args):
-    """An onnxruntime CPU session of a copy of ``model`` in which each of ``tensors`` is also a graph output,
-    so one run returns the intermediate values too. ``optimize``: onnxruntime's basic graph optimizations (as
-    edgeopt.runtime runs a QDQ model), else none (the graph's own arithmetic, node by node); ``session_args``
-    go to InferenceSession (e.g. ``disabled_optimizers``)."""
+def with_outputs(model, tensors):
+    """A copy of ``model`` in which each of ``tensors`` is also a graph output (in the order given)."""
     import onnx
-    import onnxruntime as ort
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     for name in dict.fromkeys(tensors):
         if name not in have:
             m.graph.output.append(onnx.ValueInfoProto(name=name))
+    return m
+
+
+def tensor_session(model, tensors, optimize: bool = False, **session_args):
+    """An onnxruntime CPU session of a copy of ``model`` in which each of ``tensors`` is also a graph output,
+    so one run returns the intermediate values too. ``optimize``: onnxruntime's basic graph optimizations (as
+    edgeopt.runtime runs a QDQ model), else none (the graph's own arithmetic, node by node); ``session_args``
+    go to InferenceSession (e.g. ``disabled_optimizers``)."""
+    import onnxruntime as ort
+    m = with_outputs(model, tensors)
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)

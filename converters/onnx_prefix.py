@@ -16,19 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 from edgeopt.conversion import defaults
+from edgeopt.converters import onnx_io
 
 __all__ = ["Prefix", "supported", "session_with_outputs"]
 
 
 def session_with_outputs(model, tensors, disable_all: bool = False):
-    """(onnxruntime session of ``model`` with ``tensors`` as extra outputs, its output names)."""
-    import onnx
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in sorted(set(tensors) - have):
-        m.graph.output.append(onnx.ValueInfoProto(name=t))
-    sess = _session(m, disable_all)
+    """(onnxruntime session of ``model`` with ``tensors`` as extra outputs, its output names). Unlike
+    onnx_io.tensor_session, onnxruntime's own optimization level and threads unless ``disable_all``: a prefix
+    is run on every calibration sample once per layer."""
+    sess = _session(onnx_io.with_outputs(model, sorted(tensors)), disable_all)
     return sess, [o.name for o in sess.get_outputs()]
 
 

@@ -130,3 +130,29 @@ def test_jetson_route_centres_and_tflite_route_does_not(tmp_path):
     assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
     r = edgeopt.convert(path, "rpi", calib=files["calib"], out=str(tmp_path / "r"))
     assert "centering" not in r["calibration"]
+
+
+def test_weights_in_constant_nodes_are_centred(tmp_path):
+    """Paddle exports keep every weight in a Constant node (ocr_det): the rewrites change initializers, so the
+    QDQ route turns such nodes into initializers before centring (it found no pair there before)."""
+    import edgeopt
+    from edgeopt_testkit import save_arrays
+    rng = np.random.default_rng(6)
+    model = _block(rng)
+    consts = [helper.make_node("Constant", [], [t.name], value=t, name=f"const_{t.name}")
+              for t in model.graph.initializer]
+    del model.graph.initializer[:]
+    nodes = consts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    path = str(tmp_path / "paddle-like.onnx")
+    onnx.save(model, path)
+    files = save_arrays(tmp_path, calib=(rng.standard_normal((24, 3, 8, 8)) * 2).astype(np.float32))
+    m = edgeopt.convert(path, "jetson", calib=files["calib"], out=str(tmp_path / "j"))
+    assert m["calibration"]["centering"] == {"pairs": 1, "of": 1}
+    art = onnx.load(str(tmp_path / "j" / "model.int8.qdq.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in art.graph.initializer}
+    (clip,) = [n for n in art.graph.node if n.op_type == "Clip"]
+    assert float(inits[clip.input[1]]) < 0
+    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99

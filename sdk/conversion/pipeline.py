@@ -181,7 +181,11 @@ class Job:
         """(path, info): ``src`` loaded, ``rewrite(model) -> info`` applied in place, saved in the workdir as
         ``name`` when it changed something (``info["pairs"]``), else ``src`` itself."""
         import onnx
+
+        from edgeopt.converters.onnx_fold import constants_as_initializers
         m = onnx.load(src)
+        # the rewrites change initializers only: Paddle exports keep every weight in a Constant node
+        constants_as_initializers(m)
         info = rewrite(m)
         if not info["pairs"]:
             return src, info
