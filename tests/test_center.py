@@ -110,24 +110,31 @@ def test_no_data_no_change():
     assert model.SerializeToString() == before
 
 
+def _jetson_centred(tmp_path, model, seed):
+    """``model`` converted for jetson on random calibration inputs: (manifest, files, path, the Clip's
+    (lo, hi) in the artifact); the centring found and did one pair, and the artifact agrees with FP32."""
+    import edgeopt
+    from edgeopt_testkit import save_arrays
+    path = str(tmp_path / "block.onnx")
+    onnx.save(model, path)
+    rng = np.random.default_rng(seed)
+    files = save_arrays(tmp_path, calib=(rng.standard_normal((24, 3, 8, 8)) * 2).astype(np.float32))
+    m = edgeopt.convert(path, "jetson", calib=files["calib"], out=str(tmp_path / "j"))
+    assert m["calibration"]["centering"] == {"pairs": 1, "of": 1}
+    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
+    art = onnx.load(str(tmp_path / "j" / "model.int8.qdq.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in art.graph.initializer}
+    (clip,) = [n for n in art.graph.node if n.op_type == "Clip"]
+    return m, files, path, (float(inits[clip.input[1]]), float(inits[clip.input[2]]))
+
+
 def test_jetson_route_centres_and_tflite_route_does_not(tmp_path):
     """The QDQ route (symmetric INT8, TensorRT) quantizes the centred model: the manifest says so, the Clip in the
     artifact reads (-c, 6 - c) and the artifact still agrees with FP32; the TFLite route (asymmetric INT8 already
     uses the whole range) is not centred."""
     import edgeopt
-    from edgeopt_testkit import save_arrays
-    rng = np.random.default_rng(5)
-    path = str(tmp_path / "block.onnx")
-    onnx.save(_block(rng), path)
-    files = save_arrays(tmp_path, calib=(rng.standard_normal((24, 3, 8, 8)) * 2).astype(np.float32))
-    m = edgeopt.convert(path, "jetson", calib=files["calib"], out=str(tmp_path / "j"))
-    assert m["calibration"]["centering"] == {"pairs": 1, "of": 1}
-    art = onnx.load(str(tmp_path / "j" / "model.int8.qdq.onnx"))
-    inits = {i.name: numpy_helper.to_array(i) for i in art.graph.initializer}
-    (clip,) = [n for n in art.graph.node if n.op_type == "Clip"]
-    lo, hi = float(inits[clip.input[1]]), float(inits[clip.input[2]])
+    _, files, path, (lo, hi) = _jetson_centred(tmp_path, _block(np.random.default_rng(5)), 5)
     assert lo < 0 and hi - lo == pytest.approx(6.0, rel=1e-6)
-    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
     r = edgeopt.convert(path, "rpi", calib=files["calib"], out=str(tmp_path / "r"))
     assert "centering" not in r["calibration"]
 
@@ -135,10 +142,7 @@ def test_jetson_route_centres_and_tflite_route_does_not(tmp_path):
 def test_weights_in_constant_nodes_are_centred(tmp_path):
     """Paddle exports keep every weight in a Constant node (ocr_det): the rewrites change initializers, so the
     QDQ route turns such nodes into initializers before centring (it found no pair there before)."""
-    import edgeopt
-    from edgeopt_testkit import save_arrays
-    rng = np.random.default_rng(6)
-    model = _block(rng)
+    model = _block(np.random.default_rng(6))
     consts = [helper.make_node("Constant", [], [t.name], value=t, name=f"const_{t.name}")
               for t in model.graph.initializer]
     del model.graph.initializer[:]
@@ -146,13 +150,5 @@ def test_weights_in_constant_nodes_are_centred(tmp_path):
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     onnx.checker.check_model(model)
-    path = str(tmp_path / "paddle-like.onnx")
-    onnx.save(model, path)
-    files = save_arrays(tmp_path, calib=(rng.standard_normal((24, 3, 8, 8)) * 2).astype(np.float32))
-    m = edgeopt.convert(path, "jetson", calib=files["calib"], out=str(tmp_path / "j"))
-    assert m["calibration"]["centering"] == {"pairs": 1, "of": 1}
-    art = onnx.load(str(tmp_path / "j" / "model.int8.qdq.onnx"))
-    inits = {i.name: numpy_helper.to_array(i) for i in art.graph.initializer}
-    (clip,) = [n for n in art.graph.node if n.op_type == "Clip"]
-    assert float(inits[clip.input[1]]) < 0
-    assert m["accuracy"]["outputs"]["y"]["cosine"] > 0.99
+    _, _, _, (lo, hi) = _jetson_centred(tmp_path, model, 6)
+    assert lo < 0 and hi - lo == pytest.approx(6.0, rel=1e-6)
