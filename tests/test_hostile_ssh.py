@@ -239,6 +239,52 @@ def test_remote_output_is_capped(lab, monkeypatch, tmp_path):
                 c.run("head -c 3000000 /dev/zero >&2")   # stderr too
 
 
+def test_capped_command_leaves_the_connection_usable(lab, monkeypatch):
+    """The CI flake (transport dead, "Socket exception: Bad file descriptor") reproduced: paramiko's transport
+    thread checks the channel's select pipe is open, then writes to it; a ``run`` that stopped a capped command
+    closed that pipe in between. Both sides are slowed here so that the close lands in the gap every time."""
+    import paramiko
+    from paramiko import pipe
+
+    def slow_set(self):   # PosixPipe.set, preempted between its check and its write
+        if self._set or self._closed:
+            return
+        time.sleep(0.02)
+        self._set = True
+        os.write(self._wfd, b"*")
+
+    close = paramiko.Channel.close
+
+    def slow_close(self):
+        time.sleep(0.005)
+        close(self)
+
+    monkeypatch.setattr(pipe.PosixPipe, "set", slow_set)
+    monkeypatch.setattr(paramiko.Channel, "close", slow_close)
+    monkeypatch.setattr(connection_module, "MAX_OUTPUT", 1 << 20, raising=False)
+    lab.start("pi-01")
+    with connect(dev_of(lab, "pi-01")) as c:
+        for _ in range(3):
+            with pytest.raises(DeviceError, match="printed more than 1 MiB"):
+                c.run("head -c 400000000 /dev/zero")
+            assert c.run("echo still here").stdout == b"still here\n"
+
+
+def test_run_keeps_output_sent_after_the_exit_status(lab):
+    """sshd sends the exit status when the command exits, before the output it still holds: ``run`` used to stop
+    there and return a truncated stdout (a bench's JSON line lost, or half of it). It reads up to EOF, and does not
+    wait forever for a background child that keeps the output open."""
+    lab.start("pi-01")
+    with connect(dev_of(lab, "pi-01")) as c:
+        for n in (20_000_000, 20_000_000, 30_000_000):
+            res = c.run(f"head -c {n} /dev/zero; echo end >&2")
+            assert len(res.stdout) == n and res.stderr == b"end\n"
+        t0 = time.monotonic()
+        res = c.run("sleep 30 & echo $!", timeout=60)
+        assert res.rc == 0 and res.stdout.strip().isdigit() and time.monotonic() - t0 < 10
+        assert c.run(f"kill {int(res.stdout)}").rc == 0
+
+
 def test_runner_thins_samples_keeps_true_count(onnx_model, tmp_path):
     p = subprocess.run([sys.executable, "-", "bench", str(onnx_model), "--runs", "500", "--min-seconds", "0",
                         "--warmup", "1", "--max-samples", "50"], input=runner_source(), capture_output=True,

@@ -22,7 +22,6 @@ import getpass
 import hashlib
 import hmac
 import os
-import select
 import shlex
 import shutil
 import signal
@@ -47,6 +46,8 @@ __all__ = ["Connection", "SSHConnection", "LocalConnection", "Result", "connect"
 # OpenSSH server accepts.
 WINDOW_SIZE = 64 * 1024 * 1024
 MAX_PACKET_SIZE = 32768
+_IDLE_FIRST, _IDLE_MAX = 0.0005, 0.01   # run's polling interval while a command prints nothing (s)
+_EOF_GRACE = 2.0   # s run waits for EOF, with nothing arriving, after the command's exit status
 SFTP_REQUEST_SIZE = 32768
 # What ``run`` keeps of a command's stdout (and, separately, stderr). The runner's JSON is a few MB at most
 # (it caps its samples); past this a device is misbehaving, and keeping it all could exhaust the host's memory.
@@ -698,8 +699,10 @@ class SSHConnection(Connection):
         out, err = [], []
         kept = [0, 0]
         deadline = t0 + timeout
+        idle, quiet_since = _IDLE_FIRST, None
         try:
             while True:
+                got = kept[0] + kept[1]
                 while chan.recv_ready():
                     out.append(chan.recv(1 << 16))
                     kept[0] += len(out[-1])
@@ -708,13 +711,30 @@ class SSHConnection(Connection):
                     kept[1] += len(err[-1])
                 if max(kept) > limit:  # closing the channel (finally) ends the remote command
                     raise self._too_much(limit)
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                drained = not chan.recv_ready() and not chan.recv_stderr_ready()
+                if chan.exit_status_ready() and drained:
+                    # sshd sends the exit status as soon as the command exits, while output it has
+                    # not sent yet may still follow: done at EOF. A background child that keeps the
+                    # output open would hold it forever (ssh waits); stop after a quiet grace instead.
+                    now = time.perf_counter()
+                    if kept[0] + kept[1] > got or quiet_since is None:
+                        quiet_since = now
+                    if chan.eof_received or chan.closed or now - quiet_since > _EOF_GRACE:
+                        break
                 if not self.transport.is_active():
                     raise self._err("connection lost while running a command")
                 if time.perf_counter() > deadline:
                     raise self._err(f"remote command timed out after {timeout:g} s")
-                select.select([chan], [], [], 0.01)
+                # Never select() on the channel: its fileno() is a pipe that paramiko's transport thread
+                # writes to as data arrives, and closing the channel closes that pipe without a lock; a
+                # write racing the close fails with EBADF and kills the whole transport (or hits whatever
+                # file reused the number). Poll instead, backing off while nothing arrives; the exit
+                # status event wakes the wait at once.
+                idle = _IDLE_FIRST if kept[0] + kept[1] > got else min(idle * 2, _IDLE_MAX)
+                if chan.status_event.is_set():
+                    time.sleep(idle)
+                else:
+                    chan.status_event.wait(idle)
             rc = chan.recv_exit_status()
         finally:
             chan.close()
