@@ -105,10 +105,9 @@ def constant_node_value(node):
 def clip_bounds(graph: Graph, node):
     """(lo, hi) of a Clip as floats (None for an open side), or False when a bound is not a constant."""
     if len(node.input) > 1:  # opset >= 11: bounds are inputs
-        lo = graph.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        lo = graph.const(node.input[1]) if node.input[1] else None
         hi = graph.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if (len(node.input) > 1 and node.input[1] and lo is None) or (len(node.input) > 2 and node.input[2]
-                                                                       and hi is None):
+        if (node.input[1] and lo is None) or (len(node.input) > 2 and node.input[2] and hi is None):
             return False
         if (lo is not None and lo.size != 1) or (hi is not None and hi.size != 1):
             return False

@@ -355,3 +355,118 @@ def test_depthwise_equalization_skips_overflowing_channels():
     after = _weights(model)
     assert all(np.array_equal(before[k], v) for k, v in after.items())
     assert all(np.isfinite(v).all() for k, v in after.items() if k != "w1")
+
+
+def _gated_block(rng, gate: str, extra_reader: bool = False, second: str | None = None):
+    """conv 3->8 (channel ranges 100x apart) -> BatchNormalization -> a gated activation ``gate`` ("paddle":
+    hard-swish spelled out as Paddle exports it, y * clip(y + 3, 0, 6) / 6; "hardswish": the HardSwish node;
+    "swish": y * sigmoid(y)) -> zero Pad -> depthwise 3x3 -> 1x1 conv -> 4; the depthwise input is "a1".
+    ``extra_reader``: y is also a graph output (a third reader the rewrite must respect). ``second``: a1 is
+    also read by a second depthwise conv ("depthwise") or an ordinary 1x1 conv ("conv"), added into c2."""
+    c = 8
+    w1 = rng.standard_normal((c, 3, 3, 3)) * np.logspace(-2, 0, c)[:, None, None, None]
+    inits = {"w1": w1.astype(np.float32),
+             "bn_s": rng.uniform(0.5, 2.0, c).astype(np.float32), "bn_b": (0.1 * rng.standard_normal(c)).astype(np.float32),
+             "bn_m": (0.1 * rng.standard_normal(c)).astype(np.float32), "bn_v": rng.uniform(0.5, 2, c).astype(np.float32),
+             # the depthwise filters amplify the small channels (as BatchNormalization folding leaves them in
+             # PP-LCNet): each channel then matters as much at the output
+             "w2": (rng.standard_normal((c, 1, 3, 3)) / np.logspace(-2, 0, c)[:, None, None, None]).astype(np.float32),
+             "b2": rng.standard_normal(c).astype(np.float32),
+             "w3": rng.standard_normal((4, c, 1, 1)).astype(np.float32), "b3": np.zeros(4, np.float32),
+             "three": np.array(3.0, np.float32), "six": np.array(6.0, np.float32), "zero": np.array(0.0, np.float32),
+             "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["y1"])]
+    if gate == "paddle":
+        nodes += [helper.make_node("Add", ["y1", "three"], ["g0"]), helper.make_node("Clip", ["g0", "zero", "six"], ["g1"]),
+                  helper.make_node("Mul", ["y1", "g1"], ["h"]), helper.make_node("Div", ["h", "six"], ["a1"])]
+    elif gate == "hardswish":
+        nodes += [helper.make_node("HardSwish", ["y1"], ["a1"])]
+    else:
+        nodes += [helper.make_node("Sigmoid", ["y1"], ["g1"]), helper.make_node("Mul", ["g1", "y1"], ["a1"])]
+    nodes += [helper.make_node("Pad", ["a1", "pads"], ["p1"]),
+              helper.make_node("Conv", ["p1", "w2", "b2"], ["c2a"], group=c)]
+    if second is None:
+        nodes.append(helper.make_node("Identity", ["c2a"], ["c2"]))
+    else:
+        inits["w4"] = rng.standard_normal((c, 1, 3, 3) if second == "depthwise" else (c, c, 1, 1)).astype(np.float32)
+        nodes += [helper.make_node("Conv", ["a1", "w4"], ["c4"], group=c if second == "depthwise" else 1,
+                                   pads=[1, 1, 1, 1] if second == "depthwise" else [0, 0, 0, 0]),
+                  helper.make_node("Add", ["c2a", "c4"], ["c2"])]
+    nodes.append(helper.make_node("Conv", ["c2", "w3", "b3"], ["y"]))
+    return _model(nodes, inits, extra_outputs=("y1",) if extra_reader else ())
+
+
+@pytest.mark.parametrize("gate,second", [("paddle", None), ("hardswish", None), ("swish", None),
+                                         ("paddle", "depthwise")])
+def test_gated_depthwise_inputs_equalized_exactly(gate, second):
+    """Hard-swish and swish are not homogeneous; the depthwise input is equalized through them exactly: the
+    BatchNormalization's scale and bias are divided by s, the gate reads y * s, the depthwise filters are
+    multiplied by s (both depthwise convs' where two read it). The model's output is the same (to float
+    rounding), every channel of the depthwise input reaches the tensor's maximum (or 16x its own), and its INT8
+    error in the original units falls."""
+    rng = np.random.default_rng(11)
+    model = _gated_block(rng, gate, second=second)
+    x = (rng.standard_normal((8, 3, 8, 8)) * 2).astype(np.float32)
+    y0, a0 = _with_a1(model, x)
+    eq = onnx.ModelProto()
+    eq.CopyFrom(model)
+    info = onnx_equalize.equalize_depthwise_inputs(eq, [{"x": x[i:i + 1]} for i in range(len(x))], 2.0, 1 / 16)
+    assert info["pairs"] == 1 and info["gated"] == 1 and info["of"] == 1, info
+    onnx.checker.check_model(eq)
+    assert sum(n.op_type == "Mul" for n in eq.graph.node) == sum(n.op_type == "Mul" for n in model.graph.node) + 1 + (
+        gate == "hardswish")
+    y1, a1 = _with_a1(eq, x)
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * np.abs(y0).max())
+    r0, r1 = np.abs(a0).max(axis=(0, 2, 3)), np.abs(a1).max(axis=(0, 2, 3))
+    assert r0.min() < 0.05 * r0.max()                                   # channels ~100x apart before
+    np.testing.assert_allclose(r1, np.where(r0 >= r0.max() / 16, r0.max(), r0 * 16), rtol=1e-4)
+    s = r0 / r1
+
+    def int8_error(a, scale):
+        step = np.abs(a).max() / 127
+        return np.sqrt(np.mean((np.round(a / step) * step * scale - a * scale) ** 2, axis=(0, 2, 3)))
+    e0, e1 = int8_error(a0, 1.0), int8_error(a1, s[None, :, None, None])
+    rel0, rel1 = e0 / a0.std(axis=(0, 2, 3)), e1 / a0.std(axis=(0, 2, 3))
+    assert np.median(rel1) < 0.3 * np.median(rel0), (rel0, rel1)
+
+
+@pytest.mark.parametrize("case", ["y read elsewhere", "ordinary conv reads a1"])
+def test_gated_equalization_leaves_shared_tensors_alone(case):
+    """y read by a third node (here a graph output) would see the scaled values, and an ordinary convolution
+    reading the depthwise input too would move precision between its weights' input channels: such blocks are
+    left as they are."""
+    rng = np.random.default_rng(12)
+    model = (_gated_block(rng, "paddle", extra_reader=True) if case == "y read elsewhere"
+             else _gated_block(rng, "paddle", second="conv"))
+    before = _weights(model)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    info = onnx_equalize.equalize_depthwise_inputs(model, [{"x": x[:1]}, {"x": x[1:]}], 2.0, 1 / 16)
+    assert info["pairs"] == 0 and info["of"] == 0, info
+    assert all(np.array_equal(before[k], v) for k, v in _weights(model).items())
+
+
+def test_gated_block_converts_equalized_on_both_routes(tmp_path, monkeypatch):
+    """End to end on the TFLite (rpi) and QDQ (jetson) routes: the manifest counts the gated block, the artifact
+    computes the rewritten graph (the inserted Mul is there) and is closer to FP32 than the same conversion with
+    every channel scale 1 (the floor raised to 1: nothing equalized)."""
+    import edgeopt
+    from edgeopt.conversion import pipeline
+    from edgeopt_testkit import save_arrays
+    rng = np.random.default_rng(13)
+    path = str(tmp_path / "gated.onnx")
+    onnx.save(_gated_block(rng, "hardswish"), path)
+    files = save_arrays(tmp_path, calib=(rng.standard_normal((32, 3, 8, 8)) * 2).astype(np.float32),
+                        val=(rng.standard_normal((32, 3, 8, 8)) * 2).astype(np.float32))
+    got = {}
+    for floor in (1 / 16, 1.0):
+        monkeypatch.setattr(pipeline, "DEPTHWISE_EQUALIZATION_FLOOR", floor)
+        for target in ("rpi", "jetson"):
+            m = edgeopt.convert(path, target, calib=files["calib"], val=files["val"],
+                                out=str(tmp_path / f"{target}-{floor}"))
+            assert m["calibration"]["equalization"]["gated"] == 1, m["calibration"]["equalization"]
+            got[target, floor] = m["accuracy"]["outputs"]["y"]["sqnr_db"]
+    art = onnx.load(str(tmp_path / "jetson-0.0625" / "model.int8.qdq.onnx"))
+    assert sum(n.op_type == "HardSigmoid" for n in art.graph.node) == 1
+    for target in ("rpi", "jetson"):
+        assert got[target, 1 / 16] > got[target, 1.0] + 3, got
