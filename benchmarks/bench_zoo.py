@@ -388,7 +388,8 @@ def edgeopt_cell(model: str, route: str, spec: dict, out: str, allow_float_fallb
     row["warnings"] = [str(w).splitlines()[0] for w in warnings][:5]
     if manifest:
         acc = manifest.get("accuracy") or {}
-        row["outputs"] = {n: {k: v for k, v in m.items() if k in ("cosine", "sqnr_db", "top1_agreement", "kind")}
+        row["outputs"] = {n: {k: v for k, v in m.items() if k in ("cosine", "sqnr_db", "top1_agreement", "kind",
+                                                                    "output_grid")}
                           for n, m in (acc.get("outputs") or {}).items()}
         row["samples"] = acc.get("samples")
         arts = manifest.get("artifacts") or []
@@ -448,7 +449,8 @@ def _source_bytes(src: str) -> int:
 
 def classify(row: dict) -> str:
     """good (every output within GOOD_COSINE), passthrough (a .tflite source given back unchanged), low (success, some output under it: below 0.9 a silent-garbage
-    bug), error (a clean error line: UsageError or GateError), internal (an exception that is a bug)."""
+    bug, unless ``low (grid)``: each output under 0.9 is held there by its own INT8 grid, as the manifest's sanity
+    check found), error (a clean error line: UsageError or GateError), internal (an exception that is a bug)."""
     if row["status"] in ("error", "gate"):
         return "error"
     if row["status"] == "internal":
@@ -456,7 +458,13 @@ def classify(row: dict) -> str:
     cosines = [m["cosine"] for m in (row.get("outputs") or {}).values() if m.get("cosine") is not None]
     if not cosines:
         return "passthrough" if row.get("artifact") == row.get("source") else "unchecked"
-    return "good" if min(cosines) >= GOOD_COSINE else ("low" if min(cosines) >= 0.9 else "garbage")
+    if min(cosines) >= 0.9:
+        return "good" if min(cosines) >= GOOD_COSINE else "low"
+    from edgeopt.conversion.defaults import OUTPUT_GRID_MARGIN_DB
+    under = [m for m in row["outputs"].values() if m.get("cosine") is not None and m["cosine"] < 0.9]
+    grid_held = all(m.get("output_grid") and m["output_grid"]["cosine"] < 0.9
+                    and m["sqnr_db"] >= m["output_grid"]["sqnr_db"] - OUTPUT_GRID_MARGIN_DB for m in under)
+    return "low (grid)" if row["status"] == "ok" and grid_held else "garbage"
 
 
 def emit(rows: list, row: dict) -> None:

@@ -1263,6 +1263,29 @@ def _interpreter(data: bytes):
     return Interpreter(model_content=data)
 
 
+def output_grids(data: bytes) -> dict:
+    """{output tensor index: (scale, zero point, lowest code, highest code)} of each output of a TFLite model that
+    is computed on an integer grid: the output's own quantization when it is an integer tensor, else that of the
+    integer tensor a DEQUANTIZE makes it from. (INT8 LOGISTIC's grid is fixed, step 1/256: a score map mostly under
+    0.01 cannot come closer to FP32 than that, however well the rest is quantized.)"""
+    interp = _interpreter(data)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    made_by = {o: op for op in interp._get_ops_details() for o in op["outputs"]}
+    grids = {}
+    for d in interp.get_output_details():
+        t = tensors.get(d["index"])
+        if t is not None and np.dtype(t["dtype"]).kind == "f":
+            op = made_by.get(d["index"])
+            t = tensors.get(op["inputs"][0]) if op is not None and op["op_name"] == "DEQUANTIZE" else None
+        if t is None or np.dtype(t["dtype"]).kind not in "iu":
+            continue
+        scale, zero = t["quantization"]
+        if scale and scale > 0:
+            info = np.iinfo(t["dtype"])
+            grids[int(d["index"])] = (float(scale), int(zero), int(info.min), int(info.max))
+    return grids
+
+
 def float_ops_of(data: bytes) -> list[str]:
     """Ops of a TFLite model that compute in float (any float32 input/output tensor)."""
     return sorted({kind for kind, _name in _float_computing(data)})

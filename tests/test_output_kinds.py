@@ -69,3 +69,52 @@ def test_dense_cosine_is_over_all_samples():
     assert dense["kind"] == "dense" and dense["cosine"] > 0.99
     per_sample = accuracy.compare([ref], [got], ["maps"], {"maps": "embedding"})["maps"]
     assert per_sample["cosine"] < 0.5  # three of four near-zero maps compared on noise
+
+
+def _faint_score_map(path):
+    """A detector head on 3x16x16 inputs: 1x1 conv -> Sigmoid, its logits around -7 (scores 0.0001-0.04, as a
+    detector's map on crops with nothing to find): TFLite's INT8 LOGISTIC writes them on its fixed 1/256 grid."""
+    from edgeopt_testkit import onnx_graph
+    rng = np.random.default_rng(3)
+    inits = {"w": (0.3 * rng.standard_normal((4, 3, 1, 1))).astype(np.float32), "b": np.full(4, -7.0, np.float32)}
+    return onnx_graph([("Conv", ["x", "w", "b"], ["z"]), ("Sigmoid", ["z"], ["heatmap"])],
+                      {"x": [1, 3, 16, 16]}, {"heatmap": [1, 4, 16, 16]}, inits, path=path)
+
+
+def test_score_map_on_the_logistic_grid_is_not_a_broken_artifact(tmp_path):
+    """The sanity floor fails broken artifacts, not ones held under it by their own output grid: the FP32
+    scores rounded onto INT8 LOGISTIC's 1/256 grid alone are under the floor; the rpi artifact comes within
+    3 dB of that and converts, the manifest saying why (it exited 1 as "a broken artifact" before)."""
+    import edgeopt
+    path = str(tmp_path / "head.onnx")
+    _faint_score_map(path)
+    rng = np.random.default_rng(4)
+    files = save_arrays(tmp_path, calib=rng.standard_normal((32, 3, 16, 16)).astype(np.float32),
+                        val=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
+    warnings = []
+    m = edgeopt.convert(path, "rpi", calib=files["calib"], val=files["val"], out=str(tmp_path / "r"),
+                        warn=warnings.append)
+    out = m["accuracy"]["outputs"]["heatmap"]
+    grid = out["output_grid"]
+    assert grid["step"] == pytest.approx(1 / 256) and grid["cosine"] < 0.9
+    assert out["cosine"] < 0.9 and out["sqnr_db"] >= grid["sqnr_db"] - 3
+    sanity = m["accuracy"]["sanity"]
+    assert sanity["passed"] and not sanity["failures"] and len(sanity["grid_limited"]) == 1
+    assert "INT8 grid alone (step 0.003906)" in sanity["grid_limited"][0] and sanity["grid_limited"][0] in warnings
+
+
+def test_grid_limit_does_not_excuse_a_broken_output():
+    """An output far below what its grid allows is still a failure; one within 3 dB of it is not."""
+    from edgeopt.conversion import pipeline
+    rng = np.random.default_rng(5)
+    ref = 1 / (1 + np.exp(-(0.8 * rng.standard_normal((8, 2, 16, 16)) - 7)))
+    grid = accuracy.grid_limit(ref, (1 / 256, -128, -128, 127), "dense")
+    on_grid = (np.clip(np.round(ref * 256) - 128, -128, 127) + 128) / 256
+    assert grid == {"step": 1 / 256, **{k: accuracy.metrics(ref, on_grid, "dense")[k] for k in ("cosine", "sqnr_db")}}
+    assert grid["cosine"] < 0.9
+    limited = dict(accuracy.metrics(ref, on_grid, "dense"), output_grid=grid)
+    broken = dict(accuracy.metrics(ref, rng.permutation(on_grid.ravel()).reshape(ref.shape), "dense"), output_grid=grid)
+    assert broken["sqnr_db"] < grid["sqnr_db"] - 3
+    s = pipeline._sanity([{"file": "a.tflite", "accuracy": {"ok": limited, "bad": broken}}], 0.9)
+    assert not s["passed"] and len(s["failures"]) == 1 and "'bad'" in s["failures"][0]
+    assert len(s["grid_limited"]) == 1 and "'ok'" in s["grid_limited"][0]

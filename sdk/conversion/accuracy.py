@@ -81,6 +81,16 @@ def metrics(ref: np.ndarray, got: np.ndarray, kind: str | None = None) -> dict:
     return res
 
 
+def grid_limit(ref: np.ndarray, grid, kind: str | None = None) -> dict:
+    """The closest an output computed on an integer ``grid`` (scale, zero point, lowest code, highest code) can
+    come to ``ref``: the metrics of ``ref`` rounded onto that grid (``step``, ``cosine``, ``sqnr_db``)."""
+    scale, zero, lowest, highest = grid
+    r = np.asarray(ref, dtype=np.float64)
+    on_grid = (np.clip(np.round(r / scale) + zero, lowest, highest) - zero) * scale
+    m = metrics(r, on_grid, kind)
+    return {"step": float(scale), "cosine": m["cosine"], "sqnr_db": m["sqnr_db"]}
+
+
 def compare(refs: list[np.ndarray], gots: list[np.ndarray], names: list[str], kinds: dict | None = None) -> dict:
     """{output name: metrics}; ``kinds`` {name: kind} (declared), else guessed from name and shape."""
     kinds = kinds or {}

@@ -19,11 +19,11 @@ import numpy as np
 from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover, reference
 from edgeopt.conversion.accuracy import (add_label_accuracy, compare as compare_outputs, gate as accuracy_gate,
-                                        guess_kind, parse_output_kinds)
+                                        grid_limit, guess_kind, parse_output_kinds)
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
                                          DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE, DEPTHWISE_EQUALIZATION_FLOOR,
-                                         DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES, ROUNDING_SAMPLES,
-                                         TFLITE_METHODS)
+                                         DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES,
+                                         OUTPUT_GRID_MARGIN_DB, ROUNDING_SAMPLES, TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
@@ -470,6 +470,9 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         m = runtime.Model(path, None, entry, threads=None)
         got = m.predict(inputs, batch_size=64)
         acc = add_label_accuracy(compare_outputs(refs, got, out_names, kinds), refs, got, out_names, labs)
+        under = [n for n in out_names if min_cosine and acc[n].get("cosine", 1.0) < min_cosine]
+        if under and a.get("format") == "tflite":   # held under the sanity floor by its own output grid?
+            _output_grids(acc, a["data"], entry, refs, out_names, under)
         entry["accuracy"] = acc
         return entry
 
@@ -526,6 +529,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     if sanity is not None:
         accuracy["sanity"] = sanity
         failures += sanity["failures"]
+        for note in sanity.get("grid_limited", []):
+            warn(note)
     if min_sqnr is not None or min_top1 is not None:
         failures = accuracy_gate(primary["accuracy"], min_sqnr, min_top1)
         accuracy["gate"] = {"min_sqnr": min_sqnr, "min_top1": min_top1, "passed": not failures,
@@ -577,24 +582,47 @@ def _run_routes(job, routes, fmt, progress) -> tuple[list[dict], dict | None]:
     return arts, auto
 
 
+def _output_grids(acc: dict, data: bytes, entry: dict, refs, names, under: list[str]) -> None:
+    """Add ``output_grid`` (:func:`edgeopt.conversion.accuracy.grid_limit`) to the metrics of each output of
+    ``under`` that the TFLite artifact ``data`` computes on an integer grid."""
+    from edgeopt.converters import tf_tflite
+    grids = tf_tflite.output_grids(data)
+    index = {o["name"]: o.get("index") for o in entry.get("outputs") or []}
+    for name, r in zip(names, refs):
+        grid = grids.get(index.get(name))
+        if grid is not None and name in under:
+            acc[name]["output_grid"] = grid_limit(r, grid, acc[name].get("kind"))
+
+
 def _sanity(entries: list[dict], floor: float) -> dict | None:
     """The sanity floor over every artifact: each output whose cosine against FP32 is below ``floor`` is a
     failure naming the artifact, the output and its numbers (and, where the converter found it, that the
-    float graph was already wrong). None when the floor is off (0 or less)."""
+    float graph was already wrong), unless its own integer grid alone keeps it under the floor and it is within
+    OUTPUT_GRID_MARGIN_DB of that grid's SQNR (``grid_limited``). None when the floor is off (0 or less)."""
     if not floor or floor <= 0:
         return None
-    failures = []
+    failures, limited = [], []
     for e in entries:
         for name, m in (e.get("accuracy") or {}).items():
             cosine = m.get("cosine")
             if cosine is None or cosine >= floor:
+                continue
+            grid = m.get("output_grid")
+            if grid and grid["cosine"] < floor and m.get("sqnr_db", -999.0) >= grid["sqnr_db"] - OUTPUT_GRID_MARGIN_DB:
+                limited.append(f"{e['file']}: output {name!r} has cosine {cosine:.4f} (SQNR {m.get('sqnr_db')} dB) "
+                               f"against FP32, and the FP32 values rounded onto its INT8 grid alone (step "
+                               f"{grid['step']:.4g}) give {grid['cosine']:.4f} ({grid['sqnr_db']} dB): the grid's "
+                               "limit, not a broken artifact")
                 continue
             why = (f"{e['file']}: output {name!r} has cosine {cosine:.4f} (SQNR {m.get('sqnr_db')} dB) against "
                    f"FP32, below the sanity floor {floor:g} (--min-cosine): a broken artifact, not an imprecise one")
             if e.get("graph_check"):
                 why += "; " + e["graph_check"]["note"]
             failures.append(why)
-    return {"min_cosine": floor, "passed": not failures, "failures": failures}
+    res = {"min_cosine": floor, "passed": not failures, "failures": failures}
+    if limited:
+        res["grid_limited"] = limited
+    return res
 
 
 def _auto_ranges(job, fn, fmt, progress):
