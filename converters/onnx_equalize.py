@@ -136,14 +136,20 @@ class _Pair:
         self.first, self.second, self.clips, self.path = first, second, clips, path
 
 
-def _find_pairs(graph: Graph, clip: str, skipped: dict):
-    """Conv -> (homogeneous ops) -> Conv and Gemm/MatMul -> (homogeneous ops) -> Gemm/MatMul pairs whose
-    intermediate tensors have a single reader."""
-    weight_users: dict[str, int] = {}
+def _weight_users(graph: Graph) -> dict[str, int]:
+    """{initializer name: how many node inputs read it} (a weight read twice cannot be rescaled for one reader)."""
+    users: dict[str, int] = {}
     for node in graph.model.graph.node:
         for i in node.input:
             if i in graph.inits:
-                weight_users[i] = weight_users.get(i, 0) + 1
+                users[i] = users.get(i, 0) + 1
+    return users
+
+
+def _find_pairs(graph: Graph, clip: str, skipped: dict):
+    """Conv -> (homogeneous ops) -> Conv and Gemm/MatMul -> (homogeneous ops) -> Gemm/MatMul pairs whose
+    intermediate tensors have a single reader."""
+    weight_users = _weight_users(graph)
     pairs = []
 
     def skip(why):
@@ -524,11 +530,7 @@ def _depthwise_reader(graph: Graph, node, tensor: str, weight_users: dict):
 
 def _gated_pairs(graph: Graph) -> list[_Gated]:
     """Every gated activation whose readers are all depthwise Convs with multiplier 1 (see :class:`_Gated`)."""
-    weight_users: dict[str, int] = {}
-    for node in graph.model.graph.node:
-        for i in node.input:
-            if i in graph.inits:
-                weight_users[i] = weight_users.get(i, 0) + 1
+    weight_users = _weight_users(graph)
     found = []
     for node in graph.model.graph.node:
         if node.op_type not in ("Mul", "HardSwish"):
