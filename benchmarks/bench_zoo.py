@@ -449,8 +449,8 @@ def _source_bytes(src: str) -> int:
 
 def classify(row: dict) -> str:
     """good (every output within GOOD_COSINE), passthrough (a .tflite source given back unchanged), low (success, some output under it: below 0.9 a silent-garbage
-    bug, unless ``low (grid)``: each output under 0.9 is held there by its own INT8 grid, as the manifest's sanity
-    check found), error (a clean error line: UsageError or GateError), internal (an exception that is a bug)."""
+    bug, unless ``low (grid)``: each output under 0.9 is within 3 dB of its own INT8 grid's SQNR, as the manifest's
+    sanity check found), error (a clean error line: UsageError or GateError), internal (an exception that is a bug)."""
     if row["status"] in ("error", "gate"):
         return "error"
     if row["status"] == "internal":
@@ -462,8 +462,8 @@ def classify(row: dict) -> str:
         return "good" if min(cosines) >= GOOD_COSINE else "low"
     from edgeopt.conversion.defaults import OUTPUT_GRID_MARGIN_DB
     under = [m for m in row["outputs"].values() if m.get("cosine") is not None and m["cosine"] < 0.9]
-    grid_held = all(m.get("output_grid") and m["output_grid"]["cosine"] < 0.9
-                    and m["sqnr_db"] >= m["output_grid"]["sqnr_db"] - OUTPUT_GRID_MARGIN_DB for m in under)
+    grid_held = all(m.get("output_grid") and m["sqnr_db"] >= m["output_grid"]["sqnr_db"] - OUTPUT_GRID_MARGIN_DB
+                    for m in under)
     return "low (grid)" if row["status"] == "ok" and grid_held else "garbage"
 
 

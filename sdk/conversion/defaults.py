@@ -48,10 +48,11 @@ DEPTHWISE_EQUALIZATION_FLOOR = 1 / 16
 # (a good INT8 classifier keeps > 0.99; Magika's QDQ with a quantized LayerNorm gave 0.72), and the conversion
 # fails (exit 1) instead of reporting it as a success.
 DEFAULT_MIN_COSINE = 0.9
-# ... unless the output is computed on a coarse integer grid that alone keeps it under the floor: TFLite's INT8
+# ... unless the output is computed on a coarse integer grid that alone brings it near the floor: TFLite's INT8
 # LOGISTIC has a fixed step of 1/256, and a detector's score map on crops with nothing to find is mostly under
-# 0.01 (the PP layout detector: the FP32 scores rounded onto that grid alone give cosine 0.916). Such an output is
-# not failed when its SQNR is within this many dB of the grid's own (half its noise power or more is the grid's).
+# 0.01 (the PP layout detector: the FP32 scores rounded onto that grid alone give cosine 0.916, the artifact 0.8995).
+# Such an output is not failed when its SQNR is within this many dB of the grid's own (half its noise power or
+# more is the grid's: imprecise, not broken).
 OUTPUT_GRID_MARGIN_DB = 3.0
 IO_DTYPES = ("int8", "uint8", "float32")
 DEFAULT_PERCENTILE = 99.99      # percentile calibration's percentile (edgeopt.conversion.ranges)
