@@ -460,11 +460,9 @@ def classify(row: dict) -> str:
         return "passthrough" if row.get("artifact") == row.get("source") else "unchecked"
     if min(cosines) >= 0.9:
         return "good" if min(cosines) >= GOOD_COSINE else "low"
-    from edgeopt.conversion.defaults import OUTPUT_GRID_MARGIN_DB
+    from edgeopt.conversion.accuracy import held_by_grid
     under = [m for m in row["outputs"].values() if m.get("cosine") is not None and m["cosine"] < 0.9]
-    grid_held = all(m.get("output_grid") and m["sqnr_db"] >= m["output_grid"]["sqnr_db"] - OUTPUT_GRID_MARGIN_DB
-                    for m in under)
-    return "low (grid)" if row["status"] == "ok" and grid_held else "garbage"
+    return "low (grid)" if row["status"] == "ok" and all(held_by_grid(m) for m in under) else "garbage"
 
 
 def emit(rows: list, row: dict) -> None:

@@ -6,11 +6,12 @@ import re
 
 import numpy as np
 
+from edgeopt.conversion.defaults import OUTPUT_GRID_MARGIN_DB
 from edgeopt.errors import UsageError
 
 
-__all__ = ["OUTPUT_KINDS", "looks_like_scores", "guess_kind", "parse_output_kinds", "metrics", "compare",
-           "add_label_accuracy", "top1_accuracy", "gate"]
+__all__ = ["OUTPUT_KINDS", "looks_like_scores", "guess_kind", "parse_output_kinds", "metrics", "grid_limit",
+           "held_by_grid", "compare", "add_label_accuracy", "top1_accuracy", "gate"]
 
 # What an output is decides which numbers mean something: class scores (top-1 agreement), an embedding (cosine:
 # its direction is what is compared downstream), a dense map or boxes (SQNR and max error).
@@ -89,6 +90,14 @@ def grid_limit(ref: np.ndarray, grid, kind: str | None = None) -> dict:
     on_grid = (np.clip(np.round(r / scale) + zero, lowest, highest) - zero) * scale
     m = metrics(r, on_grid, kind)
     return {"step": float(scale), "cosine": m["cosine"], "sqnr_db": m["sqnr_db"]}
+
+
+def held_by_grid(m: dict) -> bool:
+    """Whether an output's metrics ``m`` are within OUTPUT_GRID_MARGIN_DB of what its own integer grid allows
+    (``m["output_grid"]``, :func:`grid_limit`): half its error or more is that grid's, an imprecise output and
+    not a broken one."""
+    grid = m.get("output_grid")
+    return bool(grid) and m.get("sqnr_db", -999.0) >= grid["sqnr_db"] - OUTPUT_GRID_MARGIN_DB
 
 
 def compare(refs: list[np.ndarray], gots: list[np.ndarray], names: list[str], kinds: dict | None = None) -> dict:

@@ -19,11 +19,11 @@ import numpy as np
 from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover, reference
 from edgeopt.conversion.accuracy import (add_label_accuracy, compare as compare_outputs, gate as accuracy_gate,
-                                        grid_limit, guess_kind, parse_output_kinds)
+                                        grid_limit, guess_kind, held_by_grid, parse_output_kinds)
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
                                          DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE, DEPTHWISE_EQUALIZATION_FLOOR,
-                                         DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES,
-                                         OUTPUT_GRID_MARGIN_DB, ROUNDING_SAMPLES, TFLITE_METHODS)
+                                         DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES, ROUNDING_SAMPLES,
+                                         TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io
@@ -597,8 +597,8 @@ def _output_grids(acc: dict, data: bytes, entry: dict, refs, names, under: list[
 def _sanity(entries: list[dict], floor: float) -> dict | None:
     """The sanity floor over every artifact: each output whose cosine against FP32 is below ``floor`` is a
     failure naming the artifact, the output and its numbers (and, where the converter found it, that the
-    float graph was already wrong), unless its SQNR is within OUTPUT_GRID_MARGIN_DB of what its own integer
-    grid alone allows (half its error or more is that grid's: ``grid_limited``). None when the floor is off."""
+    float graph was already wrong), unless its own integer grid holds it there
+    (:func:`edgeopt.conversion.accuracy.held_by_grid`: ``grid_limited``). None when the floor is off."""
     if not floor or floor <= 0:
         return None
     failures, limited = [], []
@@ -607,8 +607,8 @@ def _sanity(entries: list[dict], floor: float) -> dict | None:
             cosine = m.get("cosine")
             if cosine is None or cosine >= floor:
                 continue
-            grid = m.get("output_grid")
-            if grid and m.get("sqnr_db", -999.0) >= grid["sqnr_db"] - OUTPUT_GRID_MARGIN_DB:
+            if held_by_grid(m):
+                grid = m["output_grid"]
                 limited.append(f"{e['file']}: output {name!r} has cosine {cosine:.4f} (SQNR {m.get('sqnr_db')} dB) "
                                f"against FP32, and the FP32 values rounded onto its INT8 grid alone (step "
                                f"{grid['step']:.4g}) give {grid['cosine']:.4f} ({grid['sqnr_db']} dB): the grid's "
