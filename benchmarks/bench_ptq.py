@@ -253,60 +253,37 @@ def _weights_only(src, calib_path, out, samples=32):
     """The FP32 model with only its weights on the INT8 grid both routes use (symmetric, per output channel,
     codes -127..127; GPTQ against each layer's FP32 input Hessian on ``samples`` calibration crops, then bias
     correction), activations left in float: how close to FP32 INT8 weights alone keep a model, i.e. what is left
-    for the activations' INT8 to lose. Conv (ordinary and depthwise), Gemm and MatMul with initializer weights."""
+    for the activations' INT8 to lose. The layers, their Hessian rows and the weight layout are the QDQ route's
+    own (onnx_qdq's GPTQ helpers); the bias correction is added here."""
     import onnx
     from onnx import numpy_helper
 
     from edgeopt.conversion import rounding
-    from edgeopt.converters import onnx_io
+    from edgeopt.converters import onnx_io, onnx_qdq
     model = onnx.load(src)
     inits = {i.name: i for i in model.graph.initializer}
     name = model.graph.input[0].name
     calib = np.load(calib_path)[:samples]
-
-    def attr(node, key, default):
-        a = next((a for a in node.attribute if a.name == key), None)
-        return default if a is None else (list(a.ints) if a.ints else a.i)
-
-    layers = []
-    for n in model.graph.node:
-        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
-            continue
-        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
-        groups = attr(n, "group", 1) if n.op_type == "Conv" else 1
-        if (n.op_type == "Conv" and groups != 1 and (w.shape[1] != 1 or groups != w.shape[0])) or (
-                n.op_type != "Conv" and (w.ndim != 2 or attr(n, "transA", 0))):
-            continue   # grouped (not depthwise) convolutions, transposed Gemm inputs: left in float
-        layers.append((n, w, groups))
+    layers = onnx_qdq._rounding_layers(model)
     sess = onnx_io.tensor_session(model, [n.input[0] for n, _, _ in layers])
-    hess, means = {}, {}
+    hess, means = rounding.Hessians(), {}
     for i in range(len(calib)):
         values = sess.run([n.input[0] for n, _, _ in layers], {name: calib[i:i + 1]})
-        for (n, w, groups), x in zip(layers, values):
-            if n.op_type == "Conv":
-                pads = attr(n, "pads", [0] * 4)
-                p = rounding.patches(np.asarray(x).transpose(0, 2, 3, 1), w.shape[2:], attr(n, "strides", [1, 1]),
-                                     attr(n, "dilations", [1, 1]), (pads[0], pads[2], pads[1], pads[3]),
-                                     rows=rounding.CHANNEL_ROWS if groups > 1 else rounding.ROWS)
-                p = p.reshape(len(p), -1, p.shape[-1]) if groups > 1 else p.reshape(len(p), -1)
-            else:
-                p = np.asarray(x).reshape(-1, np.shape(x)[-1])
-            p = p.astype(np.float64)
-            h = np.einsum("pkc,plc->ckl", p, p) if p.ndim == 3 else p.T @ p
-            hess[n.name] = hess.get(n.name, 0) + h
-            means[n.name] = means.get(n.name, 0) + p.mean(0) / len(calib)
-    for n, w, groups in layers:
-        if n.op_type == "Conv":   # rows: output channels; columns in the patches' order (kh, kw, C)
-            rows = w.reshape(len(w), -1) if groups > 1 else w.transpose(0, 2, 3, 1).reshape(len(w), -1)
-        else:
-            rows = w.T if not (n.op_type == "Gemm" and attr(n, "transB", 0)) else w
-        grid = rounding.grid_values(rows, hess[n.name])
-        mean = means[n.name]
-        shift = ((grid - rows) * mean.T).sum(1) if groups > 1 else (grid - rows) @ mean
-        if n.op_type == "Conv":
-            new = grid.reshape(w.shape) if groups > 1 else grid.reshape(len(w), *w.shape[2:], -1).transpose(0, 3, 1, 2)
-        else:
-            new = grid.T if not (n.op_type == "Gemm" and attr(n, "transB", 0)) else grid
+        for (n, kind, auto), x in zip(layers, values):
+            r = onnx_qdq._layer_rows(n, kind, auto, np.asarray(x), inits[n.input[1]].dims)
+            if r is not None:
+                (hess.add_rows if r[0] == "rows" else hess.add_channels)(n.output[0], r[1])
+                means[n.output[0]] = means.get(n.output[0], 0) + r[1].astype(np.float64).mean(0) / len(calib)
+    for n, kind, _ in layers:
+        h = hess.get(n.output[0])
+        if h is None:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        rows = w.T if kind == "matmul" else w.reshape(w.shape[0], -1)
+        grid = rounding.grid_values(rows, h)
+        mean = means[n.output[0]]
+        shift = ((grid - rows) * mean.T).sum(1) if kind == "depthwise" else (grid - rows) @ mean
+        new = grid.T if kind == "matmul" else grid.reshape(w.shape)
         inits[n.input[1]].CopyFrom(numpy_helper.from_array(new.astype(np.float32), n.input[1]))
         bias = n.input[2] if len(n.input) > 2 and n.input[2] in inits else None
         if bias is not None and numpy_helper.to_array(inits[bias]).shape == (len(rows),):
