@@ -317,6 +317,19 @@ def _wait_runner(lock: Path, timeout=60) -> int:
     raise AssertionError("the runner never took the device lock")
 
 
+def _proc_state(pid: int) -> str:
+    """What a process that should be gone is doing: its state, parent, process group, command and threads."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+        threads = sorted(Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                         + Path(f"/proc/{pid}/task/{t}/wchan").read_text()
+                         for t in os.listdir(f"/proc/{pid}/task"))
+        return f"pid {pid} state {stat[0]} ppid {stat[1]} pgid {stat[2]} cmd {cmd!r} threads {threads}"
+    except OSError as exc:
+        return f"pid {pid}: {exc}"
+
+
 def _lock_free(lock: Path) -> bool:
     fd = os.open(lock, os.O_RDWR)
     try:
@@ -331,8 +344,13 @@ def _lock_free(lock: Path) -> bool:
 def _interrupt_and_check(argv, env, locks: list[Path]):
     """Start ``edgeopt ARGV``, Ctrl-C it once every runner holds its device lock: edgeopt says so and exits 130
     at once, and every runner is gone with its lock free within seconds."""
-    p = subprocess.Popen([EDGEOPT, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**os.environ, **env}, start_new_session=True)
+    # A shell without job control starts `cmd &` with SIGINT ignored, and an ignored SIGINT is inherited and kept
+    # (Python then never raises KeyboardInterrupt): CI launched that way would see edgeopt ignore the Ctrl-C. The
+    # user's terminal delivers it, so edgeopt starts here as it does there: SIGINT at its default, unblocked.
+    shim = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); os.execv(sys.argv[1], sys.argv[1:])")
+    p = subprocess.Popen([sys.executable, "-c", shim, EDGEOPT, *map(str, argv)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, **env}, start_new_session=True)
     try:
         runners = [_wait_runner(lock) for lock in locks]
         time.sleep(0.5)
@@ -344,7 +362,8 @@ def _interrupt_and_check(argv, env, locks: list[Path]):
         deadline = time.monotonic() + 10
         while any(pid_alive(r) for r in runners) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(pid_alive(r) for r in runners), "a runner kept running after the interrupt"
+        assert not any(pid_alive(r) for r in runners), \
+            f"a runner kept running after the interrupt: {[_proc_state(r) for r in runners]}; edgeopt: {err!r}"
         # the leader shows as a zombie while its other threads still exit (and hold the lock): allow a moment
         while not all(_lock_free(lock) for lock in locks) and time.monotonic() < deadline + 5:
             time.sleep(0.05)
