@@ -231,6 +231,8 @@ def _edgeopt(src, target, paths, out, accuracy_target=None, weight_rounding=None
     if accuracy_target and manifest.get("recovery"):
         chosen = manifest["recovery"].get("chosen") or {}
         extra["recovery_float_layers"] = len(chosen.get("float_layers") or [])
+        if manifest["recovery"].get("weights_only"):  # an unmet target: what INT8 weights alone reached
+            extra["recovery_weights_only"] = manifest["recovery"]["weights_only"].get("accuracy")
     return _artifact(out, manifest, target), secs, extra
 
 
@@ -249,50 +251,22 @@ def _nncf(src, calib_path, out):
     return art, time.perf_counter() - t0, {"nncf": nncf.__version__}
 
 
-def _weights_only(src, calib_path, out, samples=32):
-    """The FP32 model with only its weights on the INT8 grid both routes use (symmetric, per output channel,
-    codes -127..127; GPTQ against each layer's FP32 input Hessian on ``samples`` calibration crops, then bias
-    correction), activations left in float: how close to FP32 INT8 weights alone keep a model, i.e. what is left
-    for the activations' INT8 to lose. The layers, their Hessian rows and the weight layout are the QDQ route's
-    own (onnx_qdq's GPTQ helpers); the bias correction is added here."""
+def _weights_only(src, calib_path, out):
+    """The FP32 model with only its weights on the INT8 grid both routes use (edgeopt.converters.onnx_qdq
+    .weights_only: symmetric, per output channel, codes -127..127, GPTQ against each layer's FP32 input Hessian on
+    ROUNDING_SAMPLES calibration crops, then bias correction), activations left in float: how close to FP32 INT8
+    weights alone keep a model, i.e. what is left for the activations' INT8 to lose."""
     import onnx
-    from onnx import numpy_helper
 
-    from edgeopt.conversion import rounding
-    from edgeopt.converters import onnx_io, onnx_qdq
+    from edgeopt.conversion.pipeline import Job
+    from edgeopt.converters import onnx_qdq
     model = onnx.load(src)
-    inits = {i.name: i for i in model.graph.initializer}
     name = model.graph.input[0].name
-    calib = np.load(calib_path)[:samples]
-    layers = onnx_qdq._rounding_layers(model)
-    sess = onnx_io.tensor_session(model, [n.input[0] for n, _, _ in layers])
-    hess, means = rounding.Hessians(), {}
-    for i in range(len(calib)):
-        values = sess.run([n.input[0] for n, _, _ in layers], {name: calib[i:i + 1]})
-        for (n, kind, auto), x in zip(layers, values):
-            r = onnx_qdq._layer_rows(n, kind, auto, np.asarray(x), inits[n.input[1]].dims)
-            if r is not None:
-                (hess.add_rows if r[0] == "rows" else hess.add_channels)(n.output[0], r[1])
-                means[n.output[0]] = means.get(n.output[0], 0) + r[1].astype(np.float64).mean(0) / len(calib)
-    for n, kind, _ in layers:
-        h = hess.get(n.output[0])
-        if h is None:
-            continue
-        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
-        rows = w.T if kind == "matmul" else w.reshape(w.shape[0], -1)
-        grid = rounding.grid_values(rows, h)
-        mean = means[n.output[0]]
-        shift = ((grid - rows) * mean.T).sum(1) if kind == "depthwise" else (grid - rows) @ mean
-        new = grid.T if kind == "matmul" else grid.reshape(w.shape)
-        inits[n.input[1]].CopyFrom(numpy_helper.from_array(new.astype(np.float32), n.input[1]))
-        bias = n.input[2] if len(n.input) > 2 and n.input[2] in inits else None
-        if bias is not None and numpy_helper.to_array(inits[bias]).shape == (len(rows),):
-            b = numpy_helper.to_array(inits[bias]).astype(np.float64) - shift
-            inits[bias].CopyFrom(numpy_helper.from_array(b.astype(np.float32), bias))
+    calib = np.load(calib_path)
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "model.int8-weights-only.onnx")
-    onnx.save(model, path)
-    return path, len(layers)
+    job = Job(src, "onnx", None, [{"name": name, "shape": [1, *calib.shape[1:]]}], [], {name: calib}, "float32",
+              out, onnx_model=model)
+    return onnx_qdq.weights_only(job, src, [name]), len(onnx_qdq._rounding_layers(model))
 
 
 def route_form(src, dst, signed):

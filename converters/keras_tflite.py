@@ -82,6 +82,7 @@ def code_risks(config) -> list[str]:
 def convert(job, recipe=None) -> list[dict]:
     """[the full-integer INT8 TFLite artifact] of a Keras/SavedModel ``job``, quantized with ``recipe``
     (None: ``job.recipe``)."""
+    from edgeopt.conversion.defaults import DEPTHWISE_EQUALIZATION_FLOOR, DEPTHWISE_EQUALIZATION_MARGIN
     from edgeopt.converters import tf_tflite
 
     recipe = job.recipe if recipe is None else recipe
@@ -89,7 +90,11 @@ def convert(job, recipe=None) -> list[dict]:
     data, info = tf_tflite.quantize(job.graph, job.tf_calib, job.io_dtype, job.allow_float_fallback,
                                     source=job.source_name, cache=job.__dict__.setdefault("tf_rounding", {}),
                                     float_blocks=not job.target.integer_only,
-                                    max_float_layers=job.options.max_float_layers, **tf_tflite.recipe_options(recipe))
+                                    max_float_layers=job.options.max_float_layers,
+                                    equalize=(DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR),
+                                    **tf_tflite.recipe_options(recipe))
+    if info.get("equalization") is not None:   # the manifest's calibration.equalization, as for an ONNX source
+        job.equalization = info["equalization"]
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": [None] * len(job.inputs),

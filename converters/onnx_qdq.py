@@ -21,7 +21,7 @@ import numpy as np
 from edgeopt.conversion import ranges
 from edgeopt.errors import UsageError
 
-__all__ = ["convert", "gptq_rounded", "bias_corrected", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "RECOVERY_ROUNDINGS",
+__all__ = ["convert", "gptq_rounded", "bias_corrected", "weights_only", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "RECOVERY_ROUNDINGS",
            "MANY_FLOAT_ADVICE",
            "rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info"]
 
@@ -539,6 +539,77 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     return out
 
 
+def _input_means(job, fm, layers, names: list[str]) -> tuple[dict, int]:
+    """({input tensor: its per-channel mean (axis 1; a 2-D tensor's columns)}, samples) of the layers' inputs in
+    the float graph ``fm`` over every calibration sample: the E[x] of bias correction."""
+    import onnx
+    import onnxruntime as ort
+    m = onnx.ModelProto()
+    m.CopyFrom(fm)
+    want = sorted({n.input[0] for n in layers})
+    have = {o.name for o in m.graph.output}
+    for t in want:
+        if t not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=t))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    sums, k = {}, 0
+    for sample in job.calib_samples():
+        got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
+        k += 1
+        for t in want:
+            v = got[t].astype(np.float64)
+            v = v.mean(axis=tuple(i for i in range(v.ndim) if i != 1)) if v.ndim > 2 else v.mean(0)
+            sums[t] = sums.get(t, 0) + v
+    return {t: v / k for t, v in sums.items()}, k
+
+
+def _bias_shift(n, dw, e):
+    """dW . E[x]: what a layer's weight error ``dw`` (its ONNX layout) adds to its output's mean, for the input
+    mean ``e``; None where the shapes do not fit (MatMul weights are [in, out])."""
+    if n.op_type in ("Gemm", "MatMul"):
+        tb = next((a.i for a in n.attribute if a.name == "transB"), 0) if n.op_type == "Gemm" else 0
+        dd = dw if tb else dw.T
+        return dd @ e if dd.shape[1] == e.size else None
+    g = next((a.i for a in n.attribute if a.name == "group"), 1)
+    n_out, ig = dw.shape[:2]
+    if ig * g != e.size or n_out % g:
+        return None
+    dsum = dw.reshape(n_out, ig, -1).sum(2).reshape(g, n_out // g, ig)
+    return np.einsum("gok,gk->go", dsum, e.reshape(g, ig)).reshape(n_out)
+
+
+def weights_only(job, graph: str, names: list[str]) -> str:
+    """The float graph ``graph`` with only its weights on the INT8 grid both routes use (GPTQ, as
+    :func:`gptq_rounded`, then bias correction from the float graph's input means), activations left in float:
+    how close to FP32 INT8 weights alone keep the model, so how much of an all-INT8 artifact's loss is its
+    activations' (one scale per tensor on TensorRT and TFLite alike), which no weight recipe recovers. Recovery
+    reports it beside a target it cannot meet; bench_ptq's --weights-only row."""
+    import onnx
+    from onnx import numpy_helper
+    rounded = onnx.load(gptq_rounded(job, graph, names))
+    fm = onnx.load(graph)
+    orig = {i.name: i for i in fm.graph.initializer}
+    inits = {i.name: i for i in rounded.graph.initializer}
+    layers = [n for n, _, _ in _rounding_layers(fm)]
+    means, _ = _input_means(job, fm, layers, names)
+    for n in layers:
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] in inits else None
+        if bias is None or n.input[0] not in means:
+            continue
+        dw = (numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+              - numpy_helper.to_array(orig[n.input[1]]).astype(np.float64))
+        shift = _bias_shift(n, dw, means[n.input[0]])
+        b = numpy_helper.to_array(inits[bias]).astype(np.float64)
+        if shift is not None and b.shape == shift.shape:
+            inits[bias].CopyFrom(numpy_helper.from_array((b - shift).astype(np.float32), bias))
+    out = os.path.join(job.workdir, "weights-only.onnx")
+    onnx.save(rounded, out)
+    return out
+
+
 def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> str:
     """The float graph with bias correction (Nagel et al. 2019, empirical variant): a Conv/Gemm whose INT8
     weights are W + dW gets bias b - dW . E[x], dW read from the QDQ model the plain recipe makes (exact
@@ -553,26 +624,7 @@ def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> 
         q_nodes = {n.output[0]: n for n in qdq.graph.node if n.output and n.op_type in ("Conv", "Gemm")}
         layers = [n for n in fm.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2
                   and n.input[1] in inits and n.input[2] in inits]
-        import onnxruntime as ort
-        m = onnx.ModelProto()
-        m.CopyFrom(fm)
-        want = sorted({n.input[0] for n in layers})
-        have = {o.name for o in m.graph.output}
-        for t in want:
-            if t not in have:
-                m.graph.output.append(onnx.ValueInfoProto(name=t))
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
-        outs = [o.name for o in sess.get_outputs()]
-        sums, k = {}, 0
-        for sample in job.calib_samples():
-            got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
-            k += 1
-            for t in want:
-                v = got[t].astype(np.float64)
-                v = v.mean(axis=tuple(i for i in range(v.ndim) if i != 1)) if v.ndim > 2 else v.mean(0)
-                sums[t] = sums.get(t, 0) + v
+        sums, k = _input_means(job, fm, layers, names)
         shifts = {}
         for n in layers:
             qn = q_nodes.get(n.output[0])  # quantize_static keeps the float graph's tensor names
@@ -590,22 +642,9 @@ def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> 
             if wq.shape != w.shape:
                 continue
             dw = (wq - np.reshape(zp, shape if np.ndim(zp) else [])) * np.reshape(sc, shape if np.ndim(sc) else []) - w
-            e = sums[n.input[0]] / k
-            if n.op_type == "Gemm":
-                tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
-                dd = dw if tb else dw.T
-                if dd.shape[1] != e.size:
-                    continue
-                shift = dd @ e
-            else:
-                g = next((a.i for a in n.attribute if a.name == "group"), 1)
-                n_out, ig = dw.shape[:2]
-                if ig * g != e.size or n_out % g:
-                    continue
-                dsum = dw.reshape(n_out, ig, -1).sum(2).reshape(g, n_out // g, ig)
-                shift = np.einsum("gok,gk->go", dsum, e.reshape(g, ig)).reshape(n_out)
+            shift = _bias_shift(n, dw, sums[n.input[0]])
             b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
-            if b.shape != shift.shape:
+            if shift is None or b.shape != shift.shape:
                 continue
             shifts[n.name] = (n.input[2], (b - shift).astype(np.float32))
         cache[prep] = (fm, shifts)

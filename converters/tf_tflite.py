@@ -25,7 +25,7 @@ import absl.logging  # noqa: E402
 
 __all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
            "RECOVERY_METHODS", "RECOVERY_ROUNDINGS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
-           "bias_correction_info", "norm_blocks", "attention_matmuls", "block_tensors"]
+           "bias_correction_info", "norm_blocks", "attention_matmuls", "block_tensors", "equalize_depthwise"]
 
 absl.logging.set_verbosity(absl.logging.ERROR)
 warnings.filterwarnings("ignore", module=r"tensorflow\..*")
@@ -191,7 +191,8 @@ def recipe_options(recipe) -> dict:
 def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_float_fallback: bool = False,
              source: str = "model", method: str = "minmax", bias_correction: bool = False,
              per_channel: bool = True, weight_rounding: str = "nearest", cache: dict | None = None,
-             float_blocks: bool = False, max_float_layers: dict | None = None) -> tuple[bytes, dict]:
+             float_blocks: bool = False, max_float_layers: dict | None = None,
+             equalize: tuple[float, float] | None = None) -> tuple[bytes, dict]:
     """Full-integer INT8 TFLite (per-channel weights) from a Graph with static batch-1 input shapes.
 
     calib: list of samples, each a list of arrays (batch 1) in the graph's input order and layout.
@@ -209,6 +210,9 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     (edgeopt.conversion.options.parse_max_float_layers; None: the default budget); more blocks than that keep
     the all-INT8 artifact. Convolutions, FULLY_CONNECTED and BATCH_MATMUL stay INT8. A model without such a
     block is converted exactly as without ``float_blocks``.
+    equalize: (margin, floor) of :func:`equalize_depthwise`, applied to the calibrated model of a stepwise
+    recipe (the converter's one-step min-max conversion has no model between calibration and quantization);
+    None: not (an ONNX source was equalized before onnx2tf).
     Returns (tflite bytes, info) where info has the signature's tensor indices, any float ops kept and, where
     the model has normalization blocks, ``float_blocks`` (the choice; its ``tensors`` are the ops kept float).
     """
@@ -247,11 +251,16 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     # the calibrated model depends on the graph, the data and the weight granularity only: "auto" and a costly
     # weight rounding convert the same graph 2-3 times (calibration was a quarter of a MobileNetV2 conversion)
     calibrated_key = ("calibrated", bool(per_channel))
+    eq_info = (cache or {}).get("equalization") if stepwise and equalize else None
     try:
         if stepwise and cache is not None and calibrated_key in cache:
             data = cache[calibrated_key]
         else:
             data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
+            if stepwise and equalize:
+                data, eq_info = equalize_depthwise(data, calib, *equalize)
+                if cache is not None:   # what the cached calibrated model had done to it
+                    cache["equalization"] = eq_info
             if stepwise and cache is not None:
                 cache[calibrated_key] = data
     except Exception as e:
@@ -329,6 +338,8 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         info["bias_correction"] = bc_info
     if rounding_info is not None:
         info["weight_rounding"] = rounding_info
+    if eq_info is not None:
+        info["equalization"] = eq_info
     return data, info
 
 
@@ -379,6 +390,126 @@ def _float_runs(calibrated: bytes, calib):
             fi.set_tensor(d["index"], np.asarray(a, d["dtype"]))
         fi.invoke()
         yield fi
+
+
+_CONV, _DEPTHWISE, _PAD, _PADV2, _RELU, _RELU6 = 3, 4, 34, 60, 19, 21   # TFLite builtin operator codes
+_FUSED_RELU, _FUSED_RELU6 = 1, 3                                      # ActivationFunctionType
+
+
+def _depthwise_pairs(fm) -> list[tuple]:
+    """[(conv op, depthwise op, [tensors between them], hi)] of a model object: a CONV_2D whose output, rectified
+    (fused RELU or RELU6, or a RELU/RELU6 op after it; ``hi`` 6.0 or None), reaches a DEPTHWISE_CONV_2D with
+    multiplier 1, through a zero PAD at most, each tensor read by the next op only; both with float32 constant
+    weights of their own and the conv with a bias of its own (MobileNet's inverted residuals)."""
+    sg = fm.subgraphs[0]
+    codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+    readers: dict = {}
+    for op in sg.operators:
+        for t in op.inputs:
+            if t >= 0:
+                readers.setdefault(int(t), []).append(op)
+    made = {int(op.outputs[0]): op for op in sg.operators if len(op.outputs)}
+    users = _buffer_users(sg)
+    outputs = set(int(t) for t in sg.outputs)
+
+    def own_float(t: int) -> bool:
+        tt = sg.tensors[t]
+        data = fm.buffers[tt.buffer].data
+        return (tt.type == 0 and data is not None and len(data) == 4 * int(np.prod(tt.shape))
+                and users.get(tt.buffer, 0) == 1)
+
+    def only_reader(t: int):
+        r = readers.get(t, [])
+        return r[0] if len(r) == 1 and t not in outputs else None
+
+    pairs = []
+    for op in sg.operators:
+        if codes[op.opcodeIndex] != _DEPTHWISE or len(op.inputs) < 2 or not own_float(int(op.inputs[1])):
+            continue
+        if int(getattr(op.builtinOptions, "depthMultiplier", 1) or 1) != 1:
+            continue
+        between, t = [], int(op.inputs[0])
+        prev = made.get(t)
+        if prev is not None and codes[prev.opcodeIndex] in (_PAD, _PADV2):
+            pad_value = int(prev.inputs[2]) if codes[prev.opcodeIndex] == _PADV2 and len(prev.inputs) > 2 else -1
+            if pad_value >= 0 or only_reader(t) is not op:   # PADV2 pads with a value of its own: not zero
+                continue
+            between.append(t)
+            t = int(prev.inputs[0])
+            prev = made.get(t)
+        hi = "none"
+        if prev is not None and codes[prev.opcodeIndex] in (_RELU, _RELU6) and only_reader(t) is not None:
+            hi = 6.0 if codes[prev.opcodeIndex] == _RELU6 else None
+            between.append(t)
+            t = int(prev.inputs[0])
+            prev = made.get(t)
+        if prev is None or codes[prev.opcodeIndex] != _CONV or only_reader(t) is None:
+            continue
+        fused = int(getattr(prev.builtinOptions, "fusedActivationFunction", 0) or 0)
+        if hi == "none":
+            hi = {_FUSED_RELU: None, _FUSED_RELU6: 6.0}.get(fused, "none")
+        elif fused not in (0,):
+            continue
+        if hi == "none" or len(prev.inputs) < 3 or prev.inputs[2] < 0:
+            continue   # no rectifier (signed ranges fit symmetric INT8 already), or no bias to scale with
+        if not (own_float(int(prev.inputs[1])) and own_float(int(prev.inputs[2]))):
+            continue
+        channels = int(sg.tensors[int(prev.inputs[1])].shape[0])
+        if list(sg.tensors[int(op.inputs[1])].shape)[-1:] != [channels]:
+            continue
+        pairs.append((prev, op, [t, *between], hi))
+    return pairs
+
+
+def equalize_depthwise(calibrated: bytes, calib, margin: float, floor: float) -> tuple[bytes, dict]:
+    """(model, info): the calibrated float model with each depthwise convolution's input equalized from the
+    calibration data, as edgeopt.converters.onnx_equalize.equalize_depthwise_inputs does for an ONNX source
+    (there, before onnx2tf): channel c of the conv that makes it (weights, bias) divided by ``s_c``, depthwise
+    filter c multiplied by it, ``s_c = min(1, margin * r_c / 6)`` through RELU6 (the channel is then clipped at
+    ``margin`` times its calibration maximum ``r_c`` at the latest) and ``r_c / max(r)`` through RELU (exact),
+    at least ``floor``. For Keras and SavedModel sources, whose graphs edgeopt does not rewrite before the
+    converter. The tensors between the two layers get their calibrated min/max from the rescaled channels."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    pairs = _depthwise_pairs(fm)
+    info = {"pairs": 0, "of": len(pairs), "margin": margin, "floor": floor}
+    if not pairs or not calib:
+        return calibrated, info
+    sg = fm.subgraphs[0]
+    lo: dict = {}
+    top: dict = {}
+    watched = [t for _, _, ts, _ in pairs for t in ts]
+    for fi in _float_runs(calibrated, calib):
+        for t in watched:
+            v = fi.get_tensor(t).astype(np.float64)
+            v = v.reshape(-1, v.shape[-1])
+            mx, mn = v.max(0), v.min(0)
+            top[t] = mx if t not in top else np.maximum(top[t], mx)
+            lo[t] = mn if t not in lo else np.minimum(lo[t], mn)
+    spread = []
+    for conv, dw, ts, hi in pairs:
+        r = top[ts[-1]]   # the depthwise input's channels
+        if not np.isfinite(r).all() or r.max() <= 0:
+            continue   # a crafted model can overflow to inf (or NaN): its scales would be NaN; leave the pair
+        s = np.clip(margin * r / hi, floor, 1.0) if hi is not None else np.maximum(r / r.max(), floor)
+        if np.all(s == 1.0):
+            continue
+        for t, axis, f in ((int(conv.inputs[1]), 0, 1 / s), (int(conv.inputs[2]), 0, 1 / s), (int(dw.inputs[1]), -1, s)):
+            tt = sg.tensors[t]
+            w = np.frombuffer(bytes(fm.buffers[tt.buffer].data), np.float32).reshape(tt.shape).astype(np.float64)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            fm.buffers[tt.buffer].data = np.frombuffer((w * f.reshape(shape)).astype(np.float32).tobytes(), np.uint8)
+        for t in ts:   # the rescaled channels' calibrated range: each channel's extremes divided by its s
+            q = sg.tensors[t].quantization
+            if q is not None and q.min is not None and len(q.min) == 1:
+                q.min = np.array([min(0.0, float((lo[t] / s).min()))], np.float32)
+                q.max = np.array([float((top[t] / s).max())], np.float32)
+        info["pairs"] += 1
+        spread.append(float(np.median(s)))
+    if spread:
+        info["median_scale"] = round(float(np.median(spread)), 3)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fm)), info
 
 
 def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None = None) -> bytes:

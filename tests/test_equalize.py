@@ -470,3 +470,39 @@ def test_gated_block_converts_equalized_on_both_routes(tmp_path, monkeypatch):
     assert sum(n.op_type == "HardSigmoid" for n in art.graph.node) == 1
     for target in ("rpi", "jetson"):
         assert got[target, 1 / 16] > got[target, 1.0] + 3, got
+
+
+@pytest.mark.parametrize("activation", ["relu6", "relu"])
+def test_keras_depthwise_inputs_equalized_on_the_tflite_route(tmp_path, monkeypatch, activation):
+    """A Keras source has no ONNX graph to rewrite: the TFLite route equalizes its calibrated float model
+    (tf_tflite.equalize_depthwise), Conv2D -> ReLU(6) -> DepthwiseConv2D as for an ONNX source. The manifest
+    counts the pair, and the artifact is closer to FP32 (the Keras model itself) than the same conversion with
+    every channel scale 1 (the floor raised to 1: nothing equalized)."""
+    keras = pytest.importorskip("keras")
+    import edgeopt
+    from edgeopt.conversion import defaults
+    from edgeopt_testkit import save_arrays
+    rng = np.random.default_rng(17)
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 3), name="x"),
+                          keras.layers.Conv2D(16, 1, activation=activation, name="expand"),
+                          keras.layers.DepthwiseConv2D(3, padding="same", name="dw"),
+                          keras.layers.Conv2D(4, 1, name="y")])
+    w, b = m.get_layer("expand").get_weights()
+    # channel ranges spread by ~50x, all under 6: one activation scale for the tensor wastes most of its codes
+    spread = 10 ** np.linspace(-1.7, 0, 16)
+    m.get_layer("expand").set_weights([(np.abs(w) * spread).astype(np.float32), (np.zeros_like(b) + 0.01)])
+    wd, bd = m.get_layer("dw").get_weights()  # the depthwise output's channels alike again: only its input spreads
+    m.get_layer("dw").set_weights([(wd / spread[:, None]).astype(np.float32), bd])
+    path = str(tmp_path / "block.keras")
+    m.save(path)
+    files = save_arrays(tmp_path, calib=np.abs(rng.standard_normal((32, 8, 8, 3))).astype(np.float32),
+                        val=np.abs(rng.standard_normal((32, 8, 8, 3))).astype(np.float32))
+    got = {}
+    for floor in (1 / 16, 1.0):
+        monkeypatch.setattr(defaults, "DEPTHWISE_EQUALIZATION_FLOOR", floor)
+        man = edgeopt.convert(path, "rpi", calib=files["calib"], val=files["val"], out=str(tmp_path / f"{floor}"))
+        eq = man["calibration"]["equalization"]
+        assert eq["of"] == 1 and eq["pairs"] == (1 if floor < 1 else 0), eq
+        got[floor] = man["accuracy"]["outputs"]["y"]["sqnr_db"]
+    assert got[1 / 16] > got[1.0] + 3, got

@@ -176,6 +176,34 @@ def test_budget_respected_best_int8_kept(three_layers):
     assert m["accuracy"]["outputs"]["logits"]["sqnr_db"] >= 100
 
 
+def test_unmet_target_says_what_int8_weights_alone_reach(tmp_path):
+    """A conv whose input holds one outlier per sample: one activation scale per tensor spends its codes on it
+    (all-INT8 ~21 dB), while its INT8 weights alone keep ~44 dB. sqnr=30 is unmet within the default budget, and
+    the report and the error say that the activations' INT8 is what misses it, not the weights."""
+    rng = np.random.default_rng(3)
+    path = str(tmp_path / "one.onnx")
+    onnx_graph([("Conv", ["x", "w"], ["y"], {"pads": [1, 1, 1, 1], "name": "big"})], {"x": [1, 16, 8, 8]},
+               {"y": [1, 64, 8, 8]}, {"w": rng.standard_normal((64, 16, 3, 3)).astype(np.float32) * 0.1},
+               path=path, name="one")
+
+    def data(n):
+        x = rng.standard_normal((n, 16, 8, 8)).astype(np.float32)
+        x[:, 0, 0, 0] = 300.0
+        return x
+    files = save_arrays(tmp_path, calib=data(20), val=data(40))
+    with pytest.raises(GateError) as e:
+        edgeopt.convert(path, "jetson", calib=files["calib"], val=files["val"], out=str(tmp_path / "a"),
+                        accuracy_target="sqnr=30")
+    rec = e.value.result["recovery"]
+    weights_only = rec["weights_only"]["accuracy"]["y"]["sqnr_db"]
+    int8 = max(s["accuracy"]["y"]["sqnr_db"] for s in rec["steps"] if "accuracy" in s and not s["float_layers"])
+    assert rec["weights_only"]["met"] and weights_only > 40 and int8 < 25, (weights_only, int8)
+    assert "with only its weights in INT8 (activations in float) the model reaches y: sqnr_db" in str(e.value)
+    assert "what misses the target is the activations' INT8" in str(e.value)
+    assert rec["chosen"]["float_layers"] == [] and sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "manifest.json", "model.fp16.onnx", "model.int8.qdq.onnx"]   # the reference is not written out
+
+
 def test_default_budget_never_returns_a_float_model(tmp_path):
     """One large layer: keeping it in float meets any SQNR target but makes the artifact ~1x the FP32 size.
     The default budget (1 layer) refuses that (over 0.4x) and keeps the INT8 one; an explicit budget takes it."""
@@ -193,6 +221,9 @@ def test_default_budget_never_returns_a_float_model(tmp_path):
     assert rec["best_float"]["float_layers"] == ["big"] and not rec["best_float"]["met"]
     assert rec["best_float"]["bytes"] > rec["budget"]["max_bytes"] == int(0.4 * rec["budget"]["fp32_bytes"])
     assert "over the 0.4x" in str(e.value) and "--max-float-layers 1" in str(e.value)
+    # INT8 weights alone (~44 dB) miss sqnr=80 too: only float weights could meet it, and the message says so
+    assert not rec["weights_only"]["met"] and 35 < rec["weights_only"]["accuracy"]["y"]["sqnr_db"] < 80
+    assert "short of the target too: only layers with float weights can meet it" in str(e.value)
     assert rec["chosen"]["float_layers"] == [] and e.value.result["artifacts"][0]["bytes"] < rec["budget"]["max_bytes"]
     m = edgeopt.convert(path, "jetson", calib=files["calib"], val=files["val"], out=str(tmp_path / "b"),
                         accuracy_target="sqnr=80", max_float_layers=1)

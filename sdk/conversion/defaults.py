@@ -37,7 +37,8 @@ ROUNDING_SAMPLES = 32                    # calibration samples whose inputs make
 # the models again (TFLite: once per window of layers that fits; QDQ: the whole model per layer)
 GPTQ_ACT_MAX_KEPT_BYTES = 1 << 30
 # Depthwise inputs equalized from the calibration data before quantizing (every ONNX source, every route:
-# edgeopt.converters.onnx_equalize.equalize_depthwise_inputs): through Clip(0, hi) each channel's calibration
+# edgeopt.converters.onnx_equalize.equalize_depthwise_inputs; Keras and SavedModel sources on the TFLite route:
+# edgeopt.converters.tf_tflite.equalize_depthwise): through Clip(0, hi) each channel's calibration
 # maximum times MARGIN is moved onto hi (the Clip then cuts a channel at MARGIN x its calibration maximum at the
 # latest), no channel scaled by less than FLOOR. Measured (bench_ptq, 200 held-out crops, output SQNR): MobileNetV2
 # jetson 18.92 -> 20.41 dB (margin 1.25: 20.47), EfficientNet-Lite0 jetson 24.34 -> 24.21 (margin 1.25: 23.88; its

@@ -23,7 +23,9 @@
 Float layers are bounded: at most ``--max-float-layers`` (default DEFAULT_FLOAT_BUDGET of the float
 candidates, rounded down, at least 1), and with the default budget no artifact over MAX_SIZE_RATIO of the
 FP32 model's size is returned. A target that cannot be met within the budget returns the best all-INT8
-artifact, and the report says what the best float-layer candidate reached.
+artifact, and the report says what the best float-layer candidate reached and, for an ONNX source, what INT8
+weights alone reach with the activations in float (:func:`weights_only_reference`): whether the loss is the
+activations' INT8, which no weight recipe recovers.
 
 Honest statistics (:func:`split_samples`, :func:`confirm`): the validation samples are split, interleaved,
 into a selection part (even indices: recipes, the per-layer ranking, the sensitivity order and every
@@ -53,7 +55,7 @@ from edgeopt.errors import UsageError
 
 __all__ = ["TOP_LAYERS", "DEBUG_SAMPLES", "DEFAULT_FLOAT_BUDGET", "MAX_SIZE_RATIO", "parse_target",
            "parse_max_float_layers", "float_budget", "split_samples", "confirmation_needed", "confirm", "reject_float",
-           "failures", "tie_band",
+           "failures", "tie_band", "weights_only_reference",
            "meets", "score", "target_str", "wilson", "brief_accuracy", "layers", "float_layer_policy", "recover",
            "step_entry"]
 
@@ -350,6 +352,11 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
             report["unmet"] = _budget_note(report["budget"], found, target, _out_sqnr(all_int8["acc"]))
 
     report["met"] = meets(best["acc"], target)
+    reference = weights_only_reference(job, evaluate, target, say) if not report["met"] else None
+    if reference:
+        report["weights_only"] = reference
+        if reference.get("accuracy"):
+            report["unmet"] = "; ".join(filter(None, [report.get("unmet"), reference["note"]]))
     report["chosen"] = {"recipe": best["recipe"].to_manifest(), "float_layers": best["float"],
                         "accuracy": brief_accuracy(best["acc"])}
     if n_val:
@@ -430,6 +437,37 @@ def _budget_note(budget: dict, found: dict | None, target: dict, base_sqnr: floa
     return (allowed + f"; the best float-layer candidate ({_n(len(found['float']), 'layer')} in float) reached "
             f"{acc} on the selection samples; raise --max-float-layers to let recovery keep more layers in float; "
             "the best all-INT8 artifact was kept")
+
+
+def weights_only_reference(job, evaluate, target: dict, say=lambda m: None) -> dict | None:
+    """What INT8 weights alone reach on the selection samples, activations left in float (the route's float
+    graph with its weights on the INT8 grid: edgeopt.converters.onnx_qdq.weights_only), beside a target recovery
+    could not meet: when they meet it, what is lost is the activations' INT8 (one scale per tensor on TensorRT
+    and TFLite alike), which no weight recipe recovers; when they do not, only float weights (float layers) can.
+    MobileNetV2 (bench_ptq): INT8 weights alone 35.8 dB and top-1 0.985, every all-INT8 artifact 21-23 dB.
+    None for a source without an ONNX graph (Keras, SavedModel, TFLite)."""
+    from edgeopt.converters import onnx_qdq
+    if not getattr(job, "onnx_model", None):
+        return None
+    say("accuracy recovery: INT8 weights alone (a reference)")
+    try:
+        path = onnx_qdq.weights_only(job, job.quantizable_onnx_path(), [i["name"] for i in job.inputs])
+        with open(path, "rb") as f:
+            art = {"file": "model.int8-weights-only.onnx", "format": "onnx", "precision": "fp32",
+                   "kind": "onnx-int8-weights-only", "data": f.read()}
+        acc = evaluate(art)[0]
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a reference only: its failure must not fail the conversion
+        return {"error": str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__}
+    brief = brief_accuracy(acc)
+    got = "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in m.items() if k != "cosine")
+                    for name, m in brief.items())
+    met = meets(acc, target)
+    note = (f"with only its weights in INT8 (activations in float) the model reaches {got} on the selection samples"
+            + (": what misses the target is the activations' INT8 (one scale per tensor), which no weight recipe "
+               "recovers" if met else ", short of the target too: only layers with float weights can meet it"))
+    return {"accuracy": brief, "met": met, "note": note}
 
 
 def step_entry(c: dict, target: dict) -> dict:
