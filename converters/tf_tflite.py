@@ -455,7 +455,8 @@ def _depthwise_pairs(fm) -> list[tuple]:
         if not (own_float(int(prev.inputs[1])) and own_float(int(prev.inputs[2]))):
             continue
         channels = int(sg.tensors[int(prev.inputs[1])].shape[0])
-        if list(sg.tensors[int(op.inputs[1])].shape)[-1:] != [channels]:
+        if (list(sg.tensors[int(op.inputs[1])].shape)[-1:] != [channels]
+                or list(sg.tensors[int(prev.inputs[2])].shape) != [channels]):
             continue
         pairs.append((prev, op, [t, *between], hi))
     return pairs
