@@ -472,12 +472,14 @@ def test_gated_block_converts_equalized_on_both_routes(tmp_path, monkeypatch):
         assert got[target, 1 / 16] > got[target, 1.0] + 3, got
 
 
-@pytest.mark.parametrize("activation", ["relu6", "relu"])
-def test_keras_depthwise_inputs_equalized_on_the_tflite_route(tmp_path, monkeypatch, activation):
+@pytest.mark.parametrize("activation,pad", [("relu6", False), ("relu", False), ("relu6", True)],
+                         ids=["relu6", "relu", "relu6-zero-padding"])
+def test_keras_depthwise_inputs_equalized_on_the_tflite_route(tmp_path, monkeypatch, activation, pad):
     """A Keras source has no ONNX graph to rewrite: the TFLite route equalizes its calibrated float model
-    (tf_tflite.equalize_depthwise), Conv2D -> ReLU(6) -> DepthwiseConv2D as for an ONNX source. The manifest
-    counts the pair, and the artifact is closer to FP32 (the Keras model itself) than the same conversion with
-    every channel scale 1 (the floor raised to 1: nothing equalized)."""
+    (tf_tflite.equalize_depthwise), Conv2D -> ReLU(6) [-> ZeroPadding2D the converter keeps as a PAD op, as
+    in onnx2tf's SavedModels] -> DepthwiseConv2D as for an ONNX source. The manifest counts the pair, and the artifact is closer to
+    FP32 (the Keras model itself) than the same conversion with every channel scale 1 (the floor raised to 1:
+    nothing equalized)."""
     keras = pytest.importorskip("keras")
     import edgeopt
     from edgeopt.conversion import defaults
@@ -486,7 +488,9 @@ def test_keras_depthwise_inputs_equalized_on_the_tflite_route(tmp_path, monkeypa
     keras.utils.set_random_seed(0)
     m = keras.Sequential([keras.Input((8, 8, 3), name="x"),
                           keras.layers.Conv2D(16, 1, activation=activation, name="expand"),
-                          keras.layers.DepthwiseConv2D(3, padding="same", name="dw"),
+                          *([keras.layers.ZeroPadding2D(1)] if pad else []),
+                          keras.layers.DepthwiseConv2D(3, strides=2 if pad else 1, padding="valid" if pad else "same",
+                                                       name="dw"),
                           keras.layers.Conv2D(4, 1, name="y")])
     w, b = m.get_layer("expand").get_weights()
     # channel ranges spread by ~50x, all under 6: one activation scale for the tensor wastes most of its codes

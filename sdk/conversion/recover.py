@@ -416,13 +416,18 @@ def _fits(c: dict, target: dict, max_bytes: int | None, base_sqnr: float) -> boo
             and _out_sqnr(c["acc"]) > base_sqnr)
 
 
+def _accuracy_text(acc: dict) -> str:
+    """An accuracy as a message says it: ``output: top1_agreement 0.92, sqnr_db 23.5`` per output."""
+    return "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in m.items() if k != "cosine")
+                     for name, m in brief_accuracy(acc).items())
+
+
 def _budget_note(budget: dict, found: dict | None, target: dict, base_sqnr: float) -> str:
     """Why no float-layer candidate was taken, and what would let one be: the message of an unmet target."""
     allowed = f"the budget allowed {_n(budget['max_float_layers'], 'float layer')} ({budget['rule']})"
     if found is None:
         return allowed + ("; no float-layer candidate was built" if budget["max_float_layers"] else "")
-    acc = "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in m.items() if k != "cosine")
-                    for name, m in brief_accuracy(found["acc"]).items())
+    acc = _accuracy_text(found["acc"])
     size = len(found["art"]["data"])
     if meets(found["acc"], target) and _out_sqnr(found["acc"]) <= base_sqnr:
         return (allowed + f"; the best float-layer candidate ({_n(len(found['float']), 'layer')} in float) met "
@@ -460,14 +465,12 @@ def weights_only_reference(job, evaluate, target: dict, say=lambda m: None) -> d
         raise
     except Exception as e:  # noqa: BLE001 - a reference only: its failure must not fail the conversion
         return {"error": str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__}
-    brief = brief_accuracy(acc)
-    got = "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in m.items() if k != "cosine")
-                    for name, m in brief.items())
     met = meets(acc, target)
-    note = (f"with only its weights in INT8 (activations in float) the model reaches {got} on the selection samples"
+    note = (f"with only its weights in INT8 (activations in float) the model reaches {_accuracy_text(acc)} on the "
+            "selection samples"
             + (": what misses the target is the activations' INT8 (one scale per tensor), which no weight recipe "
                "recovers" if met else ", short of the target too: only layers with float weights can meet it"))
-    return {"accuracy": brief, "met": met, "note": note}
+    return {"accuracy": brief_accuracy(acc), "met": met, "note": note}
 
 
 def step_entry(c: dict, target: dict) -> dict:
