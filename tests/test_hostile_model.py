@@ -141,3 +141,24 @@ def test_h5_without_model_config_is_a_usage_error(tmp_path):
         f.create_dataset("w", data=np.zeros(3))
     with pytest.raises(ValueError, match="no model_config"):
         keras_config(str(p))
+
+
+@pytest.mark.parametrize("target", ["rpi", "jetson"])
+def test_weights_that_overflow_float32_are_refused_before_converting(tmp_path, target):
+    """A crafted model whose weights overflow float32 on real inputs (a 3e38 filter: its output is inf, the next
+    layer's NaN) has no INT8 range and nothing to check against. It used to reach the runtime as an internal error
+    (XNNPACK refused the scales, exit 1, with numpy overflow warnings); it is bad input: exit 2, one line naming the
+    output, nothing written."""
+    from edgeopt_testkit import onnx_graph, save_arrays
+    rng = np.random.default_rng(0)
+    w1 = np.abs(rng.standard_normal((8, 3, 1, 1))).astype(np.float32)
+    w1[0] = 3e38
+    path = str(tmp_path / "overflow.onnx")
+    onnx_graph([("Conv", ["x", "w1"], ["h"], {}), ("Relu", ["h"], ["r"], {}), ("Conv", ["r", "w2"], ["y"], {})],
+               {"x": [1, 3, 8, 8]}, {"y": [1, 4, 8, 8]},
+               {"w1": w1, "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32)}, path=path, name="overflow")
+    files = save_arrays(tmp_path, calib=np.abs(rng.standard_normal((16, 3, 8, 8))).astype(np.float32))
+    r = edgeopt_cli("convert", path, "--target", target, "--calib", files["calib"], "--out", tmp_path / "out")
+    assert_one_error(r, "overflow.onnx: the FP32 model's output 'y' is not finite (inf or NaN) on 13 of the first 13 "
+                        "calibration samples", "float32 overflow")
+    assert "RuntimeWarning" not in r.stderr and not (tmp_path / "out").exists()

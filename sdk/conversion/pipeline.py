@@ -435,6 +435,7 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     if options.accuracy_target or options.explain:
         job.calib_cache = {}  # recovery rebuilds with float layers: calibrate once per recipe (onnx_qdq)
 
+    _check_finite(job, fmt)
     arts = []
     auto = None
     try:
@@ -732,6 +733,21 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops,
                                                      n_selection=len(split["selection"]) if split else data.count(vdata),
                                                      max_float_layers=job.options.max_float_layers)
     return new, report, report.pop("layers", None), new_acc, fallback
+
+
+def _check_finite(job, fmt) -> None:
+    """Refuse (exit 2) a model whose FP32 outputs are not finite on the first AUTO_SAMPLES calibration samples:
+    inf or NaN has no INT8 range and no SQNR to check against, and a crafted model whose weights overflow float32
+    reached the runtime as an internal error (XNNPACK refused the scales made of it)."""
+    n = min(AUTO_SAMPLES, data.count(job.calib))
+    outs = reference.run_batched(_reference(job, fmt), [job.calib[i["name"]][:n] for i in job.inputs])
+    for o, r in zip(job.outputs, outs):
+        if r.dtype.kind == "f" and not np.all(np.isfinite(r)):
+            bad = int(np.sum(~np.isfinite(r).reshape(len(r), -1).all(axis=1)))
+            raise UsageError(f"{job.source_name}: the FP32 model's output {o['name']!r} is not finite (inf or NaN) on "
+                             f"{bad} of the first {n} calibration samples: there is nothing to quantize it to or check "
+                             "it against", hint="check the model's weights (a float32 overflow) and that the "
+                             "calibration data is scaled as the model expects")
 
 
 def _reference(job, fmt):
