@@ -402,7 +402,7 @@ def _depthwise_pairs(fm) -> list[tuple]:
     multiplier 1, through a zero PAD at most, each tensor read by the next op only; both with float32 constant
     weights of their own and the conv with a bias of its own (MobileNet's inverted residuals)."""
     sg = fm.subgraphs[0]
-    codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+    codes = _op_codes(fm)
     readers: dict = {}
     for op in sg.operators:
         for t in op.inputs:
@@ -412,19 +412,13 @@ def _depthwise_pairs(fm) -> list[tuple]:
     users = _buffer_users(sg)
     outputs = set(int(t) for t in sg.outputs)
 
-    def own_float(t: int) -> bool:
-        tt = sg.tensors[t]
-        data = fm.buffers[tt.buffer].data
-        return (tt.type == 0 and data is not None and len(data) == 4 * int(np.prod(tt.shape))
-                and users.get(tt.buffer, 0) == 1)
-
     def only_reader(t: int):
         r = readers.get(t, [])
         return r[0] if len(r) == 1 and t not in outputs else None
 
     pairs = []
     for op in sg.operators:
-        if codes[op.opcodeIndex] != _DEPTHWISE or len(op.inputs) < 2 or not own_float(int(op.inputs[1])):
+        if codes[op.opcodeIndex] != _DEPTHWISE or len(op.inputs) < 2 or not _own_float(fm, users, int(op.inputs[1])):
             continue
         if int(getattr(op.builtinOptions, "depthMultiplier", 1) or 1) != 1:
             continue
@@ -452,7 +446,7 @@ def _depthwise_pairs(fm) -> list[tuple]:
             continue
         if hi == "none" or len(prev.inputs) < 3 or prev.inputs[2] < 0:
             continue   # no rectifier (signed ranges fit symmetric INT8 already), or no bias to scale with
-        if not (own_float(int(prev.inputs[1])) and own_float(int(prev.inputs[2]))):
+        if not (_own_float(fm, users, int(prev.inputs[1])) and _own_float(fm, users, int(prev.inputs[2]))):
             continue
         channels = int(sg.tensors[int(prev.inputs[1])].shape[0])
         if (list(sg.tensors[int(op.inputs[1])].shape)[-1:] != [channels]
@@ -577,7 +571,7 @@ class _OpGraph:
         fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
         sg = fm.subgraphs[0]
         names = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
-        codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+        codes = _op_codes(fm)
         self.kinds = [names.get(codes[op.opcodeIndex], "CUSTOM") for op in sg.operators]
         self.ins = [[int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0] for op in sg.operators]
         self.outs = [[int(i) for i in (op.outputs if op.outputs is not None else [])] for op in sg.operators]
@@ -958,7 +952,7 @@ _KINDS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
 def _compute_layers(fm) -> list[tuple]:
     """[(kind, op, inputs, output name)] of a model object's CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED ops."""
     sg = fm.subgraphs[0]
-    codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+    codes = _op_codes(fm)
     res = []
     for op in sg.operators:
         kind = _KINDS.get(codes[op.opcodeIndex])
@@ -966,6 +960,20 @@ def _compute_layers(fm) -> list[tuple]:
             t = sg.tensors[op.outputs[0]].name
             res.append((kind, op, list(op.inputs), t.decode() if isinstance(t, bytes) else t))
     return res
+
+
+def _op_codes(fm) -> list[int]:
+    """The builtin operator code of each of a model object's operator codes (the larger of the two fields: the
+    deprecated one holds codes up to 127, the other the rest)."""
+    return [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in fm.operatorCodes]
+
+
+def _own_float(fm, users: dict, t: int) -> bool:
+    """Tensor ``t`` of a model object's first subgraph is a float32 constant with a buffer of its own (``users``:
+    :func:`_buffer_users`): one layer's to rewrite."""
+    tt = fm.subgraphs[0].tensors[t]
+    data = fm.buffers[tt.buffer].data
+    return tt.type == 0 and data is not None and len(data) == 4 * int(np.prod(tt.shape)) and users.get(tt.buffer, 0) == 1
 
 
 def _buffer_users(sg) -> dict:
@@ -984,11 +992,9 @@ def _roundable_layers(fm) -> list[tuple]:
     users = _buffer_users(sg)
     layers = []
     for kind, op, inputs, out in _compute_layers(fm):
-        wt = sg.tensors[inputs[1]]
-        data = fm.buffers[wt.buffer].data
-        shape = list(wt.shape)
+        shape = list(sg.tensors[inputs[1]].shape)
         # a shared or non-constant weight, or a depthwise multiplier > 1 (output channels != input channels)
-        if data is None or len(data) != 4 * int(np.prod(shape)) or users.get(wt.buffer, 0) != 1 or wt.type != 0:
+        if not _own_float(fm, users, inputs[1]):
             continue
         if kind == "DEPTHWISE_CONV_2D" and int(getattr(op.builtinOptions, "depthMultiplier", 1) or 1) != 1:
             continue

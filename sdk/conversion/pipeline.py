@@ -632,9 +632,8 @@ def _auto_ranges(job, fn, fmt, progress):
     sees calibration data only, never the validation samples the check reports on. A costly weight rounding
     (gptq_act: fitted to the ranges it is given) is built once, for the ranges chosen with plain GPTQ, and kept
     only if its outputs are at least as close to FP32 as plain GPTQ's (:func:`_rounding_check`)."""
-    n = min(AUTO_SAMPLES, data.count(job.calib))
-    inputs = [job.calib[i["name"]][:n] for i in job.inputs]
-    refs = reference.run_batched(_reference(job, fmt), inputs)
+    inputs, refs = _calib_reference(job, fmt)
+    n = len(inputs[0])
     names = [o["name"] for o in job.outputs]
     src_out = [dict(o, shape=[None] + list(r.shape[1:])) for o, r in zip(job.outputs, refs)]
     tried, best = {}, None
@@ -739,8 +738,8 @@ def _check_finite(job, fmt) -> None:
     """Refuse (exit 2) a model whose FP32 outputs are not finite on the first AUTO_SAMPLES calibration samples:
     inf or NaN has no INT8 range and no SQNR to check against, and a crafted model whose weights overflow float32
     reached the runtime as an internal error (XNNPACK refused the scales made of it)."""
-    n = min(AUTO_SAMPLES, data.count(job.calib))
-    outs = reference.run_batched(_reference(job, fmt), [job.calib[i["name"]][:n] for i in job.inputs])
+    inputs, outs = _calib_reference(job, fmt)
+    n = len(inputs[0])
     for o, r in zip(job.outputs, outs):
         if r.dtype.kind == "f" and not np.all(np.isfinite(r)):
             bad = int(np.sum(~np.isfinite(r).reshape(len(r), -1).all(axis=1)))
@@ -748,6 +747,16 @@ def _check_finite(job, fmt) -> None:
                              f"{bad} of the first {n} calibration samples: there is nothing to quantize it to or check "
                              "it against", hint="check the model's weights (a float32 overflow) and that the "
                              "calibration data is scaled as the model expects")
+
+
+def _calib_reference(job, fmt) -> tuple[list, list]:
+    """(inputs, FP32 outputs) of the first AUTO_SAMPLES calibration samples, computed once per job: the finite
+    check (:func:`_check_finite`) and "auto"'s choice (:func:`_auto_ranges`) both read them."""
+    if getattr(job, "_calib_refs", None) is None:
+        n = min(AUTO_SAMPLES, data.count(job.calib))
+        inputs = [job.calib[i["name"]][:n] for i in job.inputs]
+        job._calib_refs = (inputs, reference.run_batched(_reference(job, fmt), inputs))
+    return job._calib_refs
 
 
 def _reference(job, fmt):
