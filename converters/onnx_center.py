@@ -5,14 +5,19 @@ TensorRT quantizes every activation symmetrically, zero point 0: a ReLU6 output,
 the grid onto [0, m]), which is most of why the same recipe was ~2 dB further from FP32 on the QDQ route than on
 TFLite (EfficientNet-Lite0, bench_ptq).
 
-:func:`center_rectified_inputs` moves such a tensor onto [-c, m - c] where a padding-free convolution reads
-it (MobileNet's projection convs read the depthwise ReLU6 output; detectors' 1x1 convs read Relu outputs):
-``Conv A -> Clip(0, hi) -> Conv B`` becomes ``Conv A (bias - c) -> Clip(-c, hi - c) -> Conv B (bias + c * sum
-of each output's weights)``, and a Relu becomes Clip(-c) (max(y - c, -c) = Relu(y) - c). The same function
-exactly (B's input is x - c, and B(x - c) + c W 1 = B(x)); c is half the range that quantizes the tensor best
-on the calibration data (:func:`_shift`; about m / 2 for ReLU6), and the symmetric step halves. A convolution
-with padding would read its zeros as -c: such pairs (the depthwise convs' inputs) are left alone, as are
-tensors read by anything else (a residual Add, a second consumer) and Clips whose lower bound is not 0.
+:func:`center_rectified_inputs` moves such a tensor onto [-c, m - c] where a convolution reads it
+(MobileNet's projection convs read the depthwise ReLU6 output, its depthwise convs the expansion's; detectors'
+1x1 convs read Relu outputs): ``Conv A -> Clip(0, hi) -> Conv B`` becomes ``Conv A (bias - c) -> Clip(-c, hi -
+c) -> Conv B (bias + c * sum of each output's weights)``, and a Relu becomes Clip(-c) (max(y - c, -c) = Relu(y) -
+c). The same function exactly (B's input is x - c, and B(x - c) + c W 1 = B(x)); c is half the range that
+quantizes the tensor best on the calibration data (:func:`_shift`; about m / 2 for ReLU6), and the symmetric step
+halves. A convolution with padding would read its zeros as -c: its padding moves into an explicit
+``Pad(value=-c)`` before it (B's own pads set to 0), or the exporter's zero Pad already there fills -c, so the
+border reads x - c = -c where x read 0, exactly. The
+Pad sits before the Q/DQ pair the quantizer puts on B's input, so B still reads INT8 straight from a
+DequantizeLinear (the only form TensorRT runs as an INT8 convolution), and -c is code -127 of the centred
+grid. Left alone: tensors read by anything else (a residual Add, a second consumer), Clips whose lower bound is
+not 0, and convolutions with ``auto_pad`` SAME (their padding depends on the input size).
 
 Only onnx and numpy are used; onnx is imported inside the functions (edgeopt imports converters lazily).
 """
@@ -21,15 +26,21 @@ from __future__ import annotations
 import numpy as np
 
 from edgeopt.converters.onnx_fold import attribute
-from edgeopt.converters.onnx_graph import Graph, clip_bounds
+from edgeopt.converters.onnx_graph import Graph, clip_bounds, spatial_pad
 
 __all__ = ["center_rectified_inputs"]
 
 
-def _no_padding(node) -> bool:
+def _padding(node) -> list[int] | None:
+    """A Conv's explicit pads (begins then ends; [] for none), or None for auto_pad SAME_UPPER / SAME_LOWER."""
     auto = attribute(node, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
-    return auto in ("NOTSET", "VALID") and not any(attribute(node, "pads", []) or [])
+    if auto == "VALID":
+        return []
+    if auto != "NOTSET":
+        return None
+    pads = list(attribute(node, "pads", []) or [])
+    return pads if any(pads) else []
 
 
 KEPT_VALUES = 200_000  # values of each tensor kept over all calibration samples to choose its shift (random)
@@ -54,18 +65,28 @@ def _shift(x, m: float) -> float | None:
 
 
 def _pairs(graph: Graph) -> list[tuple]:
-    """(Conv A, Clip or Relu, Conv B, hi): A's output read only by a Clip(0, hi) (hi None: a Relu), whose output
-    only B reads, with no padding; A and B with constant weights (and biases, where they have them)."""
+    """(Conv A, Clip or Relu, Conv B, hi, B's pads, Pad): A's output read only by a Clip(0, hi) (hi None: a Relu),
+    whose output only B reads as its data, or only a zero (or edge/reflect) Pad of the spatial axes that only B
+    reads; A and B with constant weights (and biases, where they have them). B's own pads ([] for none) need opset
+    11 for the Pad that takes them over, and are not taken where the exporter's Pad is already there."""
     found = []
-    relu_ok = any(o.domain in ("", "ai.onnx") and o.version >= 11 for o in graph.model.opset_import)
+    opset11 = any(o.domain in ("", "ai.onnx") and o.version >= 11 for o in graph.model.opset_import)
+    relu_ok = opset11
     for clip in graph.model.graph.node:
         if not ((clip.op_type == "Clip" and len(clip.input) >= 3) or (clip.op_type == "Relu" and relu_ok)):
             continue   # a Relu becomes a Clip with inputs (opset 11)
         a = graph.producer.get(clip.input[0])
         b = graph.single_consumer(clip.output[0])
-        if a is None or b is None or a.op_type != "Conv" or b.op_type != "Conv" or b.input[0] != clip.output[0]:
+        pad = None
+        if b is not None and b.op_type == "Pad" and b.input[0] == clip.output[0]:
+            # an exporter's own zero Pad before the conv (EfficientNet's "same" padding): it fills -c instead
+            if not spatial_pad(graph, b, 4):
+                continue
+            pad, b = b, graph.single_consumer(b.output[0])
+        if a is None or b is None or a.op_type != "Conv" or b.op_type != "Conv" or b.input[0] != (pad or clip).output[0]:
             continue
-        if graph.single_consumer(a.output[0]) is not clip or not _no_padding(b):
+        pads = _padding(b)
+        if graph.single_consumer(a.output[0]) is not clip or pads is None or (pads and (not opset11 or pad)):
             continue
         bounds = (0.0, None) if clip.op_type == "Relu" else clip_bounds(graph, clip)
         if bounds is False or bounds[0] != 0 or (bounds[1] is not None and (not np.isfinite(bounds[1])
@@ -76,24 +97,62 @@ def _pairs(graph: Graph) -> list[tuple]:
         weights = [a.input[1], b.input[1]] + [n.input[2] for n in (a, b) if len(n.input) > 2 and n.input[2]]
         if not all(w in graph.inits for w in weights):
             continue
-        found.append((a, clip, b, bounds[1]))
+        found.append((a, clip, b, bounds[1], pads, pad))
     return found
+
+
+def _fill(pad, value: float, name: str) -> None:
+    """Make the zero Pad ``pad`` fill with ``value`` (the scalar initializer ``name`` where the opset takes the
+    value as an input); edge and reflect padding copy values of the tensor, already shifted: left alone."""
+    from onnx import helper
+    mode = attribute(pad, "mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        return
+    if len(pad.input) > 1:   # opset >= 11: pads, constant_value (and axes) are inputs
+        if len(pad.input) > 2:
+            pad.input[2] = name
+        else:
+            pad.input.append(name)
+        return
+    for attr in list(pad.attribute):
+        if attr.name == "value":
+            pad.attribute.remove(attr)
+    pad.attribute.append(helper.make_attribute("value", float(value)))
+
+
+def _pad_before(model, conv, pads: list[int], value: str) -> None:
+    """Move ``conv``'s padding into a Pad node before it that fills with the scalar initializer ``value``."""
+    from onnx import helper, numpy_helper
+    half = len(pads) // 2   # Conv pads: spatial begins, then spatial ends; Pad's: every axis (N, C first)
+    name = f"{conv.name or conv.output[0]}_centered_pad"
+    model.graph.initializer.append(numpy_helper.from_array(
+        np.array([0, 0, *pads[:half], 0, 0, *pads[half:]], np.int64), f"{name}_pads"))
+    node = helper.make_node("Pad", [conv.input[0], f"{name}_pads", value], [f"{name}_output"], name=name,
+                            mode="constant")
+    conv.input[0] = node.output[0]
+    for attr in conv.attribute:
+        if attr.name == "pads":
+            del attr.ints[:]
+            attr.ints.extend([0] * len(pads))
+    nodes = model.graph.node
+    nodes.insert(list(nodes).index(conv), node)
 
 
 def center_rectified_inputs(model, feeds: list[dict]) -> dict:
     """Center, in place, the ReLU / ReLU6 tensors padding-free convolutions read (see the module's docstring),
     each by the shift :func:`_shift` chooses on the calibration inputs ``feeds``; returns {"pairs": centered,
-    "of": found}. A tensor whose maximum is 0 or not finite (a crafted model) is left alone."""
+    "of": found, "padded": of those, how many got a Pad}. A tensor whose maximum is 0 or not finite (a crafted
+    model) is left alone."""
     import onnx
     from onnx import numpy_helper
 
     from edgeopt.converters import onnx_io
     graph = Graph(model)
     pairs = _pairs(graph)
-    info = {"pairs": 0, "of": len(pairs)}
+    info = {"pairs": 0, "of": len(pairs), "padded": 0}
     if not pairs or not feeds:
         return info
-    tensors = [clip.output[0] for _, clip, _, _ in pairs]
+    tensors = [clip.output[0] for _, clip, _, _, _, _ in pairs]
     sess = onnx_io.tensor_session(model, tensors)
     top = dict.fromkeys(tensors, -np.inf)
     kept: dict[str, list] = {t: [] for t in tensors}
@@ -121,7 +180,7 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
             node.input.append(name)   # a Conv has its weights: input 2 is next
         return name
 
-    for a, clip, b, hi in pairs:
+    for a, clip, b, hi, pads, pad in pairs:
         m = top[clip.output[0]]
         if not np.isfinite(m) or m <= 0:
             continue
@@ -146,6 +205,12 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
         else:
             model.graph.initializer.append(numpy_helper.from_array(np.array(hi - c, np.float32), hi_name))
             clip.input[1], clip.input[2] = lo_name, hi_name
+        if pads:
+            _pad_before(model, b, pads, lo_name)
+            info["padded"] += 1
+        elif pad is not None:
+            _fill(pad, -c, lo_name)
+            info["padded"] += 1
         info["pairs"] += 1
     onnx.checker.check_model(model)
     return info

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeopt.converters.onnx_fold import attribute
-from edgeopt.converters.onnx_graph import Graph, clip_bounds
+from edgeopt.converters.onnx_graph import Graph, clip_bounds, spatial_pad
 
 __all__ = ["equalize", "equalize_file", "equalize_depthwise_inputs", "CLIP_MODES"]
 
@@ -105,30 +105,6 @@ def _channels_match(node, w2_dims, channels: int) -> bool:
     return len(w2_dims) >= 2 and w2_dims[1] * groups == channels and w2_dims[0] % groups == 0
 
 
-def _pad_ok(graph: Graph, node, data_rank: int) -> bool:
-    """A Pad that commutes with per-channel scaling: zero (or edge/reflect) padding, none on axes 0 and 1
-    of its ``data_rank``-dimensional input."""
-    mode = attribute(node, "mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if len(node.input) > 1:
-        pads = graph.const(node.input[1])
-        value = graph.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
-        axes = graph.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-        if pads is None or value is None or (len(node.input) > 3 and node.input[3] and axes is None):
-            return False
-    else:
-        pads, value, axes = np.asarray(attribute(node, "pads", [])), np.asarray(attribute(node, "value", 0.0)), None
-    pads = np.asarray(pads).reshape(-1)
-    if mode == "constant" and np.any(np.asarray(value) != 0):
-        return False
-    rank = len(pads) // 2
-    axes = list(range(rank)) if axes is None else [int(a) % data_rank for a in np.asarray(axes).reshape(-1)]
-    for k, ax in enumerate(axes):
-        if ax in (0, 1) and (pads[k] != 0 or pads[k + rank] != 0):
-            return False
-    return True
-
-
 class _Pair:
     __slots__ = ("first", "second", "clips", "path")
 
@@ -176,7 +152,7 @@ def _find_pairs(graph: Graph, clip: str, skipped: dict):
             elif conv and nxt.op_type in _POOLS and len([o for o in nxt.output if o]) == 1:
                 pass
             elif conv and nxt.op_type == "Pad":
-                if not _pad_ok(graph, nxt, len(graph.inits[node.input[1]].dims)):
+                if not spatial_pad(graph, nxt, len(graph.inits[node.input[1]].dims)):
                     skip("pad that mixes channels or pads with a non-zero value")
                     break
             elif nxt.op_type == "Clip":
@@ -516,7 +492,7 @@ def _data_input(graph: Graph, node):
 def _depthwise_reader(graph: Graph, node, tensor: str, weight_users: dict):
     """``node`` if it is a depthwise Conv (multiplier 1) reading ``tensor`` with weights it alone reads, or the
     one such Conv behind a zero Pad ``node``; else None."""
-    if node.op_type == "Pad" and node.input[0] == tensor and _pad_ok(graph, node, 4):
+    if node.op_type == "Pad" and node.input[0] == tensor and spatial_pad(graph, node, 4):
         tensor, node = node.output[0], graph.single_consumer(node.output[0])
         if node is None:
             return None

@@ -1,7 +1,8 @@
 """A read view of an ONNX graph for the rewrites that change weights in place (onnx_equalize, onnx_center).
 
 :class:`Graph` indexes producers, consumers and initializers and evaluates small constant subgraphs;
-:func:`clip_bounds` reads a Clip's bounds whichever opset wrote them. Only onnx and numpy are used; onnx is
+:func:`clip_bounds` reads a Clip's bounds whichever opset wrote them; :func:`spatial_pad` tells a Pad that
+pads only spatial axes with zeros (or edge/reflect). Only onnx and numpy are used; onnx is
 imported inside the functions (edgeopt imports converters lazily).
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 
 from edgeopt.converters.onnx_fold import attribute
 
-__all__ = ["Graph", "clip_bounds", "constant_node_value"]
+__all__ = ["Graph", "clip_bounds", "constant_node_value", "spatial_pad"]
 
 
 class Graph:
@@ -113,3 +114,27 @@ def clip_bounds(graph: Graph, node):
             return False
         return (None if lo is None else float(lo.reshape(-1)[0]), None if hi is None else float(hi.reshape(-1)[0]))
     return attribute(node, "min"), attribute(node, "max")
+
+
+def spatial_pad(graph: Graph, node, data_rank: int) -> bool:
+    """A Pad that commutes with per-channel scaling: zero (or edge/reflect) padding, none on axes 0 and 1
+    of its ``data_rank``-dimensional input."""
+    mode = attribute(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if len(node.input) > 1:
+        pads = graph.const(node.input[1])
+        value = graph.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
+        axes = graph.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        if pads is None or value is None or (len(node.input) > 3 and node.input[3] and axes is None):
+            return False
+    else:
+        pads, value, axes = np.asarray(attribute(node, "pads", [])), np.asarray(attribute(node, "value", 0.0)), None
+    pads = np.asarray(pads).reshape(-1)
+    if mode == "constant" and np.any(np.asarray(value) != 0):
+        return False
+    rank = len(pads) // 2
+    axes = list(range(rank)) if axes is None else [int(a) % data_rank for a in np.asarray(axes).reshape(-1)]
+    for k, ax in enumerate(axes):
+        if ax in (0, 1) and (pads[k] != 0 or pads[k + rank] != 0):
+            return False
+    return True

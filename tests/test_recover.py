@@ -140,13 +140,19 @@ def test_lite0_jetson_default_recipe_floor(lite0_recovered):
     # its 16 depthwise inputs (after ReLU6) equalized; most Lite0 channels reach 6 already (median scale 1)
     eq = m["calibration"]["equalization"]
     assert eq["pairs"] == eq["of"] == 16 and eq["margin"] == 2.0, eq
-    # its 16 projection convs' ReLU6 inputs centred for TensorRT's symmetric INT8 (+0.5 dB on 200 held-out crops)
-    assert m["calibration"]["centering"] == {"pairs": 16, "of": 16}
+    # its 16 projection convs' and 16 depthwise convs' ReLU6 inputs centred for TensorRT's symmetric INT8 (+0.5 dB
+    # for the projections on 200 held-out crops; the depthwise ones, their zero Pads filling -c: +1.7 dB more)
+    assert m["calibration"]["centering"] == {"pairs": 32, "of": 32, "padded": 16}
     qdq = onnx.load(str(d / "jetson" / a["file"]))
     # TensorRT's placement: no Q/DQ between a Conv and the activation it fuses (Clip/Relu take the Conv's output)
     producer = {o: n.op_type for n in qdq.graph.node for o in n.output}
     acts = [n for n in qdq.graph.node if n.op_type in ("Clip", "Relu")]
     assert acts and all(producer.get(n.input[0]) == "Conv" for n in acts)
+    # every conv reads INT8 straight from a DequantizeLinear; the depthwise ones' Pads sit before the Q/DQ
+    convs = [n for n in qdq.graph.node if n.op_type == "Conv"]
+    assert all(producer.get(n.input[0]) == "DequantizeLinear" for n in convs)
+    pads = [n for n in qdq.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 16 and all(producer.get(n.input[0]) == "Clip" for n in pads)
     zero_points = [i for i in qdq.graph.initializer if i.name.endswith("zero_point")]
     assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # TensorRT's form
     x = np.load(d / "test.npy")
@@ -373,9 +379,13 @@ def test_qdq_float_nodes_read_float_activations(tmp_path):
     from edgeopt.conversion.pipeline import Job
     rng = np.random.default_rng(4)
     weights = {n: rng.standard_normal(s).astype(np.float32)
-               for n, s in (("w1", (8, 3, 3, 3)), ("dw", (8, 1, 3, 3)), ("w3", (8, 8, 1, 1)), ("w4", (8, 8, 1, 1)))}
+               for n, s in (("w1", (8, 3, 3, 3)), ("dw", (8, 1, 3, 3)), ("w3", (8, 8, 1, 1)), ("w4", (8, 8, 1, 1)),
+                            ("b1", (1, 8, 1, 1)))}
     src = str(tmp_path / "g.onnx")
-    m = onnx_graph([("Conv", ["x", "w1"], ["c1"], {"pads": [1, 1, 1, 1], "name": "conv1"}),
+    # conv1's bias as an Add: relu1 is then no Conv -> Relu -> Conv the QDQ route centres (onnx_center), which
+    # would put a Pad between r1 and dwconv
+    m = onnx_graph([("Conv", ["x", "w1"], ["c0"], {"pads": [1, 1, 1, 1], "name": "conv1"}),
+                    ("Add", ["c0", "b1"], ["c1"], {"name": "bias1"}),
                     ("Relu", ["c1"], ["r1"], {"name": "relu1"}),
                     ("Conv", ["r1", "dw"], ["c2"], {"pads": [1, 1, 1, 1], "group": 8, "name": "dwconv"}),
                     ("Relu", ["c2"], ["r2"], {"name": "relu2"}),
