@@ -71,19 +71,18 @@ def _pairs(graph: Graph) -> list[tuple]:
     11 for the Pad that takes them over, and are not taken where the exporter's Pad is already there."""
     found = []
     opset11 = any(o.domain in ("", "ai.onnx") and o.version >= 11 for o in graph.model.opset_import)
-    relu_ok = opset11
     for clip in graph.model.graph.node:
-        if not ((clip.op_type == "Clip" and len(clip.input) >= 3) or (clip.op_type == "Relu" and relu_ok)):
+        if not ((clip.op_type == "Clip" and len(clip.input) >= 3) or (clip.op_type == "Relu" and opset11)):
             continue   # a Relu becomes a Clip with inputs (opset 11)
         a = graph.producer.get(clip.input[0])
         b = graph.single_consumer(clip.output[0])
         pad = None
         if b is not None and b.op_type == "Pad" and b.input[0] == clip.output[0]:
-            # an exporter's own zero Pad before the conv (EfficientNet's "same" padding): it fills -c instead
-            if not spatial_pad(graph, b, 4):
-                continue
+            # an exporter's own Pad before the conv (EfficientNet's "same" padding): a zero one fills -c instead
             pad, b = b, graph.single_consumer(b.output[0])
         if a is None or b is None or a.op_type != "Conv" or b.op_type != "Conv" or b.input[0] != (pad or clip).output[0]:
+            continue
+        if pad is not None and not (b.input[1] in graph.inits and spatial_pad(graph, pad, len(graph.inits[b.input[1]].dims))):
             continue
         pads = _padding(b)
         if graph.single_consumer(a.output[0]) is not clip or pads is None or (pads and (not opset11 or pad)):
@@ -139,7 +138,7 @@ def _pad_before(model, conv, pads: list[int], value: str) -> None:
 
 
 def center_rectified_inputs(model, feeds: list[dict]) -> dict:
-    """Center, in place, the ReLU / ReLU6 tensors padding-free convolutions read (see the module's docstring),
+    """Center, in place, the ReLU / ReLU6 tensors convolutions read (see the module's docstring),
     each by the shift :func:`_shift` chooses on the calibration inputs ``feeds``; returns {"pairs": centered,
     "of": found, "padded": of those, how many got a Pad}. A tensor whose maximum is 0 or not finite (a crafted
     model) is left alone."""
