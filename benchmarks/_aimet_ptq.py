@@ -80,6 +80,19 @@ def _fuse_activations(model, sim):
     return fused
 
 
+def run(python: str, src: str, calib_path: str, out: str, form: str, iterations: int) -> tuple[float, dict]:
+    """This script under ``python`` (an interpreter with aimet-onnx): (wall seconds, its JSON line). Raises
+    RuntimeError with the last line of its stderr when it fails. Called by bench_ptq and bench_zoo, in edgeopt's
+    venv: nothing of AIMET is imported here."""
+    import subprocess
+    t0 = time.perf_counter()
+    done = subprocess.run([python, os.path.abspath(__file__), src, calib_path, out, "--form", form,
+                           "--iterations", str(iterations)], capture_output=True, text=True, timeout=3 * 3600)
+    if done.returncode:
+        raise RuntimeError((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
+    return time.perf_counter() - t0, json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")

@@ -257,16 +257,14 @@ def _nncf(src, calib_path, out):
 
 def _aimet(python, src, calib_path, out, form, iterations):
     """AIMET's PTQ (benchmarks/_aimet_ptq.py, run by ``python``, a venv with aimet-onnx) in ``form``."""
-    import subprocess
+    import _aimet_ptq
     os.makedirs(out, exist_ok=True)
     art = os.path.join(out, f"model.aimet-{form}.qdq.onnx")
-    t0 = time.perf_counter()
-    done = subprocess.run([python, os.path.join(HERE, "_aimet_ptq.py"), src, calib_path, art, "--form", form,
-                           "--iterations", str(iterations)], capture_output=True, text=True, timeout=3 * 3600)
-    if done.returncode:
-        raise SystemExit(f"error: AIMET failed ({form}): {done.stderr.strip().splitlines()[-1:]}")
-    info = json.loads(done.stdout.strip().splitlines()[-1])
-    return art, time.perf_counter() - t0, info
+    try:
+        secs, info = _aimet_ptq.run(python, src, calib_path, art, form, iterations)
+    except RuntimeError as e:
+        raise SystemExit(f"error: AIMET failed ({form}): {e}") from None
+    return art, secs, info
 
 
 def _weights_only(src, calib_path, out):

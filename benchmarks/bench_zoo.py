@@ -361,18 +361,12 @@ def anchor_aimet(python: str, iterations: int, src: str, calib: np.ndarray, held
                  out: str) -> dict:
     """Qualcomm AIMET's PTQ recipe in TensorRT's form (benchmarks/_aimet_ptq.py --form jetson, run by ``python``,
     an interpreter with aimet-onnx) on ``calib``; judged on ``held`` with Q/DQ explicit."""
-    import subprocess
+    import _aimet_ptq
     os.makedirs(out, exist_ok=True)
     calib_path = os.path.join(out, "calib.npy")
     np.save(calib_path, calib)
     art = os.path.join(out, "model.aimet.qdq.onnx")
-    t0 = time.perf_counter()
-    done = subprocess.run([python, os.path.join(HERE, "_aimet_ptq.py"), src, calib_path, art, "--form", "jetson",
-                           "--iterations", str(iterations)], capture_output=True, text=True, timeout=3 * 3600)
-    secs = time.perf_counter() - t0
-    if done.returncode:
-        raise RuntimeError((done.stderr.strip().splitlines() or ["AIMET failed"])[-1])
-    info = json.loads(done.stdout.strip().splitlines()[-1])
+    secs, info = _aimet_ptq.run(python, src, calib_path, art, "jetson", iterations)  # RuntimeError: an internal row
     got = _ort_run(art, held, disable_all=True)
     return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1), "aimet": info["aimet"],
             "adaround_iterations": iterations, "outputs": {n: metrics(ref[n], got[n]) for n in ref}}

@@ -82,8 +82,9 @@ def _pairs(graph: Graph) -> list[tuple]:
             pad, b = b, graph.single_consumer(b.output[0])
         if a is None or b is None or a.op_type != "Conv" or b.op_type != "Conv" or b.input[0] != (pad or clip).output[0]:
             continue
-        if pad is not None and not (b.input[1] in graph.inits and spatial_pad(graph, pad, len(graph.inits[b.input[1]].dims))):
-            continue
+        if pad is not None and not (len(pad.input) > 1 and b.input[1] in graph.inits
+                                    and spatial_pad(graph, pad, len(graph.inits[b.input[1]].dims))):
+            continue   # (a Pad with its pads as an attribute is from before opset 11: no fill value input)
         pads = _padding(b)
         if graph.single_consumer(a.output[0]) is not clip or pads is None or (pads and (not opset11 or pad)):
             continue
@@ -100,23 +101,17 @@ def _pairs(graph: Graph) -> list[tuple]:
     return found
 
 
-def _fill(pad, value: float, name: str) -> None:
-    """Make the zero Pad ``pad`` fill with ``value`` (the scalar initializer ``name`` where the opset takes the
-    value as an input); edge and reflect padding copy values of the tensor, already shifted: left alone."""
-    from onnx import helper
+def _fill(pad, value: str) -> None:
+    """Make the zero Pad ``pad`` fill with the scalar initializer ``value`` (an input from opset 11, which the
+    Clip with input bounds or the Relu turned into one already needs); edge and reflect padding copy values of the
+    tensor, already shifted: left alone."""
     mode = attribute(pad, "mode", b"constant")
     if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
         return
-    if len(pad.input) > 1:   # opset >= 11: pads, constant_value (and axes) are inputs
-        if len(pad.input) > 2:
-            pad.input[2] = name
-        else:
-            pad.input.append(name)
-        return
-    for attr in list(pad.attribute):
-        if attr.name == "value":
-            pad.attribute.remove(attr)
-    pad.attribute.append(helper.make_attribute("value", float(value)))
+    if len(pad.input) > 2:   # pads, constant_value (and axes) are inputs
+        pad.input[2] = value
+    else:
+        pad.input.append(value)
 
 
 def _pad_before(model, conv, pads: list[int], value: str) -> None:
@@ -206,10 +201,9 @@ def center_rectified_inputs(model, feeds: list[dict]) -> dict:
             clip.input[1], clip.input[2] = lo_name, hi_name
         if pads:
             _pad_before(model, b, pads, lo_name)
-            info["padded"] += 1
         elif pad is not None:
-            _fill(pad, -c, lo_name)
-            info["padded"] += 1
+            _fill(pad, lo_name)
+        info["padded"] += bool(pads) or pad is not None
         info["pairs"] += 1
     onnx.checker.check_model(model)
     return info

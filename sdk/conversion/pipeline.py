@@ -127,6 +127,7 @@ class Job:
         self._centered_onnx = None
         self.equalization = None      # what quantizable_onnx_path() did (the manifest's calibration.equalization)
         self.centering = None         # what quantizable_onnx_path(symmetric=True) did (calibration.centering)
+        self._calib_refs = None       # (inputs, FP32 outputs) of the first calibration samples (_calib_reference)
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
     @property
@@ -752,7 +753,7 @@ def _check_finite(job, fmt) -> None:
 def _calib_reference(job, fmt) -> tuple[list, list]:
     """(inputs, FP32 outputs) of the first AUTO_SAMPLES calibration samples, computed once per job: the finite
     check (:func:`_check_finite`) and "auto"'s choice (:func:`_auto_ranges`) both read them."""
-    if getattr(job, "_calib_refs", None) is None:
+    if job._calib_refs is None:
         n = min(AUTO_SAMPLES, data.count(job.calib))
         inputs = [job.calib[i["name"]][:n] for i in job.inputs]
         job._calib_refs = (inputs, reference.run_batched(_reference(job, fmt), inputs))
