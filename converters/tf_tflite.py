@@ -25,7 +25,7 @@ import absl.logging  # noqa: E402
 
 __all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
            "RECOVERY_METHODS", "RECOVERY_ROUNDINGS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
-           "bias_correction_info", "norm_blocks", "attention_matmuls", "block_tensors", "equalize_depthwise"]
+           "bias_correction_info", "norm_blocks", "output_activations", "attention_matmuls", "block_tensors", "equalize_depthwise"]
 
 absl.logging.set_verbosity(absl.logging.ERROR)
 warnings.filterwarnings("ignore", module=r"tensorflow\..*")
@@ -203,18 +203,18 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     cache: a dict kept across calls on the same graph and calibration data (the rounded weights do not depend
     on the activation ranges: "auto" computes them once).
     float_blocks: the target runs float ops where it runs the INT8 ones (not an integer-only one): the
-    normalization blocks of a transformer (:func:`norm_blocks`: LayerNorm's arithmetic, Softmax, GELU) stay in
-    float where INT8 does not fit them: ops inside them without an INT8 kernel, or a worst output SQNR (on the
+    normalization blocks of a transformer (:func:`norm_blocks`: LayerNorm's arithmetic, Softmax, GELU) and the
+    output activations on a fixed INT8 grid (:func:`output_activations`) stay in float where INT8 does not fit them: ops inside them without an INT8 kernel, or a worst output SQNR (on the
     first AUTO_SAMPLES calibration samples, against the float model) at least FLOAT_BLOCKS_MIN_GAIN_DB better
     with them in float. Each block counts as one float layer against ``max_float_layers``
     (edgeopt.conversion.options.parse_max_float_layers; None: the default budget); more blocks than that keep
     the all-INT8 artifact. Convolutions, FULLY_CONNECTED and BATCH_MATMUL stay INT8. A model without such a
-    block is converted exactly as without ``float_blocks``.
+    block (a CNN with class scores out) is converted exactly as without ``float_blocks``.
     equalize: (margin, floor) of :func:`equalize_depthwise`, applied to the calibrated model of a stepwise
     recipe (the converter's one-step min-max conversion has no model between calibration and quantization);
     None: not (an ONNX source was equalized before onnx2tf).
     Returns (tflite bytes, info) where info has the signature's tensor indices, any float ops kept and, where
-    the model has normalization blocks, ``float_blocks`` (the choice; its ``tensors`` are the ops kept float).
+    the model has such blocks, ``float_blocks`` (the choice; its ``tensors`` are the ops kept float).
     """
     cf = _frozen(graph, source)
     # min-max without bias correction is the converter's own one-step conversion; any other recipe calibrates
@@ -289,7 +289,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         # of a transformer whose INT8 LayerNorm is broken (Magika: correlation 0.34 with FP32 after it), gptq_act
         # left Magika's rpi artifact at 11.7 dB output SQNR where plain GPTQ gives 30.5
         fitting = None
-        if float_blocks and (weight_rounding == "gptq_act" or bias_correction) and norm_blocks(data):
+        if float_blocks and (weight_rounding == "gptq_act" or bias_correction) and float_block_candidates(data):
             fitting = _fitting_float_blocks(data, cal, io, final, calib, allow_float_fallback, max_float_layers,
                                             float_ops)
         if weight_rounding == "gptq_act":  # from the GPTQ model: its layers' INT8 inputs are what it corrects
@@ -312,7 +312,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
                                              "(they would run in float)", hint=FLOAT_FALLBACK_HINT))
         float_ops = left
     blocks = None
-    if float_blocks and (refusal is not None or stepwise or norm_blocks(data)):
+    if float_blocks and (refusal is not None or stepwise or float_block_candidates(data)):
         if raw is None:  # the one-step conversion: calibrate only, the same min-max ranges, to requantize
             raw = cal = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS], True)
         chosen, blocks = _choose_float_blocks(raw, None if refusal is not None else data,
@@ -345,7 +345,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
 
 def _fitting_float_blocks(raw: bytes, cal: bytes, io, final, calib, allow_float_fallback: bool, max_float_layers,
                           no_kernel: list[str]) -> tuple[str, ...]:
-    """The normalization blocks' tensors :func:`_choose_float_blocks` keeps in float for ``cal`` (the model with
+    """The blocks' tensors :func:`_choose_float_blocks` keeps in float for ``cal`` (the model with
     its GPTQ weights, before any fitting): the form the weights are fitted in. () where all-INT8 is chosen."""
     try:
         plain = final(cal, io)
@@ -554,7 +554,7 @@ def _frozen(graph: Graph, source: str):
     return convert_variables_to_constants_v2(serve.get_concrete_function())
 
 
-# ----------------------------------------------------------- transformer normalization blocks kept in float
+# ------------------------------------- transformer normalization blocks and output activations kept in float
 
 # Ops that are a layer of their own (weights): never inside a normalization block, and INT8 on every route.
 _WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D"}
@@ -688,6 +688,44 @@ def norm_blocks(data: bytes) -> list[dict]:
     return found
 
 
+# INT8 kernels whose output grid is fixed whatever the calibration saw: LOGISTIC's step is 1/256, TANH's 1/128
+_FIXED_GRID = ("LOGISTIC", "TANH")
+# ops that only move values: an output activation reaches the model's output through them unchanged
+_MOVES = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
+
+
+def output_activations(data: bytes) -> list[dict]:
+    """The LOGISTIC and TANH ops of a TFLite model whose result is a model output (directly or through ops that
+    only move values: RESHAPE, TRANSPOSE, ...), as blocks of kind ``output`` (the activation and those ops), in
+    execution order. INT8 writes such an output on its kernel's fixed grid: a detector's score map on crops with
+    nothing to find (scores mostly under 0.01) rounded to steps of 1/256 comes no closer to FP32 than 7 dB SQNR
+    (the PP layout detector), however well the network before it is quantized; in float, the activation reads
+    its INT8 input, whose grid follows the logits' calibrated range."""
+    g = _OpGraph(data)
+    found = []
+    for k, kind in enumerate(g.kinds):
+        if kind not in _FIXED_GRID or len(g.outs[k]) != 1:
+            continue
+        ops, out = [k], g.outs[k][0]
+        while out not in g.graph_outputs:
+            readers = g.consumers.get(out, ())
+            if len(readers) != 1 or g.kinds[readers[0]] not in _MOVES or len(g.outs[readers[0]]) != 1:
+                break
+            ops.append(readers[0])
+            out = g.outs[readers[0]][0]
+        if out in g.graph_outputs:
+            found.append({"kind": "output", "ops": [g.kinds[o] for o in ops],
+                          "tensors": [g.names[t] for o in ops for t in g.outs[o]], "output": g.names[out]})
+    return found
+
+
+def float_block_candidates(data: bytes) -> list[dict]:
+    """What a TFLite target that runs float ops beside INT8 ones (rpi) may keep in float as blocks, each counted
+    as one float layer: a transformer's normalization blocks (:func:`norm_blocks`) and the activations on a fixed
+    INT8 grid that make a model output (:func:`output_activations`)."""
+    return norm_blocks(data) + output_activations(data)
+
+
 def attention_matmuls(data: bytes) -> list[dict]:
     """The BATCH_MATMULs of a TFLite model whose two inputs are both activations (attention's Q K^T and P V), as
     blocks of kind ``attention`` (one op each), in execution order: per-tensor INT8 on both sides of a product of
@@ -759,14 +797,16 @@ def _worst_sqnr(refs: list[np.ndarray], outs: list[np.ndarray]) -> float:
 def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_float_fallback: bool,
                          max_float_layers, no_kernel: list[str]) -> tuple[bytes | None, dict | None]:
     """(artifact, report) of the float-blocks choice (see :func:`quantize`), or (None, None) when the model has
-    no normalization block (the caller keeps ``plain``: a CNN's bytes are unchanged).
+    no block (:func:`float_block_candidates`; the caller keeps ``plain``: a CNN's bytes are unchanged).
 
     raw: the calibrated float model (the FP32 reference here); plain: the all-INT8 artifact (None: there is none,
     ops without INT8 kernels); build(tensors): the artifact with those tensors' ops in float; no_kernel: the op
     kinds without an INT8 kernel. A returned artifact of None: neither fits (the caller refuses as before)."""
     from edgeopt.conversion import recover
     from edgeopt.conversion.defaults import AUTO_SAMPLES, FLOAT_BLOCKS_MIN_GAIN_DB
-    blocks = norm_blocks(raw)
+    # an output activation cannot hold an op without an INT8 kernel: where there is no all-INT8 artifact, only
+    # the normalization blocks may make one
+    blocks = norm_blocks(raw) if plain is None else float_block_candidates(raw)
     if not blocks:
         return None, None
     layers = quantizable_layers(raw)
@@ -838,7 +878,7 @@ class Debugger:
                  per_channel: bool = True, method: str = "minmax", weight_rounding: str = "nearest",
                  cache: dict | None = None, blocks=()):
         cf = _frozen(graph, source)
-        self.blocks = list(blocks)   # the normalization blocks the artifact keeps in float: fitted in that form
+        self.blocks = list(blocks)   # the blocks the artifact keeps in float: fitted in that form
         self.io_dtype = io_dtype
         self.calib = calib
 
@@ -1459,7 +1499,7 @@ def rebuild(job, art: dict, recipe) -> dict:
     layers (tensor names from :func:`layer_errors`) as denylisted nodes that run as float kernels."""
     floats = list(recipe.float_layers)
     dbg = _debugger(job, recipe, art)
-    blocks = block_tensors(art)  # the normalization blocks the plain artifact keeps in float stay float
+    blocks = block_tensors(art)  # the blocks the plain artifact keeps in float stay float
     data = dbg.model(list(dict.fromkeys(blocks + floats)), job.io_dtype, bias_correction=bool(recipe.bias_correction))
     if recipe.bias_correction:
         job.bias_correction_info = getattr(dbg, "bias_correction_info", None)
@@ -1476,7 +1516,7 @@ def rebuild(job, art: dict, recipe) -> dict:
 
 
 def block_tensors(art: dict) -> list[str]:
-    """The tensors of the normalization blocks an artifact keeps in float (:func:`quantize`'s ``float_blocks``)."""
+    """The tensors of the blocks (normalization, output activations) an artifact keeps in float (:func:`quantize`'s ``float_blocks``)."""
     fb = art.get("float_blocks") or {}
     return list(fb.get("tensors") or []) if fb.get("float") else []
 

@@ -81,18 +81,24 @@ def _faint_score_map(path):
                       {"x": [1, 3, 16, 16]}, {"heatmap": [1, 4, 16, 16]}, inits, path=path)
 
 
-def test_score_map_on_the_logistic_grid_is_not_a_broken_artifact(tmp_path):
-    """The sanity floor fails broken artifacts, not ones held near it by their own output grid: the FP32
-    scores rounded onto INT8 LOGISTIC's 1/256 grid alone are under the floor; the rpi artifact comes within
-    3 dB of that and converts, the manifest saying why (it exited 1 as "a broken artifact" before)."""
-    import edgeopt
+def _faint_files(tmp_path):
     path = str(tmp_path / "head.onnx")
     _faint_score_map(path)
     rng = np.random.default_rng(4)
     files = save_arrays(tmp_path, calib=rng.standard_normal((32, 3, 16, 16)).astype(np.float32),
                         val=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
+    return path, files
+
+
+def test_score_map_on_the_logistic_grid_is_not_a_broken_artifact(tmp_path):
+    """The sanity floor fails broken artifacts, not ones held near it by their own output grid: the FP32
+    scores rounded onto INT8 LOGISTIC's 1/256 grid alone are under the floor; the Coral artifact (integer-only:
+    the LOGISTIC stays INT8) comes within 3 dB of that and converts, the manifest saying why (it exited 1 as "a
+    broken artifact" before)."""
+    import edgeopt
+    path, files = _faint_files(tmp_path)
     warnings = []
-    m = edgeopt.convert(path, "rpi", calib=files["calib"], val=files["val"], out=str(tmp_path / "r"),
+    m = edgeopt.convert(path, "coral", calib=files["calib"], val=files["val"], out=str(tmp_path / "r"),
                         warn=warnings.append)
     out = m["accuracy"]["outputs"]["heatmap"]
     grid = out["output_grid"]
@@ -101,6 +107,47 @@ def test_score_map_on_the_logistic_grid_is_not_a_broken_artifact(tmp_path):
     sanity = m["accuracy"]["sanity"]
     assert sanity["passed"] and not sanity["failures"] and len(sanity["grid_limited"]) == 1
     assert "INT8 grid alone (step 0.003906)" in sanity["grid_limited"][0] and sanity["grid_limited"][0] in warnings
+
+
+def test_rpi_computes_a_score_map_activation_in_float(tmp_path):
+    """On rpi (float kernels beside INT8 ones) the same head's LOGISTIC, which makes the model's output, runs in
+    float on its INT8 input: the scores leave the 1/256 grid (5.8 dB on Coral) and come within 30 dB of FP32,
+    while the convolution stays INT8; the manifest's float_blocks says why, with both numbers."""
+    import edgeopt
+    from edgeopt.converters import tf_tflite
+    path, files = _faint_files(tmp_path)
+    warnings = []
+    m = edgeopt.convert(path, "rpi", calib=files["calib"], val=files["val"], out=str(tmp_path / "r"),
+                        warn=warnings.append)
+    out = m["accuracy"]["outputs"]["heatmap"]
+    assert out["sqnr_db"] > 30 and "output_grid" not in out and not m["accuracy"]["sanity"].get("grid_limited")
+    art = m["artifacts"][0]
+    assert art["float_ops"] == ["LOGISTIC"]
+    fb = art["float_blocks"]
+    assert fb["float"] and [b["kind"] for b in fb["blocks"]] == ["output"] and fb["blocks"][0]["ops"] == ["LOGISTIC"]
+    assert fb["sqnr_db"]["float_blocks"] - fb["sqnr_db"]["all_int8"] > 25
+    with open(tmp_path / "r" / art["file"], "rb") as f:
+        kinds = {kind for kind, _ in tf_tflite._float_computing(f.read())}
+    assert kinds == {"LOGISTIC"}  # the CONV_2D is INT8
+
+
+def test_output_activation_is_found_through_ops_that_move_values():
+    """A LOGISTIC that makes an output through a TRANSPOSE and a RESHAPE is one block with them (they must stay
+    float too, or the quantizer puts the scores back on an INT8 grid); one whose result is computed on, or that
+    feeds a second reader, is none."""
+    import tensorflow as tf
+    from edgeopt.converters import tf_tflite
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4, 4, 3], tf.float32)])
+    def model(x):
+        score = tf.reshape(tf.transpose(tf.sigmoid(x), [0, 3, 1, 2]), [1, 48])
+        gate = tf.sigmoid(x * 2.0)
+        return {"score": score, "gated": gate * x, "both": tf.tanh(x) + tf.reduce_sum(tf.tanh(x))}
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    blocks = tf_tflite.output_activations(conv.convert())
+    assert [b["ops"] for b in blocks] == [["LOGISTIC", "TRANSPOSE", "RESHAPE"]]
+    assert blocks[0]["kind"] == "output" and len(blocks[0]["tensors"]) == 3
 
 
 def test_grid_limit_does_not_excuse_a_broken_output():

@@ -77,7 +77,7 @@ def print_summary(manifest: dict):
         fb = a.get("float_blocks") or {}
         if a.get("float_ops") or fb:
             kinds = sorted({b["kind"] for b in fb.get("blocks") or []})
-            blocks = (f"{len(fb['blocks'])} normalization blocks ({', '.join(kinds)}) "
+            blocks = (f"{len(fb['blocks'])} float blocks ({', '.join(kinds)}) "
                       + ("kept in float: " if fb.get("float") else "left INT8: ") + fb.get("why", "")) if fb else ""
             c.print(f"{a['file']}: " + "; ".join(x for x in (
                 f"float ops {', '.join(a['float_ops'])}" if a.get("float_ops") else "", blocks) if x))

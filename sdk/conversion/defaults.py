@@ -16,7 +16,8 @@ TFLITE_METHODS = ("auto", "mse", "minmax", "mean_minmax", "percentile")   # thos
 AUTO_METHODS = ("mse", "mean_minmax")   # what "auto" chooses from
 AUTO_SAMPLES = 32                       # calibration samples "auto" compares the candidates on
 # On a TFLite target that runs float ops beside INT8 ones (rpi), a transformer's normalization blocks (LayerNorm's
-# arithmetic, Softmax, GELU) stay in float when that raises the worst output's SQNR against FP32 by at least this
+# arithmetic, Softmax, GELU) and the activations on a fixed INT8 grid that make a model output (LOGISTIC, TANH)
+# stay in float when that raises the worst output's SQNR against FP32 by at least this
 # much on the first AUTO_SAMPLES calibration samples (or when they hold ops without INT8 kernels): below it, INT8
 # is as good and the all-INT8 artifact is kept.
 FLOAT_BLOCKS_MIN_GAIN_DB = 0.5

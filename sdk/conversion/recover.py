@@ -326,11 +326,12 @@ def recover(job, art: dict, acc: dict, target: dict, evaluate, allow_cpu_ops: bo
     float_ok, search_anyway = float_layer_policy(job.target, art["format"], allow_cpu_ops)
     if ranked and not meets(best["acc"], target) and (float_ok or search_anyway):
         budget, why = float_budget(max_float_layers, len(ranked))
-        # the normalization blocks the route already keeps in float (TFLite on rpi) count against the same budget
+        # the blocks the route already keeps in float (TFLite on rpi: normalization blocks, output activations)
+        # count against the same budget
         fb = art.get("float_blocks") or {}
         blocks = len(fb.get("blocks") or []) if fb.get("float") else 0
         if blocks:
-            budget, why = max(0, budget - blocks), why + f", less the {_n(blocks, 'normalization block')} kept in float"
+            budget, why = max(0, budget - blocks), why + f", less the {_n(blocks, 'float block')} kept in float"
         report["budget"] = {"max_float_layers": budget, "float_candidates": len(ranked), "rule": why}
         fp32 = report["budget"]["fp32_bytes"] = hooks.fp32_bytes(job)
         max_bytes = None
