@@ -278,6 +278,9 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         if not allow_float_fallback:
             refusal = _int8_failure(e, source)
     bc_info = rounding_info = None
+    # the float model's outputs both float-block choices (before fitting, then the artifact's) compare with: the
+    # same model and samples, run once (a float model at 800x608, the layout detector, on 32 samples)
+    float_refs: dict = {}
     raw = cal = data if stepwise else None   # the calibrated float model, and the one quantized from it
     if stepwise:
         cal = set_ranges(data, calib, method)
@@ -291,7 +294,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         fitting = None
         if float_blocks and (weight_rounding == "gptq_act" or bias_correction) and float_block_candidates(data):
             fitting = _fitting_float_blocks(data, cal, io, final, calib, allow_float_fallback, max_float_layers,
-                                            float_ops)
+                                            float_ops, float_refs)
         if weight_rounding == "gptq_act":  # from the GPTQ model: its layers' INT8 inputs are what it corrects
             weights, _, rounding_info = _cached_compensation(cache, data, cal, calib, per_channel, method, fitting)
             cal = _apply_buffers(cal, weights, set())
@@ -317,7 +320,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             raw = cal = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS], True)
         chosen, blocks = _choose_float_blocks(raw, None if refusal is not None else data,
                                               lambda tensors: final(cal, io, tensors), calib,
-                                              allow_float_fallback, max_float_layers, float_ops)
+                                              allow_float_fallback, max_float_layers, float_ops, float_refs)
         if chosen is not None:
             data = chosen
             if blocks.get("float"):
@@ -344,7 +347,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
 
 
 def _fitting_float_blocks(raw: bytes, cal: bytes, io, final, calib, allow_float_fallback: bool, max_float_layers,
-                          no_kernel: list[str]) -> tuple[str, ...]:
+                          no_kernel: list[str], refs: dict | None = None) -> tuple[str, ...]:
     """The blocks' tensors :func:`_choose_float_blocks` keeps in float for ``cal`` (the model with
     its GPTQ weights, before any fitting): the form the weights are fitted in. () where all-INT8 is chosen."""
     try:
@@ -352,7 +355,7 @@ def _fitting_float_blocks(raw: bytes, cal: bytes, io, final, calib, allow_float_
     except Exception:  # no INT8 kernel for some op: the blocks decide whether there is an artifact at all
         plain = None
     _, report = _choose_float_blocks(raw, plain, lambda tensors: final(cal, io, tensors), calib,
-                                     allow_float_fallback, max_float_layers, no_kernel)
+                                     allow_float_fallback, max_float_layers, no_kernel, refs)
     return tuple(report.get("tensors", ())) if report else ()
 
 
@@ -795,7 +798,8 @@ def _worst_sqnr(refs: list[np.ndarray], outs: list[np.ndarray]) -> float:
 
 
 def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_float_fallback: bool,
-                         max_float_layers, no_kernel: list[str]) -> tuple[bytes | None, dict | None]:
+                         max_float_layers, no_kernel: list[str], memo: dict | None = None
+                         ) -> tuple[bytes | None, dict | None]:
     """(artifact, report) of the float-blocks choice (see :func:`quantize`), or (None, None) when the model has
     no block (:func:`float_block_candidates`; the caller keeps ``plain``: a CNN's bytes are unchanged).
 
@@ -824,7 +828,12 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
         report.update(float=False, why=f"ops outside the blocks have no INT8 kernel: {', '.join(outside)}")
         return plain, report
     samples = calib[:AUTO_SAMPLES]
-    refs = _outputs(raw, samples)
+    key = (id(raw), len(samples))   # memo: a dict kept by the caller while ``raw`` lives
+    refs = memo.get(key) if memo is not None else None
+    if refs is None:
+        refs = _outputs(raw, samples)
+        if memo is not None:
+            memo[key] = refs
     sqnr = {"float_blocks": _worst_sqnr(refs, _outputs(cand, samples))}
     report["samples"] = len(samples)
     report["by"] = ("worst output SQNR against the float model on the first calibration samples; the blocks stay "
