@@ -712,7 +712,9 @@ def output_activations(data: bytes) -> list[dict]:
         ops, out = [k], g.outs[k][0]
         while out not in g.graph_outputs:
             readers = g.consumers.get(out, ())
-            if len(readers) != 1 or g.kinds[readers[0]] not in _MOVES or len(g.outs[readers[0]]) != 1:
+            # (a crafted flatbuffer's ops may read their own outputs in a loop: an op met twice ends the walk)
+            if (len(readers) != 1 or g.kinds[readers[0]] not in _MOVES or len(g.outs[readers[0]]) != 1
+                    or readers[0] in ops):
                 break
             ops.append(readers[0])
             out = g.outs[readers[0]][0]

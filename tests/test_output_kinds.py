@@ -150,6 +150,36 @@ def test_output_activation_is_found_through_ops_that_move_values():
     assert blocks[0]["kind"] == "output" and len(blocks[0]["tensors"]) == 3
 
 
+def test_output_activation_walk_ends_on_a_crafted_loop():
+    """A crafted flatbuffer whose RESHAPE after a LOGISTIC writes the tensor it reads (a loop no converter makes):
+    the walk towards the output stops there instead of appending the RESHAPE forever."""
+    import threading
+
+    import tensorflow as tf
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgeopt.converters import tf_tflite
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4, 4, 3], tf.float32)])
+    def model(x):
+        return {"score": tf.reshape(tf.sigmoid(x), [1, 48]), "other": x + 1.0}
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(conv.convert()))
+    sg = fm.subgraphs[0]
+    codes = [c.builtinCode for c in fm.operatorCodes]
+    reshape = next(op for op in sg.operators if codes[op.opcodeIndex] == 22)   # BuiltinOperator.RESHAPE
+    score = int(reshape.outputs[0])
+    reshape.outputs[0] = reshape.inputs[0]   # it now writes what it reads
+    sg.outputs = [int(i) for i in sg.outputs if int(i) != score]
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
+    got = []
+    walk = threading.Thread(target=lambda: got.append(tf_tflite.output_activations(data)), daemon=True)
+    walk.start()
+    walk.join(60)
+    assert not walk.is_alive() and got == [[]]
+
+
 def test_grid_limit_does_not_excuse_a_broken_output():
     """An output far below what its grid allows is still a failure; one within 3 dB of it is not, whether the grid
     alone is under the floor or just over it."""
