@@ -621,6 +621,11 @@ class _OpGraph:
         return ops, out
 
 
+def _graph(data) -> _OpGraph:
+    """``data`` as an :class:`_OpGraph`: parsed from TFLite bytes, or as given."""
+    return data if isinstance(data, _OpGraph) else _OpGraph(data)
+
+
 _REDUCTIONS = ("MEAN", "SUM")   # a LayerNorm's mean and variance: MEANs, or SUMs times 1/n (JAX's E[x^2] - E[x]^2)
 
 
@@ -636,7 +641,7 @@ def _is_gelu(kinds: list[str]) -> bool:
     return kinds[-1] == "MUL" and bool({"EXP", "TANH"}.intersection(kinds)) and not {"MEAN", "SOFTMAX"} & set(kinds)
 
 
-def norm_blocks(data: bytes) -> list[dict]:
+def norm_blocks(data: bytes | _OpGraph) -> list[dict]:
     """The normalization blocks of a (calibrated float or INT8) TFLite model, recognised by structure:
 
     - ``layernorm``: from a MEAN, the ops until the paths reconverge, with a second MEAN (the variance) and a
@@ -649,8 +654,8 @@ def norm_blocks(data: bytes) -> list[dict]:
       TANH among them (x * (1 + erf(x / sqrt 2)) / 2 with onnx2tf's pseudo-Erf, or the tanh approximation).
 
     Returns [{"kind", "ops": [op kinds], "tensors": [output tensor names], "output": the block's output}] in
-    execution order; no op is in two blocks."""
-    g = _OpGraph(data)
+    execution order; no op is in two blocks. ``data`` may be the model's parsed :class:`_OpGraph` already."""
+    g = _graph(data)
     used: set[int] = set()
     found = []
 
@@ -697,14 +702,14 @@ _FIXED_GRID = ("LOGISTIC", "TANH")
 _MOVES = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
 
 
-def output_activations(data: bytes) -> list[dict]:
+def output_activations(data: bytes | _OpGraph) -> list[dict]:
     """The LOGISTIC and TANH ops of a TFLite model whose result is a model output (directly or through ops that
     only move values: RESHAPE, TRANSPOSE, ...), as blocks of kind ``output`` (the activation and those ops), in
     execution order. INT8 writes such an output on its kernel's fixed grid: a detector's score map on crops with
     nothing to find (scores mostly under 0.01) rounded to steps of 1/256 comes no closer to FP32 than 7 dB SQNR
     (the PP layout detector), however well the network before it is quantized; in float, the activation reads
-    its INT8 input, whose grid follows the logits' calibrated range."""
-    g = _OpGraph(data)
+    its INT8 input, whose grid follows the logits' calibrated range. ``data`` may be its :class:`_OpGraph`."""
+    g = _graph(data)
     found = []
     for k, kind in enumerate(g.kinds):
         if kind not in _FIXED_GRID or len(g.outs[k]) != 1:
@@ -728,7 +733,8 @@ def float_block_candidates(data: bytes) -> list[dict]:
     """What a TFLite target that runs float ops beside INT8 ones (rpi) may keep in float as blocks, each counted
     as one float layer: a transformer's normalization blocks (:func:`norm_blocks`) and the activations on a fixed
     INT8 grid that make a model output (:func:`output_activations`)."""
-    return norm_blocks(data) + output_activations(data)
+    g = _OpGraph(data)   # parsed once for both searches
+    return norm_blocks(g) + output_activations(g)
 
 
 def attention_matmuls(data: bytes) -> list[dict]:
