@@ -116,13 +116,18 @@ def _scores(ref, y):
             "confident_crops": int(confident.sum()), "sqnr_db": round(float(sqnr), 2)}
 
 
-def _ort(path, x, disable_all=False):
+def _session(model, disable_all=False):
+    """An onnxruntime CPU session of ``model`` (a path or serialized bytes)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if disable_all:  # Q/DQ stay explicit ops: no fusion into x86 int8 kernels
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _ort(path, x, disable_all=False):
+    sess = _session(path, disable_all)
     first = sess.get_inputs()[0]
     if isinstance(first.shape[0], int) and first.shape[0] != len(x):  # a fixed batch (1): one crop at a time
         return np.concatenate([sess.run(None, {first.name: x[i:i + 1]})[0] for i in range(len(x))])
@@ -267,7 +272,6 @@ def _nncf_accuracy_control(src, calib_path, val_path, out, top1):
     os.environ.setdefault("NNCF_CI", "1")
     import nncf
     import onnx
-    import onnxruntime as ort
     calib, val = np.load(calib_path), np.load(val_path)
     model = onnx.load(src)
     name = model.graph.input[0].name
@@ -276,11 +280,7 @@ def _nncf_accuracy_control(src, calib_path, val_path, out, top1):
 
     def session(m):
         if last.get("model") is not m:  # NNCF asks for one item at a time while it ranks: one session per model
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            last.update(model=m, sess=ort.InferenceSession(m.SerializeToString(), sess_options=so,
-                                                           providers=["CPUExecutionProvider"]))
+            last.update(model=m, sess=_session(m.SerializeToString(), disable_all=True))
         return last["sess"]
 
     def agreement(m, data):
