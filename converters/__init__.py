@@ -58,7 +58,8 @@ TOOL_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 # Helper modules (no converter function) that tests import too.
-MODULES = ("edgeopt.converters.onnx_io", "edgeopt.converters.tf_tflite", "edgeopt.converters.edgetpu")
+MODULES = ("edgeopt.converters.onnx_io", "edgeopt.converters.tf_tflite", "edgeopt.converters.tflite_blocks",
+           "edgeopt.converters.edgetpu")
 
 
 def load(dotted: str):

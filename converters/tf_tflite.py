@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from edgeopt.conversion import defaults  # noqa: E402
+from edgeopt.converters import tflite_blocks  # noqa: E402
 from edgeopt.errors import UsageError  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
@@ -25,7 +26,7 @@ import absl.logging  # noqa: E402
 
 __all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
            "RECOVERY_METHODS", "RECOVERY_ROUNDINGS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
-           "bias_correction_info", "norm_blocks", "output_activations", "attention_matmuls", "block_tensors", "equalize_depthwise"]
+           "bias_correction_info", "op_graph", "block_tensors", "equalize_depthwise"]
 
 absl.logging.set_verbosity(absl.logging.ERROR)
 warnings.filterwarnings("ignore", module=r"tensorflow\..*")
@@ -203,8 +204,8 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     cache: a dict kept across calls on the same graph and calibration data (the rounded weights do not depend
     on the activation ranges: "auto" computes them once).
     float_blocks: the target runs float ops where it runs the INT8 ones (not an integer-only one): the
-    normalization blocks of a transformer (:func:`norm_blocks`: LayerNorm's arithmetic, Softmax, GELU) and the
-    output activations on a fixed INT8 grid (:func:`output_activations`) stay in float where INT8 does not fit them: ops inside them without an INT8 kernel, or a worst output SQNR (on the
+    normalization blocks of a transformer (:func:`tflite_blocks.norm_blocks`: LayerNorm's arithmetic, Softmax, GELU) and the
+    output activations on a fixed INT8 grid (:func:`tflite_blocks.output_activations`) stay in float where INT8 does not fit them: ops inside them without an INT8 kernel, or a worst output SQNR (on the
     first AUTO_SAMPLES calibration samples, against the float model) at least FLOAT_BLOCKS_MIN_GAIN_DB better
     with them in float. Each block counts as one float layer against ``max_float_layers``
     (edgeopt.conversion.options.parse_max_float_layers; None: the default budget); more blocks than that keep
@@ -292,7 +293,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         # of a transformer whose INT8 LayerNorm is broken (Magika: correlation 0.34 with FP32 after it), gptq_act
         # left Magika's rpi artifact at 11.7 dB output SQNR where plain GPTQ gives 30.5
         fitting = None
-        if float_blocks and (weight_rounding == "gptq_act" or bias_correction) and float_block_candidates(data):
+        if float_blocks and (weight_rounding == "gptq_act" or bias_correction) and tflite_blocks.float_block_candidates(op_graph(data)):
             fitting = _fitting_float_blocks(data, cal, io, final, calib, allow_float_fallback, max_float_layers,
                                             float_ops, float_refs)
         if weight_rounding == "gptq_act":  # from the GPTQ model: its layers' INT8 inputs are what it corrects
@@ -315,7 +316,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
                                              "(they would run in float)", hint=FLOAT_FALLBACK_HINT))
         float_ops = left
     blocks = None
-    if float_blocks and (refusal is not None or stepwise or float_block_candidates(data)):
+    if float_blocks and (refusal is not None or stepwise or tflite_blocks.float_block_candidates(op_graph(data))):
         if raw is None:  # the one-step conversion: calibrate only, the same min-max ranges, to requantize
             raw = cal = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS], True)
         chosen, blocks = _choose_float_blocks(raw, None if refusal is not None else data,
@@ -557,204 +558,27 @@ def _frozen(graph: Graph, source: str):
     return convert_variables_to_constants_v2(serve.get_concrete_function())
 
 
-# ------------------------------------- transformer normalization blocks and output activations kept in float
+# ------------------------------------- the op graph that tflite_blocks reads (float blocks, layer counts)
 
-# Ops that are a layer of their own (weights): never inside a normalization block, and INT8 on every route.
-_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D"}
-_BLOCK_MAX_OPS = 40          # a block spans at most this many ops (LayerNorm's is ~10, pseudo-Erf GELU's ~25)
-_ROOTS = {"RSQRT", "SQRT", "DIV", "POW"}   # a LayerNorm divides by the standard deviation
-
-
-class _OpGraph:
-    """The main subgraph of a TFLite model as op kinds, tensor indices and names (no interpreter)."""
-
-    def __init__(self, data: bytes):
-        from tensorflow.lite.python import schema_py_generated as schema_fb
-        from tensorflow.lite.tools import flatbuffer_utils
-        fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
-        sg = fm.subgraphs[0]
-        names = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
-        codes = _op_codes(fm)
-        self.kinds = [names.get(codes[op.opcodeIndex], "CUSTOM") for op in sg.operators]
-        self.ins = [[int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0] for op in sg.operators]
-        self.outs = [[int(i) for i in (op.outputs if op.outputs is not None else [])] for op in sg.operators]
-        self.names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in sg.tensors]
-        self.const = {i for i, t in enumerate(sg.tensors)
-                      if fm.buffers[t.buffer].data is not None and len(fm.buffers[t.buffer].data)}
-        self.calibrated = {i for i, t in enumerate(sg.tensors) if t.quantization is not None
-                           and t.quantization.min is not None and len(t.quantization.min)}
-        self.graph_outputs = {int(i) for i in sg.outputs}
-        self.consumers: dict[int, list[int]] = {}
-        for k, ins in enumerate(self.ins):
-            for i in ins:
-                self.consumers.setdefault(i, []).append(k)
-
-    def region(self, first: int, seeds: set, start=(), complete=lambda kinds: True) -> tuple[list[int], int] | None:
-        """Ops from op ``first`` on (execution order) that read a tensor of the region (``seeds`` or a region op's
-        output), the ops in ``start`` included, up to where the region is ``complete`` (a test of its op kinds)
-        and its live tensors (those read outside it, or graph outputs) are one op's single output: (op indices,
-        that output), or None when that does not happen within _BLOCK_MAX_OPS ops or a weighted layer is reached."""
-        live, inside = set(seeds), []
-        for k in range(first, len(self.kinds)):
-            if k not in start and not live.intersection(self.ins[k]):
-                continue
-            if self.kinds[k] in _WEIGHTED or len(inside) >= _BLOCK_MAX_OPS:
-                return None
-            inside.append(k)
-            live.update(self.outs[k])
-            done = set(inside)
-            frontier = {t for t in live if t in self.graph_outputs
-                        or any(c not in done for c in self.consumers.get(t, ()))}
-            if (len(inside) > 1 and len(self.outs[k]) == 1 and frontier == {self.outs[k][0]}
-                    and complete([self.kinds[o] for o in inside])):
-                return inside, self.outs[k][0]
-        return None
-
-    def affine_tail(self, ops: list[int], out: int) -> tuple[list[int], int]:
-        """``ops`` extended by the per-channel scale and shift after them (MUL/ADD/SUB with constants: LayerNorm's
-        gamma and beta), so the block hands one tensor to the next layer."""
-        while out not in self.graph_outputs and len(self.consumers.get(out, ())) == 1:
-            c = self.consumers[out][0]
-            if self.kinds[c] not in ("MUL", "ADD", "SUB") or any(i != out and i not in self.const for i in self.ins[c]):
-                break
-            ops, out = ops + [c], self.outs[c][0]
-        return ops, out
-
-
-def _graph(data) -> _OpGraph:
-    """``data`` as an :class:`_OpGraph`: parsed from TFLite bytes, or as given."""
-    return data if isinstance(data, _OpGraph) else _OpGraph(data)
-
-
-_REDUCTIONS = ("MEAN", "SUM")   # a LayerNorm's mean and variance: MEANs, or SUMs times 1/n (JAX's E[x^2] - E[x]^2)
-
-
-def _is_layernorm(kinds: list[str]) -> bool:
-    """A region that holds a LayerNorm: the mean's and the variance's reductions and the division by the
-    variance's square root."""
-    return sum(kinds.count(r) for r in _REDUCTIONS) >= 2 and bool(_ROOTS.intersection(kinds))
-
-
-def _is_gelu(kinds: list[str]) -> bool:
-    """A region from a tensor that holds a GELU: Erf's EXP or the approximation's TANH, ending in the product
-    with its input (Swish, x * sigmoid(x), has neither)."""
-    return kinds[-1] == "MUL" and bool({"EXP", "TANH"}.intersection(kinds)) and not {"MEAN", "SOFTMAX"} & set(kinds)
-
-
-def norm_blocks(data: bytes | _OpGraph) -> list[dict]:
-    """The normalization blocks of a (calibrated float or INT8) TFLite model, recognised by structure:
-
-    - ``layernorm``: from a MEAN, the ops until the paths reconverge, with a second MEAN (the variance) and a
-      square root or division among them (mean -> subtract -> square -> mean -> add eps -> rsqrt/sqrt ->
-      mul/div), then gamma and beta; or from the normalized tensor, every op reading it and the ops after them
-      until they reconverge, with two MEAN or SUM reductions and a square root among them (JAX's
-      E[x^2] - E[x]^2 variance);
-    - ``softmax``: a SOFTMAX (or LOG_SOFTMAX) op;
-    - ``gelu``: a GELU op, or the ops from a tensor all of whose readers join again in a MUL, with an EXP or
-      TANH among them (x * (1 + erf(x / sqrt 2)) / 2 with onnx2tf's pseudo-Erf, or the tanh approximation).
-
-    Returns [{"kind", "ops": [op kinds], "tensors": [output tensor names], "output": the block's output}] in
-    execution order; no op is in two blocks. ``data`` may be the model's parsed :class:`_OpGraph` already."""
-    g = _graph(data)
-    used: set[int] = set()
-    found = []
-
-    def add(kind, ops, out):
-        if used.intersection(ops):
-            return
-        used.update(ops)
-        ops = sorted(ops)
-        found.append({"kind": kind, "ops": [g.kinds[k] for k in ops],
-                      "tensors": [g.names[t] for k in ops for t in g.outs[k]], "output": g.names[out], "_at": ops[0]})
-
-    for k, kind in enumerate(g.kinds):
-        if k in used:
-            continue
-        if kind in ("SOFTMAX", "LOG_SOFTMAX"):
-            add("softmax", [k], g.outs[k][0])
-        elif kind == "GELU":
-            add("gelu", [k], g.outs[k][0])
-        elif kind == "MEAN":
-            got = g.region(k, set(g.outs[k]), start={k}, complete=_is_layernorm)
-            if got is not None:
-                add("layernorm", *g.affine_tail(*got))
-        for x in g.outs[k]:
-            readers = g.consumers.get(x, ())
-            if len(readers) < 2 or x in g.const:
-                continue
-            if any(g.kinds[r] in _REDUCTIONS for r in readers):
-                # a LayerNorm whose variance is not a MEAN of the centred input (magika's, from JAX: SUM(x * x)
-                # / n - mean^2): from the normalized tensor, every reader of it inside
-                got = g.region(min(readers), {x}, complete=_is_layernorm)
-                if got is not None:
-                    add("layernorm", *g.affine_tail(*got))
-                    continue
-            got = g.region(min(readers), {x}, complete=_is_gelu)
-            if got is not None:
-                add("gelu", *g.affine_tail(*got))
-    found.sort(key=lambda b: b.pop("_at"))
-    return found
-
-
-# INT8 kernels whose output grid is fixed whatever the calibration saw: LOGISTIC's step is 1/256, TANH's 1/128
-_FIXED_GRID = ("LOGISTIC", "TANH")
-# ops that only move values: an output activation reaches the model's output through them unchanged
-_MOVES = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
-
-
-def output_activations(data: bytes | _OpGraph) -> list[dict]:
-    """The LOGISTIC and TANH ops of a TFLite model whose result is a model output (directly or through ops that
-    only move values: RESHAPE, TRANSPOSE, ...), as blocks of kind ``output`` (the activation and those ops), in
-    execution order. INT8 writes such an output on its kernel's fixed grid: a detector's score map on crops with
-    nothing to find (scores mostly under 0.01) rounded to steps of 1/256 comes no closer to FP32 than 7 dB SQNR
-    (the PP layout detector), however well the network before it is quantized; in float, the activation reads
-    its INT8 input, whose grid follows the logits' calibrated range. ``data`` may be its :class:`_OpGraph`."""
-    g = _graph(data)
-    found = []
-    for k, kind in enumerate(g.kinds):
-        if kind not in _FIXED_GRID or len(g.outs[k]) != 1:
-            continue
-        ops, out = [k], g.outs[k][0]
-        while out not in g.graph_outputs:
-            readers = g.consumers.get(out, ())
-            # (a crafted flatbuffer's ops may read their own outputs in a loop: an op met twice ends the walk)
-            if (len(readers) != 1 or g.kinds[readers[0]] not in _MOVES or len(g.outs[readers[0]]) != 1
-                    or readers[0] in ops):
-                break
-            ops.append(readers[0])
-            out = g.outs[readers[0]][0]
-        if out in g.graph_outputs:
-            found.append({"kind": "output", "ops": [g.kinds[o] for o in ops],
-                          "tensors": [g.names[t] for o in ops for t in g.outs[o]], "output": g.names[out]})
-    return found
-
-
-def float_block_candidates(data: bytes) -> list[dict]:
-    """What a TFLite target that runs float ops beside INT8 ones (rpi) may keep in float as blocks, each counted
-    as one float layer: a transformer's normalization blocks (:func:`norm_blocks`) and the activations on a fixed
-    INT8 grid that make a model output (:func:`output_activations`)."""
-    g = _OpGraph(data)   # parsed once for both searches
-    return norm_blocks(g) + output_activations(g)
-
-
-def attention_matmuls(data: bytes) -> list[dict]:
-    """The BATCH_MATMULs of a TFLite model whose two inputs are both activations (attention's Q K^T and P V), as
-    blocks of kind ``attention`` (one op each), in execution order: per-tensor INT8 on both sides of a product of
-    activations is where a transformer's INT8 graph can lose most (PP-OCRv4's SVTR: output cosine 0.907 all-INT8,
-    0.974 with its 4 attention products in float)."""
-    g = _OpGraph(data)
-    return [{"kind": "attention", "ops": ["BATCH_MATMUL"], "tensors": [g.names[t] for t in g.outs[k]],
-             "output": g.names[g.outs[k][0]]}
-            for k, kind in enumerate(g.kinds)
-            if kind == "BATCH_MATMUL" and len(g.ins[k]) >= 2 and not g.const.intersection(g.ins[k][:2])]
-
-
-def quantizable_layers(calibrated: bytes) -> int:
-    """Ops of a calibrated float model whose output has calibration statistics (what the quantizer makes INT8):
-    the count the float budget is a percentage of."""
-    g = _OpGraph(calibrated)
-    return sum(1 for k, kind in enumerate(g.kinds) if kind not in ("QUANTIZE", "DEQUANTIZE")
-               and g.outs[k] and g.outs[k][0] in g.calibrated)
+def op_graph(data: bytes):
+    """The main subgraph of TFLite ``data`` as a :class:`edgeopt.converters.tflite_blocks.OpGraph` (no
+    interpreter), for the structural searches there."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    sg = fm.subgraphs[0]
+    names = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
+    codes = _op_codes(fm)
+    return tflite_blocks.OpGraph(
+        kinds=[names.get(codes[op.opcodeIndex], "CUSTOM") for op in sg.operators],
+        ins=[[int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0] for op in sg.operators],
+        outs=[[int(i) for i in (op.outputs if op.outputs is not None else [])] for op in sg.operators],
+        names=[t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in sg.tensors],
+        const={i for i, t in enumerate(sg.tensors)
+               if fm.buffers[t.buffer].data is not None and len(fm.buffers[t.buffer].data)},
+        calibrated={i for i, t in enumerate(sg.tensors) if t.quantization is not None
+                    and t.quantization.min is not None and len(t.quantization.min)},
+        graph_outputs={int(i) for i in sg.outputs})
 
 
 def _float_computing(data: bytes) -> list[tuple[str, str]]:
@@ -809,7 +633,7 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
                          max_float_layers, no_kernel: list[str], memo: dict | None = None
                          ) -> tuple[bytes | None, dict | None]:
     """(artifact, report) of the float-blocks choice (see :func:`quantize`), or (None, None) when the model has
-    no block (:func:`float_block_candidates`; the caller keeps ``plain``: a CNN's bytes are unchanged).
+    no block (:func:`tflite_blocks.float_block_candidates`; the caller keeps ``plain``: a CNN's bytes are unchanged).
 
     raw: the calibrated float model (the FP32 reference here); plain: the all-INT8 artifact (None: there is none,
     ops without INT8 kernels); build(tensors): the artifact with those tensors' ops in float; no_kernel: the op
@@ -818,10 +642,11 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
     from edgeopt.conversion.defaults import AUTO_SAMPLES, FLOAT_BLOCKS_MIN_GAIN_DB
     # an output activation cannot hold an op without an INT8 kernel: where there is no all-INT8 artifact, only
     # the normalization blocks may make one
-    blocks = norm_blocks(raw) if plain is None else float_block_candidates(raw)
+    g = op_graph(raw)   # parsed once for every search here
+    blocks = tflite_blocks.norm_blocks(g) if plain is None else tflite_blocks.float_block_candidates(g)
     if not blocks:
         return None, None
-    layers = quantizable_layers(raw)
+    layers = tflite_blocks.quantizable_layers(g)
     budget, rule = recover.float_budget(max_float_layers, layers)
     report = {"blocks": [{k: b[k] for k in ("kind", "output", "ops")} for b in blocks],
               "budget": {"max_float_layers": budget, "quantizable_layers": layers, "rule": rule,
@@ -861,7 +686,7 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
             chosen, best = cand, sqnr["float_blocks"]
             report.update(float=True, why=f"INT8 costs accuracy in the blocks ({gain:+.2f} dB with them in float)")
     # attention's products of two activations (Q K^T, P V): float too when that gains the threshold again
-    attention = attention_matmuls(raw)
+    attention = tflite_blocks.attention_matmuls(g)
     if attention and len(blocks) + len(attention) <= budget:
         more = tensors + [t for b in attention for t in b["tensors"]]
         with_attention = build(more)

@@ -139,11 +139,11 @@ RECIPES = [{}, {"method": "mse", "bias_correction": True, "weight_rounding": "gp
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=["minmax", "mse-gptq-bc"])
 def test_a_cnn_is_converted_exactly_as_before(recipe):
-    from edgeopt.converters import tf_tflite
+    from edgeopt.converters import tf_tflite, tflite_blocks
     graph, calib = tf_tflite.from_keras_model(_keras_cnn()), _calib((16, 16, 3))
     before, info = tf_tflite.quantize(graph, calib, "float32", **recipe)
     after, info2 = tf_tflite.quantize(graph, calib, "float32", float_blocks=True, **recipe)
-    assert after == before and "float_blocks" not in info2 and not tf_tflite.norm_blocks(after)
+    assert after == before and "float_blocks" not in info2 and not tflite_blocks.norm_blocks(tf_tflite.op_graph(after))
 
 
 def test_keras_transformer_blocks_kept_float_within_the_budget():
@@ -221,7 +221,7 @@ def test_attention_products_float_only_when_they_gain(monkeypatch):
     when that gains the threshold again over the blocks alone (PP-OCRv4 rec: +6.2 dB, cosine 0.907 -> 0.970);
     otherwise the blocks' artifact is kept and every matmul stays INT8."""
     from edgeopt.conversion import defaults
-    from edgeopt.converters import tf_tflite
+    from edgeopt.converters import tf_tflite, tflite_blocks
     graph, calib = tf_tflite.from_keras_model(_keras_block()), _calib((T, D), outliers=(3, 17))
     kw = {"allow_float_fallback": True, "float_blocks": True, "max_float_layers": {"layers": 6}}
     monkeypatch.setattr(defaults, "FLOAT_BLOCKS_MIN_GAIN_DB", -100.0)   # any gain is enough: both steps taken
@@ -230,7 +230,7 @@ def test_attention_products_float_only_when_they_gain(monkeypatch):
     assert [b["kind"] for b in fb["blocks"]].count("attention") == 2 and "with_attention" in fb["sqnr_db"], fb
     floats = {k for k, _ in tf_tflite._float_computing(data)}
     assert "BATCH_MATMUL" in floats and "FULLY_CONNECTED" not in floats and "attention products" in fb["why"]
-    assert len(tf_tflite.attention_matmuls(data)) == 2
+    assert len(tflite_blocks.attention_matmuls(tf_tflite.op_graph(data))) == 2
     monkeypatch.setattr(defaults, "FLOAT_BLOCKS_MIN_GAIN_DB", 100.0)
     data, info = tf_tflite.quantize(graph, calib, "float32", **kw)
     assert "attention" not in [b["kind"] for b in info["float_blocks"]["blocks"]]

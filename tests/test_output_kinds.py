@@ -136,7 +136,7 @@ def test_output_activation_is_found_through_ops_that_move_values():
     float too, or the quantizer puts the scores back on an INT8 grid); one whose result is computed on, or that
     feeds a second reader, is none."""
     import tensorflow as tf
-    from edgeopt.converters import tf_tflite
+    from edgeopt.converters import tf_tflite, tflite_blocks
 
     @tf.function(input_signature=[tf.TensorSpec([1, 4, 4, 3], tf.float32)])
     def model(x):
@@ -145,7 +145,7 @@ def test_output_activation_is_found_through_ops_that_move_values():
         return {"score": score, "gated": gate * x, "both": tf.tanh(x) + tf.reduce_sum(tf.tanh(x))}
 
     conv = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
-    blocks = tf_tflite.output_activations(conv.convert())
+    blocks = tflite_blocks.output_activations(tf_tflite.op_graph(conv.convert()))
     assert [b["ops"] for b in blocks] == [["LOGISTIC", "TRANSPOSE", "RESHAPE"]]
     assert blocks[0]["kind"] == "output" and len(blocks[0]["tensors"]) == 3
 
@@ -158,7 +158,7 @@ def test_output_activation_walk_ends_on_a_crafted_loop():
     import tensorflow as tf
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from edgeopt.converters import tf_tflite
+    from edgeopt.converters import tf_tflite, tflite_blocks
 
     @tf.function(input_signature=[tf.TensorSpec([1, 4, 4, 3], tf.float32)])
     def model(x):
@@ -174,7 +174,7 @@ def test_output_activation_walk_ends_on_a_crafted_loop():
     sg.outputs = [int(i) for i in sg.outputs if int(i) != score]
     data = bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
     got = []
-    walk = threading.Thread(target=lambda: got.append(tf_tflite.output_activations(data)), daemon=True)
+    walk = threading.Thread(target=lambda: got.append(tflite_blocks.output_activations(tf_tflite.op_graph(data))), daemon=True)
     walk.start()
     walk.join(60)
     assert not walk.is_alive() and got == [[]]

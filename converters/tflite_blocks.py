@@ -1,0 +1,187 @@
+"""Which ops of a TFLite model form a block that may stay in float beside INT8 ones, recognised by structure on
+its op graph: a transformer's normalization blocks, output activations on a fixed INT8 grid, attention products;
+and how many layers the quantizer makes INT8 (what the float budget is a share of).
+
+Pure Python over an :class:`OpGraph` (op kinds, tensor indices and names); :func:`edgeopt.converters.tf_tflite.op_graph`
+parses one from TFLite bytes, since TensorFlow is imported only there.
+"""
+from __future__ import annotations
+
+
+# Ops that are a layer of their own (weights): never inside a normalization block, and INT8 on every route.
+_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D"}
+_BLOCK_MAX_OPS = 40          # a block spans at most this many ops (LayerNorm's is ~10, pseudo-Erf GELU's ~25)
+_ROOTS = {"RSQRT", "SQRT", "DIV", "POW"}   # a LayerNorm divides by the standard deviation
+
+
+class OpGraph:
+    """The main subgraph of a TFLite model as op kinds, tensor indices and names (no interpreter): ``kinds`` (one
+    builtin op name per op, in execution order), ``ins`` and ``outs`` (each op's tensor indices), ``names`` (each
+    tensor's name), ``const`` (tensors with data), ``calibrated`` (tensors with calibration statistics) and
+    ``graph_outputs`` (the subgraph's output tensors)."""
+
+    def __init__(self, kinds: list[str], ins: list[list[int]], outs: list[list[int]], names: list[str],
+                 const: set[int], calibrated: set[int], graph_outputs: set[int]):
+        self.kinds, self.ins, self.outs, self.names = kinds, ins, outs, names
+        self.const, self.calibrated, self.graph_outputs = const, calibrated, graph_outputs
+        self.consumers: dict[int, list[int]] = {}
+        for k, op_ins in enumerate(self.ins):
+            for i in op_ins:
+                self.consumers.setdefault(i, []).append(k)
+
+    def region(self, first: int, seeds: set, start=(), complete=lambda kinds: True) -> tuple[list[int], int] | None:
+        """Ops from op ``first`` on (execution order) that read a tensor of the region (``seeds`` or a region op's
+        output), the ops in ``start`` included, up to where the region is ``complete`` (a test of its op kinds)
+        and its live tensors (those read outside it, or graph outputs) are one op's single output: (op indices,
+        that output), or None when that does not happen within _BLOCK_MAX_OPS ops or a weighted layer is reached."""
+        live, inside = set(seeds), []
+        for k in range(first, len(self.kinds)):
+            if k not in start and not live.intersection(self.ins[k]):
+                continue
+            if self.kinds[k] in _WEIGHTED or len(inside) >= _BLOCK_MAX_OPS:
+                return None
+            inside.append(k)
+            live.update(self.outs[k])
+            done = set(inside)
+            frontier = {t for t in live if t in self.graph_outputs
+                        or any(c not in done for c in self.consumers.get(t, ()))}
+            if (len(inside) > 1 and len(self.outs[k]) == 1 and frontier == {self.outs[k][0]}
+                    and complete([self.kinds[o] for o in inside])):
+                return inside, self.outs[k][0]
+        return None
+
+    def affine_tail(self, ops: list[int], out: int) -> tuple[list[int], int]:
+        """``ops`` extended by the per-channel scale and shift after them (MUL/ADD/SUB with constants: LayerNorm's
+        gamma and beta), so the block hands one tensor to the next layer."""
+        while out not in self.graph_outputs and len(self.consumers.get(out, ())) == 1:
+            c = self.consumers[out][0]
+            if self.kinds[c] not in ("MUL", "ADD", "SUB") or any(i != out and i not in self.const for i in self.ins[c]):
+                break
+            ops, out = ops + [c], self.outs[c][0]
+        return ops, out
+
+
+_REDUCTIONS = ("MEAN", "SUM")   # a LayerNorm's mean and variance: MEANs, or SUMs times 1/n (JAX's E[x^2] - E[x]^2)
+
+
+def _is_layernorm(kinds: list[str]) -> bool:
+    """A region that holds a LayerNorm: the mean's and the variance's reductions and the division by the
+    variance's square root."""
+    return sum(kinds.count(r) for r in _REDUCTIONS) >= 2 and bool(_ROOTS.intersection(kinds))
+
+
+def _is_gelu(kinds: list[str]) -> bool:
+    """A region from a tensor that holds a GELU: Erf's EXP or the approximation's TANH, ending in the product
+    with its input (Swish, x * sigmoid(x), has neither)."""
+    return kinds[-1] == "MUL" and bool({"EXP", "TANH"}.intersection(kinds)) and not {"MEAN", "SOFTMAX"} & set(kinds)
+
+
+def norm_blocks(g: OpGraph) -> list[dict]:
+    """The normalization blocks of a (calibrated float or INT8) TFLite model, recognised by structure:
+
+    - ``layernorm``: from a MEAN, the ops until the paths reconverge, with a second MEAN (the variance) and a
+      square root or division among them (mean -> subtract -> square -> mean -> add eps -> rsqrt/sqrt ->
+      mul/div), then gamma and beta; or from the normalized tensor, every op reading it and the ops after them
+      until they reconverge, with two MEAN or SUM reductions and a square root among them (JAX's
+      E[x^2] - E[x]^2 variance);
+    - ``softmax``: a SOFTMAX (or LOG_SOFTMAX) op;
+    - ``gelu``: a GELU op, or the ops from a tensor all of whose readers join again in a MUL, with an EXP or
+      TANH among them (x * (1 + erf(x / sqrt 2)) / 2 with onnx2tf's pseudo-Erf, or the tanh approximation).
+
+    Returns [{"kind", "ops": [op kinds], "tensors": [output tensor names], "output": the block's output}] in
+    execution order; no op is in two blocks."""
+    used: set[int] = set()
+    found = []
+
+    def add(kind, ops, out):
+        if used.intersection(ops):
+            return
+        used.update(ops)
+        ops = sorted(ops)
+        found.append({"kind": kind, "ops": [g.kinds[k] for k in ops],
+                      "tensors": [g.names[t] for k in ops for t in g.outs[k]], "output": g.names[out], "_at": ops[0]})
+
+    for k, kind in enumerate(g.kinds):
+        if k in used:
+            continue
+        if kind in ("SOFTMAX", "LOG_SOFTMAX"):
+            add("softmax", [k], g.outs[k][0])
+        elif kind == "GELU":
+            add("gelu", [k], g.outs[k][0])
+        elif kind == "MEAN":
+            got = g.region(k, set(g.outs[k]), start={k}, complete=_is_layernorm)
+            if got is not None:
+                add("layernorm", *g.affine_tail(*got))
+        for x in g.outs[k]:
+            readers = g.consumers.get(x, ())
+            if len(readers) < 2 or x in g.const:
+                continue
+            if any(g.kinds[r] in _REDUCTIONS for r in readers):
+                # a LayerNorm whose variance is not a MEAN of the centred input (magika's, from JAX: SUM(x * x)
+                # / n - mean^2): from the normalized tensor, every reader of it inside
+                got = g.region(min(readers), {x}, complete=_is_layernorm)
+                if got is not None:
+                    add("layernorm", *g.affine_tail(*got))
+                    continue
+            got = g.region(min(readers), {x}, complete=_is_gelu)
+            if got is not None:
+                add("gelu", *g.affine_tail(*got))
+    found.sort(key=lambda b: b.pop("_at"))
+    return found
+
+
+# INT8 kernels whose output grid is fixed whatever the calibration saw: LOGISTIC's step is 1/256, TANH's 1/128
+_FIXED_GRID = ("LOGISTIC", "TANH")
+# ops that only move values: an output activation reaches the model's output through them unchanged
+_MOVES = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
+
+
+def output_activations(g: OpGraph) -> list[dict]:
+    """The LOGISTIC and TANH ops of a TFLite model whose result is a model output (directly or through ops that
+    only move values: RESHAPE, TRANSPOSE, ...), as blocks of kind ``output`` (the activation and those ops), in
+    execution order. INT8 writes such an output on its kernel's fixed grid: a detector's score map on crops with
+    nothing to find (scores mostly under 0.01) rounded to steps of 1/256 comes no closer to FP32 than 7 dB SQNR
+    (the PP layout detector), however well the network before it is quantized; in float, the activation reads
+    its INT8 input, whose grid follows the logits' calibrated range."""
+    found = []
+    for k, kind in enumerate(g.kinds):
+        if kind not in _FIXED_GRID or len(g.outs[k]) != 1:
+            continue
+        ops, out = [k], g.outs[k][0]
+        while out not in g.graph_outputs:
+            readers = g.consumers.get(out, ())
+            # (a crafted flatbuffer's ops may read their own outputs in a loop: an op met twice ends the walk)
+            if (len(readers) != 1 or g.kinds[readers[0]] not in _MOVES or len(g.outs[readers[0]]) != 1
+                    or readers[0] in ops):
+                break
+            ops.append(readers[0])
+            out = g.outs[readers[0]][0]
+        if out in g.graph_outputs:
+            found.append({"kind": "output", "ops": [g.kinds[o] for o in ops],
+                          "tensors": [g.names[t] for o in ops for t in g.outs[o]], "output": g.names[out]})
+    return found
+
+
+def float_block_candidates(g: OpGraph) -> list[dict]:
+    """What a TFLite target that runs float ops beside INT8 ones (rpi) may keep in float as blocks, each counted
+    as one float layer: a transformer's normalization blocks (:func:`norm_blocks`) and the activations on a fixed
+    INT8 grid that make a model output (:func:`output_activations`)."""
+    return norm_blocks(g) + output_activations(g)
+
+
+def attention_matmuls(g: OpGraph) -> list[dict]:
+    """The BATCH_MATMULs of a TFLite model whose two inputs are both activations (attention's Q K^T and P V), as
+    blocks of kind ``attention`` (one op each), in execution order: per-tensor INT8 on both sides of a product of
+    activations is where a transformer's INT8 graph can lose most (PP-OCRv4's SVTR: output cosine 0.907 all-INT8,
+    0.974 with its 4 attention products in float)."""
+    return [{"kind": "attention", "ops": ["BATCH_MATMUL"], "tensors": [g.names[t] for t in g.outs[k]],
+             "output": g.names[g.outs[k][0]]}
+            for k, kind in enumerate(g.kinds)
+            if kind == "BATCH_MATMUL" and len(g.ins[k]) >= 2 and not g.const.intersection(g.ins[k][:2])]
+
+
+def quantizable_layers(g: OpGraph) -> int:
+    """Ops of a calibrated float model (``g``) whose output has calibration statistics (what the quantizer makes
+    INT8): the count the float budget is a percentage of."""
+    return sum(1 for k, kind in enumerate(g.kinds) if kind not in ("QUANTIZE", "DEQUANTIZE")
+               and g.outs[k] and g.outs[k][0] in g.calibrated)

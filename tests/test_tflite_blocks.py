@@ -1,0 +1,60 @@
+"""tflite_blocks: the float-block searches on hand-made op graphs, with no TensorFlow and no model file."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from edgeopt.converters.tflite_blocks import (OpGraph, attention_matmuls, float_block_candidates, norm_blocks,
+                                              output_activations, quantizable_layers)
+
+
+def _graph(ops, n_tensors, outputs, const=(), calibrated=()):
+    """An OpGraph from [(kind, [inputs], [outputs])]; tensor i is named t<i>."""
+    return OpGraph(kinds=[k for k, _, _ in ops], ins=[list(i) for _, i, _ in ops], outs=[list(o) for _, _, o in ops],
+                   names=[f"t{i}" for i in range(n_tensors)], const=set(const), calibrated=set(calibrated),
+                   graph_outputs=set(outputs))
+
+
+def test_importing_it_does_not_import_tensorflow():
+    code = ("import sys, edgeopt.converters.tflite_blocks; "
+            "print(any(m == 'tensorflow' or m.startswith('tensorflow.') for m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_layernorm_block_with_its_gamma_and_beta():
+    # x(0) -> MEAN(1) ; SUB x-mean (2) ; MUL sq (3) ; MEAN var (4) ; ADD eps (5) ; RSQRT (6) ; MUL (7) ; MUL gamma (8)
+    # ; ADD beta (9) -> FULLY_CONNECTED (10); constants: 11 eps, 12 gamma, 13 beta, 14 weights
+    ops = [("MEAN", [0], [1]), ("SUB", [0, 1], [2]), ("MUL", [2, 2], [3]), ("MEAN", [3], [4]),
+           ("ADD", [4, 11], [5]), ("RSQRT", [5], [6]), ("MUL", [2, 6], [7]), ("MUL", [7, 12], [8]),
+           ("ADD", [8, 13], [9]), ("FULLY_CONNECTED", [9, 14], [10])]
+    g = _graph(ops, 15, outputs=[10], const=[11, 12, 13, 14], calibrated=range(11))
+    blocks = norm_blocks(g)
+    assert [b["kind"] for b in blocks] == ["layernorm"]
+    assert blocks[0]["ops"] == ["MEAN", "SUB", "MUL", "MEAN", "ADD", "RSQRT", "MUL", "MUL", "ADD"]
+    assert blocks[0]["output"] == "t9"
+    assert quantizable_layers(g) == 10
+
+
+def test_output_activation_through_moves_and_not_when_computed_on():
+    ops = [("CONV_2D", [0, 5], [1]), ("LOGISTIC", [1], [2]), ("RESHAPE", [2], [3]), ("TANH", [1], [4])]
+    g = _graph(ops, 7, outputs=[3, 4], const=[5])
+    assert [b["ops"] for b in output_activations(g)] == [["LOGISTIC", "RESHAPE"], ["TANH"]]
+    assert [b["kind"] for b in float_block_candidates(g)] == ["output", "output"]
+    computed = _graph(ops + [("ADD", [3, 3], [6])], 7, outputs=[6, 4], const=[5])
+    assert [b["ops"] for b in output_activations(computed)] == [["TANH"]]
+
+
+def test_a_move_that_reads_its_own_output_ends_the_walk():
+    ops = [("LOGISTIC", [0], [1]), ("RESHAPE", [1], [1])]   # crafted: the RESHAPE writes what it reads
+    got = []
+    walk = threading.Thread(target=lambda: got.append(output_activations(_graph(ops, 2, outputs=[0]))), daemon=True)
+    walk.start()
+    walk.join(30)
+    assert not walk.is_alive() and got == [[]]
+
+
+def test_attention_products_are_the_matmuls_of_two_activations():
+    ops = [("BATCH_MATMUL", [0, 1], [2]), ("BATCH_MATMUL", [2, 3], [4])]   # tensor 3 is a constant weight
+    assert [b["output"] for b in attention_matmuls(_graph(ops, 5, outputs=[4], const=[3]))] == ["t2"]
