@@ -160,7 +160,8 @@ def _modules():
             if i == len(self.units):
                 return [self.fc], [self.fb], [self.poolq]
             convs, add = self.units[i]
-            return [c.weight for c in convs], [c.b for c in convs], [c.out for c in convs] + [add] * (add is not None)
+            acts = [c.out for c in convs] + ([add] if add is not None else [])
+            return [c.weight for c in convs], [c.b for c in convs], acts
 
         def forward(self, x):
             x = self.inq(x)
@@ -221,8 +222,8 @@ def main(argv=None):
     t0 = time.time()
     if a.mode == "end-to-end":
         twin.set("quant", True)
-        fit(torch, functional, twin, twin.weights(), [c.b for c in twin.convs] + [twin.fb],
-            [q for q in twin.acts() if q is not twin.logq], lambda idx, _: twin(cal[idx]), refs["calib"], a.steps, cosine=True)
+        fit(torch, functional, twin.weights(), [c.b for c in twin.convs] + [twin.fb],
+            [q for q in twin.acts() if q is not twin.logq], lambda idx: twin(cal[idx]), refs["calib"], a.steps, cosine=True)
     else:
         blockwise(torch, functional, twin, cal, a.steps, a.qdrop)
     score(f"{a.mode}{' qdrop' if a.qdrop else ''}, {a.steps} steps", time.time() - t0)
@@ -231,15 +232,15 @@ def main(argv=None):
             json.dump(rows, f, indent=1)
 
 
-def fit(torch, functional, twin, weights, biases, acts, forward, target, steps, batch=20, cosine=False):
-    """Adam on ``forward(indices, step)`` against ``target[indices]`` (MSE), weights kept in their box; with
+def fit(torch, functional, weights, biases, acts, forward, target, steps, batch=20, cosine=False):
+    """Adam on ``forward(indices)`` against ``target[indices]`` (MSE), weights kept in their box; with
     ``cosine``, the learning rates decay to 0 on a cosine over the steps."""
     opt = torch.optim.Adam([{"params": [w.w for w in weights], "lr": 1e-4}, {"params": biases, "lr": 1e-4},
                             {"params": [p for q in acts for p in (q.lo, q.hi)], "lr": 1e-3}])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randperm(len(target))[:batch]
-        loss = functional.mse_loss(forward(idx, step), target[idx])
+        loss = functional.mse_loss(forward(idx), target[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -261,14 +262,14 @@ def blockwise(torch, functional, twin, cal, steps, qdrop):
         with torch.no_grad():
             target = torch.cat([ref.unit(i, b) for b in _batches(xf, 20)])
 
-        def forward(idx, _step, i=i, xq=xq, xf=xf):
+        def forward(idx, i=i, xq=xq, xf=xf):
             x = xq[idx]
             if qdrop:
                 x = torch.where(torch.rand_like(x) < 0.5, x, xf[idx])
             return twin.unit(i, x)
 
         weights, biases, acts = twin.unit_params(i)
-        fit(torch, functional, twin, weights, biases, acts, forward, target, steps)
+        fit(torch, functional, weights, biases, acts, forward, target, steps)
         with torch.no_grad():
             xq, xf = torch.cat([twin.unit(i, b) for b in _batches(xq, 20)]), target
 
