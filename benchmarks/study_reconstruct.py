@@ -23,7 +23,12 @@ the logits' range):
   against the FP32 block's output on the FP32 input; ``--qdrop`` feeds each input element quantized or not at
   random (QDrop).
 
+``--start`` starts instead from edgeopt's own all-INT8 TFLite MobileNetV2 (bench_ptq's rpi artifact: equalized,
+GPTQ-rounded, its ranges), loaded into the twin; ``--range-lr 0`` keeps the activation ranges where they start.
+
     .venv/bin/python benchmarks/study_reconstruct.py --mode blockwise --steps 80 [--qdrop]
+    .venv/bin/python benchmarks/study_reconstruct.py --qdrop --steps 120 --range-lr 0 \
+        --start benchmarks/out/ptq-work/mobilenet_v2-rpi-plain/model.int8.tflite
 
 Needs torch (the dev extra) and the wheel bench_ptq names for MobileNetV2; mate-backgrounds for the nature crops
 (skipped when missing). Minutes: end-to-end 150 steps ~9 min, blockwise 80 steps per block ~10 min, on 2 cores.
@@ -134,6 +139,12 @@ def _modules():
             self.fc = WeightQuant(net.classifier[1].weight)
             self.fb = nn.Parameter(net.classifier[1].bias.detach().clone())
 
+        def merge_first(self):
+            """The first convolution and the first block as one unit: edgeopt equalizes the tensor between them
+            (a convolution feeding a depthwise one), so only the first block's output is the FP32 model's."""
+            (first, _), (block, add) = self.units[:2]
+            self.units[:2] = [(first + block, add)]
+
         def acts(self):
             return [self.inq, self.poolq, self.logq] + [c.out for c in self.convs] + list(self.adds)
 
@@ -172,6 +183,65 @@ def _modules():
     return torch, functional, Twin
 
 
+def load_tflite(torch, twin, path: str) -> None:
+    """Set the twin to an all-INT8 TFLite MobileNetV2 (edgeopt's rpi artifact, ``--start``): each convolution's and
+    the classifier's weights (codes times their scales, the scales kept as its grid), their int32 biases, and each
+    activation tensor's range (from its scale and zero point), matched in graph order; the reconstruction's box
+    is then one grid step around edgeopt's rounded (equalized, GPTQ) weights."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+    with open(path, "rb") as f:
+        fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
+    sg = fm.subgraphs[0]
+    op = schema.BuiltinOperator
+
+    def const(t):
+        tt = sg.tensors[t]
+        dtype = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}[tt.type]
+        return np.frombuffer(bytes(fm.buffers[tt.buffer].data), dtype).reshape(tt.shape).astype(np.float64)
+
+    def qp(t):
+        q = sg.tensors[t].quantization
+        return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.float64)
+
+    def act(quant, t):
+        (s,), (z,) = qp(t)
+        quant.lo.data.fill_(float((-128 - z) * s))
+        quant.hi.data.fill_(float((127 - z) * s))
+
+    def weight(wq, b, t_in, t_w, t_b, perm):
+        sw, _ = qp(t_w)
+        codes = const(t_w)
+        axis = sg.tensors[t_w].quantization.quantizedDimension
+        shape = [1] * codes.ndim
+        shape[axis] = -1
+        grid = torch.tensor((codes * sw.reshape(shape)).astype(np.float32)).permute(*perm).contiguous()
+        wq.w.data.copy_(grid)
+        wq.w0 = grid.clone()
+        wq.scale = torch.tensor(sw.astype(np.float32)).reshape(-1, *[1] * (grid.dim() - 1))
+        b.data.copy_(torch.tensor((const(t_b) * qp(t_in)[0][0] * sw).astype(np.float32)))
+
+    convs, adds = iter(twin.convs), iter(twin.adds)
+    for o in sg.operators:
+        code = fm.operatorCodes[o.opcodeIndex]
+        kind = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if kind == op.QUANTIZE:
+            act(twin.inq, o.outputs[0])
+        elif kind in (op.CONV_2D, op.DEPTHWISE_CONV_2D):
+            c = next(convs)
+            # TFLite's OHWI (convolution) and 1HWC (depthwise) to torch's OIHW
+            weight(c.weight, c.b, *o.inputs[:3], (0, 3, 1, 2) if kind == op.CONV_2D else (3, 0, 1, 2))
+            act(c.out, o.outputs[0])
+        elif kind == op.ADD:
+            act(next(adds), o.outputs[0])
+        elif kind == op.MEAN:
+            act(twin.poolq, o.outputs[0])
+        elif kind == op.FULLY_CONNECTED:
+            weight(twin.fc, twin.fb, *o.inputs[:3], (0, 1))
+            act(twin.logq, o.outputs[0])
+    assert next(convs, None) is None and next(adds, None) is None, "not the twin's MobileNetV2"
+
+
 def _batches(x, n=50):
     return [x[i:i + n] for i in range(0, len(x), n)]
 
@@ -181,9 +251,13 @@ def main(argv=None):
     ap.add_argument("--mode", choices=("end-to-end", "blockwise"), default="blockwise")
     ap.add_argument("--steps", type=int, default=80, help="Adam steps (per block with --mode blockwise)")
     ap.add_argument("--qdrop", action="store_true", help="blockwise: QDrop's random mix of quantized and FP32 inputs")
+    ap.add_argument("--range-lr", type=float, default=1e-3, help="Adam's rate for the activation ranges (0: kept)")
     ap.add_argument("--calib", type=int, default=100)
     ap.add_argument("--held-out", type=int, default=200)
     ap.add_argument("--nature", type=int, default=300, help="crops of photos nobody fits on (0: none)")
+    ap.add_argument("--start", metavar="TFLITE", help="start from this all-INT8 TFLite MobileNetV2 (edgeopt's rpi "
+                    "artifact from bench_ptq, e.g. benchmarks/out/ptq-work/mobilenet_v2-rpi-plain/model.int8.tflite) "
+                    "instead of nearest rounding")
     ap.add_argument("--json", help="write the rows here too")
     a = ap.parse_args(argv)
     torch, functional, Twin = _modules()
@@ -206,6 +280,11 @@ def main(argv=None):
             twin(cal[i:i + 1])
     for q in twin.acts():
         q.init_range(global_minmax=q in (twin.inq, twin.poolq, twin.logq))
+    ref = copy.deepcopy(twin)   # the FP32 model, unit by unit (blockwise's targets)
+    if a.start:
+        load_tflite(torch, twin, a.start)
+        twin.merge_first()
+        ref.merge_first()
     rows = []
 
     def score(tag, seconds=0.0):
@@ -218,25 +297,27 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    score("nearest rounding, mean-minmax ranges")
+    score(f"start: {a.start}" if a.start else "nearest rounding, mean-minmax ranges")
     t0 = time.time()
     if a.mode == "end-to-end":
         twin.set("quant", True)
         fit(torch, functional, twin.weights(), [c.b for c in twin.convs] + [twin.fb],
-            [q for q in twin.acts() if q is not twin.logq], lambda idx: twin(cal[idx]), refs["calib"], a.steps, cosine=True)
+            [q for q in twin.acts() if q is not twin.logq], lambda idx: twin(cal[idx]), refs["calib"], a.steps, cosine=True,
+            range_lr=a.range_lr)
     else:
-        blockwise(torch, functional, twin, cal, a.steps, a.qdrop)
-    score(f"{a.mode}{' qdrop' if a.qdrop else ''}, {a.steps} steps", time.time() - t0)
+        blockwise(torch, functional, twin, ref, cal, a.steps, a.qdrop, a.range_lr)
+    score(f"{a.mode}{' qdrop' if a.qdrop else ''}, {a.steps} steps{', ranges kept' if not a.range_lr else ''}",
+          time.time() - t0)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
 
 
-def fit(torch, functional, weights, biases, acts, forward, target, steps, batch=20, cosine=False):
+def fit(torch, functional, weights, biases, acts, forward, target, steps, batch=20, cosine=False, range_lr=1e-3):
     """Adam on ``forward(indices)`` against ``target[indices]`` (MSE), weights kept in their box; with
-    ``cosine``, the learning rates decay to 0 on a cosine over the steps."""
+    ``cosine``, the learning rates decay to 0 on a cosine over the steps; ``range_lr`` 0 keeps the ranges."""
     opt = torch.optim.Adam([{"params": [w.w for w in weights], "lr": 1e-4}, {"params": biases, "lr": 1e-4},
-                            {"params": [p for q in acts for p in (q.lo, q.hi)], "lr": 1e-3}])
+                            {"params": [p for q in acts for p in (q.lo, q.hi)], "lr": range_lr}])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     for _ in range(steps):
         idx = torch.randperm(len(target))[:batch]
@@ -250,10 +331,9 @@ def fit(torch, functional, weights, biases, acts, forward, target, steps, batch=
             schedule.step()
 
 
-def blockwise(torch, functional, twin, cal, steps, qdrop):
+def blockwise(torch, functional, twin, ref, cal, steps, qdrop, range_lr=1e-3):
     """Block after block: the quantized unit, reading the quantized model's own input so far (QDrop: each element
-    of it quantized or FP32 at random), fitted to the FP32 unit's output on the FP32 input."""
-    ref = copy.deepcopy(twin)
+    of it quantized or FP32 at random), fitted to the FP32 unit's output (``ref``'s) on the FP32 input."""
     ref.set("float", False)
     twin.set("quant", True)
     with torch.no_grad():
@@ -269,7 +349,7 @@ def blockwise(torch, functional, twin, cal, steps, qdrop):
             return twin.unit(i, x)
 
         weights, biases, acts = twin.unit_params(i)
-        fit(torch, functional, weights, biases, acts, forward, target, steps)
+        fit(torch, functional, weights, biases, acts, forward, target, steps, range_lr=range_lr)
         with torch.no_grad():
             xq, xf = torch.cat([twin.unit(i, b) for b in _batches(xq, 20)]), target
 
