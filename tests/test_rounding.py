@@ -157,6 +157,23 @@ def test_compensable_needs_enough_positions():
     assert not rounding.compensable(None)
 
 
+@pytest.mark.parametrize("positions, samples, depthwise", [(49, 32, False), (196, 32, False), (1, 32, False),
+                                                            (3136, 8, True), (3136, 7, True), (4096 * 4, 1, False)])
+def test_may_compensate_says_before_the_runs_what_compensable_says_after(positions, samples, depthwise):
+    """gptq_act on the TFLite route skips running the INT8 model up to a layer whose shape already says its
+    statistics will be refused (rounding.may_compensate): it must agree with rounding.compensable on the rows
+    Pairs keeps (at most ROWS per sample, CHANNEL_ROWS for a depthwise layer), at each side of MIN_POSITIONS."""
+    pairs = rounding.Pairs()
+    for _ in range(samples):
+        if depthwise:
+            p = np.ones((positions, 9, 2), np.float32)
+            pairs.add_channels("l", p, p)
+        else:
+            x = np.ones((positions, 4), np.float32)
+            pairs.add_rows("l", x, x)
+    assert rounding.may_compensate(positions, samples, depthwise) is rounding.compensable(pairs.get("l"))
+
+
 @pytest.mark.parametrize("stride, dilation, same", [((1, 1), (1, 1), True), ((2, 2), (1, 1), True),
                                                      ((1, 2), (2, 1), False)])
 def test_patches_are_the_convolutions_inputs(stride, dilation, same):
@@ -393,6 +410,16 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
         assert np.abs(w1.astype(int) - w2).max() <= 1 and np.mean(w1 != w2) < 0.01   # a .5 tie at most
         assert np.abs(b1.astype(np.int64) - b2).max() <= 1
         assert np.abs(w1).max() == 127
+    # gptq_act runs the model only up to the layer it fits (_Int8Weights.prefix): the layer's input as the whole
+    # model computes it, from fewer ops
+    ops = live.sg.OperatorsLength()
+    for out in written:
+        cut = live.prefix(out)
+        assert tf_tflite._Int8Weights(cut).sg.OperatorsLength() == live.position[out] + 1 < ops
+        t = live.ops[out][1][0]
+        for whole, part in zip(tf_tflite._float_runs(live.data(), calib[:3]), tf_tflite._float_runs(cut, calib[:3])):
+            assert np.array_equal(whole.get_tensor(t), part.get_tensor(t))
+    assert live.prefix("no such layer") == live.data()
 
 
 @pytest.mark.parametrize("target", ["rpi", "jetson"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Hessians", "Pairs", "patches", "gptq", "grid_values", "compensated", "compensable", "ROWS", "DAMP",
+__all__ = ["Hessians", "Pairs", "patches", "gptq", "grid_values", "compensated", "compensable", "may_compensate", "ROWS", "DAMP",
            "LEVELS", "MIN_POSITIONS"]
 
 LEVELS = 127     # symmetric INT8 weights: codes -127..127 (both routes; TensorRT and TFLite use narrow range)
@@ -258,6 +258,14 @@ def compensable(stats) -> bool:
     """Whether a layer's :meth:`Pairs.get` statistics come from enough input positions (MIN_POSITIONS) for
     :func:`compensated` to fit the layer rather than its calibration samples."""
     return stats is not None and stats[4] >= MIN_POSITIONS
+
+
+def may_compensate(positions: int, samples: int, depthwise: bool = False) -> bool:
+    """Whether a layer with ``positions`` output positions per sample (its input rows: patches of a convolution,
+    rows of a dense layer) can reach MIN_POSITIONS rows over ``samples``, as :func:`compensable` counts them
+    (at most ROWS per sample, CHANNEL_ROWS for a depthwise layer). Known from the layer's shape before its inputs
+    are computed: a route skips running the INT8 model up to a layer whose compensation would be refused."""
+    return min(int(positions), CHANNEL_ROWS if depthwise else ROWS) * int(samples) >= MIN_POSITIONS
 
 
 def compensated(weights, bias, stats, per_row: bool = True, damp: float = COMPENSATION_DAMP,
