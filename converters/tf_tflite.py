@@ -1000,20 +1000,14 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
     float_inputs = _FloatInputs(raw, samples, [inputs[0] for _, _, inputs, _, _ in layers])
     res, originals = {}, {}
     live = _Int8Weights(quantized(_serialized(cm)))   # the INT8 model, each fitted layer written into it in place
+    runs = _Int8Runs(live, samples)
     for k, (kind, op, inputs, out, shape) in enumerate(layers):
         dims = [int(d) for d in sg.tensors[op.outputs[0]].shape]
         if dims and min(dims) > 0 and not rounding.may_compensate(int(np.prod(dims[:-1])), len(samples),
                                                                   kind == "DEPTHWISE_CONV_2D"):
             continue   # too few positions (a 7x7 stage, a classifier): plain GPTQ, without running up to it
-        q = live.prefix(out)
-        stats, where = rounding.Pairs(), None
-        for x, qi in zip(float_inputs.get(k), _float_runs(q, samples)):
-            if where is None:
-                op_q = _layers_by_output(qi).get(out)
-                if op_q is None:
-                    break
-                where = int(op_q["inputs"][0])
-            xq = _dequantized(qi, where)
+        stats = rounding.Pairs()
+        for x, xq in zip(float_inputs.get(k), runs.input_of(out)):
             if x.shape != xq.shape:
                 break
             r, rq = _layer_rows(kind, op, shape, x), _layer_rows(kind, op, shape, xq)
@@ -1051,6 +1045,7 @@ def _compensated_weights(raw: bytes, cal: bytes, calib, per_channel: bool, quant
             cm.buffers[buf].data = data
         if not live.write(out, new, None if bias is None else nb):   # not in the form it knows: quantize again
             live = _Int8Weights(quantized(_serialized(cm)))
+            runs = _Int8Runs(live, samples)
     return res, originals, {"method": "gptq_act", "layers": len(res), "of": len(_compute_layers(fm)),
                             "calibration_samples": len(samples)}
 
@@ -1107,34 +1102,48 @@ class _Int8Weights:
         self.sg = sg
         self.ops = {}
         self.position: dict = {}   # layer output name: index of its op in the subgraph's op list
+        self.reads: list = []      # each op's input tensors (-1: an optional input left out)
+        self.makes: list = []      # each op's output tensors
         self.users: dict = {}   # buffer index: tensors that use it (a shared INT32 bias is not one layer's)
         for i in range(sg.TensorsLength()):
             self.users[sg.Tensors(i).Buffer()] = self.users.get(sg.Tensors(i).Buffer(), 0) + 1
         for i in range(sg.OperatorsLength()):
             op = sg.Operators(i)
+            self.reads.append([int(op.Inputs(j)) for j in range(op.InputsLength())])
+            self.makes.append([int(op.Outputs(j)) for j in range(op.OutputsLength())])
             code = self.model.OperatorCodes(op.OpcodeIndex())
             kind = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
             if kind in _KINDS and op.OutputsLength():
                 name = sg.Tensors(op.Outputs(0)).Name().decode("utf-8", "replace")
                 self.ops.setdefault(name, (kind, op.InputsAsNumpy().tolist()))
                 self.position.setdefault(name, i)
-        # where the op list's length is stored (a flatbuffer vector's length precedes its first element)
-        at = sg._tab.Offset(10) and sg._tab.Vector(sg._tab.Offset(10)) - 4
-        self.ops_length_at = at if at and struct.unpack_from("<I", self.buf, at)[0] == sg.OperatorsLength() else None
+        # where the subgraph stores its offsets to its op, input and output lists (vtable slots 10, 6 and 8)
+        slots = [sg._tab.Offset(v) for v in (10, 6, 8)]
+        if not all(slots):
+            raise UsageError("INT8 model without an op, input or output list: not one the quantizer makes")
+        self.fields = tuple(sg._tab.Pos + o for o in slots)
 
     def data(self) -> bytes:
         return bytes(self.buf)
 
-    def prefix(self, out: str) -> bytes:
-        """The model with its first subgraph's op list cut after the layer whose output is ``out`` (the whole
-        model when it has no such layer). TFLite runs a subgraph's ops in their stored (topological) order, so
-        the ops before a layer make its input, and gptq_act, which reads only that input, skipped running the
-        rest: half of each of its runs on average."""
-        i = self.position.get(out)
-        if i is None or self.ops_length_at is None:
-            return self.data()
+    def segment(self, start: int, stop: int, inputs: list[int], outputs: list[int]) -> bytes:
+        """The model running only its first subgraph's ops ``start`` to ``stop - 1``, fed through ``inputs``
+        (tensor indices: the values those ops read that earlier ops made), giving ``outputs`` (those later ops
+        read: a delegate keeps only a subgraph's outputs, not what no op of it reads); tensor indices unchanged.
+        In a copy: the op list becomes the tail of the old one from op ``start`` (its length written over the
+        slot before it; each element's offset is relative to where it is stored, so they stay valid), the input
+        and output lists new vectors past the end (flatbuffer offsets point forward only: all three are after
+        the fields that point to them)."""
         buf = bytearray(self.buf)
-        struct.pack_into("<I", buf, self.ops_length_at, i + 1)
+        buf.extend(b"\0" * (-len(buf) % 4))
+        ops_at, inputs_at, outputs_at = self.fields
+        first = ops_at + struct.unpack_from("<I", buf, ops_at)[0] + 4 + 4 * start   # op ``start``'s offset
+        struct.pack_into("<I", buf, first - 4, stop - start)
+        struct.pack_into("<I", buf, ops_at, first - 4 - ops_at)
+        for field, tensors in ((inputs_at, inputs), (outputs_at, outputs)):
+            at = len(buf)
+            buf.extend(struct.pack(f"<I{len(tensors)}i", len(tensors), *tensors))
+            struct.pack_into("<I", buf, field, at - field)
         return bytes(buf)
 
     def codes(self, out: str) -> tuple:
@@ -1197,6 +1206,81 @@ class _Int8Weights:
         codes.view(np.int8)[:] = q.reshape(-1).astype(np.int8)
         scales[:] = new_scales
         return True
+
+
+class _Int8Runs:
+    """The INT8 model of gptq_act (an :class:`_Int8Weights`) run on the fitting samples a stretch of ops at a
+    time, as onnx_prefix.Prefix does on the QDQ route: each layer's INT8 input is made by running only the ops
+    between the previous layer asked for (itself included: its weights have changed since) and this one, fed with
+    the tensors earlier stretches made, so every op runs once per sample over the whole fit. gptq_act on the
+    layout detector (102 layers, 800x608 input) took 293 s running the whole model per layer, 60 s so
+    (benchmarks/bench_gptq_act.py), with the same weights.
+    Only tensors a later op reads are kept; past ``max_kept_bytes`` of them (or with more than one subgraph:
+    control flow), each request runs the whole model again, one sample at a time, keeping nothing."""
+
+    def __init__(self, live: _Int8Weights, samples, max_kept_bytes: int | None = None):
+        self.live, self.samples = live, samples
+        self.max_kept_bytes = defaults.GPTQ_ACT_MAX_KEPT_BYTES if max_kept_bytes is None else max_kept_bytes
+        self.last_read: dict = {}
+        for i, ts in enumerate(live.reads):
+            for t in ts:
+                self.last_read[t] = i
+        self.constant = {t for ts in live.reads for t in ts if t >= 0 and self._constant(t)}
+        self.graph_inputs = [int(live.sg.Inputs(j)) for j in range(live.sg.InputsLength())]
+        self.dtypes = [d["dtype"] for d in _interpreter(live.data()).get_input_details()]
+        self.whole = live.model.SubgraphsLength() != 1
+        self._start()
+
+    def _start(self) -> None:
+        self.state = [{t: np.asarray(a, dt) for t, a, dt in zip(self.graph_inputs, sample, self.dtypes)}
+                      for sample in self.samples]
+        self.cursor = 0
+
+    def _constant(self, t: int) -> bool:
+        b = self.live.model.Buffers(self.live.sg.Tensors(t).Buffer())
+        return b is not None and b.DataLength() > 0
+
+    def _dequantized(self, t: int, v: np.ndarray) -> np.ndarray:
+        q = self.live.sg.Tensors(t).Quantization()
+        scales = q.ScaleAsNumpy() if q is not None else 0
+        if v.dtype.kind == "f" or isinstance(scales, int) or not len(scales):
+            return v.astype(np.float32)
+        return (v.astype(np.float32) - np.float32(q.ZeroPointAsNumpy()[0])) * np.float32(scales[0])
+
+    def input_of(self, out: str):
+        """The dequantized input, sample after sample, of the layer whose output is ``out`` (nothing when the
+        model has no such layer)."""
+        stop = self.live.position.get(out)
+        if stop is None:
+            return iter(())
+        t = self.live.reads[stop][0]
+        if self.whole:
+            return (self._dequantized(t, fi.get_tensor(t)) for fi in _float_runs(self.live.data(), self.samples))
+        if stop < self.cursor:   # asked out of order: start again from the samples
+            self._start()
+        if stop > self.cursor:
+            self._run(self.cursor, stop)
+            if sum(v.nbytes for st in self.state for v in st.values()) > self.max_kept_bytes:
+                self.whole, state, self.state = True, self.state, None
+                return (self._dequantized(t, st[t]) for st in state)
+        return (self._dequantized(t, st[t]) for st in self.state)
+
+    def _run(self, start: int, stop: int) -> None:
+        made = {t for ts in self.live.makes[start:stop] for t in ts}
+        needed = sorted({t for ts in self.live.reads[start:stop] for t in ts
+                         if t >= 0 and t not in made and t not in self.constant})
+        kept = sorted(t for t in made if self.last_read.get(t, -1) >= stop)
+        fi = _interpreter(self.live.segment(start, stop, needed, kept))
+        fi.allocate_tensors()
+        for st in self.state:
+            for t in needed:
+                fi.set_tensor(t, st[t])
+            fi.invoke()
+            for t in kept:
+                st[t] = fi.get_tensor(t)
+            for t in [t for t in st if self.last_read.get(t, -1) < stop]:
+                del st[t]
+        self.cursor = stop
 
 
 def _layers_by_output(interp) -> dict:

@@ -410,23 +410,28 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
         assert np.abs(w1.astype(int) - w2).max() <= 1 and np.mean(w1 != w2) < 0.01   # a .5 tie at most
         assert np.abs(b1.astype(np.int64) - b2).max() <= 1
         assert np.abs(w1).max() == 127
-    # gptq_act runs the model only up to the layer it fits (_Int8Weights.prefix): the layer's input as the whole
-    # model computes it, from fewer ops
-    ops = live.sg.OperatorsLength()
+    # gptq_act runs the model a stretch of ops at a time (_Int8Runs, _Int8Weights.segment): each layer's input as
+    # the whole model computes it, each op run once
+    runs = tf_tflite._Int8Runs(live, [c for c in calib[:3]])
+    ran = []
+    real_segment = live.segment
+    live.segment = lambda start, stop, *tensors: ran.append((start, stop)) or real_segment(start, stop, *tensors)
     for out in written:
-        cut = live.prefix(out)
-        assert tf_tflite._Int8Weights(cut).sg.OperatorsLength() == live.position[out] + 1 < ops
         t = live.ops[out][1][0]
-        for whole, part in zip(tf_tflite._float_runs(live.data(), calib[:3]), tf_tflite._float_runs(cut, calib[:3])):
-            assert np.array_equal(whole.get_tensor(t), part.get_tensor(t))
-    assert live.prefix("no such layer") == live.data()
+        whole = [tf_tflite._dequantized(fi, t) for fi in tf_tflite._float_runs(live.data(), calib[:3])]
+        got = list(runs.input_of(out))
+        assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(whole, got))
+    assert ran[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ran, ran[1:]))   # consecutive, none twice
+    assert ran[-1][1] == live.position[written[-1]] < live.sg.OperatorsLength()
+    assert list(runs.input_of("no such layer")) == []
 
 
 @pytest.mark.parametrize("target", ["rpi", "jetson"])
 def test_gptq_act_past_its_memory_bound_gives_the_same_weights(onnx_cnn, fm_data, tmp_path, monkeypatch, target):
-    """gptq_act keeps the FP32 inputs of the layers (TFLite) or the live tensors of both models (QDQ) for its 32
-    fitting samples up to defaults.GPTQ_ACT_MAX_KEPT_BYTES; past it (a high-resolution model) it runs the FP32 model once per window
-    of layers that fits (TFLite; here one layer each) or the whole models per layer (QDQ): the same weights."""
+    """gptq_act keeps the FP32 inputs of the layers and the INT8 model's live tensors (TFLite) or the live tensors
+    of both models (QDQ) for its 32 fitting samples up to defaults.GPTQ_ACT_MAX_KEPT_BYTES; past it (a
+    high-resolution model) it runs the FP32 model once per window of layers that fits (TFLite; here one layer
+    each) and the whole INT8 model per layer, or the whole models per layer (QDQ): the same weights."""
     import edgeopt
     from edgeopt.conversion import defaults
     common = dict(calib=fm_data["calib_nchw"], val=fm_data["val_nchw"], calibration_method="mse",
