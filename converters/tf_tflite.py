@@ -1259,16 +1259,22 @@ class _Int8Runs:
         if stop < self.cursor:   # asked out of order: start again from the samples
             self._start()
         if stop > self.cursor:
-            self._run(self.cursor, stop)
+            if not self._run(self.cursor, stop):   # a tensor it cannot feed (a variable's state): as before
+                self.whole, self.state = True, None
+                return self.input_of(out)
             if sum(v.nbytes for st in self.state for v in st.values()) > self.max_kept_bytes:
                 self.whole, state, self.state = True, self.state, None
                 return (self._dequantized(t, st[t]) for st in state)
         return (self._dequantized(t, st[t]) for st in self.state)
 
-    def _run(self, start: int, stop: int) -> None:
+    def _run(self, start: int, stop: int) -> bool:
+        """Runs ops ``start`` to ``stop - 1`` on every sample; False (nothing run) where they read a tensor that
+        is neither constant nor made by an op before them nor a graph input."""
         made = {t for ts in self.live.makes[start:stop] for t in ts}
         needed = sorted({t for ts in self.live.reads[start:stop] for t in ts
                          if t >= 0 and t not in made and t not in self.constant})
+        if any(t not in st for st in self.state for t in needed):
+            return False
         kept = sorted(t for t in made if self.last_read.get(t, -1) >= stop)
         fi = _interpreter(self.live.segment(start, stop, needed, kept))
         fi.allocate_tensors()
@@ -1281,6 +1287,7 @@ class _Int8Runs:
             for t in [t for t in st if self.last_read.get(t, -1) < stop]:
                 del st[t]
         self.cursor = stop
+        return True
 
 
 def _layers_by_output(interp) -> dict:

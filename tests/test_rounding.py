@@ -424,6 +424,15 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
     assert ran[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ran, ran[1:]))   # consecutive, none twice
     assert ran[-1][1] == live.position[written[-1]] < live.sg.OperatorsLength()
     assert list(runs.input_of("no such layer")) == []
+    # a tensor a stretch cannot be fed (here the graph input, dropped; in a model: a variable's state): the whole
+    # model per layer, as before, with the same values
+    runs = tf_tflite._Int8Runs(live, [c for c in calib[:3]])
+    for st in runs.state:
+        st.clear()
+    t = live.ops[written[-1]][1][0]
+    whole = [tf_tflite._dequantized(fi, t) for fi in tf_tflite._float_runs(live.data(), calib[:3])]
+    got = list(runs.input_of(written[-1]))
+    assert runs.whole and len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(whole, got))
 
 
 @pytest.mark.parametrize("target", ["rpi", "jetson"])
