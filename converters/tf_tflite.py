@@ -219,6 +219,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     the model has such blocks, ``float_blocks`` (the choice; its ``tensors`` are the ops kept float).
     """
     cf = _frozen(graph, source)
+    _refuse_loops(cf, source)
     # min-max without bias correction is the converter's own one-step conversion; any other recipe calibrates
     # only, sets the ranges it chose (set_ranges), corrects biases, then runs the MLIR quantizer with the I/O
     # types, as TFLiteConverter.convert does after its own calibration
@@ -529,9 +530,15 @@ def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None =
             and t.quantization.min is not None and len(t.quantization.min) == 1
             and t.quantization.max is not None and len(t.quantization.max) == 1]
     col = ranges.Collector(keep_values=method in ranges.NEEDS_VALUES)
+    # a tensor the float run does not keep (an unrolled LSTM's SPLIT output) keeps the calibrator's own range
+    unread: set = set()
     for fi in _float_runs(calibrated, calib):
         for i in want:
-            col.add(str(i), fi.get_tensor(i))
+            if i not in unread:
+                try:
+                    col.add(str(i), fi.get_tensor(i))
+                except ValueError:   # "Tensor data is null"
+                    unread.add(i)
     got = col.ranges(method, symmetric=False,
                      percentile=ranges.DEFAULT_PERCENTILE if percentile is None else float(percentile))
     for key, (lo, hi) in got.items():
@@ -557,6 +564,22 @@ def _frozen(graph: Graph, source: str):
     # Freeze variables into constants: Keras 3 models otherwise leave READ_VARIABLE ops in the TFLite file.
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     return convert_variables_to_constants_v2(serve.get_concrete_function())
+
+
+_LOOPS = {"While", "StatelessWhile", "LoopCond"}   # LoopCond: a While frozen into TF1 control flow
+
+
+def _refuse_loops(cf, source: str) -> None:
+    """A graph with a loop (a recurrent layer over its time steps: Keras' LSTM, GRU) converts to a TFLite WHILE
+    op, and TensorFlow's INT8 calibrator (2.19) then ends the process with a segmentation fault while feeding
+    it samples: refused before, with what to do instead."""
+    gd = cf.graph.as_graph_def()
+    ops = {n.op for n in gd.node} | {n.op for f in gd.library.function for n in f.node_def}
+    if ops & _LOOPS:
+        raise UsageError(f"{source}: the model has a loop ({', '.join(sorted(ops & _LOOPS))}: a recurrent layer over "
+                         "its time steps, e.g. LSTM or GRU), which TensorFlow's INT8 calibrator cannot run",
+                         hint="unroll it (Keras: LSTM(..., unroll=True); its gates' SPLIT then needs "
+                              "--allow-float-fallback) or export it without a loop")
 
 
 # ------------------------------------- the op graph that tflite_blocks reads (float blocks, layer counts)

@@ -178,3 +178,32 @@ def test_default_conversion_passes_no_options():
 def test_bad_calibration_method(tiny_onnx):
     assert_one_error(edgeopt_cli("convert", tiny_onnx, "--target", "rpi", "--calib", "random", "--calibration", "kl"),
          "--calibration 'kl': expected auto, mse, minmax, mean_minmax, percentile or entropy")
+
+
+def test_keras_recurrent_loop_refused_not_a_crash(tmp_path):
+    """A Keras LSTM over its time steps converts to a loop (a TFLite WHILE op), and TensorFlow's INT8 calibrator
+    ended the whole process with a segmentation fault feeding it samples (exit 139, no error line, the output
+    directory half-made). Refused before calibration, in a subprocess here so that a regression fails the test
+    instead of the test run."""
+    import keras
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10, 8), name="x"), keras.layers.LSTM(16), keras.layers.Dense(4)])
+    model.save(tmp_path / "rnn.keras")
+    calib = np.random.default_rng(0).standard_normal((16, 10, 8)).astype(np.float32)
+    files = save_arrays(tmp_path, calib=calib)
+    result = edgeopt_cli("convert", tmp_path / "rnn.keras", "--target", "rpi", "--calib", files["calib"],
+                         "--out", tmp_path / "o")
+    assert_one_error(result, "rnn.keras", "has a loop", "unroll")
+    assert not (tmp_path / "o").exists()
+    # what the hint says to do converts: unrolled, with its gates' SPLIT in float (set_ranges read every tensor of
+    # the float run and failed on a SPLIT output it does not keep: "Tensor data is null", a traceback)
+    import edgeopt
+    unrolled = keras.Sequential([keras.Input((10, 8), name="x"), keras.layers.LSTM(16, unroll=True),
+                                 keras.layers.Dense(4)])
+    unrolled.set_weights(model.get_weights())
+    unrolled.save(tmp_path / "unrolled.keras")
+    m = edgeopt.convert(str(tmp_path / "unrolled.keras"), "rpi", calib=files["calib"], val=files["calib"],
+                        out=str(tmp_path / "u"), allow_float_fallback=True)
+    assert m["calibration"]["recipe"]["calibration_method"] != "minmax"   # set_ranges ran
+    (out,) = m["accuracy"]["outputs"].values()
+    assert out["sqnr_db"] > 20
