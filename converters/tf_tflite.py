@@ -1324,15 +1324,6 @@ def _layers_by_output(interp) -> dict:
     return res
 
 
-def _dequantized(interp, index: int) -> np.ndarray:
-    """A tensor of an interpreter (run with every tensor kept) as float: integer values through their scale."""
-    v = interp.get_tensor(index)
-    qp = interp._get_tensor_details(index, subgraph_index=0)["quantization_parameters"]
-    if v.dtype.kind == "f" or not len(qp["scales"]):
-        return v.astype(np.float32)
-    return (v.astype(np.float32) - np.float32(qp["zero_points"][0])) * np.float32(qp["scales"][0])
-
-
 def _bias_shifts(calibrated: bytes, quantized: bytes, calib) -> tuple[dict, dict]:
     """{layer output name: (bias buffer index, corrected bias bytes)}, info."""
     from ai_edge_litert.interpreter import Interpreter

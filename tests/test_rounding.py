@@ -418,7 +418,7 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
     live.segment = lambda start, stop, *tensors: ran.append((start, stop)) or real_segment(start, stop, *tensors)
     for out in written:
         t = live.ops[out][1][0]
-        whole = [tf_tflite._dequantized(fi, t) for fi in tf_tflite._float_runs(live.data(), calib[:3])]
+        whole = [runs._dequantized(t, fi.get_tensor(t)) for fi in tf_tflite._float_runs(live.data(), calib[:3])]
         got = list(runs.input_of(out))
         assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(whole, got))
     assert ran[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ran, ran[1:]))   # consecutive, none twice
@@ -430,7 +430,7 @@ def test_int8_weights_written_in_place_as_the_quantizer_derives_them():
     for st in runs.state:
         st.clear()
     t = live.ops[written[-1]][1][0]
-    whole = [tf_tflite._dequantized(fi, t) for fi in tf_tflite._float_runs(live.data(), calib[:3])]
+    whole = [runs._dequantized(t, fi.get_tensor(t)) for fi in tf_tflite._float_runs(live.data(), calib[:3])]
     got = list(runs.input_of(written[-1]))
     assert runs.whole and len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(whole, got))
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Hessians", "Pairs", "patches", "gptq", "grid_values", "compensated", "compensable", "may_compensate", "ROWS", "DAMP",
-           "LEVELS", "MIN_POSITIONS"]
+__all__ = ["Hessians", "Pairs", "patches", "gptq", "grid_values", "compensated", "compensable", "may_compensate",
+           "ROWS", "DAMP", "LEVELS", "MIN_POSITIONS"]
 
 LEVELS = 127     # symmetric INT8 weights: codes -127..127 (both routes; TensorRT and TFLite use narrow range)
 ROWS = 4096      # input rows (positions) per sample and layer that enter a Hessian
