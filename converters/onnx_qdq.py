@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from edgeopt.conversion import ranges
+from edgeopt.converters.onnx_unroll import left_in_float
 from edgeopt.errors import UsageError
 
 __all__ = ["convert", "gptq_rounded", "bias_corrected", "weights_only", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "RECOVERY_ROUNDINGS",
@@ -74,6 +75,7 @@ def convert(job, recipe=None) -> list[dict]:
 
     recipe = job.recipe if recipe is None else recipe
     src = job.quantizable_onnx_path(symmetric=True)   # this route's activations: symmetric INT8, zero point 0
+    recurrent = left_in_float(job.unrolled, job.source_name, job.allow_float_fallback)
     cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
     if cache is not None and "prep" in cache:  # recovery candidates: the same float graph as the first
         prep = cache["prep"]
@@ -157,6 +159,8 @@ def convert(job, recipe=None) -> list[dict]:
            + (f"; activation ranges: {method_name} (edgeopt)" if ours else "")}
     if exclude:
         art["float_nodes"] = exclude
+    if recurrent:   # quantize_static leaves them as they are, float weights and all
+        art["float_ops"] = recurrent
     return [art]
 
 
@@ -320,9 +324,11 @@ def _weights_from(job, prep: str, base: str, nodes: set) -> str:
     return out
 
 
-def _rounding_layers(fm) -> list[tuple]:
+def _rounding_layers(fm, shared: bool = False) -> list[tuple]:
     """[(node, kind, auto_pad)] of the Conv (dense or depthwise), Gemm and MatMul nodes of ``fm`` whose weights
-    GPTQ rounds: a float32 initializer read by that node only."""
+    GPTQ rounds: a float32 initializer read by that node only. ``shared``: also Gemm/MatMul nodes reading one
+    weight between them, all in the same orientation, and nothing else reading it (an unrolled recurrent op's
+    recurrent weights, once per time step); :func:`gptq_rounded` rounds such a weight once for all of them."""
     from onnx import numpy_helper
 
     from edgeopt.converters.onnx_fold import attribute
@@ -333,7 +339,9 @@ def _rounding_layers(fm) -> list[tuple]:
             users[t] = users.get(t, 0) + 1
     layers = []
     for n in fm.graph.node:
-        if len(n.input) < 2 or n.input[1] not in inits or users.get(n.input[1], 0) != 1:
+        if len(n.input) < 2 or n.input[1] not in inits or users.get(n.input[1], 0) < 1:
+            continue
+        if users[n.input[1]] > 1 and not shared:
             continue
         w = numpy_helper.to_array(inits[n.input[1]])
         if w.dtype != np.float32:
@@ -355,6 +363,13 @@ def _rounding_layers(fm) -> list[tuple]:
             layers.append((n, "gemm_t" if attribute(n, "transB", 0) else "matmul", None))
         elif n.op_type == "MatMul" and w.ndim == 2:
             layers.append((n, "matmul", None))
+    if shared:   # a shared weight: only where every reader is a dense layer of the same orientation
+        kinds: dict = {}
+        for n, kind, _ in layers:
+            kinds.setdefault(n.input[1], []).append(kind)
+        layers = [x for x in layers if len(kinds[x[0].input[1]]) == users[x[0].input[1]]
+                  and kinds[x[0].input[1]].count(x[1]) == users[x[0].input[1]]
+                  and (users[x[0].input[1]] == 1 or x[1] in ("matmul", "gemm_t"))]
     return layers
 
 
@@ -401,22 +416,25 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
         return cache[key]
     fm = onnx.load(prep)
     inits = {i.name: i for i in fm.graph.initializer}
-    layers = _rounding_layers(fm)
+    layers = _rounding_layers(fm, shared=True)
     if not layers:
         cache[key] = prep
         return prep
     sess, outs = onnx_prefix.session_with_outputs(fm, {n.input[0] for n, _, _ in layers})
-    hs = rounding.Hessians()  # by output tensor: node names may be empty, tensor names are unique
+    # by weight: node names may be empty, and a weight read by several layers sums their inputs' Hessians
+    hs = rounding.Hessians()
     for sample in job.calib_samples()[:ROUNDING_SAMPLES]:
         got = dict(zip(outs, sess.run(None, dict(zip(names, sample)))))
         for n, kind, auto in layers:
             r = _layer_rows(n, kind, auto, got[n.input[0]], inits[n.input[1]].dims)
             if r is not None:
-                (hs.add_rows if r[0] == "rows" else hs.add_channels)(n.output[0], r[1])
+                (hs.add_rows if r[0] == "rows" else hs.add_channels)(n.input[1], r[1])
+    done = set()
     for n, kind, _ in layers:
-        h = hs.get(n.output[0])   # by output: node names may be empty
-        if h is None:
+        h = hs.get(n.input[1])
+        if h is None or n.input[1] in done:
             continue
+        done.add(n.input[1])
         w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
         rows = w.T if kind == "matmul" else w.reshape(w.shape[0], -1)
         grid = rounding.grid_values(rows, h, per_row=per_channel)

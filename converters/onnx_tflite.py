@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 from edgeopt.conversion.hermetic import offline
+from edgeopt.converters.onnx_unroll import left_in_float
 
 __all__ = ["nhwc_perm", "layout_perm", "simplify", "to_keras", "convert", "versions"]
 
@@ -146,7 +147,9 @@ def convert(job, recipe=None) -> list[dict]:
         sample_nhwc = None
         if len(src_inputs) == 1 and perms[0] and len(src_inputs[0]["shape"]) == 4:
             sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
-        keras_model = to_keras(simplify(job.quantizable_onnx_path(), job.source_name), sample_nhwc, job.source_name)
+        src = job.quantizable_onnx_path()
+        left_in_float(job.unrolled, job.source_name, False)   # onnx2tf would make a loop the calibrator cannot run
+        keras_model = to_keras(simplify(src, job.source_name), sample_nhwc, job.source_name)
         graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
         real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:])
                       for s, g in zip(src_inputs, graph.inputs)]

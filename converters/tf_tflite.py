@@ -891,16 +891,30 @@ def _buffer_users(sg) -> dict:
     return users
 
 
-def _roundable_layers(fm) -> list[tuple]:
+def _roundable_layers(fm, shared: bool = False) -> list[tuple]:
     """[(kind, op, inputs, output name, weight shape)] of a model object's layers whose weights GPTQ may round:
-    each with a constant float weight of its own, no depthwise multiplier > 1, no grouped convolution."""
+    each with a constant float weight of its own, no depthwise multiplier > 1, no grouped convolution.
+    ``shared``: also FULLY_CONNECTED layers reading one weight tensor between them (an unrolled recurrent op's
+    recurrent weights, read once per time step), all of whose readers are such layers; rounded once for all
+    of them (:func:`_rounded_weights`), never fitted per layer."""
     sg = fm.subgraphs[0]
     users = _buffer_users(sg)
+    readers: dict = {}
+    for op in sg.operators:
+        for i in set(op.inputs if op.inputs is not None else []):
+            readers[i] = readers.get(i, 0) + 1
+    computed = _compute_layers(fm)
+    fc_reads: dict = {}
+    for kind, _, inputs, _ in computed:
+        if kind == "FULLY_CONNECTED":
+            fc_reads[inputs[1]] = fc_reads.get(inputs[1], 0) + 1
     layers = []
-    for kind, op, inputs, out in _compute_layers(fm):
+    for kind, op, inputs, out in computed:
         shape = list(sg.tensors[inputs[1]].shape)
         # a shared or non-constant weight, or a depthwise multiplier > 1 (output channels != input channels)
         if not _own_float(fm, users, inputs[1]):
+            continue
+        if readers.get(inputs[1], 0) > 1 and not (shared and fc_reads.get(inputs[1]) == readers[inputs[1]]):
             continue
         if kind == "DEPTHWISE_CONV_2D" and int(getattr(op.builtinOptions, "depthMultiplier", 1) or 1) != 1:
             continue
@@ -971,22 +985,26 @@ def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tupl
     from edgeopt.conversion.defaults import ROUNDING_SAMPLES
     fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     sg = fm.subgraphs[0]
-    layers = _roundable_layers(fm)
-    hs = rounding.Hessians()
+    layers = _roundable_layers(fm, shared=True)
+    hs = rounding.Hessians()   # by weight tensor: a weight read by several layers sums their inputs' Hessians
     n = 0
     for fi in _float_runs(calibrated, calib[:ROUNDING_SAMPLES]):
         n += 1
         for kind, op, inputs, out, shape in layers:
             r = _layer_rows(kind, op, shape, fi.get_tensor(inputs[0]))
             if kind == "DEPTHWISE_CONV_2D":
-                hs.add_channels(out, r)
+                hs.add_channels(inputs[1], r)
             else:
-                hs.add_rows(out, r)
-    res, originals = {}, {}
+                hs.add_rows(inputs[1], r)
+    res, originals, done = {}, {}, {}
     for kind, op, inputs, out, shape in layers:
-        h = hs.get(out)
+        if inputs[1] in done:   # a shared weight, rounded once
+            res[out], originals[out] = res[done[inputs[1]]], originals[done[inputs[1]]]
+            continue
+        h = hs.get(inputs[1])
         if h is None:
             continue
+        done[inputs[1]] = out
         wt = sg.tensors[inputs[1]]
         w = np.frombuffer(bytes(fm.buffers[wt.buffer].data), np.float32).reshape(shape)
         rows = w.reshape(-1, shape[-1]).T if kind == "DEPTHWISE_CONV_2D" else w.reshape(shape[0], -1)

@@ -26,7 +26,7 @@ from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION
                                          TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
-from edgeopt.converters import edgetpu, onnx_io
+from edgeopt.converters import edgetpu, onnx_io, onnx_unroll
 from edgeopt.converters.onnx_tflite import layout_perm
 from edgeopt.errors import GateError, UsageError
 from edgeopt.json_files import read_json
@@ -127,6 +127,7 @@ class Job:
         self._centered_onnx = None
         self.equalization = None      # what quantizable_onnx_path() did (the manifest's calibration.equalization)
         self.centering = None         # what quantizable_onnx_path(symmetric=True) did (calibration.centering)
+        self.unrolled = None          # what quantizable_onnx_path() unrolled (calibration.unrolled)
         self._calib_refs = None       # (inputs, FP32 outputs) of the first calibration samples (_calib_reference)
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
@@ -165,11 +166,16 @@ class Job:
         the calibration samples (edgeopt.converters.onnx_equalize.equalize_depthwise_inputs), or that file itself
         where there is nothing to equalize. ``symmetric``: the route quantizes activations symmetrically, zero
         point 0 (TensorRT's QDQ): its rectified inputs of padding-free convolutions are centred too
-        (edgeopt.converters.onnx_center). The FP32 reference is the static source, never this."""
-        from edgeopt.converters import onnx_center, onnx_equalize
+        (edgeopt.converters.onnx_center). Before equalization, its recurrent ops (LSTM, GRU, RNN) are unrolled
+        over their time steps (edgeopt.converters.onnx_unroll). The FP32 reference is the static source, never
+        this."""
+        from edgeopt.converters import onnx_center, onnx_equalize, onnx_unroll
         if self._quantizable_onnx is None:
+            # recurrent ops first: unrolled, their gates are products the routes quantize (and equalization sees)
+            unrolled, self.unrolled = self._rewritten(self.static_onnx_path(), "source.unrolled.onnx",
+                                                      onnx_unroll.unroll)
             self._quantizable_onnx, self.equalization = self._rewritten(
-                self.static_onnx_path(), "source.equalized.onnx",
+                unrolled, "source.equalized.onnx",
                 lambda m: onnx_equalize.equalize_depthwise_inputs(
                     m, self.calib_feeds(), DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR))
         if symmetric and self._centered_onnx is None:
@@ -361,7 +367,7 @@ def _source_io(model, fmt, progress, trust_model_code=False):
     raise AssertionError(fmt)
 
 
-def _static(inputs, shapes, fmt):
+def _static(inputs, shapes, fmt, time_major=frozenset()):
     unknown = [n for n in shapes if n not in {i["name"] for i in inputs}]
     if unknown:
         raise UsageError(f"--input-shape: no input named {unknown[0]!r}; the model's inputs are "
@@ -377,6 +383,10 @@ def _static(inputs, shapes, fmt):
         if any(d is None for d in shape):
             raise UsageError(f"input {i['name']!r} has dynamic dimensions {data.shape_str(i['shape'])}",
                              hint=f"fix them with --input-shape {i['name']}=1,...")
+        if shape and shape[0] != 1 and i["name"] in time_major:
+            raise UsageError(f"input {i['name']!r} {data.shape_str(shape)} is time-major (steps, batch, features: "
+                             "a recurrent op reads it as its sequence); edge artifacts are built batch first, "
+                             "for batch 1", hint="export the model batch first (PyTorch: batch_first=True)")
         if shape and shape[0] != 1:
             raise UsageError(f"input {i['name']!r}: batch {shape[0]}; edge artifacts are built for batch 1",
                              hint=f"--input-shape {i['name']}=1,{','.join(str(d) for d in shape[1:])}")
@@ -394,7 +404,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
 
     _say(progress, f"reading {source['file']}")
     src_in, src_out, extra = _source_io(model, fmt, progress, options.trust_model_code)
-    static_in = _static(src_in, shapes, fmt)
+    time_major = onnx_unroll.time_major_inputs(extra["onnx_model"]) if fmt == "onnx" else set()
+    static_in = _static(src_in, shapes, fmt, time_major)
     data_in = [dict(i, shape=[None] + i["shape"][1:]) for i in static_in]
     declared_kinds = parse_output_kinds(check_spec["output_kinds"], [o["name"] for o in src_out])
 
@@ -550,6 +561,9 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         manifest["calibration"]["equalization"] = job.equalization
     if job.centering is not None:
         manifest["calibration"]["centering"] = job.centering
+    if job.unrolled and job.unrolled["of"]:
+        manifest["calibration"]["unrolled"] = {"ops": job.unrolled["pairs"], "of": job.unrolled["of"],
+                                               "steps": job.unrolled["steps"], "left": job.unrolled["left"]}
     if recovery is not None:
         manifest["calibration"]["method"] = recovery["chosen"]["recipe"]["calibration_method"]
         manifest["calibration"]["recipe"] = recovery["chosen"]["recipe"]
