@@ -36,10 +36,14 @@ MAX_STEPS = 512   # a longer sequence is left as it is: ~25 ops per step and dir
                   # quantizers would take minutes over a graph of tens of thousands of ops
 
 
-def unroll(model) -> dict:
+def unroll(model, feeds: dict | None = None) -> dict:
     """Every recurrent op of ``model`` (changed in place) that can be unrolled, unrolled; returns
     ``{"pairs": unrolled ops, "of": recurrent ops found, "steps": the longest sequence unrolled, "left": [
-    {"node", "op", "reason"}]}`` (``pairs`` for the pipeline's rewrite bookkeeping)."""
+    {"node", "op", "reason"}]}`` (``pairs`` for the pipeline's rewrite bookkeeping).
+
+    ``feeds`` (one sample: {input name: array}): where ONNX shape inference cannot tell a recurrent op's
+    sequence shape (computed through Shape, Slice or Pad from inputs whose shapes are all static: Silero VAD's
+    front end), the model is run once on it to read that shape."""
     from onnx import numpy_helper, shape_inference
 
     graph = model.graph
@@ -51,6 +55,9 @@ def unroll(model) -> dict:
         shapes = _shapes(shape_inference.infer_shapes(model, strict_mode=False))
     except Exception:   # a model shape inference cannot follow: no static sequence length is known
         shapes = {}
+    unknown = {n.input[0] for n in found if not _static(shapes.get(n.input[0]))}
+    if unknown and feeds:
+        shapes.update(_measured(model, unknown, feeds))
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     consts.update({n.output[0]: numpy_helper.to_array(attribute(n, "value")) for n in graph.node
                    if n.op_type == "Constant" and attribute(n, "value") is not None})
@@ -155,6 +162,21 @@ def _shapes(model) -> dict[str, list]:
     return out
 
 
+def _static(shape) -> bool:
+    return bool(shape) and all(d is not None and d > 0 for d in shape)
+
+
+def _measured(model, tensors: set, feeds: dict) -> dict:
+    """{tensor: shape} of ``tensors`` in one run of ``model`` on ``feeds`` ({} if it does not run)."""
+    from edgeopt.converters import onnx_prefix
+    try:
+        sess, outs = onnx_prefix.session_with_outputs(model, tensors, disable_all=True)
+        got = dict(zip(outs, sess.run(None, feeds)))
+    except Exception:   # a model that does not run here: its recurrent ops stay as they are, with the reason
+        return {}
+    return {t: list(got[t].shape) for t in tensors if t in got}
+
+
 def _input(node, k: int) -> str:
     return node.input[k] if len(node.input) > k else ""
 
@@ -164,7 +186,7 @@ def _plan(node, shapes, consts):
     op = node.op_type
     layout = attribute(node, "layout", 0)
     x_shape = shapes.get(node.input[0])
-    if not x_shape or len(x_shape) != 3 or any(d is None for d in x_shape):
+    if not x_shape or len(x_shape) != 3 or not _static(x_shape):
         return "the sequence length is not static (fix it with --input-shape)"
     steps, batch = (x_shape[1], x_shape[0]) if layout else (x_shape[0], x_shape[1])
     if not 0 < steps <= MAX_STEPS:

@@ -219,7 +219,6 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     the model has such blocks, ``float_blocks`` (the choice; its ``tensors`` are the ops kept float).
     """
     cf = _frozen(graph, source)
-    _refuse_loops(cf, source)
     # min-max without bias correction is the converter's own one-step conversion; any other recipe calibrates
     # only, sets the ranges it chose (set_ranges), corrects biases, then runs the MLIR quantizer with the I/O
     # types, as TFLiteConverter.convert does after its own calibration
@@ -549,7 +548,18 @@ def set_ranges(calibrated: bytes, calib, method: str, percentile: float | None =
 
 
 def _frozen(graph: Graph, source: str):
-    """The graph as a frozen concrete function with static batch-1 inputs."""
+    """The graph as a frozen concrete function with static batch-1 inputs, a graph with a loop refused
+    (:func:`_refuse_loops`); frozen once per graph (recipes, recovery candidates and the debugger quantize the
+    same one: 0.6 s a time on MobileNetV2)."""
+    cf = getattr(graph, "_frozen_cf", None)
+    if cf is None:
+        cf = _freeze(graph, source)
+        _refuse_loops(cf, source)
+        graph._frozen_cf = cf
+    return cf
+
+
+def _freeze(graph: Graph, source: str):
     specs = [tf.TensorSpec([1] + [d for d in s["shape"][1:]], tf.as_dtype(s["dtype"]), name=_sig_name(s["name"], i))
              for i, s in enumerate(graph.inputs)]
     if any(d is None for sp in specs for d in sp.shape):

@@ -186,8 +186,9 @@ def fashion_lstm(tmp_path_factory, fmnist):
 @pytest.mark.parametrize("target", ["rpi", "jetson"])
 def test_real_lstm_converts_to_int8(tmp_path, fashion_lstm, target):
     """Every weight of the trained LSTM in INT8 (no float op, smaller than FP32 though 28 unrolled steps add
-    graph structure), its predictions those of FP32 on held-out test images (0.976 / 0.982 top-1 agreement
-    measured; an all-float LSTM was what the Jetson route made before, and rpi refused it)."""
+    graph structure), its predictions those of FP32 on held-out test images (an all-float LSTM was what the
+    Jetson route made before, and rpi refused it). Jetson keeps the cell state's sum unquantized, as TensorRT
+    adds what has no Q/DQ: 50.6 dB there (33.0 with it INT8); rpi's TFLite keeps it INT8, 31.2 dB (bench_zoo)."""
     import os
     src, calib, val = fashion_lstm
     out = tmp_path / "out"
@@ -199,7 +200,7 @@ def test_real_lstm_converts_to_int8(tmp_path, fashion_lstm, target):
     assert manifest["calibration"]["unrolled"] == {"ops": 1, "of": 1, "steps": 28, "left": []}
     assert art["bytes"] < 0.8 * os.path.getsize(src)
     scores = art["accuracy"]["logits"]
-    assert scores["top1_agreement"] >= 0.95 and scores["sqnr_db"] >= 22
+    assert scores["top1_agreement"] >= 0.95 and scores["sqnr_db"] >= (40 if target == "jetson" else 22)
     assert scores["top1_accuracy"] >= scores["fp32_top1_accuracy"] - 0.03, scores
     if target == "jetson":
         import onnx
@@ -276,3 +277,19 @@ def test_tflite_gptq_rounds_a_shared_weight_once(tmp_path):
     codes = w / (np.abs(fp32).max(axis=1, keepdims=True) / 127)
     np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
     assert not np.array_equal(np.round(codes), np.round(fp32 / (np.abs(fp32).max(axis=1, keepdims=True) / 127)))
+
+
+def test_qdq_leaves_a_sum_of_products_unquantized(tmp_path):
+    """An LSTM's cell state, f * c + i * g, is unbounded (+-80 in Silero VAD): one INT8 scale for it cost the
+    trained LSTM 17 dB on Jetson. A sum of two elementwise products is no residual: no Q/DQ, as for a bias
+    Add; a residual Add of a layer's output still gets them."""
+    from edgeopt.converters import onnx_qdq
+    rng = np.random.default_rng(0)
+    onnx_graph([("MatMul", ["x", "W"], ["a"]), ("Sigmoid", ["a"], ["s"]), ("Mul", ["s", "x"], ["p"]),
+                ("Mul", ["a", "a"], ["q"]), ("Add", ["p", "q"], ["cell"], {"name": "cell_sum"}),
+                ("Add", ["a", "x"], ["res"], {"name": "residual"}), ("Add", ["res", "b"], ["y"], {"name": "bias"}),
+                ("Add", ["cell", "y"], ["z"], {"name": "mixed"})],
+               {"x": [1, 8]}, {"z": [1, 8]},
+               {"W": rng.standard_normal((8, 8)).astype(np.float32), "b": np.ones(8, np.float32)},
+               path=tmp_path / "m.onnx")
+    assert sorted(onnx_qdq._constant_input_adds(str(tmp_path / "m.onnx"))) == ["bias", "cell_sum"]

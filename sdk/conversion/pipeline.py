@@ -169,11 +169,11 @@ class Job:
         (edgeopt.converters.onnx_center). Before equalization, its recurrent ops (LSTM, GRU, RNN) are unrolled
         over their time steps (edgeopt.converters.onnx_unroll). The FP32 reference is the static source, never
         this."""
-        from edgeopt.converters import onnx_center, onnx_equalize, onnx_unroll
+        from edgeopt.converters import onnx_center, onnx_equalize
         if self._quantizable_onnx is None:
             # recurrent ops first: unrolled, their gates are products the routes quantize (and equalization sees)
             unrolled, self.unrolled = self._rewritten(self.static_onnx_path(), "source.unrolled.onnx",
-                                                      onnx_unroll.unroll)
+                                                      lambda m: onnx_unroll.unroll(m, self.calib_feeds(1)[0]))
             self._quantizable_onnx, self.equalization = self._rewritten(
                 unrolled, "source.equalized.onnx",
                 lambda m: onnx_equalize.equalize_depthwise_inputs(
