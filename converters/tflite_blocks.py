@@ -162,11 +162,57 @@ def output_activations(g: OpGraph) -> list[dict]:
     return found
 
 
+def cell_states(g: OpGraph) -> list[dict]:
+    """The cell states of a TFLite model's unrolled LSTMs, as blocks of kind ``cell_state``: each ADD of two MUL
+    products (c = f * c_prev + i * g), with those MULs and the TANHs reading its sum, joined into one block per
+    chain of time steps (a step's f * c_prev reads the previous step's sum), in execution order. The cell state
+    is unbounded (+-80 in Silero VAD): one INT8 scale for it over every step rounds most of its values coarsely.
+    In float, the LSTM's weights and gates stay INT8."""
+    made = {t: k for k, outs in enumerate(g.outs) for t in outs}
+
+    def product(t):
+        k = made.get(t)
+        return k if k is not None and g.kinds[k] == "MUL" and t not in g.const else None
+
+    seeds = [k for k, kind in enumerate(g.kinds) if kind == "ADD" and len(g.ins[k]) == 2 and len(g.outs[k]) == 1
+             and all(product(t) is not None for t in g.ins[k])]
+    parent = {k: k for k in seeds}
+
+    def root(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    ops: dict[int, set] = {}
+    for a in seeds:
+        ops[a] = {a} | {product(t) for t in g.ins[a]} | {r for r in g.consumers.get(g.outs[a][0], ())
+                                                          if g.kinds[r] == "TANH"}
+    by_sum = {g.outs[a][0]: a for a in seeds}
+    for a in seeds:   # linked where this step's product reads an earlier step's sum
+        for m in (product(t) for t in g.ins[a]):
+            for t in g.ins[m]:
+                if t in by_sum:
+                    parent[root(a)] = root(by_sum[t])
+    chains: dict[int, list[int]] = {}
+    for a in seeds:
+        chains.setdefault(root(a), []).append(a)
+    found = []
+    for members in chains.values():
+        inside = sorted(set().union(*(ops[a] for a in members)))
+        found.append({"kind": "cell_state", "ops": [g.kinds[k] for k in inside],
+                      "tensors": [g.names[t] for k in inside for t in g.outs[k]],
+                      "output": g.names[g.outs[max(members)][0]], "_at": inside[0]})
+    found.sort(key=lambda b: b.pop("_at"))
+    return found
+
+
 def float_block_candidates(g: OpGraph) -> list[dict]:
     """What a TFLite target that runs float ops beside INT8 ones (rpi) may keep in float as blocks, each counted
-    as one float layer: a transformer's normalization blocks (:func:`norm_blocks`) and the activations on a fixed
-    INT8 grid that make a model output (:func:`output_activations`)."""
-    return norm_blocks(g) + output_activations(g)
+    as one float layer: a transformer's normalization blocks (:func:`norm_blocks`), the activations on a fixed
+    INT8 grid that make a model output (:func:`output_activations`) and unrolled LSTMs' cell states
+    (:func:`cell_states`)."""
+    return norm_blocks(g) + output_activations(g) + cell_states(g)
 
 
 def attention_matmuls(g: OpGraph) -> list[dict]:

@@ -187,8 +187,9 @@ def fashion_lstm(tmp_path_factory, fmnist):
 def test_real_lstm_converts_to_int8(tmp_path, fashion_lstm, target):
     """Every weight of the trained LSTM in INT8 (no float op, smaller than FP32 though 28 unrolled steps add
     graph structure), its predictions those of FP32 on held-out test images (an all-float LSTM was what the
-    Jetson route made before, and rpi refused it). Jetson keeps the cell state's sum unquantized, as TensorRT
-    adds what has no Q/DQ: 50.6 dB there (33.0 with it INT8); rpi's TFLite keeps it INT8, 31.2 dB (bench_zoo)."""
+    Jetson route made before, and rpi refused it). The cell state stays out of INT8: on Jetson its sum has no
+    Q/DQ (TensorRT adds it in higher precision): 50.6 dB (33.0 with it INT8); on rpi its arithmetic is a float
+    block: 40.9 dB (31.2 all-INT8, as Coral keeps it) (bench_zoo, 100 test images)."""
     import os
     src, calib, val = fashion_lstm
     out = tmp_path / "out"
@@ -196,11 +197,16 @@ def test_real_lstm_converts_to_int8(tmp_path, fashion_lstm, target):
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     art = manifest["artifacts"][0]
-    assert art["precision"] == "int8" and not art.get("float_ops")
+    assert art["precision"] == "int8"
+    if target == "rpi":   # the cell state's arithmetic in float, every weight and gate INT8
+        assert [b["kind"] for b in art["float_blocks"]["blocks"]] == ["cell_state"] and art["float_blocks"]["float"]
+        assert set(art["float_ops"]) == {"ADD", "MUL", "TANH"}
+    else:
+        assert not art.get("float_ops")
     assert manifest["calibration"]["unrolled"] == {"ops": 1, "of": 1, "steps": 28, "left": []}
     assert art["bytes"] < 0.8 * os.path.getsize(src)
     scores = art["accuracy"]["logits"]
-    assert scores["top1_agreement"] >= 0.95 and scores["sqnr_db"] >= (40 if target == "jetson" else 22)
+    assert scores["top1_agreement"] >= 0.97 and scores["sqnr_db"] >= 35
     assert scores["top1_accuracy"] >= scores["fp32_top1_accuracy"] - 0.03, scores
     if target == "jetson":
         import onnx

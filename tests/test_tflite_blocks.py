@@ -5,8 +5,8 @@ import subprocess
 import sys
 import threading
 
-from edgeopt.converters.tflite_blocks import (OpGraph, attention_matmuls, float_block_candidates, norm_blocks,
-                                              output_activations, quantizable_layers)
+from edgeopt.converters.tflite_blocks import (OpGraph, attention_matmuls, cell_states, float_block_candidates,
+                                              norm_blocks, output_activations, quantizable_layers)
 
 
 def _graph(ops, n_tensors, outputs, const=(), calibrated=()):
@@ -58,3 +58,49 @@ def test_a_move_that_reads_its_own_output_ends_the_walk():
 def test_attention_products_are_the_matmuls_of_two_activations():
     ops = [("BATCH_MATMUL", [0, 1], [2]), ("BATCH_MATMUL", [2, 3], [4])]   # tensor 3 is a constant weight
     assert [b["output"] for b in attention_matmuls(_graph(ops, 5, outputs=[4], const=[3]))] == ["t2"]
+
+
+def _lstm_steps(steps):
+    """An unrolled LSTM's ops: per step the gates' FULLY_CONNECTEDs (weights: tensor 0), LOGISTIC/TANH, then
+    c = f * c_prev + i * g (the first step: c = i * g), h = o * tanh(c) read by the next step's gates."""
+    ops, t, h, c = [], 2, 1, None
+
+    def new():
+        nonlocal t
+        t += 1
+        return t - 1
+
+    for step in range(steps):
+        gate = {}
+        for name, act in (("i", "LOGISTIC"), ("o", "LOGISTIC"), ("f", "LOGISTIC"), ("g", "TANH")):
+            pre, out = new(), new()
+            ops += [("FULLY_CONNECTED", [h, 0], [pre]), (act, [pre], [out])]
+            gate[name] = out
+        ig = new()
+        ops.append(("MUL", [gate["i"], gate["g"]], [ig]))
+        if c is None:
+            c = ig
+        else:
+            fc, s = new(), new()
+            ops += [("MUL", [gate["f"], c], [fc]), ("ADD", [fc, ig], [s])]
+            c = s
+        th, h = new(), new()
+        ops += [("TANH", [c], [th]), ("MUL", [gate["o"], th], [h])]
+    return ops, t, h
+
+
+def test_cell_state_is_one_block_per_chain_of_steps():
+    """Each step's c = f * c_prev + i * g (an ADD of two MULs), its products and tanh(c), joined over the steps
+    into one block: one float layer for the whole state, whose INT8 scale would span every step's range."""
+    ops, n, h = _lstm_steps(3)
+    g = _graph(ops, n, outputs=[h], const=[0])
+    blocks = cell_states(g)
+    assert [b["kind"] for b in blocks] == ["cell_state"]
+    assert blocks[0]["ops"].count("ADD") == 2 and blocks[0]["ops"].count("TANH") == 2
+    assert "FULLY_CONNECTED" not in blocks[0]["ops"] and "LOGISTIC" not in blocks[0]["ops"]
+    assert blocks[0] in float_block_candidates(g)
+    # two independent LSTMs (two directions): two blocks; a sum of a product and a constant is none
+    second = [(k, [i + n if i else 0 for i in ins], [o + n for o in outs]) for k, ins, outs in ops]
+    both = _graph(ops + second + [("MUL", [h, 0], [2 * n]), ("ADD", [2 * n, 0], [2 * n + 1])], 2 * n + 2,
+                  outputs=[h, h + n, 2 * n + 1], const=[0])
+    assert len(cell_states(both)) == 2
