@@ -162,12 +162,13 @@ def output_activations(g: OpGraph) -> list[dict]:
     return found
 
 
-def cell_states(g: OpGraph) -> list[dict]:
-    """The cell states of a TFLite model's unrolled LSTMs, as blocks of kind ``cell_state``: each ADD of two MUL
-    products (c = f * c_prev + i * g), with those MULs and the TANHs reading its sum, joined into one block per
-    chain of time steps (a step's f * c_prev reads the previous step's sum), in execution order. The cell state
-    is unbounded (+-80 in Silero VAD): one INT8 scale for it over every step rounds most of its values coarsely.
-    In float, the LSTM's weights and gates stay INT8."""
+def product_sums(g: OpGraph) -> list[dict]:
+    """Sums of two elementwise products, as blocks of kind ``product_sum``: each ADD of two MUL outputs, with those
+    MULs and the TANHs reading the sum, joined into one block where a product reads an earlier sum (an unrolled
+    LSTM's cell state, c = f * c_prev + i * g, over its time steps), in execution order. Such a sum is unbounded
+    and spans a wide range: the cell state (+-80 in Silero VAD), an STFT's power re^2 + im^2; one INT8 scale for
+    it rounds most of its values coarsely. In float, the weights and gates around it stay INT8. (The QDQ route
+    leaves such an Add without Q/DQ: edgeopt.converters.onnx_qdq._constant_input_adds.)"""
     made = {t: k for k, outs in enumerate(g.outs) for t in outs}
 
     def product(t):
@@ -200,7 +201,7 @@ def cell_states(g: OpGraph) -> list[dict]:
     found = []
     for members in chains.values():
         inside = sorted(set().union(*(ops[a] for a in members)))
-        found.append({"kind": "cell_state", "ops": [g.kinds[k] for k in inside],
+        found.append({"kind": "product_sum", "ops": [g.kinds[k] for k in inside],
                       "tensors": [g.names[t] for k in inside for t in g.outs[k]],
                       "output": g.names[g.outs[max(members)][0]], "_at": inside[0]})
     found.sort(key=lambda b: b.pop("_at"))
@@ -210,9 +211,9 @@ def cell_states(g: OpGraph) -> list[dict]:
 def float_block_candidates(g: OpGraph) -> list[dict]:
     """What a TFLite target that runs float ops beside INT8 ones (rpi) may keep in float as blocks, each counted
     as one float layer: a transformer's normalization blocks (:func:`norm_blocks`), the activations on a fixed
-    INT8 grid that make a model output (:func:`output_activations`) and unrolled LSTMs' cell states
-    (:func:`cell_states`)."""
-    return norm_blocks(g) + output_activations(g) + cell_states(g)
+    INT8 grid that make a model output (:func:`output_activations`) and sums of two products such as an unrolled
+    LSTM's cell state (:func:`product_sums`)."""
+    return norm_blocks(g) + output_activations(g) + product_sums(g)
 
 
 def attention_matmuls(g: OpGraph) -> list[dict]:

@@ -199,7 +199,7 @@ def test_real_lstm_converts_to_int8(tmp_path, fashion_lstm, target):
     art = manifest["artifacts"][0]
     assert art["precision"] == "int8"
     if target == "rpi":   # the cell state's arithmetic in float, every weight and gate INT8
-        assert [b["kind"] for b in art["float_blocks"]["blocks"]] == ["cell_state"] and art["float_blocks"]["float"]
+        assert [b["kind"] for b in art["float_blocks"]["blocks"]] == ["product_sum"] and art["float_blocks"]["float"]
         assert set(art["float_ops"]) == {"ADD", "MUL", "TANH"}
     else:
         assert not art.get("float_ops")

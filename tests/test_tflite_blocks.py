@@ -5,8 +5,8 @@ import subprocess
 import sys
 import threading
 
-from edgeopt.converters.tflite_blocks import (OpGraph, attention_matmuls, cell_states, float_block_candidates,
-                                              norm_blocks, output_activations, quantizable_layers)
+from edgeopt.converters.tflite_blocks import (OpGraph, attention_matmuls, float_block_candidates, norm_blocks,
+                                              output_activations, product_sums, quantizable_layers)
 
 
 def _graph(ops, n_tensors, outputs, const=(), calibrated=()):
@@ -89,13 +89,13 @@ def _lstm_steps(steps):
     return ops, t, h
 
 
-def test_cell_state_is_one_block_per_chain_of_steps():
+def test_lstm_cell_state_is_one_product_sum_block_per_chain_of_steps():
     """Each step's c = f * c_prev + i * g (an ADD of two MULs), its products and tanh(c), joined over the steps
     into one block: one float layer for the whole state, whose INT8 scale would span every step's range."""
     ops, n, h = _lstm_steps(3)
     g = _graph(ops, n, outputs=[h], const=[0])
-    blocks = cell_states(g)
-    assert [b["kind"] for b in blocks] == ["cell_state"]
+    blocks = product_sums(g)
+    assert [b["kind"] for b in blocks] == ["product_sum"]
     assert blocks[0]["ops"].count("ADD") == 2 and blocks[0]["ops"].count("TANH") == 2
     assert "FULLY_CONNECTED" not in blocks[0]["ops"] and "LOGISTIC" not in blocks[0]["ops"]
     assert blocks[0] in float_block_candidates(g)
@@ -103,4 +103,4 @@ def test_cell_state_is_one_block_per_chain_of_steps():
     second = [(k, [i + n if i else 0 for i in ins], [o + n for o in outs]) for k, ins, outs in ops]
     both = _graph(ops + second + [("MUL", [h, 0], [2 * n]), ("ADD", [2 * n, 0], [2 * n + 1])], 2 * n + 2,
                   outputs=[h, h + n, 2 * n + 1], const=[0])
-    assert len(cell_states(both)) == 2
+    assert len(product_sums(both)) == 2
