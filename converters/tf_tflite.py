@@ -682,9 +682,18 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
         return None, None
     layers = tflite_blocks.quantizable_layers(g)
     budget, rule = recover.float_budget(max_float_layers, layers)
+    dropped = []
+    if len(blocks) > budget and any(b["kind"] == "product_sum" for b in blocks):
+        # sums of products come last: over the budget they go first, the other blocks are judged as before
+        dropped = [b for b in blocks if b["kind"] == "product_sum"]
+        blocks = [b for b in blocks if b["kind"] != "product_sum"]
+        if not blocks:
+            return None, None
     report = {"blocks": [{k: b[k] for k in ("kind", "output", "ops")} for b in blocks],
               "budget": {"max_float_layers": budget, "quantizable_layers": layers, "rule": rule,
                          "counted": "each block as one float layer"}}
+    if dropped:
+        report["budget"]["left_int8"] = f"{len(dropped)} sums of products (over the budget with the other blocks)"
     if len(blocks) > budget:
         report.update(float=False, why=f"{len(blocks)} blocks are more than the float budget allows ({budget})")
         return plain, report

@@ -212,8 +212,11 @@ def float_block_candidates(g: OpGraph) -> list[dict]:
     """What a TFLite target that runs float ops beside INT8 ones (rpi) may keep in float as blocks, each counted
     as one float layer: a transformer's normalization blocks (:func:`norm_blocks`), the activations on a fixed
     INT8 grid that make a model output (:func:`output_activations`) and sums of two products such as an unrolled
-    LSTM's cell state (:func:`product_sums`)."""
-    return norm_blocks(g) + output_activations(g) + product_sums(g)
+    LSTM's cell state (:func:`product_sums`), those not inside a normalization block (a Keras LayerNorm ends in
+    x * scale + beta - mean * scale)."""
+    blocks = norm_blocks(g) + output_activations(g)
+    taken = {t for b in blocks for t in b["tensors"]}
+    return blocks + [b for b in product_sums(g) if not taken.intersection(b["tensors"])]
 
 
 def attention_matmuls(g: OpGraph) -> list[dict]:

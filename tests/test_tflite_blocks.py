@@ -104,3 +104,14 @@ def test_lstm_cell_state_is_one_product_sum_block_per_chain_of_steps():
     both = _graph(ops + second + [("MUL", [h, 0], [2 * n]), ("ADD", [2 * n, 0], [2 * n + 1])], 2 * n + 2,
                   outputs=[h, h + n, 2 * n + 1], const=[0])
     assert len(product_sums(both)) == 2
+
+
+def test_a_layernorm_ending_in_a_sum_of_products_is_one_layernorm_block():
+    """Keras' LayerNorm ends in x * scale + (-mean) * scale: a sum of two products inside the normalization block,
+    not a block of its own (a sixth block pushed a transformer over its float budget)."""
+    ops = [("MEAN", [0], [1]), ("NEG", [1], [2]), ("SQUARED_DIFFERENCE", [0, 1], [3]), ("MEAN", [3], [4]),
+           ("ADD", [4, 12], [5]), ("RSQRT", [5], [6]), ("MUL", [6, 13], [7]), ("MUL", [0, 7], [8]),
+           ("MUL", [2, 7], [9]), ("ADD", [8, 9], [10]), ("FULLY_CONNECTED", [10, 14], [11])]
+    g = _graph(ops, 15, outputs=[11], const=[12, 13, 14])
+    assert [b["kind"] for b in product_sums(g)] == ["product_sum"]
+    assert [b["kind"] for b in float_block_candidates(g)] == ["layernorm"]
