@@ -269,3 +269,30 @@ def test_weights_are_fitted_in_the_form_the_artifact_keeps(monkeypatch):
     assert fb["float"] is True and fb["tensors"], fb
     assert fitted and set(fitted) == {tuple(fb["tensors"])}
     assert corrected == [set(fb["tensors"])]
+
+
+def test_sums_of_products_go_first_when_the_blocks_are_over_the_budget(monkeypatch):
+    """Over the float budget, the sums of products are left INT8 first and the other blocks are judged as they
+    were before such blocks existed (a LayerNorm here); without them over the budget, nothing is dropped."""
+    import numpy as np
+    import tensorflow as tf
+
+    from edgeopt.converters import tf_tflite
+    from edgeopt.converters.tflite_blocks import OpGraph, float_block_candidates
+    ops = [("MEAN", [0], [1]), ("SUB", [0, 1], [2]), ("MUL", [2, 2], [3]), ("MEAN", [3], [4]),
+           ("ADD", [4, 11], [5]), ("RSQRT", [5], [6]), ("MUL", [2, 6], [7]), ("MUL", [7, 12], [8]),
+           ("ADD", [8, 13], [9]), ("FULLY_CONNECTED", [9, 14], [10]),
+           ("MUL", [10, 10], [15]), ("MUL", [10, 9], [16]), ("ADD", [15, 16], [17])]
+    g = OpGraph(kinds=[k for k, _, _ in ops], ins=[i for _, i, _ in ops], outs=[o for _, _, o in ops],
+                names=[f"t{i}" for i in range(18)], const={11, 12, 13, 14}, calibrated=set(range(18)),
+                graph_outputs={17})
+    assert [b["kind"] for b in float_block_candidates(g)] == ["layernorm", "product_sum"]
+    monkeypatch.setattr(tf_tflite, "op_graph", lambda data: g)
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(4)])
+    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    calib = [[np.full((1, 4), k, np.float32)] for k in range(4)]
+    for budget, kinds, dropped in ((1, ["layernorm"], True), (2, ["layernorm", "product_sum"], False)):
+        _, report = tf_tflite._choose_float_blocks(data, data, lambda tensors: data, calib, True,
+                                                    {"layers": budget}, [])
+        assert [b["kind"] for b in report["blocks"]] == kinds
+        assert ("left_int8" in report["budget"]) is dropped and report["float"] is False
