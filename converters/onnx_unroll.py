@@ -6,7 +6,7 @@ are. onnxruntime's QDQ quantizer leaves an ``LSTM`` in float (the Jetson artifac
 labelled int8), and onnx2tf turns it into a TensorFlow loop whose WHILE op TensorFlow's INT8 calibrator cannot
 run (edgeopt refuses it). With the sequence length static (the input shapes are fixed before conversion), the
 same function is a fixed chain of steps: per gate one ``Gemm`` on the input rows of all steps (bias included),
-of which each step gathers its rows, and per step and gate one ``MatMul`` on the previous hidden state, then
+of which each step slices its rows, and per step and gate one ``MatMul`` on the previous hidden state, then
 ``Add``, ``Sigmoid``/``Tanh`` and ``Mul``, which TFLite, the Edge TPU and TensorRT all run in INT8. Each gate
 gets its own products, so each gets its own activation scale (a product of all gates at once would share one
 scale between gates whose ranges differ).
@@ -68,6 +68,7 @@ def unroll(model, feeds: dict | None = None) -> dict:
             info["left"].append({"node": node.name or node.output[0], "op": node.op_type, "reason": plan})
             continue
         plan["y_seq"] = _sequence_reader(graph, node, plan, consts)
+        plan["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 14)
         nodes, inits = _Builder(node, plan, used).build()
         at = list(graph.node).index(node)
         graph.node.remove(node)
@@ -270,14 +271,16 @@ class _Builder:
         # array in TFLite), and 2-D tensors only (onnx2tf takes 3-D and 4-D ones for channels-first)
         self.rows = self.op("Reshape", [node.input[0], self.const("shape_rows", np.array([-1, p["w"].shape[2]],
                                                                                           np.int64))], "rows")
-        self.step_rows = [self.const(f"t{t}", np.array([b * steps + t if p["layout"] else t * batch + b
-                                                        for b in range(batch)], np.int64)) for t in range(steps)]
+        # a step's rows: one Slice where they are contiguous (the Edge TPU maps SLICE, not GATHER), else a Gather
+        self.step_rows = [[b * steps + t if p["layout"] else t * batch + b for b in range(batch)]
+                          for t in range(steps)]
         dir_axis_h = 1 if p["layout"] else 0
+        shape_state = self.const("shape_state", np.array([batch, hidden], np.int64))
         ys, hs, cs = [], [], []
         for d, reverse in enumerate(p["reverse"]):
             dn = f"{d}"
-            state = {k: self.op("Gather", [v, self.const(f"{dn}.{k}0_index", np.array(d, np.int64))],
-                                f"{dn}.{k}0", axis=dir_axis_h) for k, v in p["initial"].items()}
+            state = {k: self.op("Reshape", [self._slice(v, d, d + 1, dir_axis_h, f"{dn}.{k}0_dir"), shape_state],
+                                f"{dn}.{k}0") for k, v in p["initial"].items()}
             order = range(steps - 1, -1, -1) if reverse else range(steps)
             outs = [None] * steps
             step = {"LSTM": self._lstm, "GRU": self._gru, "RNN": self._rnn}[node.op_type]
@@ -335,9 +338,21 @@ class _Builder:
             out.append(gate)
         return out
 
+    def _slice(self, tensor, start: int, stop: int, axis: int, what) -> str:
+        """``tensor[start:stop]`` along ``axis`` (Slice; before opset 10 its bounds are attributes)."""
+        if self.plan["opset"] < 10:
+            return self.op("Slice", [tensor], what, starts=[start], ends=[stop], axes=[axis])
+        bounds = [self.const(f"{what}_{k}", np.array([v], np.int64)) for k, v in
+                  (("start", start), ("stop", stop), ("axis", axis))]
+        return self.op("Slice", [tensor, *bounds], what)
+
     def _x(self, gate, t, what) -> str:
         """x_t W^T + b of a gate: step ``t``'s rows of its input product."""
-        return self.op("Gather", [gate["xw"], self.step_rows[t]], f"{what}_x", axis=0)
+        rows = self.step_rows[t]
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return self._slice(gate["xw"], rows[0], rows[0] + len(rows), 0, f"{what}_x")
+        return self.op("Gather", [gate["xw"], self.const(f"{what}_rows", np.array(rows, np.int64))], f"{what}_x",
+                       axis=0)
 
     def _pre(self, gate, x, h, what) -> str:
         """x W^T + b (+ h R^T): a gate's input before its activation at step ``x``; no recurrent product without

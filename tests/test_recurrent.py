@@ -183,7 +183,7 @@ def fashion_lstm(tmp_path_factory, fmnist):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["rpi", "jetson"])
+@pytest.mark.parametrize("target", ["rpi", "jetson", "coral"])
 def test_real_lstm_converts_to_int8(tmp_path, fashion_lstm, target):
     """Every weight of the trained LSTM in INT8 (no float op, smaller than FP32 though 28 unrolled steps add
     graph structure), its predictions those of FP32 on held-out test images (an all-float LSTM was what the
@@ -203,10 +203,14 @@ def test_real_lstm_converts_to_int8(tmp_path, fashion_lstm, target):
         assert set(art["float_ops"]) == {"ADD", "MUL", "TANH"}
     else:
         assert not art.get("float_ops")
+    if target == "coral":   # a step's rows are Slices, not Gathers (the Edge TPU maps no GATHER): all but the
+        # model's own head (torch's y[:, -1] is a Gather) on the Edge TPU
+        summary = manifest["edgetpu"]["summary"]
+        assert summary["cpu_ops"] <= 3 and summary["tpu_ops"] >= 600, summary
     assert manifest["calibration"]["unrolled"] == {"ops": 1, "of": 1, "steps": 28, "left": []}
     assert art["bytes"] < 0.8 * os.path.getsize(src)
     scores = art["accuracy"]["logits"]
-    assert scores["top1_agreement"] >= 0.97 and scores["sqnr_db"] >= 35
+    assert scores["top1_agreement"] >= 0.97 and scores["sqnr_db"] >= (25 if target == "coral" else 35)
     assert scores["top1_accuracy"] >= scores["fp32_top1_accuracy"] - 0.03, scores
     if target == "jetson":
         import onnx
