@@ -36,7 +36,7 @@ QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "Glob
 OUTPUT_NOT_QUANTIZED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _constant_input_adds(path: str) -> list[str]:
+def _unquantized_adds(path: str) -> list[str]:
     """Add nodes that are no residuals, left float: those with a constant input (a bias, a LayerNorm's beta or
     epsilon), and sums of two elementwise products (an LSTM's cell state, ``f * c + i * g``: unbounded, +-80 in
     Silero VAD, where one INT8 step of 0.4 left its hidden state output at 7 dB; TensorRT adds in higher
@@ -147,7 +147,7 @@ def convert(job, recipe=None) -> list[dict]:
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
                 op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=exclude + _constant_input_adds(prep),
+                nodes_to_exclude=exclude + _unquantized_adds(prep),
                 extra_options=extra,
             )
     except Exception as e:
@@ -344,9 +344,7 @@ def _rounding_layers(fm, shared: bool = False) -> list[tuple]:
             users[t] = users.get(t, 0) + 1
     layers = []
     for n in fm.graph.node:
-        if len(n.input) < 2 or n.input[1] not in inits or users.get(n.input[1], 0) < 1:
-            continue
-        if users[n.input[1]] > 1 and not shared:
+        if len(n.input) < 2 or n.input[1] not in inits or (users[n.input[1]] > 1 and not shared):
             continue
         w = numpy_helper.to_array(inits[n.input[1]])
         if w.dtype != np.float32:
@@ -372,9 +370,8 @@ def _rounding_layers(fm, shared: bool = False) -> list[tuple]:
         kinds: dict = {}
         for n, kind, _ in layers:
             kinds.setdefault(n.input[1], []).append(kind)
-        layers = [x for x in layers if len(kinds[x[0].input[1]]) == users[x[0].input[1]]
-                  and kinds[x[0].input[1]].count(x[1]) == users[x[0].input[1]]
-                  and (users[x[0].input[1]] == 1 or x[1] in ("matmul", "gemm_t"))]
+        layers = [(n, kind, auto) for n, kind, auto in layers if users[n.input[1]] == 1
+                  or (kind in ("matmul", "gemm_t") and kinds[n.input[1]] == [kind] * users[n.input[1]])]
     return layers
 
 

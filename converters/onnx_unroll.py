@@ -62,13 +62,14 @@ def unroll(model, feeds: dict | None = None) -> dict:
     consts.update({n.output[0]: numpy_helper.to_array(attribute(n, "value")) for n in graph.node
                    if n.op_type == "Constant" and attribute(n, "value") is not None})
     used = {n.name for n in graph.node} | {i.name for i in graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 14)
     for node in found:
         plan = _plan(node, shapes, consts)
         if isinstance(plan, str):
             info["left"].append({"node": node.name or node.output[0], "op": node.op_type, "reason": plan})
             continue
         plan["y_seq"] = _sequence_reader(graph, node, plan, consts)
-        plan["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 14)
+        plan["opset"] = opset
         nodes, inits = _Builder(node, plan, used).build()
         at = list(graph.node).index(node)
         graph.node.remove(node)
@@ -267,7 +268,7 @@ class _Builder:
         p, node = self.plan, self.node
         steps, batch, hidden = p["steps"], p["batch"], p["hidden"]
         # the input products of every step in one Gemm per gate, on the input's rows ([steps * batch, input]; a
-        # step's rows gathered from it): one bias per gate, not one per step and gate (each a per-channel scale
+        # step's rows sliced from it): one bias per gate, not one per step and gate (each a per-channel scale
         # array in TFLite), and 2-D tensors only (onnx2tf takes 3-D and 4-D ones for channels-first)
         self.rows = self.op("Reshape", [node.input[0], self.const("shape_rows", np.array([-1, p["w"].shape[2]],
                                                                                           np.int64))], "rows")
@@ -275,7 +276,7 @@ class _Builder:
         self.step_rows = [[b * steps + t if p["layout"] else t * batch + b for b in range(batch)]
                           for t in range(steps)]
         dir_axis_h = 1 if p["layout"] else 0
-        shape_state = self.const("shape_state", np.array([batch, hidden], np.int64))
+        shape_state = self.const("shape_state", np.array([batch, hidden], np.int64)) if p["initial"] else None
         ys, hs, cs = [], [], []
         for d, reverse in enumerate(p["reverse"]):
             dn = f"{d}"
@@ -291,8 +292,6 @@ class _Builder:
             ys.append(outs)
             hs.append(state["h"])
             cs.append(state.get("c"))
-        shape4 = self.const("shape_y", np.array([1, 1, batch, hidden], np.int64))
-        shape3 = self.const("shape_h", np.array([1, batch, hidden], np.int64))
         names = list(node.output) + [""] * (3 - len(node.output))
         if p["y_seq"]:   # [seq, batch, num_directions * hidden], what Y's readers made of it
             shape = self.const("shape_y_seq", np.array([1, batch, len(ys) * hidden], np.int64))
@@ -301,6 +300,7 @@ class _Builder:
             self.op("Concat", [self.op("Reshape", [y, shape], f"y{t}_seq") for t, y in enumerate(per_t)], "y_seq",
                     output=p["y_seq"]["output"], axis=0)
         elif names[0]:
+            shape4 = self.const("shape_y", np.array([1, 1, batch, hidden], np.int64))
             per_t = [self.op("Concat", [self.op("Reshape", [ys[d][t], shape4], f"y{t}_{d}") for d in range(len(ys))],
                              f"y{t}", axis=1) for t in range(steps)]
             if p["layout"]:   # [batch, seq, num_directions, hidden]
@@ -308,6 +308,7 @@ class _Builder:
                 self.op("Transpose", [y], "y_layout", output=names[0], perm=[2, 0, 1, 3])
             else:             # [seq, num_directions, batch, hidden]
                 self.op("Concat", per_t, "y", output=names[0], axis=0)
+        shape3 = self.const("shape_h", np.array([1, batch, hidden], np.int64)) if any(names[1:]) else None
         for out, last, what in ((names[1], hs, "h"), (names[2], cs, "c")):
             if not out:
                 continue

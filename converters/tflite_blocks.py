@@ -168,7 +168,7 @@ def product_sums(g: OpGraph) -> list[dict]:
     LSTM's cell state, c = f * c_prev + i * g, over its time steps), in execution order. Such a sum is unbounded
     and spans a wide range: the cell state (+-80 in Silero VAD), an STFT's power re^2 + im^2; one INT8 scale for
     it rounds most of its values coarsely. In float, the weights and gates around it stay INT8. (The QDQ route
-    leaves such an Add without Q/DQ: edgeopt.converters.onnx_qdq._constant_input_adds.)"""
+    leaves such an Add without Q/DQ: edgeopt.converters.onnx_qdq._unquantized_adds.)"""
     made = {t: k for k, outs in enumerate(g.outs) for t in outs}
 
     def product(t):

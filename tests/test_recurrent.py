@@ -302,4 +302,4 @@ def test_qdq_leaves_a_sum_of_products_unquantized(tmp_path):
                {"x": [1, 8]}, {"z": [1, 8]},
                {"W": rng.standard_normal((8, 8)).astype(np.float32), "b": np.ones(8, np.float32)},
                path=tmp_path / "m.onnx")
-    assert sorted(onnx_qdq._constant_input_adds(str(tmp_path / "m.onnx"))) == ["bias", "cell_sum"]
+    assert sorted(onnx_qdq._unquantized_adds(str(tmp_path / "m.onnx"))) == ["bias", "cell_sum"]
