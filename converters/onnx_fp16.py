@@ -50,10 +50,20 @@ def _drop_fp16_round_trips(model) -> int:
     """Casts FP32 -> FP16 whose every reader is a Cast back to FP32 removed with those readers, in place;
     returns how many. The converter wraps each FP32-kept node in casts of its own, so a tensor passed from one
     such node to the next went through FP16 anyway: an activation beyond FP16's range became inf between two
-    FP32 nodes."""
+    FP32 nodes. A Cast to FP16 of another type (the converter turns an int-to-float Cast into an int-to-FP16
+    one: YOLOv8's anchor grid, Range(0, Cast(Gather(Shape(x))), 1)) is no round trip: removed, it handed the
+    reader an int64."""
+    import onnx
     from onnx import TensorProto
     from edgeopt.converters.onnx_fold import attribute
     graph = model.graph
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # without types nothing is known to be FP32: nothing is removed
+        return 0
+    fp32 = {v.name for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    fp32 |= {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT}
     readers: dict = {}
     for node in graph.node:
         for name in node.input:
@@ -67,7 +77,7 @@ def _drop_fp16_round_trips(model) -> int:
     for node in graph.node:
         out = node.output[0] if node.output else None
         back = readers.get(out, [])
-        if (cast_to(node, TensorProto.FLOAT16) and out not in outputs and back
+        if (cast_to(node, TensorProto.FLOAT16) and node.input[0] in fp32 and out not in outputs and back
                 and all(cast_to(r, TensorProto.FLOAT) for r in back)):
             drop.add(id(node))
             for r in back:

@@ -179,3 +179,21 @@ def test_name_nodes_gives_every_node_a_unique_name(unnamed):
     assert onnx_fold.name_nodes(model) == 2
     names = [n.name for n in model.graph.node]
     assert all(names) and len(set(names)) == 3
+
+
+def test_fp16_of_anchors_made_from_a_shape(tmp_path):
+    """YOLOv8's head makes its anchor grid at run time: Range(0, Cast(Gather(Shape(x)), float), 1). The
+    converter keeps Range in FP32 and turns the integer-to-float Cast into one to FP16; its pair of Casts
+    (to FP16, back to FP32) is not a round trip of an FP32 tensor, and removing it handed Range an int64 (the
+    FP16 model of nudenet's YOLOv8n did not load: Range bound to float and int64)."""
+    rng = np.random.default_rng(7)
+    init = {"w": (rng.standard_normal((4, 3, 3, 3)) / 3).astype(np.float32), "i3": np.array(3, np.int64),
+            "zero": np.array(0.0, np.float32), "one": np.array(1.0, np.float32)}
+    nodes = [("Conv", ["x", "w"], ["c"], {"pads": [1, 1, 1, 1], "name": "conv"}),
+             ("Shape", ["c"], ["s"]), ("Gather", ["s", "i3"], ["n"]), ("Cast", ["n"], ["nf"], {"to": 1}),
+             ("Range", ["zero", "nf", "one"], ["grid"]), ("Add", ["c", "grid"], ["y"])]
+    model = onnx_graph(nodes, {"x": [1, 3, 8, 8]}, {"y": [1, 4, 8, 8]}, init)
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    ref = _run(model, x)
+    fp16, _ = _fp16(model, tmp_path)
+    np.testing.assert_allclose(_run(fp16, x), ref, rtol=0.01, atol=0.01)
