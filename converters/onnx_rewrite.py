@@ -14,6 +14,10 @@ converts right. Each rewrite keeps the model's function (same outputs for every 
   0.00 against the ONNX model). The same Slice as a chain of one-axis Slices, an axis that keeps its whole
   extent left out (a Slice left with none is dropped), is exact, and onnx2tf converts one-axis Slices right.
 - Node names TensorFlow refuses as scope names (``Softmax@0`` in Paddle exports), which made onnx2tf fail.
+- Gathers of activations at constant indices, ``Gather(x, i, axis)`` (PyTorch's ``y[:, -1]``, ``x[:, 0]``): the
+  Edge TPU maps no GATHER, so such a Gather ends its partition and leaves the rest of the model on the CPU. One
+  index is ``Slice(x, i, i + 1, axis)`` then ``Squeeze(axis)``; a run of consecutive indices is one Slice; both
+  the Edge TPU maps.
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ def rewrite(model) -> tuple[object, list[str]]:
     n = _onehot_matmul_to_gather(model)
     if n:
         notes.append(f"{n} one-hot MatMul embedding lookup(s) as Gather")
+    n = _constant_index_gathers_as_slices(model)
+    if n:
+        notes.append(f"{n} Gather(s) at constant indices as Slice")
     n = _split_multi_axis_slices(model)
     if n:
         notes.append(f"{n} multi-axis Slice(s) as one-axis Slices")
@@ -122,13 +129,19 @@ def _onehot_matmul_to_gather(model) -> int:
 
 def _static_dims(model) -> dict:
     """{tensor name: [dim or None]} from ONNX shape inference (the pipeline's models have static inputs)."""
+    return {name: dims for name, (dims, _) in _inferred(model).items()}
+
+
+def _inferred(model) -> dict:
+    """{tensor name: ([dim or None], ONNX element type)} from ONNX shape inference; {} when it fails."""
     import onnx
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shapes only sharpen the rewrite (whole-extent axes); without them it still applies
+    except Exception:  # shapes only sharpen the rewrites; without them they apply where they need none
         return {}
     graph = inferred.graph
-    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    return {v.name: ([d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim],
+                     v.type.tensor_type.elem_type)
             for v in list(graph.value_info) + list(graph.input) + list(graph.output)
             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
 
@@ -141,6 +154,64 @@ def _whole_extent(start: int, end: int, step: int, dim) -> bool:
     start = start + dim if start < 0 else start
     end = end + dim if end < 0 else end
     return min(max(start, 0), dim) == 0 and min(max(end, 0), dim) == dim
+
+
+def _constant_index_gathers_as_slices(model) -> int:
+    """Every Gather of a computed float tensor at constant indices that are one index or consecutive ascending ones
+    replaced, in place, by the Slice of them (and a Squeeze of the axis for one scalar index: Gather drops it).
+    The same values in the same order: the same function. A negative index needs the axis' static size.
+    Returns the count."""
+    from onnx import TensorProto, helper, numpy_helper
+    graph = model.graph
+    constants = _constants(graph)
+    inferred = _inferred(model)
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    names = {i.name for i in list(graph.initializer) + list(graph.input)} | {o for n in graph.node for o in n.output}
+    new_nodes, done = [], 0
+    for node in graph.node:
+        index = constants.get(node.input[1]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        shape, dtype = inferred.get(node.input[0], (None, None)) if index is not None else (None, None)
+        # activations only: a Gather of a weight is an embedding lookup, one of a Shape is onnx2tf's to handle
+        if index is None or node.input[0] in constants or dtype not in floats or index.dtype.kind not in "iu" \
+                or index.ndim > 1 or index.size < 1 or not shape:
+            new_nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        axis = axis + len(shape) if axis < 0 else axis
+        dim = shape[axis] if 0 <= axis < len(shape) else None
+        flat = index.reshape(-1).astype(np.int64)
+        if (flat < 0).any():
+            if dim is None:
+                new_nodes.append(node)
+                continue
+            flat = np.where(flat < 0, flat + dim, flat)
+        if (flat < 0).any() or (dim is not None and (flat >= dim).any()) or (np.diff(flat) != 1).any():
+            new_nodes.append(node)   # out of range (an invalid model, left to fail as it would) or not a run
+            continue
+        out = node.output[0]
+        base = f"{out}__slice"
+        while base in names:
+            base += "_"
+        params = []
+        for what, value in (("starts", flat[0]), ("ends", flat[-1] + 1), ("axes", axis)):
+            graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"{base}_{what}"))
+            params.append(f"{base}_{what}")
+        sliced = out if index.ndim == 1 else base
+        names.update(params + [sliced])
+        new_nodes.append(helper.make_node("Slice", [node.input[0]] + params, [sliced], name=f"{node.name or 'gather'}_slice"))
+        if index.ndim == 0:   # a scalar index drops the axis
+            if opset >= 13:
+                new_nodes.append(helper.make_node("Squeeze", [sliced, params[2]], [out],
+                                                  name=f"{node.name or 'gather'}_squeeze"))
+            else:
+                new_nodes.append(helper.make_node("Squeeze", [sliced], [out], axes=[axis],
+                                                  name=f"{node.name or 'gather'}_squeeze"))
+        done += 1
+    if done:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return done
 
 
 def _split_multi_axis_slices(model) -> int:

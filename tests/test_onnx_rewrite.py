@@ -148,6 +148,67 @@ def test_onnx2tf_float_graph_of_rewritten_slices_matches_onnxruntime(tmp_path, c
     np.testing.assert_allclose(np.transpose(got, (0, 3, 1, 2)), _ort(model, x), rtol=1e-4, atol=1e-5)
 
 
+def _token_gather_model(index, axis=1, opset=13, of_constant=False):
+    """Tokens [1, 8, 16] through a MatMul, then a Gather of some tokens on ``axis`` (PyTorch's ``h[:, -1]``,
+    ``h[:, 0]``, a ViT's class token) and a head. ``of_constant``: the Gather reads the weight (an embedding
+    lookup, axis 0) and the head adds it to every token."""
+    rng = np.random.default_rng(0)
+    index = np.asarray(index, np.int64)
+    init = {"w": (rng.standard_normal((16, 32)) / 4).astype(np.float32), "i": index,
+            "head": (rng.standard_normal((32, 10)) / 6).astype(np.float32)}
+    if of_constant:
+        nodes = [("MatMul", ["x", "w"], ["h"]), ("Gather", ["w", "i"], ["g"], {"axis": 0}),
+                 ("ReduceSum", ["g"], ["e"], {"keepdims": 0}), ("Add", ["h", "e"], ["s"]),
+                 ("MatMul", ["s", "head"], ["y"])]
+        return onnx_graph(nodes, {"x": [1, 8, 16]}, {"y": [1, 8, 10]}, init, opset=opset)
+    nodes = [("MatMul", ["x", "w"], ["h"]), ("Gather", ["h", "i"], ["g"], {"axis": axis}),
+             ("MatMul", ["g", "head"], ["y"])]
+    return onnx_graph(nodes, {"x": [1, 8, 16]}, {"y": [1] + list(index.shape) + [10]}, init, opset=opset)
+
+
+# index, axis, opset, the ops after the rewrite
+GATHERS = {
+    "last": (-1, 1, 13, ["MatMul", "Slice", "Squeeze", "MatMul"]),
+    "first_opset11": (0, 1, 11, ["MatMul", "Slice", "Squeeze", "MatMul"]),
+    "run": ([2, 3, 4], 1, 13, ["MatMul", "Slice", "MatMul"]),
+    "one_of_1d": ([-2], -2, 13, ["MatMul", "Slice", "MatMul"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GATHERS))
+def test_constant_index_gathers_become_slices_exactly(case):
+    """A Gather at constant indices (the Edge TPU maps no GATHER: on a PyTorch LSTM classifier the partition
+    ended at ``y[:, -1]``) is the Slice of them, and the Squeeze of the axis for one scalar index."""
+    index, axis, opset, ops = GATHERS[case]
+    x = np.random.default_rng(1).standard_normal((1, 8, 16)).astype(np.float32)
+    before = _ort(_token_gather_model(index, axis, opset), x)
+    model, notes = onnx_rewrite.rewrite(_token_gather_model(index, axis, opset))
+    assert notes == ["1 Gather(s) at constant indices as Slice"]
+    assert [n.op_type for n in model.graph.node] == ops
+    np.testing.assert_array_equal(_ort(model, x), before)
+
+
+def test_gathers_that_are_not_a_run_of_activations_are_left_alone():
+    for model in (_token_gather_model([0, 2]), _token_gather_model([3, 2]), _token_gather_model([[1, 2]]),
+                  _token_gather_model([1, 3], of_constant=True)):   # an embedding lookup reads a weight
+        assert onnx_rewrite.rewrite(model)[1] == []
+        assert "Gather" in [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize("index", [0, -1])
+def test_onnx2tf_float_graph_of_a_gathered_token_matches_onnxruntime(tmp_path, index):
+    """onnx2tf builds the Slice and Squeeze of a 3-D tensor right (it reads 3-D tensors channels-last)."""
+    import onnx
+
+    from edgeopt.converters import onnx_tflite
+    model = _token_gather_model(index)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(1).standard_normal((1, 8, 16)).astype(np.float32)
+    keras_model = onnx_tflite.to_keras(onnx_tflite.simplify(str(tmp_path / "m.onnx"), "m.onnx"), None)
+    fed = x if tuple(keras_model.inputs[0].shape[1:]) == (8, 16) else np.transpose(x, (0, 2, 1))
+    np.testing.assert_allclose(np.asarray(keras_model(fed)), _ort(model, x), rtol=1e-4, atol=1e-5)
+
+
 def _gelu_model(path):
     rng = np.random.default_rng(0)
     nodes = [("MatMul", ["x", "w1"], ["h"]), ("Div", ["h", "sq2"], ["hd"]), ("Erf", ["hd"], ["e"]),
