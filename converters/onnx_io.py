@@ -5,7 +5,7 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 
-__all__ = ["load", "io_specs", "fix_shapes", "tensor_session", "Reference", "versions"]
+__all__ = ["load", "io_specs", "fix_shapes", "output_concats", "tensor_session", "Reference", "versions"]
 
 _DT = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 9: "bool"}
 
@@ -33,6 +33,37 @@ def io_specs(model) -> tuple[list[dict], list[dict]]:
         return {"name": v.name, "shape": shape, "dtype": _DT.get(t.elem_type, "float32")}
 
     return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
+
+
+def output_concats(model) -> dict:
+    """{output name: (axis, [end of each input along it])} for the graph outputs a Concat makes, where shape
+    inference tells every input's extent on that axis (a static model): YOLOv8's output0 joins box coordinates
+    and class scores, which are judged apart (edgeopt.conversion.accuracy.uneven_parts)."""
+    import onnx
+    try:
+        # data_prop: YOLOv8's shapes pass through Shape/Gather/Reshape, which plain inference leaves unknown
+        graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:   # no shapes: outputs are judged whole, as before
+        return {}
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    dims.update({i.name: list(i.dims) for i in graph.initializer})
+    outputs = {o.name for o in graph.output}
+    res = {}
+    for node in graph.node:
+        if node.op_type != "Concat" or len(node.input) < 2 or node.output[0] not in outputs:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        shapes = [dims.get(i) for i in node.input]
+        if axis is None or any(not s for s in shapes) or len({len(s) for s in shapes}) != 1:
+            continue
+        axis = axis + len(shapes[0]) if axis < 0 else axis
+        extents = [s[axis] if 0 <= axis < len(s) else None for s in shapes]
+        if any(not e for e in extents):
+            continue
+        res[node.output[0]] = (axis, [int(e) for e in np.cumsum(extents)])
+    return res
 
 
 def fix_shapes(model, shapes: dict[str, list[int]]):

@@ -612,7 +612,9 @@ def op_graph(data: bytes):
                if fm.buffers[t.buffer].data is not None and len(fm.buffers[t.buffer].data)},
         calibrated={i for i, t in enumerate(sg.tensors) if t.quantization is not None
                     and t.quantization.min is not None and len(t.quantization.min)},
-        graph_outputs={int(i) for i in sg.outputs})
+        graph_outputs={int(i) for i in sg.outputs},
+        shapes=[[int(d) for d in (t.shape if t.shape is not None else [])] for t in sg.tensors],
+        output_order=[int(i) for i in sg.outputs])
 
 
 def _float_computing(data: bytes) -> list[tuple[str, str]]:
@@ -654,12 +656,14 @@ def _outputs(data: bytes, samples) -> list[np.ndarray]:
     return [np.concatenate(v) for v in got]
 
 
-def _worst_sqnr(refs: list[np.ndarray], outs: list[np.ndarray]) -> float:
-    """The worst output's SQNR (dB) of ``outs`` against ``refs`` over all samples together."""
+def _worst_sqnr(refs: list[np.ndarray], outs: list[np.ndarray], concats: dict | None = None) -> float:
+    """The worst output's SQNR (dB) of ``outs`` against ``refs`` over all samples together; an output a
+    concatenation makes (``concats``: {position: (axis, ends)}, :func:`tflite_blocks.output_concats`) by its
+    worst part where its parts are uneven (edgeopt.conversion.accuracy.uneven_parts)."""
+    from edgeopt.conversion.accuracy import worst_part_sqnr
     worst = float("inf")
-    for r, o in zip(refs, outs):
-        noise = float(np.sum((r - o) ** 2))
-        worst = min(worst, 10 * np.log10(float(np.sum(r ** 2)) / noise) if noise > 0 else 200.0)
+    for k, (r, o) in enumerate(zip(refs, outs)):
+        worst = min(worst, min(worst_part_sqnr(r, o, (concats or {}).get(k)), 200.0))
     return round(float(worst), 3)
 
 
@@ -699,7 +703,10 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
         return plain, report
     tensors = [t for b in blocks for t in b["tensors"]]
     cand = build(tensors)
-    outside = sorted({kind for kind, name in _float_computing(cand) if name not in set(tensors)})
+    # the converter renames some tensors it rebuilds in float by appending digits (".../transpose1" becomes
+    # ".../transpose11"): names are compared without them
+    inside = {name.rstrip("0123456789") for name in tensors}
+    outside = sorted({kind for kind, name in _float_computing(cand) if name.rstrip("0123456789") not in inside})
     if outside and not allow_float_fallback:  # an op without an INT8 kernel outside every block
         report.update(float=False, why=f"ops outside the blocks have no INT8 kernel: {', '.join(outside)}")
         return plain, report
@@ -710,7 +717,8 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
         refs = _outputs(raw, samples)
         if memo is not None:
             memo[key] = refs
-    sqnr = {"float_blocks": _worst_sqnr(refs, _outputs(cand, samples))}
+    concats = tflite_blocks.output_concats(g)
+    sqnr = {"float_blocks": _worst_sqnr(refs, _outputs(cand, samples), concats)}
     report["samples"] = len(samples)
     report["by"] = ("worst output SQNR against the float model on the first calibration samples; the blocks stay "
                     f"float when that gains at least {FLOAT_BLOCKS_MIN_GAIN_DB:g} dB over all-INT8, and the "
@@ -720,7 +728,7 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
         chosen, best = cand, sqnr["float_blocks"]
         report.update(float=True, why="ops without an INT8 kernel inside the blocks: " + ", ".join(no_kernel))
     else:
-        sqnr["all_int8"] = _worst_sqnr(refs, _outputs(plain, samples))
+        sqnr["all_int8"] = _worst_sqnr(refs, _outputs(plain, samples), concats)
         gain = sqnr["float_blocks"] - sqnr["all_int8"]
         if gain < FLOAT_BLOCKS_MIN_GAIN_DB:
             chosen, best = plain, sqnr["all_int8"]
@@ -733,7 +741,7 @@ def _choose_float_blocks(raw: bytes, plain: bytes | None, build, calib, allow_fl
     if attention and len(blocks) + len(attention) <= budget:
         more = tensors + [t for b in attention for t in b["tensors"]]
         with_attention = build(more)
-        sqnr["with_attention"] = _worst_sqnr(refs, _outputs(with_attention, samples))
+        sqnr["with_attention"] = _worst_sqnr(refs, _outputs(with_attention, samples), concats)
         gain = sqnr["with_attention"] - best
         if gain >= FLOAT_BLOCKS_MIN_GAIN_DB:
             report["blocks"] += [{k: b[k] for k in ("kind", "output", "ops")} for b in attention]

@@ -18,12 +18,15 @@ class OpGraph:
     """The main subgraph of a TFLite model as op kinds, tensor indices and names (no interpreter): ``kinds`` (one
     builtin op name per op, in execution order), ``ins`` and ``outs`` (each op's tensor indices), ``names`` (each
     tensor's name), ``const`` (tensors with data), ``calibrated`` (tensors with calibration statistics) and
-    ``graph_outputs`` (the subgraph's output tensors)."""
+    ``graph_outputs`` (the subgraph's output tensors); where known, ``shapes`` (each tensor's) and
+    ``output_order`` (the output tensors in the model's output order)."""
 
     def __init__(self, kinds: list[str], ins: list[list[int]], outs: list[list[int]], names: list[str],
-                 const: set[int], calibrated: set[int], graph_outputs: set[int]):
+                 const: set[int], calibrated: set[int], graph_outputs: set[int], shapes: list | None = None,
+                 output_order: list[int] | None = None):
         self.kinds, self.ins, self.outs, self.names = kinds, ins, outs, names
         self.const, self.calibrated, self.graph_outputs = const, calibrated, graph_outputs
+        self.shapes, self.output_order = shapes, output_order
         self.consumers: dict[int, list[int]] = {}
         for k, op_ins in enumerate(self.ins):
             for i in op_ins:
@@ -133,16 +136,18 @@ def norm_blocks(g: OpGraph) -> list[dict]:
 # INT8 kernels whose output grid is fixed whatever the calibration saw: LOGISTIC's step is 1/256, TANH's 1/128
 _FIXED_GRID = ("LOGISTIC", "TANH")
 # ops that only move values: an output activation reaches the model's output through them unchanged
-_MOVES = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
+_MOVES = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION")
 
 
 def output_activations(g: OpGraph) -> list[dict]:
     """The LOGISTIC and TANH ops of a TFLite model whose result is a model output (directly or through ops that
-    only move values: RESHAPE, TRANSPOSE, ...), as blocks of kind ``output`` (the activation and those ops), in
-    execution order. INT8 writes such an output on its kernel's fixed grid: a detector's score map on crops with
-    nothing to find (scores mostly under 0.01) rounded to steps of 1/256 comes no closer to FP32 than 7 dB SQNR
-    (the PP layout detector), however well the network before it is quantized; in float, the activation reads
-    its INT8 input, whose grid follows the logits' calibrated range."""
+    only move values: RESHAPE, TRANSPOSE, ..., CONCATENATION), as blocks of kind ``output`` (the activation and
+    those ops), in execution order. INT8 writes such an output on its kernel's fixed grid: a detector's score map
+    on crops with nothing to find (scores mostly under 0.01) rounded to steps of 1/256 comes no closer to FP32
+    than 7 dB SQNR (the PP layout detector), however well the network before it is quantized; in float, the
+    activation reads its INT8 input, whose grid follows the logits' calibrated range. A CONCATENATION joining
+    such scores with other values (YOLOv8's output0: box coordinates up to 320 beside class scores in 0-1) has
+    one INT8 scale for all of them, the largest's: in float, each input keeps its own grid."""
     found = []
     for k, kind in enumerate(g.kinds):
         if kind not in _FIXED_GRID or len(g.outs[k]) != 1:
@@ -157,9 +162,55 @@ def output_activations(g: OpGraph) -> list[dict]:
             ops.append(readers[0])
             out = g.outs[readers[0]][0]
         if out in g.graph_outputs:
+            ops = sorted(ops + _moves_into_concats(g, ops))
             found.append({"kind": "output", "ops": [g.kinds[o] for o in ops],
                           "tensors": [g.names[t] for o in ops for t in g.outs[o]], "output": g.names[out]})
     return found
+
+
+def _moves_into_concats(g: OpGraph, ops: list[int]) -> list[int]:
+    """The ops that only move values (RESHAPE, TRANSPOSE, ...) into the other inputs of the CONCATENATIONs among
+    ``ops``, back to the op that computes them: in float the concatenation makes them float too (the converter
+    dequantizes where they start, not where they end), so they belong to its block."""
+    made = {t: k for k, outs in enumerate(g.outs) for t in outs}
+    more: list[int] = []
+    for c in ops:
+        if g.kinds[c] != "CONCATENATION":
+            continue
+        for t in g.ins[c]:
+            k = made.get(t)
+            while (k is not None and k not in ops and k not in more and g.kinds[k] in _MOVES
+                   and g.kinds[k] != "CONCATENATION" and len(g.outs[k]) == 1
+                   and len(g.consumers.get(g.outs[k][0], ())) == 1):
+                more.append(k)
+                k = made.get(g.ins[k][0]) if g.ins[k] else None
+    return more
+
+
+def output_concats(g: OpGraph) -> dict:
+    """{output position (in ``g.output_order``): (axis, [end of each input along it])} of the model outputs a
+    CONCATENATION makes, from the tensors' shapes (empty without shapes or an output order): such an output is
+    judged part by part where its parts are uneven (edgeopt.conversion.accuracy.uneven_parts)."""
+    if not g.shapes or not g.output_order:
+        return {}
+    made = {t: k for k, outs in enumerate(g.outs) for t in outs}
+    res = {}
+    for pos, t in enumerate(g.output_order):
+        k = made.get(t)
+        if k is None or g.kinds[k] != "CONCATENATION" or len(g.ins[k]) < 2:
+            continue
+        out, shapes = list(g.shapes[t]), [list(g.shapes[i]) for i in g.ins[k]]
+        if any(len(s) != len(out) for s in shapes):
+            continue
+        axes = [a for a in range(len(out)) if sum(s[a] for s in shapes) == out[a]
+                and all(s[b] == out[b] for s in shapes for b in range(len(out)) if b != a)]
+        if len(axes) == 1:
+            ends, at = [], 0
+            for s in shapes:
+                at += s[axes[0]]
+                ends.append(int(at))
+            res[pos] = (axes[0], ends)
+    return res
 
 
 def product_sums(g: OpGraph) -> list[dict]:

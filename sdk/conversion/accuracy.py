@@ -6,12 +6,12 @@ import re
 
 import numpy as np
 
-from edgeopt.conversion.defaults import OUTPUT_GRID_MARGIN_DB
+from edgeopt.conversion.defaults import OUTPUT_GRID_MARGIN_DB, OUTPUT_PARTS_RANGE_RATIO
 from edgeopt.errors import UsageError
 
 
 __all__ = ["OUTPUT_KINDS", "looks_like_scores", "guess_kind", "parse_output_kinds", "metrics", "grid_limit",
-           "held_by_grid", "compare", "add_label_accuracy", "top1_accuracy", "gate"]
+           "held_by_grid", "uneven_parts", "worst_part_sqnr", "stored_concats", "compare", "add_label_accuracy", "top1_accuracy", "gate"]
 
 # What an output is decides which numbers mean something: class scores (top-1 agreement), an embedding (cosine:
 # its direction is what is compared downstream), a dense map or boxes (SQNR and max error).
@@ -70,8 +70,11 @@ def metrics(ref: np.ndarray, got: np.ndarray, kind: str | None = None) -> dict:
         r_all, g_all = r.reshape(1, -1), g.reshape(1, -1)
     else:
         r_all, g_all = r, g
-    denom = np.linalg.norm(r_all, axis=1) * np.linalg.norm(g_all, axis=1)
-    cos = np.where(denom > 0, np.sum(r_all * g_all, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+    nr, ng = np.linalg.norm(r_all, axis=1), np.linalg.norm(g_all, axis=1)
+    denom = nr * ng
+    # two zero vectors agree; an output that is all zero where FP32's is not (scores rounded away) does not
+    cos = np.where(denom > 0, np.sum(r_all * g_all, axis=1) / np.where(denom > 0, denom, 1),
+                   np.where((nr > 0) | (ng > 0), 0.0, 1.0))
     res = {"cosine": round(float(np.mean(cos)), 6),
            "sqnr_db": round(sqnr, 3) if math.isfinite(sqnr) else 999.0,
            "max_abs_err": round(float(np.max(np.abs(err))), 6),
@@ -100,10 +103,71 @@ def held_by_grid(m: dict) -> bool:
     return bool(grid) and m.get("sqnr_db", -999.0) >= grid["sqnr_db"] - OUTPUT_GRID_MARGIN_DB
 
 
-def compare(refs: list[np.ndarray], gots: list[np.ndarray], names: list[str], kinds: dict | None = None) -> dict:
-    """{output name: metrics}; ``kinds`` {name: kind} (declared), else guessed from name and shape."""
-    kinds = kinds or {}
-    return {n: metrics(r, g, kinds.get(n) or guess_kind(n, r.shape)) for n, r, g in zip(names, refs, gots)}
+def uneven_parts(ref: np.ndarray, concat) -> list[tuple[int, int]] | None:
+    """The parts [(start, end)] along the axis of an output made by a concatenation, ``concat`` = (axis, [end of
+    each input along it]), when their largest magnitudes in ``ref`` (the FP32 outputs) differ
+    OUTPUT_PARTS_RANGE_RATIO times or more: one INT8 scale cannot serve both, and the whole tensor's numbers are
+    the largest part's. None otherwise (parts of one kind: the whole is judged)."""
+    if not concat:
+        return None
+    axis, ends = concat
+    r = np.asarray(ref)
+    if not -r.ndim <= axis < r.ndim or not ends or ends[-1] != r.shape[axis] or list(ends) != sorted(set(ends)):
+        return None
+    bounds = list(zip([0] + list(ends[:-1]), ends))
+    peaks = [float(np.max(np.abs(np.take(r, range(lo, hi), axis=axis)))) for lo, hi in bounds]
+    small = min(peaks)
+    return bounds if max(peaks) >= OUTPUT_PARTS_RANGE_RATIO * small and small > 0 else None
+
+
+def _part_metrics(ref: np.ndarray, got: np.ndarray, kind: str, concat) -> dict:
+    """:func:`metrics` of an output, with the worst part's cosine and SQNR where its parts are uneven
+    (:func:`uneven_parts`): ``parts`` [{"range", "cosine", "sqnr_db"}] and ``whole`` (the whole tensor's)."""
+    m = metrics(ref, got, kind)
+    bounds = uneven_parts(ref, concat)
+    if not bounds:
+        return m
+    axis = concat[0]
+    parts = []
+    for lo, hi in bounds:
+        pm = metrics(np.take(ref, range(lo, hi), axis=axis), np.take(got, range(lo, hi), axis=axis), "dense")
+        parts.append({"range": [lo, hi], "cosine": pm["cosine"], "sqnr_db": pm["sqnr_db"]})
+    worst = min(parts, key=lambda p: p["sqnr_db"])
+    m["whole"] = {"cosine": m["cosine"], "sqnr_db": m["sqnr_db"]}
+    m.update(cosine=min(p["cosine"] for p in parts), sqnr_db=worst["sqnr_db"], parts=parts, axis=axis)
+    return m
+
+
+def worst_part_sqnr(ref: np.ndarray, got: np.ndarray, concat=None) -> float:
+    """An output's SQNR (dB) of ``got`` against ``ref``: its worst part's where its parts are uneven."""
+    return _part_metrics(ref, got, "dense", concat)["sqnr_db"]
+
+
+def stored_concats(outputs: dict) -> dict:
+    """{output name: (axis, [ends])} of the outputs a manifest's accuracy (``outputs``: {name: metrics}) judged
+    part by part, for judging them so again (the on-device check). A manifest can be crafted: anything but
+    integer parts is left out (such an output is judged whole)."""
+    res = {}
+    for name, m in (outputs or {}).items():
+        parts = m.get("parts") if isinstance(m, dict) else None
+        axis = m.get("axis") if isinstance(m, dict) else None
+        if not isinstance(parts, list) or type(axis) is not int or not parts:
+            continue
+        ends = [p.get("range", [None, None])[-1] if isinstance(p, dict) and isinstance(p.get("range"), list)
+                else None for p in parts]
+        if all(type(e) is int for e in ends):
+            res[name] = (axis, ends)
+    return res
+
+
+def compare(refs: list[np.ndarray], gots: list[np.ndarray], names: list[str], kinds: dict | None = None,
+            concats: dict | None = None) -> dict:
+    """{output name: metrics}; ``kinds`` {name: kind} (declared), else guessed from name and shape; ``concats``
+    {name: (axis, [ends])} for outputs made by a concatenation (judged part by part where the parts are
+    uneven: :func:`uneven_parts`)."""
+    kinds, concats = kinds or {}, concats or {}
+    return {n: _part_metrics(r, g, kinds.get(n) or guess_kind(n, r.shape), concats.get(n))
+            for n, r, g in zip(names, refs, gots)}
 
 
 

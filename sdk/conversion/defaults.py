@@ -56,5 +56,10 @@ DEFAULT_MIN_COSINE = 0.9
 # Such an output is not failed when its SQNR is within this many dB of the grid's own (half its noise power or
 # more is the grid's: imprecise, not broken).
 OUTPUT_GRID_MARGIN_DB = 3.0
+# An output concatenated from parts whose FP32 magnitudes differ this many times or more is judged part by part
+# (its worst part's cosine and SQNR): YOLOv8's output0 joins box coordinates (0-320 pixels) and class scores
+# (0-1); as one tensor its SQNR (36 dB) and cosine (0.9999) were the boxes', while the INT8 TFLite artifact's
+# class scores had 2 dB and lost two thirds of the detections.
+OUTPUT_PARTS_RANGE_RATIO = 8.0
 IO_DTYPES = ("int8", "uint8", "float32")
 DEFAULT_PERCENTILE = 99.99      # percentile calibration's percentile (edgeopt.conversion.ranges)

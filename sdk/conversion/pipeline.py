@@ -22,8 +22,8 @@ from edgeopt.conversion.accuracy import (add_label_accuracy, compare as compare_
                                         grid_limit, guess_kind, held_by_grid, parse_output_kinds)
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
                                          DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE, DEPTHWISE_EQUALIZATION_FLOOR,
-                                         DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES, ROUNDING_SAMPLES,
-                                         TFLITE_METHODS)
+                                         DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES,
+                                         OUTPUT_PARTS_RANGE_RATIO, ROUNDING_SAMPLES, TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
 from edgeopt.converters import edgetpu, onnx_io, onnx_unroll
@@ -129,6 +129,7 @@ class Job:
         self.centering = None         # what quantizable_onnx_path(symmetric=True) did (calibration.centering)
         self.unrolled = None          # what quantizable_onnx_path() unrolled (calibration.unrolled)
         self._calib_refs = None       # (inputs, FP32 outputs) of the first calibration samples (_calib_reference)
+        self._output_concats = None
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
     @property
@@ -150,13 +151,26 @@ class Job:
         names = [i["name"] for i in self.inputs]
         return [dict(zip(names, sample)) for sample in self.calib_samples()[:limit]]
 
+    def output_concats(self) -> dict:
+        """{output name: (axis, [ends])} of the outputs a Concat makes (ONNX sources; edgeopt.converters.onnx_io
+        .output_concats): judged part by part where their parts are uneven."""
+        if self._output_concats is None:
+            self._output_concats = onnx_io.output_concats(self.onnx_model_static()) if self.onnx_model else {}
+        return self._output_concats
+
+    def onnx_model_static(self):
+        """The source ONNX model with its inputs' static shapes (a copy; :meth:`static_onnx_path` saves it)."""
+        import onnx
+        m = onnx.ModelProto()
+        m.CopyFrom(self.onnx_model)
+        onnx_io.fix_shapes(m, {i["name"]: i["shape"] for i in self.inputs})
+        return m
+
     def static_onnx_path(self) -> str:
         """The source ONNX with every input fixed to its static shape (batch 1), saved in the workdir."""
         if self._static_onnx is None:
             import onnx
-            m = onnx.ModelProto()
-            m.CopyFrom(self.onnx_model)
-            onnx_io.fix_shapes(m, {i["name"]: i["shape"] for i in self.inputs})
+            m = self.onnx_model_static()
             self._static_onnx = os.path.join(self.workdir, "source.static.onnx")
             onnx.save(m, self._static_onnx)
         return self._static_onnx
@@ -482,7 +496,8 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
         entry = _describe(a, path, static_in, src_out)
         m = runtime.Model(path, None, entry, threads=None)
         got = m.predict(inputs, batch_size=64)
-        acc = add_label_accuracy(compare_outputs(refs, got, out_names, kinds), refs, got, out_names, labs)
+        acc = add_label_accuracy(compare_outputs(refs, got, out_names, kinds, job.output_concats()), refs, got,
+                                 out_names, labs)
         under = [n for n in out_names if min_cosine and acc[n].get("cosine", 1.0) < min_cosine]
         if under and a.get("format") == "tflite":   # under the sanity floor because of its own output grid?
             _output_grids(acc, a["data"], entry, refs, out_names, under)
@@ -632,6 +647,14 @@ def _sanity(entries: list[dict], floor: float) -> dict | None:
                 continue
             why = (f"{e['file']}: output {name!r} has cosine {cosine:.4f} (SQNR {m.get('sqnr_db')} dB) against "
                    f"FP32, below the sanity floor {floor:g} (--min-cosine): a broken artifact, not an imprecise one")
+            if m.get("parts"):   # judged part by part (accuracy.uneven_parts): say which part and why
+                worst = min(m["parts"], key=lambda p: p["cosine"])
+                why += (f"; that is its part {worst['range'][0]}:{worst['range'][1]} on axis {m['axis']} (the whole "
+                        f"tensor: cosine {m['whole']['cosine']:.4f}), one of {len(m['parts'])} concatenated parts "
+                        "whose magnitudes differ "
+                        f"{OUTPUT_PARTS_RANGE_RATIO:g}x or more: an INT8 tensor holds them on one scale, the largest "
+                        "part's (a target with float ops joins them in float; for an integer-only one, export "
+                        "the parts as separate outputs)")
             if e.get("graph_check"):
                 why += "; " + e["graph_check"]["note"]
             failures.append(why)
@@ -686,7 +709,7 @@ def _worst_sqnr(job, art: dict, inputs, refs, src_out, names) -> float:
         outs = runtime.Model(path, None, entry, threads=None).predict(inputs, batch_size=64)
     finally:
         os.remove(path)
-    return min(m["sqnr_db"] for m in compare_outputs(refs, outs, names).values())
+    return min(m["sqnr_db"] for m in compare_outputs(refs, outs, names, concats=job.output_concats()).values())
 
 
 def _rounding_check(job, fmt, plain: dict, act: dict, names, src_out) -> dict:

@@ -44,6 +44,7 @@ class ValCheck:
     output_names: list           # manifest order
     shapes: list                 # each output's shape over all samples, as the host's run gave it
     kinds: dict                  # output name -> scores / embedding / dense
+    concats: dict                # output name -> (axis, ends): judged part by part as the manifest's check did
     reference: str               # what the device's outputs are compared with
     reference_outputs: list      # its outputs (numpy arrays)
     host_outputs: list           # the host's run of the artifact
@@ -126,6 +127,7 @@ def _prepare(artifact: str, val, max_val_samples: int, source: str | None, trust
         ref_outputs = None
     stored = ((manifest.get("accuracy") or {}).get("outputs") or {})
     kinds = {nm: (stored.get(nm) or {}).get("kind") or accuracy.guess_kind(nm, h.shape) for nm, h in zip(names, host)}
+    concats = accuracy.stored_concats(stored)
     labels = data.read_labels(val, n)
     rt = model.runtime
     if ref_outputs is None:
@@ -136,13 +138,13 @@ def _prepare(artifact: str, val, max_val_samples: int, source: str | None, trust
                      "same artifact")
         ref_outputs, host_metrics = host, None
     else:
-        host_metrics = accuracy.add_label_accuracy(accuracy.compare(ref_outputs, host, names, kinds), ref_outputs,
+        host_metrics = accuracy.add_label_accuracy(accuracy.compare(ref_outputs, host, names, kinds, concats), ref_outputs,
                                                    host, names, labels)
     tmpdir = tempfile.mkdtemp(prefix="edgeopt-val-")
     path = os.path.join(tmpdir, SAMPLES_FILE)
     write_npz(path, {s.name: np.ascontiguousarray(samples[s.name]) for s in model.inputs})
     return ValCheck(samples_file=path, count=n, output_names=names, shapes=[tuple(h.shape) for h in host],
-                    kinds=kinds, reference=ref_label, reference_outputs=ref_outputs, host_outputs=host,
+                    kinds=kinds, concats=concats, reference=ref_label, reference_outputs=ref_outputs, host_outputs=host,
                     host_runtime=rt, host_seconds=host_seconds, host_metrics=host_metrics, labels=labels,
                     data={k: info[k] for k in ("source", "kind", "samples", "available", "sha256") if k in info},
                     notes=notes, tmpdir=tmpdir)
@@ -292,9 +294,10 @@ def device_accuracy(check: ValCheck, outputs: list, summary: dict, pushed: dict)
     from edgeopt.conversion import accuracy
 
     names = check.output_names
-    acc = accuracy.add_label_accuracy(accuracy.compare(check.reference_outputs, outputs, names, check.kinds),
+    acc = accuracy.add_label_accuracy(accuracy.compare(check.reference_outputs, outputs, names, check.kinds,
+                                                       check.concats),
                                       check.reference_outputs, outputs, names, check.labels)
-    vs_host = accuracy.compare(check.host_outputs, outputs, names, check.kinds)
+    vs_host = accuracy.compare(check.host_outputs, outputs, names, check.kinds, check.concats)
     rt = summary.get("runtime") if isinstance(summary.get("runtime"), dict) else {}
     res = {"samples": check.count, "data": check.data, "reference": check.reference,
            "runtime": {k: rt.get(k) for k in ("name", "version", "delegate", "provider")},
