@@ -290,31 +290,13 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
 
 
 def metrics(ref: np.ndarray, got: np.ndarray, concat=None) -> dict:
-    """The numbers edgeopt's manifest gives (sdk/conversion/accuracy.py): mean per-sample cosine, SQNR over
-    all values, top-1 agreement when the output is one score vector per sample; for an output a Concat makes
-    of parts of uneven magnitude (``concat``: (axis, ends), accuracy.uneven_parts) the worst part's cosine and
-    SQNR, the whole tensor's in ``whole``."""
-    from edgeopt.conversion.accuracy import uneven_parts
-    bounds = uneven_parts(ref, concat)
-    if bounds:
-        axis = concat[0]
-        parts = [metrics(np.take(ref, range(lo, hi), axis=axis), np.take(got, range(lo, hi), axis=axis))
-                 for lo, hi in bounds]
-        whole = metrics(ref, got)
-        return {"cosine": min(p["cosine"] for p in parts), "sqnr_db": min(p["sqnr_db"] for p in parts),
-                "whole": {k: whole[k] for k in ("cosine", "sqnr_db")},
-                "parts": [dict(p, range=[lo, hi]) for p, (lo, hi) in zip(parts, bounds)]}
-    r = np.asarray(ref, np.float64).reshape(ref.shape[0], -1)
-    g = np.asarray(got, np.float64).reshape(got.shape[0], -1)
-    noise = float(np.sum((r - g) ** 2))
-    sqnr = 10 * math.log10(float(np.sum(r * r)) / noise) if noise > 0 else 999.0
-    denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-    cos = np.where(denom > 0, np.sum(r * g, axis=1) / np.where(denom > 0, denom, 1), 1.0)
-    res = {"cosine": round(float(np.mean(cos)), 6), "sqnr_db": round(sqnr, 3)}
-    dims = [d for d in ref.shape[1:] if d != 1]
-    if len(dims) == 1 and dims[0] >= 2:
-        res["top1_agreement"] = round(float(np.mean(r.argmax(1) == g.argmax(1))), 6)
-    return res
+    """The numbers edgeopt's manifest gives, computed by its own sdk/conversion/accuracy.py: cosine (per sample
+    for score vectors, over all samples for dense outputs), SQNR, top-1 agreement for class scores; for an
+    output a Concat makes of parts of uneven magnitude (``concat``: (axis, ends)) the worst part's cosine and
+    SQNR, with ``whole`` and ``parts``."""
+    from edgeopt.conversion.accuracy import compare
+    m = compare([ref], [got], ["out"], concats={"out": concat} if concat else None)["out"]
+    return {k: v for k, v in m.items() if k in ("cosine", "sqnr_db", "top1_agreement", "whole", "parts")}
 
 
 def _ort_run(path: str, x: np.ndarray, disable_all: bool = False) -> dict:

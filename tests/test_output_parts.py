@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 
-import edgeopt
 from edgeopt.conversion import accuracy
 from edgeopt.converters import onnx_io
 from edgeopt.converters.tflite_blocks import OpGraph, output_activations, output_concats
@@ -46,7 +45,8 @@ def test_uneven_parts_are_found_by_magnitude():
     assert accuracy.uneven_parts(ref, (-2, [4, 10])) == [(0, 4), (4, 10)]
     even = np.concatenate([boxes, boxes[:, :3] * 0.5], 1)   # 2x apart: one INT8 scale serves both
     assert accuracy.uneven_parts(even, (1, [4, 7])) is None
-    for bad in (None, (1, [4, 9]), (5, [4, 10]), (1, [4, 4, 10]), (1, [])):   # not this tensor's parts
+    for bad in (None, (1, [4, 9]), (5, [4, 10]), (1, [4, 4, 10]), (1, []), (1, [0, 10]), (1, [-2, 10]),
+                (1, [6, 4, 10])):   # not this tensor's parts (a crafted manifest's)
         assert accuracy.uneven_parts(ref, bad) is None
 
 
@@ -105,7 +105,11 @@ def test_rpi_joins_boxes_and_scores_in_float(tmp_path, detector_files):
     """The rpi artifact keeps the scores' LOGISTIC and the CONCATENATION in float (each input on its own grid):
     its scores come close to FP32, and the manifest reports them, not the boxes' numbers."""
     src, files = detector_files
-    m = edgeopt.convert(src, "rpi", calib=files["calib"], val=files["val"], out=str(tmp_path / "r"))
+    r = edgeopt_cli("convert", src, "--target", "rpi", "--calib", files["calib"], "--val", files["val"],
+                    "--out", tmp_path / "r")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "output output0 is judged by its worst part, 4:10 on axis 1" in " ".join(r.stdout.split())
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     out = m["accuracy"]["outputs"]["output0"]
     assert [p["range"] for p in out["parts"]] == [[0, 4], [4, 10]] and out["axis"] == 1
     assert out["sqnr_db"] == out["parts"][1]["sqnr_db"] > 25, out   # all-INT8: under 5 dB

@@ -67,6 +67,13 @@ def print_summary(manifest: dict):
                   f"{first.get('sqnr_db', float('nan')):.1f}" if first else "-",
                   f"{first['top1_agreement']:.4f}" if "top1_agreement" in first else "-")
     c.print(t)
+    for a in manifest["artifacts"]:   # an output judged part by part: the table shows its worst part
+        for name, m in (a.get("accuracy") or {}).items():
+            if m.get("parts") and m.get("whole"):
+                worst = min(m["parts"], key=lambda p: p["sqnr_db"])
+                c.print(f"{a['file']}: output {name} is judged by its worst part, {worst['range'][0]}:"
+                        f"{worst['range'][1]} on axis {m.get('axis')} ({worst['sqnr_db']:.1f} dB; the whole "
+                        f"tensor {m['whole']['sqnr_db']:.1f} dB, its largest part's)")
     cal = manifest.get("calibration") or {}
     if cal.get("source"):
         c.print(f"calibration: {cal['source']} ({cal.get('samples')} samples)")

@@ -112,7 +112,8 @@ def uneven_parts(ref: np.ndarray, concat) -> list[tuple[int, int]] | None:
         return None
     axis, ends = concat
     r = np.asarray(ref)
-    if not -r.ndim <= axis < r.ndim or not ends or ends[-1] != r.shape[axis] or list(ends) != sorted(set(ends)):
+    if (not -r.ndim <= axis < r.ndim or not ends or ends[0] <= 0 or ends[-1] != r.shape[axis]
+            or list(ends) != sorted(set(ends))):
         return None
     bounds = list(zip([0] + list(ends[:-1]), ends))
     peaks = [float(np.max(np.abs(np.take(r, range(lo, hi), axis=axis)))) for lo, hi in bounds]
