@@ -61,10 +61,11 @@ def _quiet():
             sink.close()
 
 
-def simplify(onnx_path: str, name: str) -> str:
+def simplify(onnx_path: str, name: str, edgetpu: bool = False) -> str:
     """onnxsim in this process (onnx2tf would run the `onnxsim` command from PATH, which is missing when the
     venv is not activated, and then silently converts an unsimplified graph that can fail), then the exact
-    rewrites of edgeopt.converters.onnx_rewrite (patterns onnx2tf converts wrongly). Returns a path."""
+    rewrites of edgeopt.converters.onnx_rewrite (patterns onnx2tf converts wrongly; ``edgetpu``: also those to
+    ops the Edge TPU maps). Returns a path."""
     import onnx
     from onnxsim import simplify as onnxsim_simplify
 
@@ -76,7 +77,7 @@ def simplify(onnx_path: str, name: str) -> str:
             model = simplified
     except Exception:  # onnxsim cannot handle every graph; onnx2tf copes with the original
         pass
-    model, notes = onnx_rewrite.rewrite(model)
+    model, notes = onnx_rewrite.rewrite(model, edgetpu=edgetpu)
     out = os.path.join(os.path.dirname(onnx_path), f"{os.path.splitext(name)[0]}.sim.onnx")
     onnx.save(model, out)
     return out
@@ -149,7 +150,8 @@ def convert(job, recipe=None) -> list[dict]:
             sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
         src = job.quantizable_onnx_path()
         left_in_float(job.unrolled, job.source_name, False)   # onnx2tf would make a loop the calibrator cannot run
-        keras_model = to_keras(simplify(src, job.source_name), sample_nhwc, job.source_name)
+        keras_model = to_keras(simplify(src, job.source_name, edgetpu=job.target.edgetpu_preflight), sample_nhwc,
+                               job.source_name)
         graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
         real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:])
                       for s, g in zip(src_inputs, graph.inputs)]
