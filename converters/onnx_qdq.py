@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from edgeopt.conversion import ranges
+from edgeopt.converters import onnx_control
 from edgeopt.converters.onnx_unroll import left_in_float
 from edgeopt.errors import UsageError
 
@@ -81,6 +82,8 @@ def convert(job, recipe=None) -> list[dict]:
     recipe = job.recipe if recipe is None else recipe
     src = job.quantizable_onnx_path(symmetric=True)   # this route's activations: symmetric INT8, zero point 0
     recurrent = left_in_float(job.unrolled, job.source_name, job.allow_float_fallback)
+    recurrent += onnx_control.refuse_or_keep(job.data_dependent_control(), job.source_name,
+                                             job.allow_float_fallback)
     cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
     if cache is not None and "prep" in cache:  # recovery candidates: the same float graph as the first
         prep = cache["prep"]
@@ -164,7 +167,7 @@ def convert(job, recipe=None) -> list[dict]:
            + (f"; activation ranges: {method_name} (edgeopt)" if ours else "")}
     if exclude:
         art["float_nodes"] = exclude
-    if recurrent:   # quantize_static leaves them as they are, float weights and all
+    if recurrent:   # quantize_static leaves them (and control flow's bodies) as they are, float weights and all
         art["float_ops"] = recurrent
     return [art]
 

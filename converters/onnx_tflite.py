@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 from edgeopt.conversion.hermetic import offline
+from edgeopt.converters import onnx_control
 from edgeopt.converters.onnx_unroll import left_in_float
 
 __all__ = ["nhwc_perm", "layout_perm", "simplify", "to_keras", "convert", "versions"]
@@ -150,6 +151,7 @@ def convert(job, recipe=None) -> list[dict]:
             sample_nhwc = np.concatenate([np.transpose(s[0], perms[0]) for s in samples[:20]], axis=0)
         src = job.quantizable_onnx_path()
         left_in_float(job.unrolled, job.source_name, False)   # onnx2tf would make a loop the calibrator cannot run
+        onnx_control.refuse_or_keep(job.data_dependent_control(), job.source_name, False)  # nor can onnx2tf
         keras_model = to_keras(simplify(src, job.source_name, edgetpu=job.target.edgetpu_preflight), sample_nhwc,
                                job.source_name)
         graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])

@@ -130,6 +130,7 @@ class Job:
         self.unrolled = None          # what quantizable_onnx_path() unrolled (calibration.unrolled)
         self._calib_refs = None       # (inputs, FP32 outputs) of the first calibration samples (_calib_reference)
         self._output_concats = None
+        self._control = None
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
     @property
@@ -150,6 +151,14 @@ class Job:
         """The first ``limit`` (None: all) calibration samples as onnxruntime feeds: {input name: batch-1 array}."""
         names = [i["name"] for i in self.inputs]
         return [dict(zip(names, sample)) for sample in self.calib_samples()[:limit]]
+
+    def data_dependent_control(self) -> list[dict]:
+        """The source's If/Loop/Scan nodes that depend on its data (edgeopt.converters.onnx_control), which no
+        INT8 route quantizes; [] for a model without them or a non-ONNX source."""
+        if self._control is None:
+            from edgeopt.converters import onnx_control
+            self._control = onnx_control.data_dependent(self.onnx_model) if self.onnx_model else []
+        return self._control
 
     def output_concats(self) -> dict:
         """{output name: (axis, [ends])} of the outputs a Concat makes (ONNX sources; edgeopt.converters.onnx_io
