@@ -55,14 +55,16 @@ def data_dependent(model) -> list[dict]:
     return found
 
 
-def refuse_or_keep(found: list[dict], source: str, float_ok: bool) -> list[str]:
-    """The op types of ``found`` (:func:`data_dependent`), which would compute in float with float weights on a
-    route that keeps them; a UsageError naming the first and why, unless ``float_ok`` (the route runs them in
-    float and the user allowed float ops)."""
+def refuse_or_keep(found: list[dict], source: str, float_ok: bool,
+                   what: str = "control-flow op(s) depend on the model's data and cannot be made INT8",
+                   hint: str = "export the model without it (e.g. the branch you deploy, or the loop unrolled), or "
+                               "keep it in float with --allow-float-fallback (Jetson only)") -> list[str]:
+    """The op types of ``found`` ([{"node", "op", "reason"}]: :func:`data_dependent`'s, or the recurrent ops
+    edgeopt.converters.onnx_unroll could not unroll), which would compute in float with float weights on a route
+    that keeps them; a UsageError ("{count} {what} ({op} {node}: {reason})", ``hint``) naming the first, unless
+    ``float_ok`` (the route runs them in float and the user allowed float ops)."""
     if found and not float_ok:
         first = found[0]
-        raise UsageError(f"{source}: {len(found)} control-flow op(s) depend on the model's data and cannot be made "
-                         f"INT8 ({first['op']} {first['node']!r}: {first['reason']})",
-                         hint="export the model without it (e.g. the branch you deploy, or the loop unrolled), or "
-                              "keep it in float with --allow-float-fallback (Jetson only)")
+        raise UsageError(f"{source}: {len(found)} {what} ({first['op']} {first['node']!r}: {first['reason']})",
+                         hint=hint)
     return sorted({x["op"] for x in found})

@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 
 from edgeopt.converters.onnx_fold import attribute
-from edgeopt.errors import UsageError
 
 __all__ = ["unroll", "left_in_float", "time_major_inputs", "RECURRENT_OPS"]
 
@@ -127,14 +126,11 @@ def left_in_float(info: dict | None, source: str, float_ok: bool) -> list[str]:
     """The op types of the recurrent ops :func:`unroll` left as they are (``info`` its result), which would
     compute in float with float weights; a UsageError naming them and why, unless ``float_ok`` (the route runs
     them in float and the user allowed float ops)."""
-    left = (info or {}).get("left") or []
-    if left and not float_ok:
-        first = left[0]
-        raise UsageError(f"{source}: {len(left)} recurrent op(s) cannot be unrolled into INT8 ops ({first['op']} "
-                         f"{first['node']!r}: {first['reason']})",
-                         hint="fix the sequence length with --input-shape, or keep them in float with "
-                              "--allow-float-fallback (Jetson only)")
-    return sorted({x["op"] for x in left})
+    from edgeopt.converters.onnx_control import refuse_or_keep
+    return refuse_or_keep((info or {}).get("left") or [], source, float_ok,
+                          what="recurrent op(s) cannot be unrolled into INT8 ops",
+                          hint="fix the sequence length with --input-shape, or keep them in float with "
+                               "--allow-float-fallback (Jetson only)")
 
 
 def _drop_unread(graph, names: set) -> None:
