@@ -67,7 +67,8 @@ def test_compare_judges_an_uneven_output_by_its_worst_part():
 def test_stored_parts_are_read_back_and_crafted_ones_dropped():
     good = {"parts": [{"range": [0, 4]}, {"range": [4, 10]}], "axis": 1}
     crafted = [{"parts": [{"range": [0, "4"]}], "axis": 1}, {"parts": "x", "axis": 1}, {"parts": [{}], "axis": 1},
-               {"parts": [{"range": [0, 4]}], "axis": "1"}, {"parts": [{"range": [0, 4]}], "axis": True}, "junk"]
+               {"parts": [{"range": [0, 4]}], "axis": "1"}, {"parts": [{"range": [0, 4]}], "axis": True}, "junk",
+               {"parts": [{"range": []}], "axis": 1}, {"parts": [None, {"range": [0, 4.0]}], "axis": 1}]
     stored = {"output0": good, **{f"o{k}": c for k, c in enumerate(crafted)}}
     assert accuracy.stored_concats(stored) == {"output0": (1, [4, 10])}
 

@@ -11,7 +11,8 @@ from edgeopt.errors import UsageError
 
 
 __all__ = ["OUTPUT_KINDS", "looks_like_scores", "guess_kind", "parse_output_kinds", "metrics", "grid_limit",
-           "held_by_grid", "uneven_parts", "worst_part_sqnr", "stored_concats", "compare", "add_label_accuracy", "top1_accuracy", "gate"]
+           "held_by_grid", "uneven_parts", "worst_part_sqnr", "stored_concats", "compare", "add_label_accuracy",
+           "top1_accuracy", "gate"]
 
 # What an output is decides which numbers mean something: class scores (top-1 agreement), an embedding (cosine:
 # its direction is what is compared downstream), a dense map or boxes (SQNR and max error).
@@ -154,7 +155,7 @@ def stored_concats(outputs: dict) -> dict:
         axis = m.get("axis") if isinstance(m, dict) else None
         if not isinstance(parts, list) or type(axis) is not int or not parts:
             continue
-        ends = [p.get("range", [None, None])[-1] if isinstance(p, dict) and isinstance(p.get("range"), list)
+        ends = [p["range"][-1] if isinstance(p, dict) and isinstance(p.get("range"), list) and p["range"]
                 else None for p in parts]
         if all(type(e) is int for e in ends):
             res[name] = (axis, ends)
