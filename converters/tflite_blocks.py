@@ -199,6 +199,8 @@ def output_concats(g: OpGraph) -> dict:
         k = made.get(t)
         if k is None or g.kinds[k] != "CONCATENATION" or len(g.ins[k]) < 2:
             continue
+        if any(not 0 <= i < len(g.shapes) for i in [t] + g.ins[k]):   # a crafted file's indices
+            continue
         out, shapes = list(g.shapes[t]), [list(g.shapes[i]) for i in g.ins[k]]
         if any(len(s) != len(out) for s in shapes):
             continue

@@ -90,6 +90,7 @@ def test_tflite_output_concat_and_the_scores_block_through_it():
     assert output_concats(g) == {0: (1, [4, 10])}
     assert [b["ops"] for b in output_activations(g)] == [["LOGISTIC", "CONCATENATION"]]
     assert output_concats(_op_graph(None, [3])) == {}   # no shapes: judged whole
+    assert output_concats(_op_graph([[1, 4, 64], [1, 6, 64]], [3])) == {}   # a crafted file's short tensor list
     assert output_concats(_op_graph([[1, 4, 64], [1, 6, 64], [1, 6, 64], [1, 10, 65]], [3])) == {}  # no such axis
 
 
