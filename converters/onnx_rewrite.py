@@ -18,7 +18,7 @@ converts right. Each rewrite keeps the model's function (same outputs for every 
   Edge TPU maps no GATHER, so such a Gather ends its partition and leaves the rest of the model on the CPU. One
   index is ``Slice(x, i, i + 1, axis)`` then ``Squeeze(axis)``; a run of consecutive indices is one Slice; both
   the Edge TPU maps.
-- For the Edge TPU only (``edgetpu=True``): ``LeakyRelu(x, alpha)`` on a 4-D tensor as ``PRelu(x, slope)``
+- For the Edge TPU only (``edgetpu=True``): ``LeakyRelu(x, alpha)`` on a 3-D or 4-D tensor as ``PRelu(x, slope)``
   with alpha in every channel of the slope. The Edge TPU maps PRELU and not LEAKY_RELU, and a LEAKY_RELU ends
   its partition (openWakeWord's speech embedding: 4 of 67 ops mapped; YOLOv3/v4-style detectors). Elsewhere
   LEAKY_RELU stays: its INT8 kernel holds alpha exactly, PRELU quantizes the slope.
@@ -224,9 +224,9 @@ def _constant_index_gathers_as_slices(model) -> int:
 
 
 def _leaky_relus_as_prelu(model) -> int:
-    """Every LeakyRelu of a 4-D tensor with a static channel count replaced, in place, by PRelu with a
-    [channels, 1, 1] slope of its alpha (the form PyTorch exports PReLU in, which onnx2tf makes one PRELU op of).
-    The same function. Returns the count."""
+    """Every LeakyRelu of a 3-D or 4-D tensor with a static channel count replaced, in place, by PRelu with a
+    [channels, 1(, 1)] slope of its alpha (the form PyTorch exports PReLU in, which onnx2tf makes one PRELU op
+    of). The same function. Returns the count."""
     from onnx import helper, numpy_helper
     graph = model.graph
     dims = _static_dims(model)
@@ -234,14 +234,15 @@ def _leaky_relus_as_prelu(model) -> int:
     done = 0
     for node in graph.node:
         shape = dims.get(node.input[0]) if node.op_type == "LeakyRelu" and node.input else None
-        if not shape or len(shape) != 4 or not shape[1]:
+        if not shape or len(shape) not in (3, 4) or not shape[1]:
             continue
         alpha = next((a.f for a in node.attribute if a.name == "alpha"), 0.01)   # ONNX's default
         slope = f"{node.output[0]}__slope"
         while slope in names:
             slope += "_"
         names.add(slope)
-        graph.initializer.append(numpy_helper.from_array(np.full((shape[1], 1, 1), alpha, np.float32), slope))
+        values = np.full([shape[1]] + [1] * (len(shape) - 2), alpha, np.float32)   # one alpha per channel
+        graph.initializer.append(numpy_helper.from_array(values, slope))
         node.CopyFrom(helper.make_node("PRelu", [node.input[0], slope], list(node.output), name=node.name or None))
         done += 1
     return done

@@ -275,8 +275,14 @@ def test_weights_in_constant_nodes_quantize_for_jetson(tmp_path):
 
 
 def _leaky_model(path=None, rank=4):
-    """Conv -> LeakyRelu(0.1) -> Conv (rank 4), or MatMul -> LeakyRelu -> MatMul (rank 2)."""
+    """Conv -> LeakyRelu(0.1) -> Conv (rank 4; rank 3: Conv1d), or MatMul -> LeakyRelu -> MatMul (rank 2)."""
     rng = np.random.default_rng(5)
+    if rank == 3:
+        init = {"w": (rng.standard_normal((8, 3, 3)) / 3).astype(np.float32),
+                "w2": (rng.standard_normal((4, 8, 3)) / 5).astype(np.float32)}
+        nodes = [("Conv", ["x", "w"], ["c"], {"pads": [1, 1]}), ("LeakyRelu", ["c"], ["l"], {"alpha": 0.1}),
+                 ("Conv", ["l", "w2"], ["y"], {"pads": [1, 1]})]
+        return onnx_graph(nodes, {"x": [1, 3, 64]}, {"y": [1, 4, 64]}, init, path=path, opset=13)
     if rank == 2:
         init = {"w": (rng.standard_normal((16, 8)) / 3).astype(np.float32),
                 "w2": (rng.standard_normal((8, 4)) / 3).astype(np.float32)}
@@ -290,25 +296,28 @@ def _leaky_model(path=None, rank=4):
     return onnx_graph(nodes, {"x": [1, 3, 16, 16]}, {"y": [1, 4, 16, 16]}, init, path=path, opset=13)
 
 
-def test_leaky_relu_becomes_prelu_for_the_edge_tpu_only():
-    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    before = _ort(_leaky_model(), x)
-    model, notes = onnx_rewrite.rewrite(_leaky_model(), edgetpu=True)
+@pytest.mark.parametrize("rank, shape", [(4, (1, 3, 16, 16)), (3, (1, 3, 64))])
+def test_leaky_relu_becomes_prelu_for_the_edge_tpu_only(rank, shape):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    before = _ort(_leaky_model(rank=rank), x)
+    model, notes = onnx_rewrite.rewrite(_leaky_model(rank=rank), edgetpu=True)
     assert notes == ["1 LeakyRelu(s) as PRelu (the Edge TPU maps PRELU)"]
     assert [n.op_type for n in model.graph.node] == ["Conv", "PRelu", "Conv"]
     np.testing.assert_allclose(_ort(model, x), before, rtol=1e-6, atol=1e-6)
-    assert onnx_rewrite.rewrite(_leaky_model())[1] == []   # rpi: LEAKY_RELU holds alpha exactly
-    assert onnx_rewrite.rewrite(_leaky_model(rank=2), edgetpu=True)[1] == []   # 4-D only
+    assert onnx_rewrite.rewrite(_leaky_model(rank=rank))[1] == []   # rpi: LEAKY_RELU holds alpha exactly
+    assert onnx_rewrite.rewrite(_leaky_model(rank=2), edgetpu=True)[1] == []   # 3-D and 4-D only
 
 
 @pytest.mark.slow
-def test_leaky_relu_model_maps_to_the_edge_tpu(tmp_path):
+@pytest.mark.parametrize("rank", [4, 3])
+def test_leaky_relu_model_maps_to_the_edge_tpu(tmp_path, rank):
     """Every op of a Conv/LeakyRelu model on the Edge TPU (a LEAKY_RELU ended the partition: openWakeWord's
     speech embedding had 4 of its 67 ops mapped, 67 after), and the artifact as close to FP32 as LEAKY_RELU's."""
-    _leaky_model(tmp_path / "leaky.onnx")
+    _leaky_model(tmp_path / "leaky.onnx", rank=rank)
     rng = np.random.default_rng(2)
-    files = save_arrays(tmp_path, calib=rng.uniform(0, 1, (64, 3, 16, 16)).astype(np.float32),
-                        val=rng.uniform(0, 1, (32, 3, 16, 16)).astype(np.float32))
+    shape = (3, 16, 16) if rank == 4 else (3, 64)
+    files = save_arrays(tmp_path, calib=rng.uniform(0, 1, (64,) + shape).astype(np.float32),
+                        val=rng.uniform(0, 1, (32,) + shape).astype(np.float32))
     results = {}
     for target in ("coral", "rpi"):
         r = edgeopt_cli("convert", tmp_path / "leaky.onnx", "--target", target, "--calib", files["calib"],
