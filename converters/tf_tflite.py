@@ -243,6 +243,7 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
         else:
             conv.inference_input_type = io
             conv.inference_output_type = io
+            return integer_splits(conv.convert())
         return conv.convert()
 
     def final(model, io_type, floats=None):
@@ -266,19 +267,27 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             if stepwise and cache is not None:
                 cache[calibrated_key] = data
     except Exception as e:
-        if not allow_float_fallback and not float_blocks:
+        named = _failing_ops(str(e))
+        # only SPLITs named: with float kernels allowed to the converter they may still come out INT8
+        # (integer_splits), so the refusal waits for the artifact, and stands if they do not
+        splits_only = bool(named) and set(named) <= set(_SPLITS)
+        if not allow_float_fallback and not float_blocks and not splits_only:
             raise _int8_failure(e, source) from None
         try:
             data = convert([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])
         except Exception as fallback_error:  # e.g. an op TFLite has no kernel for at all, float included
+            if not allow_float_fallback and not float_blocks:
+                raise _int8_failure(e, source) from None
             ops = _failing_ops(str(fallback_error))
             raise UsageError(f"{source}: TFLite conversion failed even with float kernels: "
                              + (f"no TFLite kernel for {', '.join(ops)}" if ops else
                                 (str(fallback_error).strip().splitlines() or ["unknown error"])[-1][:300]),
                              hint="convert for jetson (ONNX) instead, or replace those ops in the model")
-        float_ops = _failing_ops(str(e)) or ["(unnamed)"]
+        float_ops = named or ["(unnamed)"]
         if not allow_float_fallback:
             refusal = _int8_failure(e, source)
+        if refusal is not None and not stepwise and not float_ops_of(data):
+            refusal, float_ops = None, []   # integer_splits made the ops it named INT8
     bc_info = rounding_info = None
     # the float model's outputs both float-block choices (before fitting, then the artifact's) compare with: the
     # same model and samples, run once (a float model at 800x608, the layout detector, on 32 samples)
@@ -305,6 +314,9 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             cal = _apply_buffers(cal, shifts, set())
         try:
             data = final(cal, io)
+            if refusal is not None and not float_ops_of(data):
+                # the calibration named ops the quantizer leaves float, and integer_splits made them INT8
+                refusal, float_ops = None, []
         except Exception as e:
             if not float_blocks:
                 raise _int8_failure(e, source) from None
@@ -588,8 +600,7 @@ def _refuse_loops(cf, source: str) -> None:
     if ops & _LOOPS:
         raise UsageError(f"{source}: the model has a loop ({', '.join(sorted(ops & _LOOPS))}: a recurrent layer over "
                          "its time steps, e.g. LSTM or GRU), which TensorFlow's INT8 calibrator cannot run",
-                         hint="unroll it (Keras: LSTM(..., unroll=True); its gates' SPLIT then needs "
-                              "--allow-float-fallback) or export it without a loop")
+                         hint="unroll it (Keras: LSTM(..., unroll=True)) or export it without a loop")
 
 
 # ------------------------------------- the op graph that tflite_blocks reads (float blocks, layer counts)
@@ -997,8 +1008,84 @@ def _int8_float_io(calibrated: bytes, per_channel: bool, floats=(), io_type=None
     denylist: the artifact, the models weights are fitted to and the bias correction's all go through it."""
     from tensorflow.lite.python import convert as lite_convert
     io_type = tf.float32 if io_type is None else io_type
-    return lite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io_type,
-                                      output_data_type=io_type, denylisted_nodes=list(floats) or None)
+    return integer_splits(lite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
+                                                     input_data_type=io_type, output_data_type=io_type,
+                                                     denylisted_nodes=list(floats) or None))
+
+
+_SPLITS = {"SPLIT": 1, "SPLIT_V": 0}   # the data input's position
+
+
+def integer_splits(data: bytes) -> bytes:
+    """``data`` with each float SPLIT / SPLIT_V between a DEQUANTIZE and QUANTIZEs of the same scale and zero
+    point made an INT8 one, exactly (it only moves values: dequantizing and quantizing again on the same grid
+    gives the same codes). The quantizer leaves a Keras LSTM's gate SPLIT so (unroll=True): the artifact needed
+    --allow-float-fallback for it, and Coral refused it."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    sg = fm.subgraphs[0]
+    names = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
+    codes = _op_codes(fm)
+    kinds = [names.get(codes[op.opcodeIndex], "") for op in sg.operators]
+    made = {int(t): k for k, op in enumerate(sg.operators) for t in (op.outputs if op.outputs is not None else [])}
+    readers: dict = {}
+    for k, op in enumerate(sg.operators):
+        for t in (op.inputs if op.inputs is not None else []):
+            readers.setdefault(int(t), []).append(k)
+    outputs = {int(t) for t in sg.outputs}
+
+    def grid(t):
+        q = sg.tensors[t].quantization
+        if q is None or q.scale is None or q.zeroPoint is None or len(q.scale) != 1 or len(q.zeroPoint) != 1:
+            return None
+        return float(q.scale[0]), int(q.zeroPoint[0])
+
+    drop, rewire, done = set(), {}, 0
+    for k, kind in enumerate(kinds):
+        if kind not in _SPLITS or sg.operators[k].inputs is None:
+            continue
+        split = sg.operators[k]
+        pos = _SPLITS[kind]
+        if len(split.inputs) <= pos:
+            continue
+        src = int(split.inputs[pos])
+        dq = made.get(src)
+        if dq is None or kinds[dq] != "DEQUANTIZE" or readers.get(src) != [k] or src in outputs:
+            continue
+        q_in = int(sg.operators[dq].inputs[0])
+        want = grid(q_in)
+        if want is None or sg.tensors[q_in].type != schema_fb.TensorType.INT8:
+            continue
+        quants = []
+        for t in split.outputs:
+            rs = readers.get(int(t), [])
+            # (an output nothing reads, a step's unused gate, is made INT8 as well)
+            if int(t) in outputs or any(kinds[r] != "QUANTIZE" or grid(int(sg.operators[r].outputs[0])) != want
+                                        for r in rs):
+                break
+            quants.append((int(t), rs))
+        else:
+            split.inputs[pos] = q_in
+            for t, rs in quants:
+                tensor = sg.tensors[t]
+                tensor.type = schema_fb.TensorType.INT8
+                tensor.quantization = sg.tensors[q_in].quantization
+                for r in rs:
+                    drop.add(r)
+                    rewire[int(sg.operators[r].outputs[0])] = t
+            drop.add(dq)
+            code = fm.operatorCodes[split.opcodeIndex]
+            code.version = max(int(code.version), 2)   # SPLIT/SPLIT_V take INT8 from version 2
+            done += 1
+    if not done:
+        return data
+    for op in sg.operators:
+        if op.inputs is not None:
+            op.inputs = [rewire.get(int(t), int(t)) for t in op.inputs]
+    sg.outputs = [rewire.get(int(t), int(t)) for t in sg.outputs]
+    sg.operators = [op for k, op in enumerate(sg.operators) if k not in drop]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
 
 
 def _rounded_weights(calibrated: bytes, calib, per_channel: bool = True) -> tuple[dict, dict, dict]:

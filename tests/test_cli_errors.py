@@ -195,15 +195,23 @@ def test_keras_recurrent_loop_refused_not_a_crash(tmp_path):
                          "--out", tmp_path / "o")
     assert_one_error(result, "rnn.keras", "has a loop", "unroll")
     assert not (tmp_path / "o").exists()
-    # what the hint says to do converts: unrolled, with its gates' SPLIT in float (set_ranges read every tensor of
-    # the float run and failed on a SPLIT output it does not keep: "Tensor data is null", a traceback)
+    # what the hint says to do converts: unrolled (set_ranges read every tensor of the float run and failed on a
+    # SPLIT output it does not keep: "Tensor data is null", a traceback), all INT8 on rpi and Coral: the gates'
+    # SPLIT, which the quantizer leaves float between a DEQUANTIZE and QUANTIZEs of the same grid, is made INT8
+    # (tf_tflite.integer_splits; it needed --allow-float-fallback, and Coral refused it)
     import edgeopt
     unrolled = keras.Sequential([keras.Input((10, 8), name="x"), keras.layers.LSTM(16, unroll=True),
                                  keras.layers.Dense(4)])
     unrolled.set_weights(model.get_weights())
     unrolled.save(tmp_path / "unrolled.keras")
-    m = edgeopt.convert(str(tmp_path / "unrolled.keras"), "rpi", calib=files["calib"], val=files["calib"],
-                        out=str(tmp_path / "u"), allow_float_fallback=True)
-    assert m["calibration"]["recipe"]["calibration_method"] != "minmax"   # set_ranges ran
-    (out,) = m["accuracy"]["outputs"].values()
-    assert out["sqnr_db"] > 20
+    for target in ("rpi", "coral"):
+        m = edgeopt.convert(str(tmp_path / "unrolled.keras"), target, calib=files["calib"], val=files["calib"],
+                            out=str(tmp_path / f"u-{target}"))
+        assert m["calibration"]["recipe"]["calibration_method"] != "minmax"   # set_ranges ran
+        (out,) = m["accuracy"]["outputs"].values()
+        # rpi may keep the cell state's arithmetic as a float block (product_sum); never the SPLIT
+        float_ops = set(m["artifacts"][0].get("float_ops") or [])
+        assert out["sqnr_db"] > 20 and float_ops <= ({"ADD", "MUL", "TANH"} if target == "rpi" else set())
+        with open(tmp_path / f"u-{target}" / m["artifacts"][0]["file"], "rb") as f:
+            from edgeopt.converters import tf_tflite
+            assert "SPLIT" in tf_tflite.op_graph(f.read()).kinds   # the gates' SPLIT is there, INT8
