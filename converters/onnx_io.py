@@ -50,9 +50,17 @@ def output_concats(model) -> dict:
             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
     dims.update({i.name: list(i.dims) for i in graph.initializer})
     outputs = {o.name for o in graph.output}
+    # an output a Transpose makes of a Concat's result (an export that puts the boxes last: [1, 2100, 22]) has the
+    # same parts on the permuted axis
+    moved = {}
+    for node in graph.node:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if node.op_type == "Transpose" and node.output[0] in outputs and perm:
+            moved[node.input[0]] = (node.output[0], perm)
     res = {}
     for node in graph.node:
-        if node.op_type != "Concat" or len(node.input) < 2 or node.output[0] not in outputs:
+        if node.op_type != "Concat" or len(node.input) < 2 or (node.output[0] not in outputs
+                                                               and node.output[0] not in moved):
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         shapes = [dims.get(i) for i in node.input]
@@ -62,7 +70,13 @@ def output_concats(model) -> dict:
         extents = [s[axis] if 0 <= axis < len(s) else None for s in shapes]
         if any(not e for e in extents):
             continue
-        res[node.output[0]] = (axis, [int(e) for e in np.cumsum(extents)])
+        ends = [int(e) for e in np.cumsum(extents)]
+        if node.output[0] in outputs:
+            res[node.output[0]] = (axis, ends)
+        if node.output[0] in moved:
+            name, perm = moved[node.output[0]]
+            if sorted(perm) == list(range(len(shapes[0]))):
+                res[name] = (perm.index(axis), ends)
     return res
 
 

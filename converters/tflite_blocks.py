@@ -197,9 +197,13 @@ def output_concats(g: OpGraph) -> dict:
     res = {}
     for pos, t in enumerate(g.output_order):
         k = made.get(t)
+        final = t   # the output tensor; a TRANSPOSE after the CONCATENATION moves its axis (found by its size)
+        if k is not None and g.kinds[k] == "TRANSPOSE" and g.ins[k] and made.get(g.ins[k][0]) is not None:
+            t = g.ins[k][0]
+            k = made.get(t)
         if k is None or g.kinds[k] != "CONCATENATION" or len(g.ins[k]) < 2:
             continue
-        if any(not 0 <= i < len(g.shapes) for i in [t] + g.ins[k]):   # a crafted file's indices
+        if any(not 0 <= i < len(g.shapes) for i in [t, final] + g.ins[k]):   # a crafted file's indices
             continue
         out, shapes = list(g.shapes[t]), [list(g.shapes[i]) for i in g.ins[k]]
         if any(len(s) != len(out) for s in shapes):
@@ -211,7 +215,13 @@ def output_concats(g: OpGraph) -> dict:
             for s in shapes:
                 at += s[axes[0]]
                 ends.append(int(at))
-            res[pos] = (axes[0], ends)
+            axis = axes[0]
+            if final != t:   # where the transposed output has that extent, if only one axis has it
+                where = [a for a, d in enumerate(g.shapes[final]) if d == out[axis]]
+                if len(where) != 1 or sorted(g.shapes[final]) != sorted(out):
+                    continue
+                axis = where[0]
+            res[pos] = (axis, ends)
     return res
 
 

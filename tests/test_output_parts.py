@@ -12,12 +12,28 @@ import json
 import numpy as np
 import pytest
 
+import edgeopt
 from edgeopt.conversion import accuracy
 from edgeopt.converters import onnx_io
 from edgeopt.converters.tflite_blocks import OpGraph, output_activations, output_concats
 from edgeopt_testkit import edgeopt_cli, onnx_graph, save_arrays
 
 SIZE = 320.0
+
+
+def _detector_boxes_last(path=None):
+    """:func:`_detector` with a Transpose after the Concat: output0 [1, 64, 10] (an export that puts the boxes
+    and scores last)."""
+    import onnx
+    from onnx import helper
+    model = _detector()
+    model.graph.node[-1].output[0] = "joined"
+    model.graph.node.append(helper.make_node("Transpose", ["joined"], ["output0"], perm=[0, 2, 1]))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    dims[1].dim_value, dims[2].dim_value = 64, 10
+    if path is not None:
+        onnx.save(model, str(path))
+    return model
 
 
 def _detector(path=None):
@@ -75,6 +91,8 @@ def test_stored_parts_are_read_back_and_crafted_ones_dropped():
 
 def test_onnx_output_concats():
     assert onnx_io.output_concats(_detector()) == {"output0": (1, [4, 10])}
+    # the same with the boxes last: a Transpose after the Concat moves the parts' axis
+    assert onnx_io.output_concats(_detector_boxes_last()) == {"output0": (2, [4, 10])}
 
 
 def _op_graph(shapes, output_order):
@@ -91,6 +109,13 @@ def test_tflite_output_concat_and_the_scores_block_through_it():
     assert [b["ops"] for b in output_activations(g)] == [["LOGISTIC", "CONCATENATION"]]
     assert output_concats(_op_graph(None, [3])) == {}   # no shapes: judged whole
     assert output_concats(_op_graph([[1, 4, 64], [1, 6, 64]], [3])) == {}   # a crafted file's short tensor list
+    # the boxes last: a TRANSPOSE after the CONCATENATION, the parts' axis found where the output has 10 values
+    ops = [("LOGISTIC", [1], [2]), ("CONCATENATION", [0, 2], [3]), ("TRANSPOSE", [3], [4])]
+    moved = OpGraph(kinds=[k for k, _, _ in ops], ins=[i for _, i, _ in ops], outs=[o for _, _, o in ops],
+                    names=[f"t{i}" for i in range(5)], const=set(), calibrated=set(range(5)), graph_outputs={4},
+                    shapes=[[1, 4, 64], [1, 6, 64], [1, 6, 64], [1, 10, 64], [1, 64, 10]], output_order=[4])
+    assert output_concats(moved) == {0: (2, [4, 10])}
+    assert [b["ops"] for b in output_activations(moved)] == [["LOGISTIC", "CONCATENATION", "TRANSPOSE"]]
     assert output_concats(_op_graph([[1, 4, 64], [1, 6, 64], [1, 6, 64], [1, 10, 65]], [3])) == {}  # no such axis
 
 
@@ -136,3 +161,13 @@ def test_coral_cannot_hold_both_on_one_scale_and_says_so(tmp_path, detector_file
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     out = manifest["artifacts"][0]["accuracy"]["output0"]
     assert out["whole"]["cosine"] > 0.99 > 0.9 > out["cosine"]   # whole, it would have passed the floor
+
+
+def test_rpi_joins_them_in_float_when_a_transpose_puts_them_last(tmp_path, detector_files):
+    _, files = detector_files
+    _detector_boxes_last(tmp_path / "last.onnx")
+    m = edgeopt.convert(str(tmp_path / "last.onnx"), "rpi", calib=files["calib"], val=files["val"],
+                        out=str(tmp_path / "r"))
+    out = m["accuracy"]["outputs"]["output0"]
+    assert out["axis"] == 2 and [p["range"] for p in out["parts"]] == [[0, 4], [4, 10]]
+    assert out["sqnr_db"] > 25 and m["artifacts"][0]["float_blocks"]["float"], out
