@@ -53,16 +53,14 @@ def _drop_fp16_round_trips(model) -> int:
     FP32 nodes. A Cast to FP16 of another type (the converter turns an int-to-float Cast into an int-to-FP16
     one: YOLOv8's anchor grid, Range(0, Cast(Gather(Shape(x))), 1)) is no round trip: removed, it handed the
     reader an int64."""
-    import onnx
     from onnx import TensorProto
+    from edgeopt.converters import onnx_io
     from edgeopt.converters.onnx_fold import attribute
     graph = model.graph
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # without types nothing is known to be FP32: nothing is removed
+    types = onnx_io.inferred(model)
+    if not types:  # without types nothing is known to be FP32: nothing is removed
         return 0
-    fp32 = {v.name for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
-            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    fp32 = {name for name, (_, elem) in types.items() if elem == TensorProto.FLOAT}
     fp32 |= {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT}
     readers: dict = {}
     for node in graph.node:

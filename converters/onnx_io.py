@@ -5,7 +5,8 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 
-__all__ = ["load", "io_specs", "fix_shapes", "output_concats", "tensor_session", "Reference", "versions"]
+__all__ = ["load", "io_specs", "fix_shapes", "inferred", "output_concats", "tensor_session", "Reference",
+           "versions"]
 
 _DT = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 9: "bool"}
 
@@ -35,19 +36,28 @@ def io_specs(model) -> tuple[list[dict], list[dict]]:
     return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
 
 
+def inferred(model, data_prop: bool = False) -> dict:
+    """{tensor name: ([dim or None], ONNX element type)} of the graph's inputs, outputs and inferred values from
+    ONNX shape inference (``data_prop``: also through Shape/Gather/Reshape arithmetic); {} when it fails."""
+    import onnx
+    try:
+        graph = onnx.shape_inference.infer_shapes(model, data_prop=data_prop).graph
+    except Exception:   # a model inference cannot read: callers fall back to what needs no shapes
+        return {}
+    return {v.name: ([d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim],
+                     v.type.tensor_type.elem_type)
+            for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+
+
 def output_concats(model) -> dict:
     """{output name: (axis, [end of each input along it])} for the graph outputs a Concat makes, where shape
     inference tells every input's extent on that axis (a static model): YOLOv8's output0 joins box coordinates
     and class scores, which are judged apart (edgeopt.conversion.accuracy.uneven_parts)."""
-    import onnx
-    try:
-        # data_prop: YOLOv8's shapes pass through Shape/Gather/Reshape, which plain inference leaves unknown
-        graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-    except Exception:   # no shapes: outputs are judged whole, as before
-        return {}
-    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-            for v in list(graph.value_info) + list(graph.input) + list(graph.output)
-            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    graph = model.graph
+    # data_prop: YOLOv8's shapes pass through Shape/Gather/Reshape, which plain inference leaves unknown; no
+    # shapes: outputs are judged whole, as before
+    dims = {name: shape for name, (shape, _) in inferred(model, data_prop=True).items()}
     dims.update({i.name: list(i.dims) for i in graph.initializer})
     outputs = {o.name for o in graph.output}
     # an output a Transpose makes of a Concat's result (an export that puts the boxes last: [1, 2100, 22]) has the

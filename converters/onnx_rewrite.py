@@ -142,17 +142,10 @@ def _static_dims(model) -> dict:
 
 
 def _inferred(model) -> dict:
-    """{tensor name: ([dim or None], ONNX element type)} from ONNX shape inference; {} when it fails."""
-    import onnx
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shapes only sharpen the rewrites; without them they apply where they need none
-        return {}
-    graph = inferred.graph
-    return {v.name: ([d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim],
-                     v.type.tensor_type.elem_type)
-            for v in list(graph.value_info) + list(graph.input) + list(graph.output)
-            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    """{tensor name: ([dim or None], ONNX element type)} (:func:`edgeopt.converters.onnx_io.inferred`); {} when
+    inference fails: shapes only sharpen the rewrites, without them they apply where they need none."""
+    from edgeopt.converters import onnx_io
+    return onnx_io.inferred(model)
 
 
 def _whole_extent(start: int, end: int, step: int, dim) -> bool:
