@@ -103,7 +103,7 @@ def fold_batchnorm(model) -> int:
         inits[weight].CopyFrom(numpy_helper.from_array(w64.astype(np.float32), weight))
         new_bias = ((b - mean) * scale + beta).astype(np.float32)
         if bias is None:
-            bias = _fresh_name(f"{conv.name or weight}_bn_bias", inits, producer)
+            bias = fresh_name(f"{conv.name or weight}_bn_bias", inits, producer)
             graph.initializer.append(numpy_helper.from_array(new_bias, bias))
             inits[bias] = graph.initializer[-1]
             while len(conv.input) < 3:
@@ -124,7 +124,9 @@ def fold_batchnorm(model) -> int:
     return folded
 
 
-def _fresh_name(base: str, *taken) -> str:
+def fresh_name(base: str, *taken) -> str:
+    """``base``, or else ``base_1``, ``base_2``, ...: the first name in none of ``taken`` (sets of names a graph
+    already uses). Callers add it to their set when they make more than one."""
     name, k = base, 0
     while any(name in t for t in taken):
         k += 1
@@ -139,7 +141,7 @@ def name_nodes(model) -> int:
     done = 0
     for k, node in enumerate(model.graph.node):
         if not node.name:
-            node.name = _fresh_name(f"{node.op_type}_{k}", names)
+            node.name = fresh_name(f"{node.op_type}_{k}", names)
             names.add(node.name)
             done += 1
     return done

@@ -29,6 +29,8 @@ import re
 
 import numpy as np
 
+from edgeopt.converters.onnx_fold import fresh_name
+
 __all__ = ["rewrite"]
 
 
@@ -192,9 +194,7 @@ def _constant_index_gathers_as_slices(model) -> int:
             new_nodes.append(node)   # out of range (an invalid model, left to fail as it would) or not a run
             continue
         out = node.output[0]
-        base = f"{out}__slice"
-        while base in names:
-            base += "_"
+        base = fresh_name(f"{out}__slice", names)
         params = []
         for what, value in (("starts", flat[0]), ("ends", flat[-1] + 1), ("axes", axis)):
             graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"{base}_{what}"))
@@ -230,9 +230,7 @@ def _leaky_relus_as_prelu(model) -> int:
         if not shape or len(shape) not in (3, 4) or not shape[1]:
             continue
         alpha = next((a.f for a in node.attribute if a.name == "alpha"), 0.01)   # ONNX's default
-        slope = f"{node.output[0]}__slope"
-        while slope in names:
-            slope += "_"
+        slope = fresh_name(f"{node.output[0]}__slope", names)
         names.add(slope)
         values = np.full([shape[1]] + [1] * (len(shape) - 2), alpha, np.float32)   # one alpha per channel
         graph.initializer.append(numpy_helper.from_array(values, slope))
@@ -289,9 +287,7 @@ def _split_multi_axis_slices(model) -> int:
         dtype = np.asarray(consts[0]).dtype
         prev = node.input[0]
         for k, (axis, start, end, step) in enumerate(kept):
-            base = f"{out}__slice{k}"
-            while base in names:
-                base += "_"
+            base = fresh_name(f"{out}__slice{k}", names)
             params = []
             for what, value in (("starts", start), ("ends", end), ("axes", axis), ("steps", step)):
                 graph.initializer.append(numpy_helper.from_array(np.array([value], dtype), f"{base}_{what}"))
