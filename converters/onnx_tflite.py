@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 from edgeopt.conversion.hermetic import offline
-from edgeopt.converters import onnx_control
+from edgeopt.converters import onnx_control, onnx_split
 from edgeopt.converters.onnx_unroll import left_in_float
 
 __all__ = ["nhwc_perm", "layout_perm", "simplify", "to_keras", "convert", "versions"]
@@ -152,9 +152,12 @@ def convert(job, recipe=None) -> list[dict]:
         src = job.quantizable_onnx_path()
         left_in_float(job.unrolled, job.source_name, False)   # onnx2tf would make a loop the calibrator cannot run
         onnx_control.refuse_or_keep(job.data_dependent_control(), job.source_name, False)  # nor can onnx2tf
+        # integer outputs (Coral): an output joined from uneven parts leaves as one output per part
+        src, job.tf_pieces = split_outputs(job, src) if job.target.integer_only else (src, {})
         keras_model = to_keras(simplify(src, job.source_name, edgetpu=job.target.edgetpu_preflight), sample_nhwc,
                                job.source_name)
-        graph = tf_tflite.from_keras_model(keras_model, names_hint=[o["name"] for o in job.outputs])
+        graph = tf_tflite.from_keras_model(
+            keras_model, names_hint=onnx_split.expand([o["name"] for o in job.outputs], job.tf_pieces))
         real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:])
                       for s, g in zip(src_inputs, graph.inputs)]
         calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
@@ -168,6 +171,8 @@ def convert(job, recipe=None) -> list[dict]:
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}
+    if job.tf_pieces:   # which artifact outputs are the parts of one source output (manifest: the output's join)
+        art["output_index"], art["output_joins"] = joined_index(job, info["output_index"])
     if info.get("float_ops"):
         art["float_ops"] = info["float_ops"]
     if info.get("float_blocks"):
@@ -175,6 +180,30 @@ def convert(job, recipe=None) -> list[dict]:
     if job.tf_graph_check:
         art["graph_check"] = job.tf_graph_check
     return [art]
+
+
+def split_outputs(job, src: str) -> tuple[str, dict]:
+    """(the ONNX file to convert, {source output: [its parts' output names]}): ``src`` with the outputs of
+    ``job.split_outputs()`` split (edgeopt.converters.onnx_split), or ``src`` itself and {}."""
+    import onnx
+    if not job.split_outputs():
+        return src, {}
+    model = onnx.load(src)
+    pieces = onnx_split.split(model, job.split_outputs())
+    if not pieces:
+        return src, {}
+    path = os.path.join(job.workdir, "source.split.onnx")
+    onnx.save(model, path)
+    return path, pieces
+
+
+def joined_index(job, flat: list[int]) -> tuple[list, dict]:
+    """The TFLite output indices of the split model (``flat``, in its output order) grouped per source output
+    (a list for a split one), and {source output: {"axis", "ends", "parts" (names)}} of the split ones."""
+    splits = job.split_outputs()
+    joins = {name: {"axis": int(splits[name][0]), "ends": [int(e) for e in splits[name][1]], "parts": parts}
+             for name, parts in job.tf_pieces.items()}
+    return onnx_split.grouped(flat, [o["name"] for o in job.outputs], joins), joins
 
 
 GRAPH_CHECK_SAMPLES = 4
@@ -191,13 +220,14 @@ def graph_check(job, graph, samples, calib) -> dict | None:
     reference = onnx_io.Reference(job.static_onnx_path(), names)
     worst = None
     for source_sample, graph_sample in list(zip(samples, calib))[:GRAPH_CHECK_SAMPLES]:
+        refs = reference(source_sample)
         try:
-            outputs = graph(tf_tflite.feed(graph_sample, dtypes))
+            outputs = _joined(job, graph(tf_tflite.feed(graph_sample, dtypes)), refs)
         except Exception as e:  # a graph onnx2tf built but TensorFlow cannot run (a wrong Reshape, say)
             raise UsageError(f"{job.source_name}: onnx2tf's float graph of this model does not run: "
                              f"{_first_line(e)}",
                              hint="convert for jetson (ONNX) instead; run with --debug for onnx2tf's log") from None
-        for name, want, got in zip(names, reference(source_sample), outputs):
+        for name, want, got in zip(names, refs, outputs):
             want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
             perm = layout_perm(list(want.shape), list(got.shape))
             if perm:  # channels-last output: back to the source layout
@@ -214,6 +244,25 @@ def graph_check(job, graph, samples, calib) -> dict | None:
     return {"output": worst[0], "cosine": round(worst[1], 4), "samples": min(len(calib), GRAPH_CHECK_SAMPLES),
             "note": f"onnx2tf's float graph already disagrees with the ONNX model (output {worst[0]!r}: cosine "
                     f"{worst[1]:.4f}), before INT8: the graph conversion is wrong, not the quantization"}
+
+
+def _joined(job, outputs: list, refs: list) -> list:
+    """The graph's outputs with each split output's parts (in the graph's layout) joined as the source has it."""
+    if not getattr(job, "tf_pieces", None):   # set by convert(); a job graph_check is given alone has none
+        return outputs
+    it, res = iter(outputs), []
+    for o, want in zip(job.outputs, refs):
+        if o["name"] not in job.tf_pieces:
+            res.append(next(it))
+            continue
+        axis, ends = job.split_outputs()[o["name"]]
+        parts = []
+        for shape in onnx_split.part_shapes(list(np.shape(want)), axis, ends):
+            got = np.asarray(next(it))
+            perm = layout_perm(shape, list(got.shape))
+            parts.append(np.transpose(got, np.argsort(perm)) if perm else got)
+        res.append(np.concatenate(parts, axis=axis))
+    return res
 
 
 def versions() -> dict:

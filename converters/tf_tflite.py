@@ -1606,6 +1606,10 @@ def rebuild(job, art: dict, recipe) -> dict:
         job.bias_correction_info = getattr(dbg, "bias_correction_info", None)
     a = dict(art, data=data)
     a.update(io_order(data))
+    if art.get("output_joins"):   # an output held as its parts (edgeopt.converters.onnx_split)
+        from edgeopt.converters import onnx_split
+        a["output_index"] = onnx_split.grouped(a["output_index"], [o["name"] for o in job.outputs],
+                                               art["output_joins"])
     if recipe.bias_correction:
         a["converter"] = art.get("converter", "") + "; bias correction (E[x]-weighted INT8 weight error)"
     if floats:

@@ -151,9 +151,14 @@ class IOSpec:
     perm         artifact = source.transpose(perm) (onnx2tf turns NCHW into NHWC); None = same layout
     index        tensor index in the artifact (TFLite) or None
     source_dtype dtype callers give/get (float32 for quantized or float tensors; the artifact's own otherwise)
+    parts/axis   an output the artifact holds as several tensors, each on its own scale (the manifest's ``join``:
+                 YOLOv8's boxes and class scores on an Edge TPU), joined on source ``axis`` after dequantizing
     """
 
     def __init__(self, d: dict):
+        self.parts, self.axis = _join(d), None
+        if self.parts:
+            self.axis = int(d["join"]["axis"])
         self.name = d["name"]
         self.shape = [int(s) if s is not None and int(s) >= 0 else None for s in d.get("shape") or []]
         self.dtype = d.get("dtype", "float32")
@@ -167,12 +172,41 @@ class IOSpec:
             "float32" if self.scale or np.dtype(self.dtype).kind == "f" else self.dtype)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": self.shape, "dtype": self.dtype, "scale": self.scale,
-                "zero_point": self.zero_point, "perm": self.perm, "index": self.index,
-                "source_shape": self.source_shape}
+        d = {"name": self.name, "shape": self.shape, "dtype": self.dtype, "scale": self.scale,
+             "zero_point": self.zero_point, "perm": self.perm, "index": self.index, "source_shape": self.source_shape}
+        if self.parts:
+            d["join"] = {"axis": self.axis, "parts": [p.to_dict() for p in self.parts]}
+        return d
 
     def __repr__(self) -> str:
         return f"IOSpec({self.name!r}, shape={_fmt_shape(self.source_shape)}, dtype={self.source_dtype})"
+
+
+MAX_JOIN_PARTS = 64
+
+
+def _join(d: dict) -> "list[IOSpec] | None":
+    """The parts of a joined output (``d["join"]``), checked: a manifest can be crafted, and a wrong axis or part
+    shape must fail here, in words, not as numpy's error mid-run."""
+    join = d.get("join")
+    if join is None:
+        return None
+    name = d.get("name")
+    parts = join.get("parts") if isinstance(join, dict) else None
+    axis = join.get("axis") if isinstance(join, dict) else None
+    shape = d.get("source_shape") or d.get("shape")
+    if (not isinstance(parts, list) or not 2 <= len(parts) <= MAX_JOIN_PARTS
+            or not all(isinstance(p, dict) and "join" not in p for p in parts)
+            or type(axis) is not int or not isinstance(shape, list) or not 0 < axis < len(shape)):
+        raise ValueError(f"output {name!r}: malformed join in the manifest (expected 2 to {MAX_JOIN_PARTS} parts "
+                         "and an axis of its source shape other than the batch)")
+    specs = [IOSpec(p) for p in parts]
+    others = [[x for k, x in enumerate(p.source_shape) if k != axis] for p in specs]
+    extents = [p.source_shape[axis] if len(p.source_shape) == len(shape) else None for p in specs]
+    if (any(len(p.source_shape) != len(shape) for p in specs) or any(o != others[0] for o in others[1:])
+            or None in extents or (shape[axis] is not None and sum(extents) != shape[axis])):
+        raise ValueError(f"output {name!r}: the join's parts do not make its shape {shape} on axis {axis}")
+    return specs
 
 
 def _unpermute_shape(shape, perm):
@@ -452,6 +486,8 @@ class Model:
         else:  # a bare artifact: what the file itself says, in its own layout
             self.inputs = [IOSpec(d) for d in ins]
             self.outputs = [IOSpec(d) for d in outs]
+        # the artifact's output tensors in manifest order: a joined output's parts in its place
+        self._tensors_out = [p for s in self.outputs for p in (s.parts or [s])]
         self.threads = threads
 
     # -- facts
@@ -520,13 +556,14 @@ class Model:
         return res
 
     def _finish(self, outs: "list[np.ndarray]") -> "list[np.ndarray]":
-        res = []
-        for q, s in zip(outs, self.outputs):
+        """Artifact output tensors (``_tensors_out``) -> float arrays in the source layout, one per output."""
+        def one(q, s):
             a = _dequantize(np.asarray(q), s)
-            if s.perm:
-                a = np.transpose(a, np.argsort(s.perm))
-            res.append(a)
-        return res
+            return np.transpose(a, np.argsort(s.perm)) if s.perm else a
+
+        it = iter(outs)
+        return [np.concatenate([one(next(it), p) for p in s.parts], axis=s.axis) if s.parts else one(next(it), s)
+                for s in self.outputs]
 
     def _batch_of_artifact(self) -> "int | None":
         b = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
@@ -552,14 +589,15 @@ class Model:
             for i in range(n):
                 b.set_inputs([p[i:i + 1] for p in prepared], self.inputs)
                 b.invoke()
-                parts.append(b.get_outputs(self.outputs))
-            return self._finish([np.concatenate([p[k] for p in parts], axis=0) for k in range(len(self.outputs))])
+                parts.append(b.get_outputs(self._tensors_out))
+            return self._finish([np.concatenate([p[k] for p in parts], axis=0)
+                                 for k in range(len(self._tensors_out))])
         return self._run_once(arrays)
 
     def _run_once(self, arrays):
         self._backend.set_inputs(self._prepare(arrays), self.inputs)
         self._backend.invoke()
-        return self._finish(self._backend.get_outputs(self.outputs))
+        return self._finish(self._backend.get_outputs(self._tensors_out))
 
     def __call__(self, inputs) -> dict:
         """Run on float inputs in the source layout; returns {output name: float32 array} in source layout."""

@@ -14,7 +14,7 @@ import pytest
 
 import edgeopt
 from edgeopt.conversion import accuracy
-from edgeopt.converters import onnx_io
+from edgeopt.converters import onnx_io, onnx_split
 from edgeopt.converters.tflite_blocks import OpGraph, output_activations, output_concats
 from edgeopt_testkit import edgeopt_cli, onnx_graph, save_arrays
 
@@ -95,6 +95,38 @@ def test_onnx_output_concats():
     assert onnx_io.output_concats(_detector_boxes_last()) == {"output0": (2, [4, 10])}
 
 
+@pytest.mark.parametrize("build, axis", [(_detector, 1), (_detector_boxes_last, 2)])
+def test_split_outputs_are_the_parts_of_the_joined_one(build, axis):
+    """onnx_split gives each part an output of its own, in the joined output's place, through the Transpose after
+    the Concat if there is one; the Concat (and Transpose) nothing reads any more is gone."""
+    import onnx
+    from onnx import helper
+    model = build()
+    extra = helper.make_tensor_value_info("feat", onnx.TensorProto.FLOAT, None)
+    model.graph.output.insert(0, extra)
+    model.graph.node.insert(1, helper.make_node("Identity", ["f0"], ["feat"]))
+    x = np.random.default_rng(5).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    whole = onnx_io.Reference(model, ["feat", "output0"])([x])
+    pieces = onnx_split.split(model, {"output0": (axis, [4, 10])})
+    assert pieces == {"output0": ["output0__part0", "output0__part1"]}
+    assert [o.name for o in model.graph.output] == ["feat", "output0__part0", "output0__part1"]
+    assert "Concat" not in {n.op_type for n in model.graph.node}
+    assert not {"output0", "joined"} & {t for n in model.graph.node for t in n.output}
+    feat, boxes, scores = onnx_io.Reference(model, [o.name for o in model.graph.output])([x])
+    assert np.array_equal(feat, whole[0])
+    assert np.array_equal(np.concatenate([boxes, scores], axis), whole[1])
+    assert onnx_split.part_shapes(list(whole[1].shape), axis, [4, 10]) == [list(boxes.shape), list(scores.shape)]
+
+
+def test_an_output_joined_with_a_constant_stays_whole():
+    import onnx
+    model = _detector()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 1, 64), np.float32), "pad"))
+    model.graph.node[-1].input.append("pad")
+    assert onnx_split.split(model, {"output0": (1, [4, 10, 11])}) == {}
+    assert [o.name for o in model.graph.output] == ["output0"] and model.graph.node[-1].op_type == "Concat"
+
+
 def _op_graph(shapes, output_order):
     # 0 boxes [1,4,64], 1 logits [1,6,64] -> LOGISTIC -> 2 -> CONCATENATION(0, 2) -> 3 [1,10,64]
     ops = [("LOGISTIC", [1], [2]), ("CONCATENATION", [0, 2], [3])]
@@ -149,18 +181,84 @@ def test_rpi_joins_boxes_and_scores_in_float(tmp_path, detector_files):
     assert set(m["artifacts"][0]["float_ops"]) == {"LOGISTIC", "CONCATENATION", "TRANSPOSE", "RESHAPE"}  # Convs INT8
 
 
-def test_coral_cannot_hold_both_on_one_scale_and_says_so(tmp_path, detector_files):
-    """Coral has no float ops: its uint8 output holds boxes and scores on one scale, the scores all but lost.
-    That is a failed check naming the part, not a success with the boxes' numbers."""
+def test_coral_exports_each_part_on_its_own_scale(tmp_path, detector_files):
+    """Coral has no float ops, and one uint8 output would hold boxes and scores on one scale, the scores all but
+    lost (the check failed, naming the part). Each part leaves as an output of its own, on its own scale, every
+    op still integer, and edgeopt.runtime joins them back into output0."""
     src, files = detector_files
     r = edgeopt_cli("convert", src, "--target", "coral", "--calib", files["calib"], "--val", files["val"],
                     "--out", tmp_path / "c")
-    assert r.returncode == 1, r.stderr[-2000:]
-    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "output 'output0'" in lines[0] and "part 4:10 on axis 1" in lines[0], r.stderr
-    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
-    out = manifest["artifacts"][0]["accuracy"]["output0"]
-    assert out["whole"]["cosine"] > 0.99 > 0.9 > out["cosine"]   # whole, it would have passed the floor
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ("output output0 is 2 output tensors, each on its own scale; edgeopt.runtime joins them on axis 1"
+            in " ".join(r.stdout.split()))
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    art = m["artifacts"][0]
+    out = art["accuracy"]["output0"]
+    assert [p["range"] for p in out["parts"]] == [[0, 4], [4, 10]] and out["sqnr_db"] > 25, out
+    (spec,) = art["outputs"]
+    assert spec["name"] == "output0" and spec["source_shape"] == [1, 10, 64] and spec["join"]["axis"] == 1
+    parts = spec["join"]["parts"]
+    assert [p["source_shape"] for p in parts] == [[1, 4, 64], [1, 6, 64]]
+    assert all(p["dtype"] == "uint8" for p in parts) and parts[0]["scale"] > 50 * parts[1]["scale"], parts
+    assert not art.get("float_ops") and m["edgetpu"]["summary"]["cpu_ops"] == 0, m["edgetpu"]
+    x = np.load(files["val"])
+    got = edgeopt.runtime.load(str(tmp_path / "c"))(x)["output0"]
+    reference = onnx_io.Reference(src, ["output0"])
+    want = np.concatenate([reference([x[i:i + 1]])[0] for i in range(len(x))])
+    assert got.shape == want.shape == (32, 10, 64)
+    assert np.abs(got[:, 4:] - want[:, 4:]).max() < 0.05, "the scores on their own scale (a step of 1/256)"
+
+
+def test_coral_recovery_rebuilds_with_the_parts(tmp_path, detector_files):
+    """Accuracy recovery quantizes the split graph again: its artifacts keep the parts grouped into output0 (the
+    rebuild once took the flat output list, and the check compared the boxes alone with the whole output: an
+    internal error)."""
+    src, files = detector_files
+    r = edgeopt_cli("convert", src, "--target", "coral", "--calib", files["calib"], "--val", files["val"],
+                    "--out", tmp_path / "c", "--accuracy-target", "sqnr=60")
+    assert r.returncode == 1 and "accuracy target sqnr=60 not met" in r.stderr, r.stderr[-2000:]
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert len(m["artifacts"][0]["outputs"][0]["join"]["parts"]) == 2
+    assert m["artifacts"][0]["accuracy"]["output0"]["sqnr_db"] > 25
+
+
+def test_coral_parts_are_joined_on_the_device_too(tmp_path, detector_files):
+    """deploy --val on a device (this machine, --local): the device's edgeopt.runtime joins the parts as the host's
+    does, and its check, part by part, gives the host's numbers."""
+    src, files = detector_files
+    x = np.load(files["val"])
+    np.savez(tmp_path / "val.npz", x=x)
+    env = {"EDGEOPT_LOCAL_WORKDIR": str(tmp_path / "wd"), "EDGEOPT_CACHE": str(tmp_path / "cache")}
+    r = edgeopt_cli("deploy", src, "--target", "coral", "--local", "--calib", files["calib"], "--val",
+                    tmp_path / "val.npz", "--out", tmp_path / "out", "--runs", 3, "--min-seconds", 0, "--json",
+                    env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    acc = res["results"][0]["accuracy"]
+    assert acc["samples"] == len(x) and acc["same_as_host"] is True, acc
+    dev = acc["outputs"]["output0"]
+    assert dev == res["manifest"]["accuracy"]["outputs"]["output0"]
+    assert [p["range"] for p in dev["parts"]] == [[0, 4], [4, 10]] and dev["sqnr_db"] > 25
+
+
+def test_a_crafted_join_fails_in_words(tmp_path, detector_files):
+    """A manifest's join is read as data: a part count, an axis or part shapes that do not make the output are
+    refused when the artifact is loaded, naming the output."""
+    src, files = detector_files
+    edgeopt.convert(src, "coral", calib=files["calib"], val=files["val"], out=str(tmp_path / "c"))
+    path = tmp_path / "c" / "manifest.json"
+    good = json.loads(path.read_text())
+    for change in ({"axis": 0}, {"axis": True}, {"axis": 5}, {"parts": []}, {"parts": "x"},
+                   {"parts": [{"name": "p", "join": {}}] * 2}, {"drop": 1}):
+        m = json.loads(json.dumps(good))
+        join = m["artifacts"][0]["outputs"][0]["join"]
+        if "drop" in change:
+            join["parts"][1]["source_shape"] = [1, 5, 64]   # 4 + 5 rows do not make 10
+        else:
+            join.update(change)
+        path.write_text(json.dumps(m))
+        with pytest.raises(ValueError, match="output 'output0'"):
+            edgeopt.runtime.load(str(tmp_path / "c"))
 
 
 def test_rpi_joins_them_in_float_when_a_transpose_puts_them_last(tmp_path, detector_files):

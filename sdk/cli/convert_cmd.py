@@ -74,6 +74,10 @@ def print_summary(manifest: dict):
                 c.print(f"{a['file']}: output {name} is judged by its worst part, {worst['range'][0]}:"
                         f"{worst['range'][1]} on axis {m.get('axis')} ({worst['sqnr_db']:.1f} dB; the whole "
                         f"tensor {m['whole']['sqnr_db']:.1f} dB, its largest part's)")
+        for o in a.get("outputs") or []:   # parts on scales of their own (converters.onnx_split)
+            if o.get("join"):
+                c.print(f"{a['file']}: output {o['name']} is {len(o['join']['parts'])} output tensors, each on its "
+                        f"own scale; edgeopt.runtime joins them on axis {o['join']['axis']} (manifest: join)")
     cal = manifest.get("calibration") or {}
     if cal.get("source"):
         c.print(f"calibration: {cal['source']} ({cal.get('samples')} samples)")

@@ -19,14 +19,14 @@ import numpy as np
 from edgeopt import __version__, converters, runtime, targets
 from edgeopt.conversion import data, recover, reference
 from edgeopt.conversion.accuracy import (add_label_accuracy, compare as compare_outputs, gate as accuracy_gate,
-                                        grid_limit, guess_kind, held_by_grid, parse_output_kinds)
+                                        grid_limit, guess_kind, held_by_grid, parse_output_kinds, uneven_parts)
 from edgeopt.conversion.defaults import (AUTO_METHODS, AUTO_SAMPLES, CALIBRATION_METHODS, DEFAULT_MAX_CALIB,
                                          DEFAULT_MAX_VAL, DEFAULT_MIN_COSINE, DEPTHWISE_EQUALIZATION_FLOOR,
                                          DEPTHWISE_EQUALIZATION_MARGIN, IO_DTYPES, MIN_CHECK_SAMPLES,
                                          OUTPUT_PARTS_RANGE_RATIO, ROUNDING_SAMPLES, TFLITE_METHODS)
 from edgeopt.conversion.options import ConversionOptions, Recipe
 from edgeopt.conversion.quiet import native_stderr_captured
-from edgeopt.converters import edgetpu, onnx_io, onnx_unroll
+from edgeopt.converters import edgetpu, onnx_io, onnx_split, onnx_unroll
 from edgeopt.converters.onnx_tflite import layout_perm
 from edgeopt.errors import GateError, UsageError
 from edgeopt.json_files import read_json
@@ -130,6 +130,7 @@ class Job:
         self.unrolled = None          # what quantizable_onnx_path() unrolled (calibration.unrolled)
         self._calib_refs = None       # (inputs, FP32 outputs) of the first calibration samples (_calib_reference)
         self._output_concats = None
+        self._split_outputs = None
         self._control = None
         self.graph = None             # TensorFlow Graph for keras/saved_model sources
 
@@ -166,6 +167,18 @@ class Job:
         if self._output_concats is None:
             self._output_concats = onnx_io.output_concats(self.onnx_model_static()) if self.onnx_model else {}
         return self._output_concats
+
+    def split_outputs(self) -> dict:
+        """{output name: (axis, [ends])} of the outputs a Concat makes whose parts are uneven on the first
+        calibration samples' FP32 outputs (:func:`edgeopt.conversion.accuracy.uneven_parts`): a route whose
+        outputs are integer exports each part as an output of its own (edgeopt.converters.onnx_split), since one
+        scale cannot hold them."""
+        if self._split_outputs is None:
+            concats = self.output_concats()
+            refs = dict(zip([o["name"] for o in self.outputs], _calib_reference(self, "onnx")[1])) if concats else {}
+            self._split_outputs = {name: c for name, c in concats.items()
+                                   if name in refs and uneven_parts(refs[name], c)}
+        return self._split_outputs
 
     def onnx_model_static(self):
         """The source ONNX model with its inputs' static shapes (a copy; :meth:`static_onnx_path` saves it)."""
@@ -662,8 +675,9 @@ def _sanity(entries: list[dict], floor: float) -> dict | None:
                         f"tensor: cosine {m['whole']['cosine']:.4f}), one of {len(m['parts'])} concatenated parts "
                         "whose magnitudes differ "
                         f"{OUTPUT_PARTS_RANGE_RATIO:g}x or more: an INT8 tensor holds them on one scale, the largest "
-                        "part's (a target with float ops joins them in float; for an integer-only one, export "
-                        "the parts as separate outputs)")
+                        "part's (a target with float ops joins them in float; an integer-only one holds an ONNX "
+                        "Concat's parts as outputs of their own, which this model's could not be: export the "
+                        "parts as separate outputs)")
             if e.get("graph_check"):
                 why += "; " + e["graph_check"]["note"]
             failures.append(why)
@@ -819,14 +833,18 @@ def _describe(a: dict, path: str, static_in, src_out) -> dict:
     if a["format"] == "tflite":
         by_index = {s.index: s for s in ins + outs}
         ins = [by_index[i] for i in a["input_index"]]
-        outs = [by_index[i] for i in a["output_index"]]
+        outs = [[by_index[k] for k in i] if isinstance(i, list) else by_index[i] for i in a["output_index"]]
     perms = a.get("input_perm") or [None] * len(ins)
     inputs, outputs = [], []
     for s, src, perm in zip(ins, static_in, perms):
         d = s.to_dict()
         d.update(name=src["name"], perm=perm, source_shape=src["shape"])
         inputs.append(d)
+    joins = a.get("output_joins") or {}
     for s, src in zip(outs, src_out):
+        if isinstance(s, list):   # one source output exported as its parts (converters.onnx_split)
+            outputs.append(_joined_output(s, src, joins[src["name"]]))
+            continue
         d = s.to_dict()
         d["name"] = src["name"]
         if a["format"] == "tflite" and src.get("shape"):
@@ -837,7 +855,7 @@ def _describe(a: dict, path: str, static_in, src_out) -> dict:
             d["perm"] = None
             d["source_shape"] = d["shape"]
         outputs.append(d)
-    for d in inputs + outputs:
+    for d in inputs + outputs + [p for o in outputs for p in (o.get("join") or {}).get("parts", [])]:
         if a["format"] == "onnx":
             d.pop("index", None)
         for k in ("scale",):
@@ -853,6 +871,19 @@ def _describe(a: dict, path: str, static_in, src_out) -> dict:
     if a.get("graph_check"):
         entry["graph_check"] = a["graph_check"]
     return entry
+
+
+def _joined_output(parts: list, src: dict, join: dict) -> dict:
+    """Manifest entry of a source output the artifact holds as parts, each its own tensor on its own scale:
+    ``join`` says on which source axis edgeopt.runtime joins them back (in float) and what each part is."""
+    sshape = [1] + list(src["shape"][1:])
+    pieces = []
+    for s, name, shape in zip(parts, join["parts"], onnx_split.part_shapes(sshape, join["axis"], join["ends"])):
+        d = s.to_dict()
+        d.update(name=name, perm=layout_perm(shape, d["shape"]), source_shape=shape)
+        pieces.append(d)
+    return {"name": src["name"], "shape": sshape, "dtype": "float32", "scale": None, "zero_point": None,
+            "perm": None, "index": None, "source_shape": sshape, "join": {"axis": join["axis"], "parts": pieces}}
 
 
 def _layout_note(inputs) -> str:
