@@ -22,6 +22,11 @@ converts right. Each rewrite keeps the model's function (same outputs for every 
   with alpha in every channel of the slope. The Edge TPU maps PRELU and not LEAKY_RELU, and a LEAKY_RELU ends
   its partition (openWakeWord's speech embedding: 4 of 67 ops mapped; YOLOv3/v4-style detectors). Elsewhere
   LEAKY_RELU stays: its INT8 kernel holds alpha exactly, PRELU quantizes the slope.
+- For the Edge TPU only: ``HardSigmoid(x)`` = ``Clip(alpha x + beta, 0, 1)`` and ``Clip(x, 0, 1)`` as
+  ``Clip(6 (alpha x + beta), 0, 6) / 6``: TFLite makes RELU_0_TO_1 of a clip to [0, 1], which the Edge TPU does not
+  map (PP-OCRv4's text detector: its partition ended at the first of 10 hard-sigmoid gates, 116 of 246 ops), and
+  RELU6 (fused into the convolution before it, with the scaling) and MUL, which it maps. The same function up to
+  float32 rounding.
 """
 from __future__ import annotations
 
@@ -42,6 +47,9 @@ def rewrite(model, edgetpu: bool = False) -> tuple[object, list[str]]:
         n = _leaky_relus_as_prelu(model)
         if n:
             notes.append(f"{n} LeakyRelu(s) as PRelu (the Edge TPU maps PRELU)")
+        n = _unit_clips_as_relu6(model)
+        if n:
+            notes.append(f"{n} HardSigmoid/Clip(0, 1) as Relu6 of 6x, over 6 (the Edge TPU maps RELU6)")
     n = _onehot_matmul_to_gather(model)
     if n:
         notes.append(f"{n} one-hot MatMul embedding lookup(s) as Gather")
@@ -236,6 +244,54 @@ def _leaky_relus_as_prelu(model) -> int:
         graph.initializer.append(numpy_helper.from_array(values, slope))
         node.CopyFrom(helper.make_node("PRelu", [node.input[0], slope], list(node.output), name=node.name or None))
         done += 1
+    return done
+
+
+def _unit_clips_as_relu6(model) -> int:
+    """Every HardSigmoid, and every Clip to [0, 1] with constant bounds, replaced in place by Mul/Add (the scaling
+    by 6), Clip(0, 6) and Mul by 1/6 (see the module's docstring). Returns the count."""
+    from onnx import helper, numpy_helper
+
+    from edgeopt.converters.onnx_graph import Graph, clip_bounds
+    graph = model.graph
+    view = Graph(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    names = {i.name for i in list(graph.initializer) + list(graph.input)} | {o for n in graph.node for o in n.output}
+    new_nodes, done = [], 0
+
+    def const(base, value):
+        name = fresh_name(base, names)
+        names.add(name)
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        return name
+
+    for node in graph.node:
+        attrs = {a.name: a.f for a in node.attribute}
+        if node.op_type == "HardSigmoid":
+            alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)   # ONNX's defaults
+        elif node.op_type == "Clip" and clip_bounds(view, node) == (0.0, 1.0):
+            alpha, beta = 1.0, 0.0
+        else:
+            new_nodes.append(node)
+            continue
+        out, base = node.output[0], fresh_name(f"{node.output[0]}__relu6", names)
+        names.add(base)
+        scaled = f"{base}_in"
+        new_nodes.append(helper.make_node("Mul", [node.input[0], const(f"{base}_a", 6.0 * alpha)], [scaled]))
+        if beta:
+            new_nodes.append(helper.make_node("Add", [scaled, const(f"{base}_b", 6.0 * beta)], [f"{base}_in_b"]))
+            scaled = f"{base}_in_b"
+        if opset >= 11:
+            new_nodes.append(helper.make_node("Clip", [scaled, const(f"{base}_lo", 0.0), const(f"{base}_hi", 6.0)],
+                                              [base]))
+        else:
+            new_nodes.append(helper.make_node("Clip", [scaled], [base], min=0.0, max=6.0))
+        new_nodes.append(helper.make_node("Mul", [base, const(f"{base}_sixth", 1.0 / 6.0)], [out],
+                                          name=node.name or None))
+        done += 1
+    if done:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
     return done
 
 

@@ -330,3 +330,55 @@ def test_leaky_relu_model_maps_to_the_edge_tpu(tmp_path, rank):
     assert "PRELU" in ops and "LEAKY_RELU" not in ops
     coral, rpi = (results[t]["accuracy"]["outputs"]["y"]["sqnr_db"] for t in ("coral", "rpi"))
     assert coral > 25 and coral > rpi - 3, (coral, rpi)
+
+
+def _gate_model(path=None, opset=13):
+    """An SE-style gate: Conv -> HardSigmoid(1/6, 1/2) -> Mul with the features, then a Conv -> Clip(0, 1) output
+    (PP-OCR's MobileNetV3 blocks; a PyTorch hardsigmoid exports as the same HardSigmoid)."""
+    rng = np.random.default_rng(6)
+    init = {"w": (rng.standard_normal((8, 3, 3, 3)) / 2).astype(np.float32),
+            "wg": (rng.standard_normal((8, 8, 1, 1)) / 2).astype(np.float32),
+            "w2": (rng.standard_normal((4, 8, 3, 3)) / 5).astype(np.float32)}
+    clip = ("Clip", ["c2"], ["y"], {"min": 0.0, "max": 1.0})
+    if opset >= 11:
+        init.update(lo=np.array(0.0, np.float32), hi=np.array(1.0, np.float32))
+        clip = ("Clip", ["c2", "lo", "hi"], ["y"])
+    nodes = [("Conv", ["x", "w"], ["f"], {"pads": [1, 1, 1, 1]}), ("Conv", ["f", "wg"], ["g0"]),
+             ("HardSigmoid", ["g0"], ["g"], {"alpha": 1 / 6, "beta": 0.5}), ("Mul", ["f", "g"], ["fg"]),
+             ("Conv", ["fg", "w2"], ["c2"], {"pads": [1, 1, 1, 1]}), clip]
+    return onnx_graph(nodes, {"x": [1, 3, 16, 16]}, {"y": [1, 4, 16, 16]}, init, path=path, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [13, 10])
+def test_unit_clips_become_relu6_for_the_edge_tpu_only(opset):
+    """HardSigmoid and Clip(0, 1) as Clip(6 x, 0, 6) / 6 for the Edge TPU (TFLite's RELU_0_TO_1 ends its
+    partition): the same outputs up to float32 rounding, over the clips' whole range; rpi keeps them."""
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32) * 3
+    before = _ort(_gate_model(opset=opset), x)
+    assert 0 < np.mean(before == 0) < 1 and 0 < np.mean(before == 1) < 1   # both bounds are reached
+    model, notes = onnx_rewrite.rewrite(_gate_model(opset=opset), edgetpu=True)
+    assert notes == ["2 HardSigmoid/Clip(0, 1) as Relu6 of 6x, over 6 (the Edge TPU maps RELU6)"]
+    ops = [n.op_type for n in model.graph.node]
+    assert "HardSigmoid" not in ops and ops.count("Clip") == 2
+    np.testing.assert_allclose(_ort(model, x), before, rtol=1e-6, atol=1e-6)
+    assert onnx_rewrite.rewrite(_gate_model(opset=opset))[1] == []
+
+
+def test_gate_model_maps_to_the_edge_tpu(tmp_path):
+    """Every op of the gate model on the Edge TPU (PP-OCRv4's text detector: 116 of 246 ops before), no
+    RELU_0_TO_1 left, as close to FP32 as rpi's RELU_0_TO_1 artifact."""
+    _gate_model(tmp_path / "gate.onnx")
+    rng = np.random.default_rng(2)
+    files = save_arrays(tmp_path, calib=rng.uniform(0, 1, (64, 3, 16, 16)).astype(np.float32),
+                        val=rng.uniform(0, 1, (32, 3, 16, 16)).astype(np.float32))
+    results = {}
+    for target in ("coral", "rpi"):
+        r = edgeopt_cli("convert", tmp_path / "gate.onnx", "--target", target, "--calib", files["calib"],
+                        "--val", files["val"], "--out", tmp_path / target)
+        assert r.returncode == 0, r.stderr[-2000:]
+        results[target] = json.loads((tmp_path / target / "manifest.json").read_text())
+    coral = results["coral"]["edgetpu"]
+    assert coral["summary"]["cpu_ops"] == 0, coral["summary"]
+    assert "RELU_0_TO_1" not in [o["op"] for o in coral["ops"]]
+    sqnr = {t: results[t]["accuracy"]["outputs"]["y"]["sqnr_db"] for t in results}
+    assert sqnr["coral"] > 25 and sqnr["coral"] > sqnr["rpi"] - 3, sqnr
