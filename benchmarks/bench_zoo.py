@@ -86,7 +86,7 @@ MODELS = {
     "magika": {"kind": "integer input (int32 bytes)", "routes": ("rpi", "jetson"), "cap": None},
     "ocr_cls": {"kind": "text orientation classifier", "routes": ("rpi", "jetson", "coral"), "cap": None},
     "ocr_rec": {"kind": "transformer encoder (SVTR)", "routes": ("rpi", "jetson"), "cap": 64},
-    "ocr_det": {"kind": "dense output (text map)", "routes": ("rpi", "jetson"), "cap": 40},
+    "ocr_det": {"kind": "dense output (text map)", "routes": ("rpi", "jetson", "coral"), "cap": 40},
     "layout": {"kind": "detector (8 outputs)", "routes": ("rpi", "jetson"), "cap": 32},
     "blazeface": {"kind": "float .tflite (passthrough)", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_h5": {"kind": "legacy Keras .h5", "routes": ("rpi", "coral", "jetson"), "cap": None},
