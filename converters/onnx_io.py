@@ -54,6 +54,8 @@ def output_concats(model) -> dict:
     """{output name: (axis, [end of each input along it])} for the graph outputs a Concat makes, where shape
     inference tells every input's extent on that axis (a static model): YOLOv8's output0 joins box coordinates
     and class scores, which are judged apart (edgeopt.conversion.accuracy.uneven_parts)."""
+    from edgeopt.converters.onnx_fold import attribute
+
     graph = model.graph
     # data_prop: YOLOv8's shapes pass through Shape/Gather/Reshape, which plain inference leaves unknown; no
     # shapes: outputs are judged whole, as before
@@ -64,7 +66,7 @@ def output_concats(model) -> dict:
     # same parts on the permuted axis
     moved = {}
     for node in graph.node:
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        perm = attribute(node, "perm")
         if node.op_type == "Transpose" and node.output[0] in outputs and perm:
             moved[node.input[0]] = (node.output[0], perm)
     res = {}
@@ -72,7 +74,7 @@ def output_concats(model) -> dict:
         if node.op_type != "Concat" or len(node.input) < 2 or (node.output[0] not in outputs
                                                                and node.output[0] not in moved):
             continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        axis = attribute(node, "axis")
         shapes = [dims.get(i) for i in node.input]
         if axis is None or any(not s for s in shapes) or len({len(s) for s in shapes}) != 1:
             continue

@@ -15,43 +15,43 @@ SUFFIX = "__part"
 
 
 def split(model, joins: dict) -> dict:
-    """Replace each graph output named in ``joins`` ({name: (axis, ends)}, as edgeopt.converters.onnx_io
-    .output_concats finds them) by one output per input of the Concat that makes it (through the Transpose after
-    it, if any), in place and at its place among the outputs. Returns {name: [part output names]} of the outputs
-    split; an output whose Concat reads a constant or the same tensor twice stays whole."""
+    """Replace each graph output named in ``joins`` ({name: {"axis", "ends", "shape"}}: the axis and the end of
+    each part along it, as edgeopt.converters.onnx_io.output_concats finds them, and the whole output's static
+    shape) by one output per input of the Concat that makes it (through the Transpose after it, if any), in place
+    and at its place among the outputs. Returns {name: {"axis", "ends", "parts" (the parts' output names)}} of the
+    outputs split (the artifact's ``output_joins``); an output whose Concat reads a constant or the same tensor
+    twice stays whole."""
     from onnx import TensorProto, helper
 
-    from edgeopt.converters.onnx_fold import fresh_name
-    from edgeopt.converters.onnx_io import inferred
+    from edgeopt.converters.onnx_fold import attribute, fresh_name
 
     graph = model.graph
-    shapes = inferred(model, data_prop=True)   # the parts' shapes on their outputs: onnx2tf reads the outputs' shapes
     made = {o: n for n in graph.node for o in n.output}
     taken = {t for n in graph.node for t in list(n.input) + list(n.output)} | {v.name for v in graph.input}
     res, outputs, dropped = {}, [], []
     for out in list(graph.output):
         node, perm = made.get(out.name), None
         if out.name in joins and node is not None and node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            perm = attribute(node, "perm")
             node = made.get(node.input[0]) if perm else None
         if (out.name not in joins or node is None or node.op_type != "Concat"
                 or len(set(node.input)) != len(node.input) or any(i not in made for i in node.input)):
             outputs.append(out)
             continue
+        join = joins[out.name]
+        # each part's shape, in the output's layout: onnx2tf reads the outputs' shapes
+        shapes = part_shapes(join["shape"], join["axis"], join["ends"])
         names = []
-        for k, tensor in enumerate(node.input):
+        for k, (tensor, shape) in enumerate(zip(node.input, shapes)):
             name = fresh_name(f"{out.name}{SUFFIX}{k}", taken)
             taken.add(name)
             # a Transpose after the Concat moves each part the same way; an Identity gives a part its own name
             graph.node.append(helper.make_node("Transpose", [tensor], [name], perm=perm) if perm
                               else helper.make_node("Identity", [tensor], [name]))
-            shape = shapes.get(tensor, (None, None))[0]
-            if shape is not None and perm and len(perm) == len(shape):
-                shape = [shape[p] for p in perm]
             outputs.append(helper.make_tensor_value_info(name, out.type.tensor_type.elem_type or TensorProto.FLOAT,
                                                          shape))
             names.append(name)
-        res[out.name] = names
+        res[out.name] = {"axis": int(join["axis"]), "ends": [int(e) for e in join["ends"]], "parts": names}
         dropped.append(made[out.name])
         if made[out.name] is not node:
             dropped.append(node)
@@ -64,14 +64,15 @@ def split(model, joins: dict) -> dict:
     return res
 
 
-def expand(names: list[str], pieces: dict) -> list[str]:
-    """The output names of the split model: ``names`` with each split one replaced by its parts' names."""
-    return [p for n in names for p in pieces.get(n, [n])]
+def expand(names: list[str], joins: dict) -> list[str]:
+    """The output names of the split model: ``names`` with each one of ``joins`` (what :func:`split` returned)
+    replaced by its parts' names."""
+    return [p for n in names for p in (joins[n]["parts"] if n in joins else [n])]
 
 
 def grouped(flat: list, names: list[str], joins: dict) -> list:
     """The artifact's output indices, ``flat`` in the split model's output order, grouped per source output (of
-    ``names``): a list of its parts' for each output of ``joins`` ({name: {"parts": [names], ...}})."""
+    ``names``): a list of its parts' for each output of ``joins`` (what :func:`split` returned)."""
     it = iter(flat)
     return [[next(it) for _ in joins[n]["parts"]] if n in joins else next(it) for n in names]
 
@@ -80,4 +81,5 @@ def part_shapes(shape: list, axis: int, ends: list[int]) -> list[list]:
     """The source-layout shape of each part of an output of ``shape`` joined on ``axis`` at ``ends``."""
     starts = [0] + list(ends[:-1])
     return [list(shape[:axis]) + [e - s] + list(shape[axis + 1:]) for s, e in zip(starts, ends)]
+
 

@@ -153,11 +153,11 @@ def convert(job, recipe=None) -> list[dict]:
         left_in_float(job.unrolled, job.source_name, False)   # onnx2tf would make a loop the calibrator cannot run
         onnx_control.refuse_or_keep(job.data_dependent_control(), job.source_name, False)  # nor can onnx2tf
         # integer outputs (Coral): an output joined from uneven parts leaves as one output per part
-        src, job.tf_pieces = split_outputs(job, src) if job.target.integer_only else (src, {})
+        src, job.tf_joins = split_outputs(job, src) if job.target.integer_only else (src, {})
         keras_model = to_keras(simplify(src, job.source_name, edgetpu=job.target.edgetpu_preflight), sample_nhwc,
                                job.source_name)
         graph = tf_tflite.from_keras_model(
-            keras_model, names_hint=onnx_split.expand([o["name"] for o in job.outputs], job.tf_pieces))
+            keras_model, names_hint=onnx_split.expand([o["name"] for o in job.outputs], job.tf_joins))
         real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:])
                       for s, g in zip(src_inputs, graph.inputs)]
         calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
@@ -171,8 +171,9 @@ def convert(job, recipe=None) -> list[dict]:
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}
-    if job.tf_pieces:   # which artifact outputs are the parts of one source output (manifest: the output's join)
-        art["output_index"], art["output_joins"] = joined_index(job, info["output_index"])
+    if job.tf_joins:   # which artifact outputs are the parts of one source output (manifest: the output's join)
+        art["output_joins"] = job.tf_joins
+        art["output_index"] = onnx_split.grouped(info["output_index"], [o["name"] for o in job.outputs], job.tf_joins)
     if info.get("float_ops"):
         art["float_ops"] = info["float_ops"]
     if info.get("float_blocks"):
@@ -183,27 +184,18 @@ def convert(job, recipe=None) -> list[dict]:
 
 
 def split_outputs(job, src: str) -> tuple[str, dict]:
-    """(the ONNX file to convert, {source output: [its parts' output names]}): ``src`` with the outputs of
+    """(the ONNX file to convert, {source output: {"axis", "ends", "parts"}}): ``src`` with the outputs of
     ``job.split_outputs()`` split (edgeopt.converters.onnx_split), or ``src`` itself and {}."""
     import onnx
     if not job.split_outputs():
         return src, {}
     model = onnx.load(src)
-    pieces = onnx_split.split(model, job.split_outputs())
-    if not pieces:
+    joins = onnx_split.split(model, job.split_outputs())
+    if not joins:
         return src, {}
     path = os.path.join(job.workdir, "source.split.onnx")
     onnx.save(model, path)
-    return path, pieces
-
-
-def joined_index(job, flat: list[int]) -> tuple[list, dict]:
-    """The TFLite output indices of the split model (``flat``, in its output order) grouped per source output
-    (a list for a split one), and {source output: {"axis", "ends", "parts" (names)}} of the split ones."""
-    splits = job.split_outputs()
-    joins = {name: {"axis": int(splits[name][0]), "ends": [int(e) for e in splits[name][1]], "parts": parts}
-             for name, parts in job.tf_pieces.items()}
-    return onnx_split.grouped(flat, [o["name"] for o in job.outputs], joins), joins
+    return path, joins
 
 
 GRAPH_CHECK_SAMPLES = 4
@@ -248,20 +240,19 @@ def graph_check(job, graph, samples, calib) -> dict | None:
 
 def _joined(job, outputs: list, refs: list) -> list:
     """The graph's outputs with each split output's parts (in the graph's layout) joined as the source has it."""
-    if not getattr(job, "tf_pieces", None):   # set by convert(); a job graph_check is given alone has none
-        return outputs
+    joins = getattr(job, "tf_joins", None) or {}   # set by convert(); a job graph_check is given alone has none
     it, res = iter(outputs), []
     for o, want in zip(job.outputs, refs):
-        if o["name"] not in job.tf_pieces:
+        join = joins.get(o["name"])
+        if join is None:
             res.append(next(it))
             continue
-        axis, ends = job.split_outputs()[o["name"]]
         parts = []
-        for shape in onnx_split.part_shapes(list(np.shape(want)), axis, ends):
+        for shape in onnx_split.part_shapes(list(np.shape(want)), join["axis"], join["ends"]):
             got = np.asarray(next(it))
             perm = layout_perm(shape, list(got.shape))
             parts.append(np.transpose(got, np.argsort(perm)) if perm else got)
-        res.append(np.concatenate(parts, axis=axis))
+        res.append(np.concatenate(parts, axis=join["axis"]))
     return res
 
 

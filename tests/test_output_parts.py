@@ -107,8 +107,8 @@ def test_split_outputs_are_the_parts_of_the_joined_one(build, axis):
     model.graph.node.insert(1, helper.make_node("Identity", ["f0"], ["feat"]))
     x = np.random.default_rng(5).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
     whole = onnx_io.Reference(model, ["feat", "output0"])([x])
-    pieces = onnx_split.split(model, {"output0": (axis, [4, 10])})
-    assert pieces == {"output0": ["output0__part0", "output0__part1"]}
+    joins = onnx_split.split(model, {"output0": {"axis": axis, "ends": [4, 10], "shape": list(whole[1].shape)}})
+    assert joins == {"output0": {"axis": axis, "ends": [4, 10], "parts": ["output0__part0", "output0__part1"]}}
     assert [o.name for o in model.graph.output] == ["feat", "output0__part0", "output0__part1"]
     assert "Concat" not in {n.op_type for n in model.graph.node}
     assert not {"output0", "joined"} & {t for n in model.graph.node for t in n.output}
@@ -116,6 +116,9 @@ def test_split_outputs_are_the_parts_of_the_joined_one(build, axis):
     assert np.array_equal(feat, whole[0])
     assert np.array_equal(np.concatenate([boxes, scores], axis), whole[1])
     assert onnx_split.part_shapes(list(whole[1].shape), axis, [4, 10]) == [list(boxes.shape), list(scores.shape)]
+    # each part's output declares its shape (onnx2tf reads the outputs' shapes)
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output[1:]] == [
+        list(boxes.shape), list(scores.shape)]
 
 
 def test_an_output_joined_with_a_constant_stays_whole():
@@ -123,7 +126,7 @@ def test_an_output_joined_with_a_constant_stays_whole():
     model = _detector()
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 1, 64), np.float32), "pad"))
     model.graph.node[-1].input.append("pad")
-    assert onnx_split.split(model, {"output0": (1, [4, 10, 11])}) == {}
+    assert onnx_split.split(model, {"output0": {"axis": 1, "ends": [4, 10, 11], "shape": [1, 11, 64]}}) == {}
     assert [o.name for o in model.graph.output] == ["output0"] and model.graph.node[-1].op_type == "Concat"
 
 

@@ -169,15 +169,16 @@ class Job:
         return self._output_concats
 
     def split_outputs(self) -> dict:
-        """{output name: (axis, [ends])} of the outputs a Concat makes whose parts are uneven on the first
-        calibration samples' FP32 outputs (:func:`edgeopt.conversion.accuracy.uneven_parts`): a route whose
-        outputs are integer exports each part as an output of its own (edgeopt.converters.onnx_split), since one
-        scale cannot hold them."""
+        """{output name: {"axis", "ends", "shape"}} of the outputs a Concat makes whose parts are uneven on the first
+        calibration samples' FP32 outputs (:func:`edgeopt.conversion.accuracy.uneven_parts`), with the output's
+        batch-1 shape: a route whose outputs are integer exports each part as an output of its own
+        (edgeopt.converters.onnx_split), since one scale cannot hold them."""
         if self._split_outputs is None:
             concats = self.output_concats()
             refs = dict(zip([o["name"] for o in self.outputs], _calib_reference(self, "onnx")[1])) if concats else {}
-            self._split_outputs = {name: c for name, c in concats.items()
-                                   if name in refs and uneven_parts(refs[name], c)}
+            self._split_outputs = {name: {"axis": axis, "ends": ends, "shape": [1] + list(refs[name].shape[1:])}
+                                   for name, (axis, ends) in concats.items()
+                                   if name in refs and uneven_parts(refs[name], (axis, ends))}
         return self._split_outputs
 
     def onnx_model_static(self):
