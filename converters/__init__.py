@@ -16,6 +16,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("onnx", "tflite-int8"): "edgeopt.converters.onnx_tflite:convert",
     ("keras", "tflite-int8"): "edgeopt.converters.keras_tflite:convert",
     ("saved_model", "tflite-int8"): "edgeopt.converters.keras_tflite:convert",
+    ("tflite", "tflite-int8"): "edgeopt.converters.keras_tflite:convert",   # a float .tflite with --calib
     ("onnx", "onnx-qdq-int8"): "edgeopt.converters.onnx_qdq:convert",
     ("onnx", "onnx-fp16"): "edgeopt.converters.onnx_fp16:convert",
 }
@@ -25,7 +26,8 @@ ROUTES: dict[tuple[str, str], str] = {
 # float_candidates(report) -> layer names, fp32_bytes(job), bias_correction_info(job), and RECOVERY_METHODS (the
 # calibration methods recovery tries, cheapest first), RECOVERY_ROUNDINGS (the costlier all-INT8 weight roundings it
 # tries after them) and MANY_FLOAT_ADVICE (what to say when most layers stay
-# float). Both TFLite routes (Keras, ONNX via onnx2tf) leave their graph on the job for tf_tflite's hooks.
+# float). The TFLite routes (Keras, SavedModel, float TFLite; ONNX via onnx2tf) leave their graph on the job for
+# tf_tflite's hooks.
 HOOKS: dict[str, str] = {
     "tflite-int8": "edgeopt.converters.tf_tflite",
     "onnx-qdq-int8": "edgeopt.converters.onnx_qdq",
@@ -54,7 +56,7 @@ TOOL_MODULES: dict[str, tuple[str, ...]] = {
     "onnx": ("edgeopt.converters.onnx_io", "edgeopt.converters.onnx_tflite", "edgeopt.converters.tf_tflite"),
     "keras": ("edgeopt.converters.tf_tflite",),
     "saved_model": ("edgeopt.converters.tf_tflite",),
-    "tflite": (),
+    "tflite": ("edgeopt.converters.tf_tflite",),
 }
 
 # Helper modules (no converter function) that tests import too.
@@ -89,8 +91,6 @@ def route(fmt: str, kind: str, target=None):
     """(kind, converter function) for a source format and an artifact kind; UsageError if refused."""
     if (fmt, kind) in REFUSED:
         raise UsageError(REFUSED[(fmt, kind)], hint=REFUSE_HINT.get(fmt))
-    if fmt == "tflite":
-        return kind, None  # passthrough: handled by the pipeline
     spec = ROUTES.get((fmt, kind))
     if spec is None:
         name = getattr(target, "name", kind)

@@ -1,4 +1,4 @@
-"""Keras (.keras/.h5) and SavedModel -> full-integer INT8 TFLite (TFLITE_BUILTINS_INT8, per-channel weights).
+"""Keras (.keras/.h5), SavedModel and float .tflite -> full-integer INT8 TFLite (per-channel weights).
 
 Also the code-free inspection of a Keras file (:func:`code_risks`): a Keras model can carry Python code
 (a ``Lambda`` layer's marshalled bytecode, or a reference to any importable module that tf_keras would
@@ -80,7 +80,7 @@ def code_risks(config) -> list[str]:
 
 
 def convert(job, recipe=None) -> list[dict]:
-    """[the full-integer INT8 TFLite artifact] of a Keras/SavedModel ``job``, quantized with ``recipe``
+    """[the full-integer INT8 TFLite artifact] of a Keras/SavedModel/float TFLite ``job``, quantized with ``recipe``
     (None: ``job.recipe``)."""
     from edgeopt.conversion.defaults import DEPTHWISE_EQUALIZATION_FLOOR, DEPTHWISE_EQUALIZATION_MARGIN
     from edgeopt.converters import tf_tflite
@@ -98,7 +98,9 @@ def convert(job, recipe=None) -> list[dict]:
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": [None] * len(job.inputs),
-           "converter": "tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8, per-channel weights)"}
+           "converter": ("TFLite calibrator + MLIR quantizer (float .tflite, per-channel weights)"
+                         if isinstance(job.graph, tf_tflite.TFLiteGraph)
+                         else "tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8, per-channel weights)")}
     if info.get("float_ops"):
         art["float_ops"] = info["float_ops"]
     if info.get("float_blocks"):

@@ -1,8 +1,9 @@
-"""Keras / SavedModel / tf_keras graphs -> full-integer INT8 TFLite with tf.lite.TFLiteConverter.
+"""Keras / SavedModel / tf_keras graphs and float .tflite files -> full-integer INT8 TFLite with TensorFlow's
+calibrator and MLIR quantizer (tf.lite.TFLiteConverter for a TensorFlow graph).
 
 The one module of edgeopt that imports TensorFlow. Everything TensorFlow does for edgeopt goes through
-here: reading Keras and SavedModel inputs, running them as the FP32 reference, and quantizing (also the
-tf_keras model that onnx2tf builds from an ONNX file).
+here: reading Keras, SavedModel and float TFLite inputs, running them as the FP32 reference, and quantizing
+(also the tf_keras model that onnx2tf builds from an ONNX file).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import warnings  # noqa: E402
 
 import absl.logging  # noqa: E402
 
-__all__ = ["versions", "Graph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
+__all__ = ["versions", "Graph", "TFLiteGraph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
            "RECOVERY_METHODS", "RECOVERY_ROUNDINGS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
            "bias_correction_info", "op_graph", "block_tensors", "equalize_depthwise"]
 
@@ -51,6 +52,27 @@ class Graph:
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         out = self.fn(*[tf.constant(a) for a in arrays])
         return [np.asarray(out[n]) for n in self.outputs]
+
+
+class TFLiteGraph(Graph):
+    """A float .tflite model (``data``: its flatbuffer, float16 weights made float32) as a Graph: run by the
+    TFLite interpreter, calibrated and quantized as it is (no TensorFlow graph behind it)."""
+
+    def __init__(self, data: bytes, inputs: list[dict], outputs: list[str], output_index: list[int]):
+        super().__init__(None, inputs, outputs)
+        self.data = data
+        self.output_index = output_index   # the interpreter's tensor index of each of ``outputs``
+        self._interp = None
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if self._interp is None:
+            self._interp = _interpreter(self.data)
+            self._interp.allocate_tensors()
+        details = self._interp.get_input_details()
+        for d, a in zip(details, arrays):
+            self._interp.set_tensor(d["index"], np.asarray(a, dtype=d["dtype"]))
+        self._interp.invoke()
+        return [np.array(self._interp.get_tensor(i)) for i in self.output_index]
 
 
 def feed(sample, dtypes) -> list[np.ndarray]:
@@ -116,11 +138,14 @@ def _check_keras_code(path: str, trust_model_code: bool) -> None:
 
 
 def load(path: str, fmt: str, trust_model_code: bool = False) -> Graph:
-    """Load a Keras file or SavedModel directory. Bad files raise UsageError (exit 2).
+    """Load a Keras file, a SavedModel directory or a float .tflite file (:func:`load_tflite`). Bad files raise
+    UsageError (exit 2).
 
     A Keras file with Lambda layers or custom objects (code in the file) is refused unless
     ``trust_model_code``: its config is inspected first, and Keras loads it in safe mode.
     """
+    if fmt == "tflite":
+        return load_tflite(path)
     try:
         if fmt == "keras":
             _check_keras_code(path, trust_model_code)
@@ -164,6 +189,129 @@ def load(path: str, fmt: str, trust_model_code: bool = False) -> Graph:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"{path}: cannot load as {fmt}: {first[:300]}") from None
     raise UsageError(f"{path}: unsupported format {fmt}")
+
+
+MAX_TFLITE_BYTES = 2 << 30   # a flatbuffer cannot be larger; a bigger file is not a model we read
+# ops TensorFlow's INT8 calibrator cannot run a float model through (it ends the process on a WHILE op) or that
+# hold a second subgraph the quantizer does not reach
+_TFLITE_CONTROL = {"WHILE", "IF", "CALL_ONCE"}
+
+
+def load_tflite(path: str) -> TFLiteGraph:
+    """A float .tflite file as a :class:`TFLiteGraph`: checked by the interpreter (a crafted file it cannot load
+    is a UsageError), its float16 weights (DEQUANTIZE of a constant: MediaPipe's models) made float32 constants
+    first, since the quantizer would otherwise take them for activations (asymmetric INT8 weights that
+    TFLite's INT8 convolutions refuse). A model with control flow (WHILE, IF) is refused."""
+    size = os.path.getsize(path)
+    if size > MAX_TFLITE_BYTES:
+        raise UsageError(f"{path}: {size} bytes is larger than any TFLite flatbuffer")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_TFLITE_BYTES + 1)
+    try:
+        interp = _interpreter(raw)
+        interp.allocate_tensors()
+        kinds = {op["op_name"] for op in interp._get_ops_details()}
+        data = _float32_weights(raw)
+        interp = _interpreter(data)
+        interp.allocate_tensors()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: not a loadable TFLite model ({first[:200]})") from None
+    if kinds & _TFLITE_CONTROL:
+        raise UsageError(f"{path}: the model has control flow ({', '.join(sorted(kinds & _TFLITE_CONTROL))}), "
+                         "which TensorFlow's INT8 calibrator cannot run",
+                         hint="convert from the source model (.onnx/.keras/SavedModel) instead")
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    inputs = [{"name": _tflite_name(d, f"input_{i}"), "shape": [int(x) for x in d["shape"]],
+               "dtype": np.dtype(d["dtype"]).name} for i, d in enumerate(ins)]
+    names = [_tflite_name(d, f"output_{i}") for i, d in enumerate(outs)]
+    if len(set(names)) != len(names) or len({i["name"] for i in inputs}) != len(inputs):
+        raise UsageError(f"{path}: the model's input or output tensor names repeat; edgeopt names them by name")
+    return TFLiteGraph(data, inputs, names, [int(d["index"]) for d in outs])
+
+
+def _tflite_name(detail: dict, default: str) -> str:
+    name = detail.get("name")
+    return name if isinstance(name, str) and name else default
+
+
+def _float32_weights(data: bytes) -> bytes:
+    """``data`` with each DEQUANTIZE of a float16 constant replaced by the float32 constant it makes (the op
+    removed, and the float16 copy and the DEQUANTIZE op code once nothing uses them: the calibrator's op resolver
+    has no DEQUANTIZE version 2); the model unchanged when it has none."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    codes = _op_codes(fm)
+    dropped = set()   # buffers of the float16 copies
+    for sg in fm.subgraphs:
+        keep = []
+        for op in sg.operators:
+            if codes[op.opcodeIndex] == schema_fb.BuiltinOperator.DEQUANTIZE and len(op.inputs) == 1:
+                src, dst = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
+                buf = fm.buffers[src.buffer].data
+                if src.type == schema_fb.TensorType.FLOAT16 and buf is not None and len(buf):
+                    values = np.frombuffer(bytes(bytearray(buf)), dtype="<f2").astype("<f4")
+                    new = schema_fb.BufferT()
+                    new.data = np.frombuffer(values.tobytes(), np.uint8)
+                    fm.buffers.append(new)
+                    dst.buffer = len(fm.buffers) - 1
+                    dropped.add(src.buffer)
+                    continue
+            keep.append(op)
+        sg.operators = keep
+    if not dropped:
+        return data
+    used = {op.opcodeIndex for sg in fm.subgraphs for op in sg.operators}
+    in_use = {sg.tensors[i].buffer for sg in fm.subgraphs for op in sg.operators for i in op.inputs if i >= 0}
+    for b in dropped - in_use:
+        fm.buffers[b].data = None
+    remap = {old: new for new, old in enumerate(sorted(used))}
+    fm.operatorCodes = [fm.operatorCodes[i] for i in sorted(used)]
+    for sg in fm.subgraphs:
+        for op in sg.operators:
+            op.opcodeIndex = remap[op.opcodeIndex]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
+
+
+class _Calibrating:
+    """What tf.lite.TFLiteConverter is to :func:`quantize` and the :class:`Debugger`, for a float .tflite model:
+    its ``convert()`` calibrates the model with TensorFlow's calibrator on ``representative_dataset`` and, unless
+    ``_experimental_calibrate_only``, quantizes it with the MLIR quantizer and the inference I/O types, as the
+    converter does after its own calibration."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.optimizations = [tf.lite.Optimize.DEFAULT]
+        self.representative_dataset = None
+        self.target_spec = type("TargetSpec", (), {"supported_ops": None})()
+        self.inference_input_type = self.inference_output_type = tf.float32
+        self.experimental_new_quantizer = self.experimental_mlir_quantizer = True
+        self._experimental_calibrate_only = False
+        self._experimental_disable_per_channel = False
+
+    def convert(self) -> bytes:
+        from tensorflow.lite.python import convert as lite_convert
+        from tensorflow.lite.python.optimize import calibrator
+        calibrated = calibrator.Calibrator(self.data).calibrate(self.representative_dataset)
+        if self._experimental_calibrate_only:
+            return calibrated
+        return lite_convert.mlir_quantize(calibrated, disable_per_channel=self._experimental_disable_per_channel,
+                                          input_data_type=self.inference_input_type,
+                                          output_data_type=self.inference_output_type)
+
+
+def _converter(graph: Graph, source: str, representative, per_channel: bool):
+    """The INT8 converter of ``graph``: TFLiteConverter on its frozen function, or :class:`_Calibrating` on a
+    float .tflite model."""
+    if isinstance(graph, TFLiteGraph):
+        conv = _Calibrating(graph.data)
+    else:
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(graph, source)])
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv._experimental_disable_per_channel = not per_channel
+    return conv
 
 
 # -------------------------------------------------------------------------------------- quantization
@@ -218,7 +366,8 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
     Returns (tflite bytes, info) where info has the signature's tensor indices, any float ops kept and, where
     the model has such blocks, ``float_blocks`` (the choice; its ``tensors`` are the ops kept float).
     """
-    cf = _frozen(graph, source)
+    if not isinstance(graph, TFLiteGraph):
+        _frozen(graph, source)   # its refusals (input shapes not static, a loop) before any conversion is tried
     # min-max without bias correction is the converter's own one-step conversion; any other recipe calibrates
     # only, sets the ranges it chose (set_ranges), corrects biases, then runs the MLIR quantizer with the I/O
     # types, as TFLiteConverter.convert does after its own calibration
@@ -232,11 +381,8 @@ def quantize(graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, allow_f
             yield feed(sample, dtypes)
 
     def convert(ops, calibrate_only=stepwise):
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
+        conv = _converter(graph, source, representative, per_channel)
         conv.target_spec.supported_ops = ops
-        conv._experimental_disable_per_channel = not per_channel
         if calibrate_only:
             conv.experimental_new_quantizer = True
             conv._experimental_calibrate_only = True
@@ -781,7 +927,6 @@ class Debugger:
     def __init__(self, graph: Graph, calib: list[list[np.ndarray]], io_dtype: str, source: str = "model",
                  per_channel: bool = True, method: str = "minmax", weight_rounding: str = "nearest",
                  cache: dict | None = None, blocks=()):
-        cf = _frozen(graph, source)
         self.blocks = list(blocks)   # the blocks the artifact keeps in float: fitted in that form
         self.io_dtype = io_dtype
         self.calib = calib
@@ -792,11 +937,8 @@ class Debugger:
             for sample in calib:
                 yield feed(sample, self.dtypes)
 
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
+        conv = _converter(graph, source, representative, per_channel)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        conv._experimental_disable_per_channel = not per_channel
         self._debug_data = None
         self._float_weights: dict = {}   # GPTQ-rounded layers' FP32 weights, for the layers kept in float
         try:

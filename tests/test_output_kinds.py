@@ -17,6 +17,7 @@ from edgeopt_testkit import assert_one_error, edgeopt_cli, save_arrays
     ("sentence_embedding", (8, 384), "embedding"), ("pooler_output", (8, 768), "embedding"),
     ("image_features", (8, 512), "embedding"), ("last_hidden_state", (8, 16, 384), "dense"),
     ("boxes", (8, 100, 4), "dense"), ("heatmap", (8, 1, 64, 64), "dense"), ("score", (8, 1), "dense"),
+    ("classificators", (8, 896, 1), "dense"), ("y", (8, 1, 10), "scores"),
 ])
 def test_guess_kind(name, shape, kind):
     assert accuracy.guess_kind(name, shape) == kind

@@ -22,7 +22,10 @@ _EMBEDDING_WORDS = re.compile(r"embed|pool|sentence|feature|vector|hidden|encod|
 
 
 def looks_like_scores(shape) -> bool:
-    """Class scores: (N, C) with C >= 2, or (N, C, 1, 1) / (N, 1, 1, C)."""
+    """Class scores: (N, C) with C >= 2, or (N, C, 1, 1) / (N, 1, 1, C). Not (N, A, 1): one score per anchor of a
+    detector (BlazeFace's classificators [1, 896, 1]), where the "top-1" would be the most confident anchor."""
+    if len(shape) == 3 and shape[-1] == 1 and shape[1] != 1:
+        return False
     s = [d for d in shape[1:] if d != 1]
     return len(s) == 1 and s[0] >= 2
 

@@ -396,7 +396,7 @@ def _source_io(model, fmt, progress, trust_model_code=False):
         m = onnx_io.load(model)
         ins, outs = onnx_io.io_specs(m)
         return ins, outs, {"onnx_model": m}
-    if fmt in ("keras", "saved_model"):
+    if fmt in ("keras", "saved_model", "tflite"):
         _say(progress, "loading TensorFlow")
         tf_tflite = converters.load("edgeopt.converters.tf_tflite")
         g = tf_tflite.load(model, fmt, trust_model_code=trust_model_code)
@@ -412,6 +412,9 @@ def _static(inputs, shapes, fmt, time_major=frozenset()):
     res = []
     for i in inputs:
         shape = list(shapes.get(i["name"], i["shape"]))
+        if fmt == "tflite" and shape != list(i["shape"]):
+            raise UsageError(f"--input-shape {i['name']}: a .tflite model's input shapes are fixed in the file: "
+                             f"{data.shape_str(i['shape'])}")
         if i["name"] in shapes and len(shape) != len(i["shape"]):
             raise UsageError(f"--input-shape {i['name']}: rank {len(shape)} does not match the model's "
                              f"{data.shape_str(i['shape'])}")
@@ -437,7 +440,9 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     source = {"file": os.path.basename(model.rstrip("/")), "format": fmt,
               "sha256": sha256_tree(model) if os.path.isdir(model) else sha256_file(model)}
     if fmt == "tflite":
-        return _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress, warn)
+        tfl = _tflite_facts(model)
+        if calib is None or not tfl["float_ops"]:   # INT8 already, or nothing to calibrate a float model with
+            return _passthrough(model, tfl, tgt, source, staging, io_dtype, progress, warn)
 
     _say(progress, f"reading {source['file']}")
     src_in, src_out, extra = _source_io(model, fmt, progress, options.trust_model_code)
@@ -923,7 +928,7 @@ def _stamp(path):
         os.utime(path, (int(epoch), int(epoch)))
 
 
-def toolchain(fmt: str) -> dict:
+def toolchain(fmt: str | None) -> dict:
     """Versions of edgeopt, Python, numpy and the converter packages a source format goes through."""
     tc = {"edgeopt": __version__, "python": ".".join(map(str, sys.version_info[:3])), "numpy": np.__version__}
     for mod in converters.TOOL_MODULES.get(fmt, ()):
@@ -935,7 +940,7 @@ def toolchain(fmt: str) -> dict:
 
 
 def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src_out, mean, std, fmt,
-              options: ConversionOptions) -> dict:
+              options: ConversionOptions, passed_through: bool = False) -> dict:
     flags = options.to_manifest()
     m = {
         "schema": 1,
@@ -947,12 +952,12 @@ def _manifest(source, tgt, entries, cal_info, accuracy, io_dtype, static_in, src
         "artifacts": entries,
         # the recipe of a conversion (a .tflite passed through was not calibrated here: no recipe)
         "calibration": dict(cal_info, method=options.recipe.calibration_method,
-                            **({"recipe": options.recipe.to_manifest()} if fmt != "tflite" else {}),
+                            **({"recipe": options.recipe.to_manifest()} if not passed_through else {}),
                             mean=mean, std=std),
         "accuracy": accuracy,
         "options": {"io": io_dtype, "allow_float_fallback": flags.pop("allow_float_fallback"),
                     "input_shapes": {i["name"]: i["shape"] for i in static_in}, **flags},
-        "toolchain": toolchain(fmt),
+        "toolchain": toolchain(None if passed_through else fmt),
     }
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch and epoch.isdigit():
@@ -976,21 +981,31 @@ def _json_default(o):
 
 # -------------------------------------------------------------------------------------- .tflite input
 
-def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress, warn):
-    """A .tflite input: validated, described, checked against the target, copied as the artifact."""
+def _tflite_facts(model) -> dict:
+    """A .tflite input loaded by the runtime (a file it cannot load is a UsageError): {"model", "q_in" (integer
+    inputs), "float_ops" (ops that compute in float)}."""
     try:
         m = runtime.load(model)
     except runtime.RuntimeMissing:
         raise
     except Exception as e:
         raise UsageError(f"{model}: not a loadable TFLite model ({str(e).strip().splitlines()[0][:200]})") from None
-    q_in = all(np.dtype(s.dtype).kind in "iu" for s in m.inputs)
-    ops = _tflite_ops(model)
-    float_ops = ops["float_ops"]
+    return {"model": m, "q_in": all(np.dtype(s.dtype).kind in "iu" for s in m.inputs),
+            "float_ops": _tflite_ops(model)["float_ops"]}
+
+
+def _passthrough(model, tfl, tgt, source, staging, io_dtype, progress, warn):
+    """A .tflite input that is INT8 already, or float with no --calib to quantize it with: validated, described,
+    checked against the target, copied as the artifact."""
+    m, q_in, float_ops = tfl["model"], tfl["q_in"], tfl["float_ops"]
     if tgt.integer_only and (float_ops or not q_in):
         raise UsageError(f"{model}: a float TFLite model cannot run on the Edge TPU "
                          f"({len(float_ops)} float ops: {', '.join(float_ops[:5]) or 'float inputs'})",
-                         hint="convert from the source model (.onnx/.keras/SavedModel) with --target coral")
+                         hint="give --calib (representative inputs) to quantize it to full-integer INT8"
+                         if float_ops else "convert from the source model (.onnx/.keras/SavedModel) with --target coral")
+    if float_ops:
+        warn(f"{os.path.basename(model)} is a float model ({len(float_ops)} float ops), passed through as it is: "
+             "give --calib to quantize it to INT8")
     name = os.path.basename(model)
     dst = os.path.join(staging, name)
     shutil.copyfile(model, dst)
@@ -1005,7 +1020,7 @@ def _passthrough(model, tgt, source, staging, io_dtype, val, mean, std, progress
     if tgt.edgetpu_preflight:
         entries, preflight = _coral(entries, staging, progress, warn)
     manifest = _manifest(source, tgt, entries, {"source": None, "samples": 0, "note": "already converted"},
-                         None, io_dtype, [], [], None, None, "tflite", ConversionOptions())
+                         None, io_dtype, [], [], None, None, "tflite", ConversionOptions(), passed_through=True)
     manifest["source"]["inputs"] = entry["inputs"]
     manifest["source"]["outputs"] = entry["outputs"]
     if preflight is not None:

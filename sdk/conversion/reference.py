@@ -1,5 +1,6 @@
 """The FP32 reference: the source model run on the host, the way the conversion's accuracy check runs it
-(onnxruntime on the CPU for ONNX, TensorFlow for Keras and SavedModel models), one sample at a time at the
+(onnxruntime on the CPU for ONNX, TensorFlow for Keras and SavedModel models, the TFLite interpreter for a float
+.tflite model), one sample at a time at the
 static batch-1 shapes of the conversion; and where to find a conversion's source model again.
 
 The conversion check (:mod:`edgeopt.conversion.pipeline`), ``explain`` and the on-device check of ``bench --val``
@@ -17,12 +18,13 @@ __all__ = ["label", "source_reference", "run_batched", "find_beside"]
 
 def label(fmt: str) -> str:
     """How a result names the reference of a source model of format ``fmt``."""
-    return "fp32 source model (" + ("onnxruntime CPU" if fmt == "onnx" else "TensorFlow") + ")"
+    runs = {"onnx": "onnxruntime CPU", "tflite": "TFLite interpreter"}.get(fmt, "TensorFlow")
+    return f"fp32 source model ({runs})"
 
 
 def source_reference(model: str, fmt: str, inputs: list[dict], outputs: list[str], trust_model_code: bool = False):
     """A callable (list of arrays, source input order, batch 1 -> list of outputs in ``outputs`` order) running the
-    source ``model`` of format ``fmt`` (``onnx``, ``keras``, ``saved_model``) at the static shapes of ``inputs``
+    source ``model`` of format ``fmt`` (``onnx``, ``keras``, ``saved_model``, ``tflite``) at the static shapes of ``inputs``
     (``[{"name", "shape"}]``, as the manifest's ``source.inputs`` records them). Bad files are UsageError."""
     from edgeopt import converters
     if fmt == "onnx":
@@ -30,7 +32,7 @@ def source_reference(model: str, fmt: str, inputs: list[dict], outputs: list[str
         m = onnx_io.load(model)
         onnx_io.fix_shapes(m, {i["name"]: i["shape"] for i in inputs})
         return onnx_io.Reference(m, list(outputs))
-    if fmt in ("keras", "saved_model"):
+    if fmt in ("keras", "saved_model", "tflite"):
         graph = converters.load("edgeopt.converters.tf_tflite").load(model, fmt, trust_model_code=trust_model_code)
         return _Named(graph, list(outputs))
     raise ValueError(f"no FP32 reference for a {fmt} source")

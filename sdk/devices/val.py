@@ -181,8 +181,11 @@ def _reference(model, manifest: dict, samples: dict, source: str | None, trust_m
     fmt = src.get("format")
     if not manifest:
         return None, None, "a bare artifact (no manifest.json beside it names its source model)"
-    if fmt not in ("onnx", "keras", "saved_model"):
-        return None, None, f"the artifact was not converted by edgeopt from a float model (source format {fmt})"
+    arts = manifest.get("artifacts") if isinstance(manifest.get("artifacts"), list) else []
+    passed = any(isinstance(a, dict) and a.get("kind") == "tflite-passthrough" for a in arts)
+    if fmt not in ("onnx", "keras", "saved_model", "tflite") or passed:
+        return None, None, f"the artifact was not converted by edgeopt from a float model (source format {fmt}" + (
+            ", passed through" if passed else "") + ")"
     if source is None:
         where = out_dir or os.path.dirname(os.path.abspath(model.path))
         source, tried = reference.find_beside(src.get("file"), where, src.get("sha256"))

