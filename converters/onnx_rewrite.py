@@ -43,20 +43,21 @@ def rewrite(model, edgetpu: bool = False) -> tuple[object, list[str]]:
     """(the model with every rewrite applied, notes saying what was rewritten). ``model`` is changed in place.
     ``edgetpu``: the artifact is for the Edge TPU (also the rewrites to ops it maps)."""
     notes = []
+    shapes = _Shapes(model)
     if edgetpu:
-        n = _leaky_relus_as_prelu(model)
+        n = shapes.changed(_leaky_relus_as_prelu(model, shapes))
         if n:
             notes.append(f"{n} LeakyRelu(s) as PRelu (the Edge TPU maps PRELU)")
-        n = _unit_clips_as_relu6(model)
+        n = shapes.changed(_unit_clips_as_relu6(model))
         if n:
             notes.append(f"{n} HardSigmoid/Clip(0, 1) as Relu6 of 6x, over 6 (the Edge TPU maps RELU6)")
-    n = _onehot_matmul_to_gather(model)
+    n = shapes.changed(_onehot_matmul_to_gather(model))
     if n:
         notes.append(f"{n} one-hot MatMul embedding lookup(s) as Gather")
-    n = _constant_index_gathers_as_slices(model)
+    n = shapes.changed(_constant_index_gathers_as_slices(model, shapes))
     if n:
         notes.append(f"{n} Gather(s) at constant indices as Slice")
-    n = _split_multi_axis_slices(model)
+    n = shapes.changed(_split_multi_axis_slices(model, shapes))
     if n:
         notes.append(f"{n} multi-axis Slice(s) as one-axis Slices")
     n = _scope_safe_node_names(model)
@@ -146,16 +147,31 @@ def _onehot_matmul_to_gather(model) -> int:
     return done
 
 
-def _static_dims(model) -> dict:
-    """{tensor name: [dim or None]} from ONNX shape inference (the pipeline's models have static inputs)."""
-    return {name: dims for name, (dims, _) in _inferred(model).items()}
+class _Shapes:
+    """ONNX shape inference of the model being rewritten (:func:`edgeopt.converters.onnx_io.inferred`), run once
+    and again only after a rewrite changed the graph: three rewrites read shapes, and inference is most of their
+    time on a big model. {} when inference fails: shapes only sharpen the rewrites, without them they apply where
+    they need none."""
 
+    def __init__(self, model):
+        self.model, self._inferred = model, None
 
-def _inferred(model) -> dict:
-    """{tensor name: ([dim or None], ONNX element type)} (:func:`edgeopt.converters.onnx_io.inferred`); {} when
-    inference fails: shapes only sharpen the rewrites, without them they apply where they need none."""
-    from edgeopt.converters import onnx_io
-    return onnx_io.inferred(model)
+    def inferred(self) -> dict:
+        """{tensor name: ([dim or None], ONNX element type)}."""
+        if self._inferred is None:
+            from edgeopt.converters import onnx_io
+            self._inferred = onnx_io.inferred(self.model)
+        return self._inferred
+
+    def dims(self) -> dict:
+        """{tensor name: [dim or None]} (the pipeline's models have static inputs)."""
+        return {name: dims for name, (dims, _) in self.inferred().items()}
+
+    def changed(self, count: int) -> int:
+        """``count`` (what a rewrite did), forgetting the shapes when it did anything."""
+        if count:
+            self._inferred = None
+        return count
 
 
 def _whole_extent(start: int, end: int, step: int, dim) -> bool:
@@ -168,7 +184,7 @@ def _whole_extent(start: int, end: int, step: int, dim) -> bool:
     return min(max(start, 0), dim) == 0 and min(max(end, 0), dim) == dim
 
 
-def _constant_index_gathers_as_slices(model) -> int:
+def _constant_index_gathers_as_slices(model, shapes: _Shapes | None = None) -> int:
     """Every Gather of a computed float tensor at constant indices that are one index or consecutive ascending ones
     replaced, in place, by the Slice of them (and a Squeeze of the axis for one scalar index: Gather drops it).
     The same values in the same order: the same function. A negative index needs the axis' static size.
@@ -176,7 +192,7 @@ def _constant_index_gathers_as_slices(model) -> int:
     from onnx import TensorProto, helper, numpy_helper
     graph = model.graph
     constants = _constants(graph)
-    inferred = _inferred(model)
+    inferred = (shapes or _Shapes(model)).inferred()
     floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     names = {i.name for i in list(graph.initializer) + list(graph.input)} | {o for n in graph.node for o in n.output}
@@ -224,13 +240,13 @@ def _constant_index_gathers_as_slices(model) -> int:
     return done
 
 
-def _leaky_relus_as_prelu(model) -> int:
+def _leaky_relus_as_prelu(model, shapes: _Shapes | None = None) -> int:
     """Every LeakyRelu of a 3-D or 4-D tensor with a static channel count replaced, in place, by PRelu with a
     [channels, 1(, 1)] slope of its alpha (the form PyTorch exports PReLU in, which onnx2tf makes one PRELU op
     of). The same function. Returns the count."""
     from onnx import helper, numpy_helper
     graph = model.graph
-    dims = _static_dims(model)
+    dims = (shapes or _Shapes(model)).dims()
     names = {i.name for i in list(graph.initializer) + list(graph.input)} | {o for n in graph.node for o in n.output}
     done = 0
     for node in graph.node:
@@ -295,14 +311,14 @@ def _unit_clips_as_relu6(model) -> int:
     return done
 
 
-def _split_multi_axis_slices(model) -> int:
+def _split_multi_axis_slices(model, shapes: _Shapes | None = None) -> int:
     """Every Slice with constant starts/ends/axes/steps over two or more axes, or over an axis it keeps whole,
     replaced by one-axis Slices in a chain (slices along distinct axes commute, so the chain is the same
     function). A Slice that keeps everything is dropped: its readers read its input. Returns the count."""
     from onnx import helper, numpy_helper
     graph = model.graph
     constants = _constants(graph)
-    dims = _static_dims(model)
+    dims = (shapes or _Shapes(model)).dims()
     # a name read inside a subgraph (If, Loop) is not rewired here: such Slices stay as Identity
     keep_names = {o.name for o in graph.output} | (
         {o for n in graph.node for o in n.output} if any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node

@@ -123,6 +123,7 @@ class Job:
         self.onnx_model = onnx_model
         self.options = options or ConversionOptions()
         self._static_onnx = None
+        self._static_model = None
         self._quantizable_onnx = None
         self._centered_onnx = None
         self.equalization = None      # what quantizable_onnx_path() did (the manifest's calibration.equalization)
@@ -182,12 +183,15 @@ class Job:
         return self._split_outputs
 
     def onnx_model_static(self):
-        """The source ONNX model with its inputs' static shapes (a copy; :meth:`static_onnx_path` saves it)."""
-        import onnx
-        m = onnx.ModelProto()
-        m.CopyFrom(self.onnx_model)
-        onnx_io.fix_shapes(m, {i["name"]: i["shape"] for i in self.inputs})
-        return m
+        """The source ONNX model with its inputs' static shapes (a copy, made once: read it, do not change it;
+        :meth:`static_onnx_path` saves it)."""
+        if self._static_model is None:
+            import onnx
+            m = onnx.ModelProto()
+            m.CopyFrom(self.onnx_model)
+            onnx_io.fix_shapes(m, {i["name"]: i["shape"] for i in self.inputs})
+            self._static_model = m
+        return self._static_model
 
     def static_onnx_path(self) -> str:
         """The source ONNX with every input fixed to its static shape (batch 1), saved in the workdir."""
