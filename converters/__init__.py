@@ -26,8 +26,8 @@ ROUTES: dict[tuple[str, str], str] = {
 # float_candidates(report) -> layer names, fp32_bytes(job), bias_correction_info(job), and RECOVERY_METHODS (the
 # calibration methods recovery tries, cheapest first), RECOVERY_ROUNDINGS (the costlier all-INT8 weight roundings it
 # tries after them) and MANY_FLOAT_ADVICE (what to say when most layers stay
-# float). The TFLite routes (Keras, SavedModel, float TFLite; ONNX via onnx2tf) leave their graph on the job for
-# tf_tflite's hooks.
+# float). The TFLite routes (Keras, SavedModel, float TFLite; ONNX via onnx2tf) keep their graph on the job for
+# tf_tflite's hooks (job.route_state["tflite"]: tf_tflite.RouteState).
 HOOKS: dict[str, str] = {
     "tflite-int8": "edgeopt.converters.tf_tflite",
     "onnx-qdq-int8": "edgeopt.converters.onnx_qdq",

@@ -86,9 +86,10 @@ def convert(job, recipe=None) -> list[dict]:
     from edgeopt.converters import tf_tflite
 
     recipe = job.recipe if recipe is None else recipe
-    job.tf_graph, job.tf_calib, job.tf_perms = job.graph, job.calib_samples(), [None] * len(job.inputs)
-    data, info = tf_tflite.quantize(job.graph, job.tf_calib, job.io_dtype, job.allow_float_fallback,
-                                    source=job.source_name, cache=job.__dict__.setdefault("tf_rounding", {}),
+    state = tf_tflite.route_state(job) or tf_tflite.keep(job, tf_tflite.RouteState(
+        job.graph, job.calib_samples(), [None] * len(job.inputs)))
+    data, info = tf_tflite.quantize(job.graph, state.calib, job.io_dtype, job.allow_float_fallback,
+                                    source=job.source_name, cache=state.rounding,
                                     float_blocks=not job.target.integer_only,
                                     max_float_layers=job.options.max_float_layers,
                                     equalize=(DEPTHWISE_EQUALIZATION_MARGIN, DEPTHWISE_EQUALIZATION_FLOOR),

@@ -142,7 +142,8 @@ def convert(job, recipe=None) -> list[dict]:
     from edgeopt.converters import tf_tflite
 
     recipe = job.recipe if recipe is None else recipe
-    if getattr(job, "tf_graph", None) is None:  # built once per job: recipes ("auto") quantize the same graph
+    state = tf_tflite.route_state(job)
+    if state is None:  # built once per job: recipes ("auto") quantize the same graph
         src_inputs = job.inputs
         samples = job.calib_samples()  # list of [arrays in source layout, batch 1]
         perms = [nhwc_perm(len(s["shape"])) if s["dtype"].startswith("float") else None for s in src_inputs]
@@ -153,33 +154,33 @@ def convert(job, recipe=None) -> list[dict]:
         left_in_float(job.unrolled, job.source_name, False)   # onnx2tf would make a loop the calibrator cannot run
         onnx_control.refuse_or_keep(job.data_dependent_control(), job.source_name, False)  # nor can onnx2tf
         # integer outputs (Coral): an output joined from uneven parts leaves as one output per part
-        src, job.tf_joins = split_outputs(job, src) if job.target.integer_only else (src, {})
+        src, joins = split_outputs(job, src) if job.target.integer_only else (src, {})
         keras_model = to_keras(simplify(src, job.source_name, edgetpu=job.target.edgetpu_preflight), sample_nhwc,
                                job.source_name)
         graph = tf_tflite.from_keras_model(
-            keras_model, names_hint=onnx_split.expand([o["name"] for o in job.outputs], job.tf_joins))
+            keras_model, names_hint=onnx_split.expand([o["name"] for o in job.outputs], joins))
         real_perms = [layout_perm([1] + s["shape"][1:], [1] + g["shape"][1:])
                       for s, g in zip(src_inputs, graph.inputs)]
         calib = [[np.transpose(a, p) if p else a for a, p in zip(sample, real_perms)] for sample in samples]
-        job.tf_graph, job.tf_calib, job.tf_perms = graph, calib, real_perms  # kept for accuracy recovery
-        job.tf_graph_check = graph_check(job, graph, samples, calib)
-    graph, calib, real_perms = job.tf_graph, job.tf_calib, job.tf_perms
+        state = tf_tflite.keep(job, tf_tflite.RouteState(graph, calib, real_perms, joins))
+        state.graph_check = graph_check(job, graph, samples, calib)
+    graph, calib, real_perms = state.graph, state.calib, state.perms
     data, info = tf_tflite.quantize(graph, calib, job.io_dtype, job.allow_float_fallback, source=job.source_name,
-                                    cache=job.__dict__.setdefault("tf_rounding", {}),
+                                    cache=state.rounding,
                                     float_blocks=not job.target.integer_only,
                                     max_float_layers=job.options.max_float_layers, **tf_tflite.recipe_options(recipe))
     art = {"file": "model.int8.tflite", "format": "tflite", "precision": "int8", "kind": "tflite-int8",
            "data": data, "input_index": info["input_index"], "output_index": info["output_index"],
            "input_perm": real_perms, "converter": "onnx2tf + tf.lite.TFLiteConverter (TFLITE_BUILTINS_INT8)"}
-    if job.tf_joins:   # which artifact outputs are the parts of one source output (manifest: the output's join)
-        art["output_joins"] = job.tf_joins
-        art["output_index"] = onnx_split.grouped(info["output_index"], [o["name"] for o in job.outputs], job.tf_joins)
+    if state.joins:   # which artifact outputs are the parts of one source output (manifest: the output's join)
+        art["output_joins"] = state.joins
+        art["output_index"] = onnx_split.grouped(info["output_index"], [o["name"] for o in job.outputs], state.joins)
     if info.get("float_ops"):
         art["float_ops"] = info["float_ops"]
     if info.get("float_blocks"):
         art["float_blocks"] = info["float_blocks"]
-    if job.tf_graph_check:
-        art["graph_check"] = job.tf_graph_check
+    if state.graph_check:
+        art["graph_check"] = state.graph_check
     return [art]
 
 
@@ -240,7 +241,10 @@ def graph_check(job, graph, samples, calib) -> dict | None:
 
 def _joined(job, outputs: list, refs: list) -> list:
     """The graph's outputs with each split output's parts (in the graph's layout) joined as the source has it."""
-    joins = getattr(job, "tf_joins", None) or {}   # set by convert(); a job graph_check is given alone has none
+    # set by convert() (before graph_check runs, with the parts the graph's outputs are); none on a job alone
+    from edgeopt.converters import tf_tflite
+    state = tf_tflite.route_state(job)
+    joins = state.joins if state is not None else {}
     it, res = iter(outputs), []
     for o, want in zip(job.outputs, refs):
         join = joins.get(o["name"])

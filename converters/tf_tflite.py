@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import dataclasses
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN reorders float sums: results differ run to run
@@ -26,7 +27,7 @@ import warnings  # noqa: E402
 
 import absl.logging  # noqa: E402
 
-__all__ = ["versions", "Graph", "TFLiteGraph", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
+__all__ = ["versions", "Graph", "TFLiteGraph", "RouteState", "route_state", "from_keras_model", "load", "quantize", "Debugger", "io_order", "float_ops_of",
            "RECOVERY_METHODS", "RECOVERY_ROUNDINGS", "MANY_FLOAT_ADVICE", "rebuild", "layer_errors", "float_candidates", "fp32_bytes",
            "bias_correction_info", "op_graph", "block_tensors", "equalize_depthwise"]
 
@@ -1713,9 +1714,30 @@ def float_ops_of(data: bytes) -> list[str]:
 
 
 # ------------------------------------------------------------ accuracy recovery hooks (edgeopt.converters.HOOKS)
-# Both TFLite routes (keras_tflite, onnx_tflite) leave on the job the graph they quantized (job.tf_graph), its
-# calibration samples in the graph's layout (job.tf_calib) and the source-to-graph input permutations
-# (job.tf_perms); recovery requantizes from those with a Debugger (seconds per candidate, no new conversion).
+@dataclasses.dataclass
+class RouteState:
+    """What the TFLite routes (keras_tflite, onnx_tflite) keep on their job (``job.route_state["tflite"]``, set by
+    :func:`keep`) for the recipes ("auto") and the recovery that quantize the same graph again: recovery
+    requantizes from it with a Debugger (seconds per candidate, no new conversion)."""
+    graph: Graph                     # the graph quantized
+    calib: list                      # its calibration samples, in the graph's layout
+    perms: list                      # the source-to-graph permutation of each input (None: same layout)
+    joins: dict = dataclasses.field(default_factory=dict)      # outputs exported as parts (onnx_split.split's result)
+    graph_check: dict | None = None  # onnx_tflite.graph_check's finding
+    rounding: dict = dataclasses.field(default_factory=dict)   # :func:`quantize`'s cache (rounded weights, calibrated model)
+    debuggers: dict = dataclasses.field(default_factory=dict)  # :func:`_debugger`'s, by recipe
+
+
+def keep(job, state: RouteState) -> RouteState:
+    """``state`` kept on ``job`` as the TFLite route's."""
+    job.route_state["tflite"] = state
+    return state
+
+
+def route_state(job) -> RouteState | None:
+    """The TFLite route's state on ``job`` (None before a TFLite route converted it)."""
+    return getattr(job, "route_state", {}).get("tflite")
+
 
 RECOVERY_METHODS = ()   # recovery tries no other calibration method: the plain recipe's ranges are kept
 # then gptq_act (weights fitted layer after layer to the INT8 model's inputs), where the plain recipe kept plain GPTQ
@@ -1729,12 +1751,12 @@ def _debugger(job, recipe, art: dict) -> Debugger:
     plain artifact ``art``, calibrated once."""
     blocks = tuple(block_tensors(art))
     key = (recipe.calibration_method, bool(recipe.per_channel), recipe.weight_rounding, blocks)
-    debuggers = job.__dict__.setdefault("tf_debuggers", {})
-    if key not in debuggers:
-        debuggers[key] = Debugger(job.tf_graph, job.tf_calib, job.io_dtype, source=job.source_name,
-                                  per_channel=key[1], method=key[0], weight_rounding=key[2],
-                                  cache=job.__dict__.setdefault("tf_rounding", {}), blocks=blocks)
-    return debuggers[key]
+    state = route_state(job)
+    if key not in state.debuggers:
+        state.debuggers[key] = Debugger(state.graph, state.calib, job.io_dtype, source=job.source_name,
+                                        per_channel=key[1], method=key[0], weight_rounding=key[2],
+                                        cache=state.rounding, blocks=blocks)
+    return state.debuggers[key]
 
 
 def rebuild(job, art: dict, recipe) -> dict:
@@ -1772,7 +1794,7 @@ def layer_errors(job, art: dict, samples: list[list]) -> dict:
     """Per-layer error report of the job's TFLite artifact (its plain recipe) on ``samples`` (lists of arrays
     in the source layout; transposed to the graph's here)."""
     dbg = _debugger(job, job.recipe, art)
-    perms = getattr(job, "tf_perms", None) or [None] * len(samples[0])
+    perms = route_state(job).perms
     data = [[np.transpose(a, p) if p else a for a, p in zip(s, perms)] for s in samples]
     floats = set(block_tensors(art))  # already float in the artifact: not a candidate
     rows = [r for r in dbg.layers(data) if r["tensor"] not in floats]
@@ -1790,8 +1812,7 @@ def float_candidates(report: dict) -> list[str]:
 def fp32_bytes(job) -> int:
     """Size of the FP32 model in this route's format: the calibrated float TFLite model (any of the job's
     Debuggers has it: they differ in ranges and weight values, not in size)."""
-    made = job.__dict__.get("tf_debuggers") or {}
-    dbg = next(iter(made.values()), None) or _debugger(job, job.recipe, {})
+    dbg = next(iter(route_state(job).debuggers.values()), None) or _debugger(job, job.recipe, {})
     return len(dbg.dbg.calibrated_model)
 
 

@@ -161,3 +161,25 @@ def test_deploy_checks_a_converted_tflite_against_the_float_file(tmp_path, blaze
     assert acc["reference"] == "fp32 source model (TFLite interpreter) face_detection_short_range.tflite", acc
     assert acc["samples"] == 8 and acc["same_as_host"] is True
     assert acc["outputs"]["regressors"]["sqnr_db"] > 12
+
+
+def test_explain_and_recovery_run_on_the_file(tmp_path, blazeface):
+    """The per-layer report and --accuracy-target's recovery quantize the file again through TensorFlow's
+    QuantizationDebugger (the calibrator in place of TFLiteConverter): BlazeFace's 90 layers are measured, and a
+    target the float budget cannot reach exits 1 with the best all-INT8 artifact, inside the budget."""
+    from edgeopt.errors import GateError
+    path, d = blazeface
+    m = edgeopt.convert(path, "rpi", calib=str(d / "calib.npy"), val=str(d / "val.npy"), out=str(tmp_path / "x"),
+                        explain=True)
+    layers = m["layers"]
+    assert layers["total"] == 90 and len(layers["layers"]) == 20   # the manifest keeps the 20 worst
+    errors = [r["rmse_scale"] for r in layers["layers"]]
+    assert errors == sorted(errors, reverse=True) and errors[-1] > 0.25   # rounding alone is 0.29
+    with pytest.raises(GateError) as err:
+        edgeopt.convert(path, "rpi", calib=str(d / "calib.npy"), val=str(d / "val.npy"), out=str(tmp_path / "r"),
+                        accuracy_target="sqnr=60")
+    assert "not met even after recovery" in str(err.value)
+    rec = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert rec["recovery"]["budget"]["max_float_layers"] == 9 and rec["recovery"]["met"] is False
+    assert all(len(s["float_layers"]) <= 9 for s in rec["recovery"]["steps"])
+    assert not rec["artifacts"][0].get("float_ops") and rec["calibration"]["recipe"]["float_layers"] == 0

@@ -133,7 +133,10 @@ class Job:
         self._output_concats = None
         self._split_outputs = None
         self._control = None
-        self.graph = None             # TensorFlow Graph for keras/saved_model sources
+        self.graph = None             # TensorFlow Graph for keras/saved_model/tflite sources
+        # what a route keeps for the recipes and recovery that quantize its graph again, by route
+        # (edgeopt.converters.tf_tflite.RouteState under "tflite")
+        self.route_state: dict = {}
 
     @property
     def recipe(self) -> Recipe:
