@@ -26,8 +26,9 @@ ROUTES: dict[tuple[str, str], str] = {
 # float_candidates(report) -> layer names, fp32_bytes(job), bias_correction_info(job), and RECOVERY_METHODS (the
 # calibration methods recovery tries, cheapest first), RECOVERY_ROUNDINGS (the costlier all-INT8 weight roundings it
 # tries after them) and MANY_FLOAT_ADVICE (what to say when most layers stay
-# float). The TFLite routes (Keras, SavedModel, float TFLite; ONNX via onnx2tf) keep their graph on the job for
-# tf_tflite's hooks (job.route_state["tflite"]: tf_tflite.RouteState).
+# float). A route keeps what its hooks need in one object on the job: the TFLite routes (Keras, SavedModel, float
+# TFLite; ONNX via onnx2tf) job.route_state["tflite"] (tf_tflite.RouteState), the QDQ route job.route_state["qdq"]
+# (onnx_qdq.RouteState).
 HOOKS: dict[str, str] = {
     "tflite-int8": "edgeopt.converters.tf_tflite",
     "onnx-qdq-int8": "edgeopt.converters.onnx_qdq",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import io
 import os
@@ -25,7 +26,7 @@ from edgeopt.errors import UsageError
 
 __all__ = ["convert", "gptq_rounded", "bias_corrected", "weights_only", "float_inputs", "check_symmetric", "RECOVERY_METHODS", "RECOVERY_ROUNDINGS",
            "MANY_FLOAT_ADVICE",
-           "rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info"]
+           "rebuild", "layer_errors", "float_candidates", "fp32_bytes", "bias_correction_info", "RouteState", "route_state"]
 
 # What gets Q/DQ on its inputs: the compute layers, pooling, and residual Adds (two computed inputs: TensorRT
 # fuses the Add into the layer before it when both inputs are INT8). Everything else (activations, LayerNorm,
@@ -84,13 +85,10 @@ def convert(job, recipe=None) -> list[dict]:
     recurrent = left_in_float(job.unrolled, job.source_name, job.allow_float_fallback)
     recurrent += onnx_control.refuse_or_keep(job.data_dependent_control(), job.source_name,
                                              job.allow_float_fallback)
-    cache = getattr(job, "calib_cache", None)  # set by accuracy recovery: calibrate once per recipe
-    if cache is not None and "prep" in cache:  # recovery candidates: the same float graph as the first
-        prep = cache["prep"]
-    else:
-        prep = _prepare(job, src)
-        if cache is not None:
-            cache["prep"] = prep
+    state = route_state(job)
+    if state.prep is None:   # every recipe and recovery candidate quantizes the same float graph
+        state.prep = _prepare(job, src)
+    prep, cache = state.prep, state.calibrations
     out = os.path.join(job.workdir, "model.int8.qdq.onnx")
     names = [i["name"] for i in job.inputs]
     method_name = recipe.calibration_method
@@ -107,7 +105,6 @@ def convert(job, recipe=None) -> list[dict]:
         prep = gptq_compensated(job, base, names, recipe)
     if recipe.bias_correction:
         prep = bias_corrected(job, prep, names, set(recipe.float_layers), recipe)
-    job.qdq_prep = base   # after bias correction, whose own conversion of the plain recipe sets it too
     if recipe.weight_rounding != "nearest" and recipe.float_layers:
         # float means float: the nodes kept in float compute with their FP32 weights, not GPTQ's grid values
         prep = _weights_from(job, prep, base, set(recipe.float_layers))
@@ -415,7 +412,7 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
     from edgeopt.conversion import rounding
     from edgeopt.conversion.defaults import ROUNDING_SAMPLES
     from edgeopt.converters import onnx_prefix
-    cache = job.__dict__.setdefault("_gptq_cache", {})
+    cache = route_state(job).rounded
     key = (prep, per_channel)
     if key in cache:
         return cache[key]
@@ -454,13 +451,10 @@ def gptq_rounded(job, prep: str, names: list[str], per_channel: bool = True) -> 
 def _beside_plain(job, graph: str, recipe) -> tuple:
     """(QDQ model of ``recipe``'s all-INT8 form without bias correction, the float graph ``graph``, its
     initializers by name, the QDQ model's initializers by name, its DequantizeLinear nodes by output): what
-    bias correction and gptq_act read exact scales and rounding from. ``job.qdq_prep`` is left at ``graph``."""
+    bias correction and gptq_act read exact scales and rounding from."""
     import onnx
     plain = recipe.replace(bias_correction=False, float_layers=())
-    try:
-        qm = onnx.load_from_string(convert(job, plain)[0]["data"])
-    finally:
-        job.qdq_prep = graph
+    qm = onnx.load_from_string(convert(job, plain)[0]["data"])
     fm = onnx.load(graph)
     return (qm, fm, {i.name: i for i in fm.graph.initializer}, {i.name: i for i in qm.graph.initializer},
             {n.output[0]: n for n in qm.graph.node if n.op_type == "DequantizeLinear"})
@@ -482,7 +476,7 @@ def gptq_compensated(job, base: str, names: list[str], recipe) -> str:
     from edgeopt.conversion import rounding
     from edgeopt.conversion.defaults import ROUNDING_SAMPLES
     from edgeopt.converters import onnx_prefix
-    cache = job.__dict__.setdefault("_gptq_cache", {})
+    cache = route_state(job).rounded
     key = (base, "compensated", bool(recipe.per_channel), recipe.calibration_method, recipe.calib_percentile)
     if key in cache:
         return cache[key]
@@ -641,7 +635,8 @@ def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> 
     ``recipe``: the recipe being built (None: ``job.recipe``); dW is that of its all-INT8 form."""
     import onnx
     from onnx import numpy_helper
-    cache = job.__dict__.setdefault("_bias_cache", {})
+    state = route_state(job)
+    cache = state.corrected
     if prep not in cache:
         qdq, fm, inits, q_inits, dq = _beside_plain(job, prep, job.recipe if recipe is None else recipe)
         q_nodes = {n.output[0]: n for n in qdq.graph.node if n.output and n.op_type in ("Conv", "Gemm")}
@@ -671,7 +666,7 @@ def bias_corrected(job, prep: str, names: list[str], skip: set, recipe=None) -> 
                 continue
             shifts[n.name] = (n.input[2], (b - shift).astype(np.float32))
         cache[prep] = (fm, shifts)
-        job.bias_correction_info = {"layers": len(shifts), "of": len(layers), "calibration_samples": k}
+        state.bias_correction = {"layers": len(shifts), "of": len(layers), "calibration_samples": k}
     fm, shifts = cache[prep]
     m = onnx.ModelProto()
     m.CopyFrom(fm)
@@ -773,7 +768,7 @@ _NOT_FLOAT_CANDIDATES = {"Clip", "Relu", "LeakyRelu", "MaxPool", "Reshape", "Fla
 
 def rebuild(job, art: dict, recipe) -> dict:
     """The QDQ artifact of ``job`` made again with ``recipe`` (its float layers: nodes_to_exclude, with float
-    inputs). Calibration is reused per recipe when the job has a ``calib_cache``."""
+    inputs). Calibration is reused per recipe where the route keeps it (:class:`RouteState`'s ``calibrations``)."""
     a = convert(job, recipe)[0]
     if recipe.float_layers:
         a["converter"] += f"; {len(recipe.float_layers)} nodes kept in float (nodes_to_exclude)"
@@ -782,10 +777,10 @@ def rebuild(job, art: dict, recipe) -> dict:
 
 def layer_errors(job, art: dict, samples: list[list]) -> dict:
     """Per-layer error report of a QDQ artifact of ``job`` against the float graph it was made from
-    (``job.qdq_prep``) on ``samples`` (lists of arrays in the job's input order)."""
+    (:class:`RouteState`'s ``prep``) on ``samples`` (lists of arrays in the job's input order)."""
     from edgeopt.converters import debug_onnx
     names = [i["name"] for i in job.inputs]
-    rows = debug_onnx.layer_errors(job.qdq_prep, art["data"], [dict(zip(names, s)) for s in samples])
+    rows = debug_onnx.layer_errors(route_state(job).prep, art["data"], [dict(zip(names, s)) for s in samples])
     return {"method": "QDQ model's intermediate tensors against the float model's (onnxruntime); sqnr_db of "
                       "each node's output, added_db = dB lost at that node",
             "metric": "added_db", "samples": len(samples), "layers": rows}
@@ -807,4 +802,27 @@ def fp32_bytes(job) -> int:
 
 def bias_correction_info(job) -> dict | None:
     """What the last bias correction of ``job`` did (layers corrected, of how many), None before any."""
-    return getattr(job, "bias_correction_info", None)
+    state = job.route_state.get("qdq")
+    return state.bias_correction if state else None
+
+
+@dataclasses.dataclass
+class RouteState:
+    """What the QDQ route keeps on its job (``job.route_state["qdq"]``, made by :func:`route_state`) for the recipes
+    ("auto"), bias correction, gptq_act and recovery, which quantize the same float graph again."""
+    prep: str | None = None            # the float graph every recipe quantizes (:func:`_prepare`'s), made once
+    calibrations: dict | None = None   # activation ranges by recipe key (:class:`_reuse_calibration`); None: not kept
+    rounded: dict = dataclasses.field(default_factory=dict)     # :func:`gptq_rounded` / :func:`gptq_compensated`'s graphs
+    corrected: dict = dataclasses.field(default_factory=dict)   # :func:`bias_corrected`'s graph and shifts, by graph
+    bias_correction: dict | None = None   # what the last bias correction did (:func:`bias_correction_info`)
+
+
+def route_state(job) -> RouteState:
+    """The QDQ route's state on ``job``, made on first use. Activation ranges are kept per recipe when recovery or
+    ``--explain`` will rebuild the artifact with float layers: its candidates then differ from the plain
+    artifact in those layers only."""
+    state = job.route_state.get("qdq")
+    if state is None:
+        keep = bool(job.options.accuracy_target or job.options.explain)
+        state = job.route_state["qdq"] = RouteState(calibrations={} if keep else None)
+    return state

@@ -1726,6 +1726,7 @@ class RouteState:
     graph_check: dict | None = None  # onnx_tflite.graph_check's finding
     rounding: dict = dataclasses.field(default_factory=dict)   # :func:`quantize`'s cache (rounded weights, calibrated model)
     debuggers: dict = dataclasses.field(default_factory=dict)  # :func:`_debugger`'s, by recipe
+    bias_correction: dict | None = None   # what the last bias-corrected rebuild did (:func:`bias_correction_info`)
 
 
 def keep(job, state: RouteState) -> RouteState:
@@ -1767,7 +1768,7 @@ def rebuild(job, art: dict, recipe) -> dict:
     blocks = block_tensors(art)  # the blocks the plain artifact keeps in float stay float
     data = dbg.model(list(dict.fromkeys(blocks + floats)), job.io_dtype, bias_correction=bool(recipe.bias_correction))
     if recipe.bias_correction:
-        job.bias_correction_info = getattr(dbg, "bias_correction_info", None)
+        route_state(job).bias_correction = getattr(dbg, "bias_correction_info", None)
     a = dict(art, data=data)
     a.update(io_order(data))
     if art.get("output_joins"):   # an output held as its parts (edgeopt.converters.onnx_split)
@@ -1818,4 +1819,5 @@ def fp32_bytes(job) -> int:
 
 def bias_correction_info(job) -> dict | None:
     """What the last bias-corrected rebuild of ``job`` did (layers corrected, of how many), None before any."""
-    return getattr(job, "bias_correction_info", None)
+    state = route_state(job)
+    return state.bias_correction if state else None

@@ -198,7 +198,8 @@ def _tiny_job(tiny_onnx, tmp_path, cache):
     j = Job(tiny_onnx, "onnx", None, [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}], [{"name": "y"}],
             {"x": x.reshape(20, 3, 8, 8)}, "int8", w, onnx_model=onnx.load(tiny_onnx), options={})
     if cache is not None:
-        j.calib_cache = cache
+        from edgeopt.converters import onnx_qdq
+        onnx_qdq.route_state(j).calibrations = cache
     return j
 
 
@@ -217,7 +218,7 @@ def test_qdq_calibration_reused_across_candidates_is_exact(tiny_onnx, tmp_path):
     assert conv(_tiny_job(tiny_onnx, tmp_path, None), calibration_method="percentile") == \
         conv(shared, calibration_method="percentile")
     bc = conv(shared, bias_correction=True)
-    assert bc != conv(shared) and shared.bias_correction_info["layers"] == 1
+    assert bc != conv(shared) and q.bias_correction_info(shared)["layers"] == 1
 
 
 def test_qdq_float_node_stays_float_in_runtime(tmp_path):

@@ -135,7 +135,7 @@ class Job:
         self._control = None
         self.graph = None             # TensorFlow Graph for keras/saved_model/tflite sources
         # what a route keeps for the recipes and recovery that quantize its graph again, by route
-        # (edgeopt.converters.tf_tflite.RouteState under "tflite")
+        # (edgeopt.converters.tf_tflite.RouteState under "tflite", onnx_qdq.RouteState under "qdq")
         self.route_state: dict = {}
 
     @property
@@ -493,8 +493,6 @@ def _convert(model, fmt, tgt, routes, calib, val, staging, workdir, shapes, mean
     job = Job(model, fmt, tgt, static_in, src_out, cal, io_dtype, workdir, onnx_model=extra.get("onnx_model"),
               options=options)
     job.graph = extra.get("graph")
-    if options.accuracy_target or options.explain:
-        job.calib_cache = {}  # recovery rebuilds with float layers: calibrate once per recipe (onnx_qdq)
 
     _check_finite(job, fmt)
     arts = []
@@ -642,8 +640,6 @@ def _run_routes(job, routes, fmt, progress) -> tuple[list[dict], dict | None]:
                                                   **({"weight_rounding": kept} if kept else {}))
         else:
             got = fn(job)
-        if kind == routes[0][0] and getattr(job, "qdq_prep", None):  # keep the primary's float graph
-            job.primary_prep = job.qdq_prep
         arts += got
     return arts, auto
 
@@ -717,10 +713,8 @@ def _auto_ranges(job, fn, fmt, progress):
         got = fn(job, job.recipe.replace(calibration_method=method, **({"weight_rounding": "gptq"} if costly else {})))
         tried[method] = _worst_sqnr(job, got[0], inputs, refs, src_out, names)
         if best is None or tried[method] > tried[best[0]]:
-            best = (method, got, getattr(job, "qdq_prep", None))
-    method, got, prep = best
-    if prep is not None:
-        job.qdq_prep = prep
+            best = (method, got)
+    method, got = best
     report = {"chosen": method, "sqnr_db": tried, "samples": n,
               "by": "worst output SQNR against FP32 on the calibration samples"
                     + (", each with plain GPTQ weights (gptq_act is fitted to the chosen ranges)" if costly else "")}
@@ -730,8 +724,6 @@ def _auto_ranges(job, fn, fmt, progress):
         report["weight_rounding"] = _rounding_check(job, fmt, got[0], act[0], names, src_out)
         if report["weight_rounding"]["kept"] == "gptq_act":
             got = act
-        elif prep is not None:
-            job.qdq_prep = prep
     return got, report
 
 
@@ -787,8 +779,6 @@ def _recover(job, art, check, target, vdata, static_in, progress, allow_cpu_ops,
 
     chosen_from = split["selection"] if split else range(data.count(vdata))
     samples = [[vdata[i["name"]][k:k + 1] for i in static_in] for k in chosen_from[:recover.DEBUG_SAMPLES]]
-    if getattr(job, "primary_prep", None):
-        job.qdq_prep = job.primary_prep
     acc = evaluate(art)[0]
     if not target:  # explain only: the per-layer report of the plain artifact
         _say(progress, "per-layer error")
