@@ -200,28 +200,39 @@ _TFLITE_CONTROL = {"WHILE", "IF", "CALL_ONCE"}
 
 def load_tflite(path: str) -> TFLiteGraph:
     """A float .tflite file as a :class:`TFLiteGraph`: checked by the interpreter (a crafted file it cannot load
-    is a UsageError), its float16 weights (DEQUANTIZE of a constant: MediaPipe's models) made float32 constants
-    first, since the quantizer would otherwise take them for activations (asymmetric INT8 weights that
-    TFLite's INT8 convolutions refuse). A model with control flow (WHILE, IF) is refused."""
+    is a UsageError), then made a model TensorFlow's quantizer takes (:func:`_quantizable`: float16 and sparse
+    weights made float32 constants, MediaPipe's transposed convolution made the builtin one), which must compute
+    what the file computes. A model with control flow (WHILE, IF) is refused before anything runs it."""
     size = os.path.getsize(path)
     if size > MAX_TFLITE_BYTES:
         raise UsageError(f"{path}: {size} bytes is larger than any TFLite flatbuffer")
     with open(path, "rb") as f:
         raw = f.read(MAX_TFLITE_BYTES + 1)
+    def unloadable(e):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return UsageError(f"{path}: not a loadable TFLite model ({first[:200]})")
     try:
         interp = _interpreter(raw)
         interp.allocate_tensors()
         kinds = {op["op_name"] for op in interp._get_ops_details()}
-        data = _float32_weights(raw)
-        interp = _interpreter(data)
-        interp.allocate_tensors()
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: not a loadable TFLite model ({first[:200]})") from None
-    if kinds & _TFLITE_CONTROL:
+        raise unloadable(e) from None
+    if kinds & _TFLITE_CONTROL:   # before anything runs the model (a crafted loop need not end)
         raise UsageError(f"{path}: the model has control flow ({', '.join(sorted(kinds & _TFLITE_CONTROL))}), "
                          "which TensorFlow's INT8 calibrator cannot run",
                          hint="convert from the source model (.onnx/.keras/SavedModel) instead")
+    try:
+        data = _quantizable(raw)
+        folded = _interpreter(data)
+        folded.allocate_tensors()
+        same = data == raw or _same_outputs(interp, folded)
+    except Exception as e:
+        raise unloadable(e) from None
+    if not same:   # what the calibrator and the FP32 reference would read is not the file's model
+        raise UsageError(f"{path}: the model could not be made one TensorFlow's INT8 quantizer takes (float32 "
+                         "weights, builtin ops) without changing its outputs",
+                         hint="convert from the source model (.onnx/.keras/SavedModel) instead")
+    interp = folded
     ins, outs = interp.get_input_details(), interp.get_output_details()
     inputs = [{"name": _tflite_name(d, f"input_{i}"), "shape": [int(x) for x in d["shape"]],
                "dtype": np.dtype(d["dtype"]).name} for i, d in enumerate(ins)]
@@ -231,23 +242,61 @@ def load_tflite(path: str) -> TFLiteGraph:
     return TFLiteGraph(data, inputs, names, [int(d["index"]) for d in outs])
 
 
+def _same_outputs(a, b) -> bool:
+    """Whether two allocated interpreters of one model's forms give the same outputs (to float32 rounding) on one
+    seeded input: uniform in [-1, 1] for float inputs, zeros for integer ones."""
+    rng = np.random.default_rng(0)
+    for d in a.get_input_details():
+        x = (rng.uniform(-1, 1, d["shape"]) if np.dtype(d["dtype"]).kind == "f" else np.zeros(d["shape"]))
+        a.set_tensor(d["index"], x.astype(d["dtype"]))
+        b.set_tensor(d["index"], x.astype(d["dtype"]))
+    a.invoke()
+    b.invoke()
+    for da, db in zip(a.get_output_details(), b.get_output_details()):
+        x, y = a.get_tensor(da["index"]).astype(np.float64), b.get_tensor(db["index"]).astype(np.float64)
+        if x.shape != y.shape or not np.allclose(x, y, rtol=1e-4, atol=1e-5 * (np.nanmax(np.abs(x), initial=0) + 1e-30),
+                                                 equal_nan=True):
+            return False
+    return True
+
+
 def _tflite_name(detail: dict, default: str) -> str:
     name = detail.get("name")
     return name if isinstance(name, str) and name else default
 
 
-def _float32_weights(data: bytes) -> bytes:
-    """``data`` with each DEQUANTIZE of a float16 constant replaced by the float32 constant it makes (the op
-    removed, and the float16 copy and the DEQUANTIZE op code once nothing uses them: the calibrator's op resolver
-    has no DEQUANTIZE version 2); the model unchanged when it has none."""
+def _quantizable(data: bytes) -> bytes:
+    """``data`` made a model TensorFlow's calibrator and quantizer take, computing the same (:func:`load_tflite`
+    checks that it does); the model unchanged when there is nothing to make so:
+
+    - each DENSIFY of a sparse constant (MediaPipe's ``*_sparse`` models: sparse float16 weights, DENSIFY, then
+      DEQUANTIZE) becomes the dense constant it computes (:func:`_densified`). Left in place, the DEQUANTIZE after
+      it stayed, and XNNPACK ran that model to NaN;
+    - each DEQUANTIZE of a float16 constant becomes the float32 constant it makes: the quantizer would take those
+      weights for activations, and write asymmetric INT8 weights that TFLite's INT8 convolutions refuse;
+    - MediaPipe's custom op ``Convolution2DTransposeBias`` (its segmentation models' upsampling: only XNNPACK runs
+      it, the calibrator has no kernel for it) becomes the builtin TRANSPOSE_CONV with its bias, which computes the
+      same and has an INT8 kernel (:func:`_builtin_transpose_conv`).
+
+    The ops removed, the copies and op codes nothing uses any more are dropped: the calibrator's op resolver has
+    no DEQUANTIZE version 2."""
     from tensorflow.lite.python import schema_py_generated as schema_fb
     from tensorflow.lite.tools import flatbuffer_utils
     fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     codes = _op_codes(fm)
-    dropped = set()   # buffers of the float16 copies
-    for sg in fm.subgraphs:
+    dense = _densified(data, fm, codes)
+    dropped = set()   # buffers of the float16 and sparse copies
+    changed = False
+    for n, sg in enumerate(fm.subgraphs):
         keep = []
         for op in sg.operators:
+            if n == 0 and codes[op.opcodeIndex] == schema_fb.BuiltinOperator.DENSIFY and op.outputs[0] in dense:
+                new = schema_fb.BufferT()
+                new.data = np.frombuffer(np.ascontiguousarray(dense[op.outputs[0]]).tobytes(), np.uint8)
+                fm.buffers.append(new)
+                sg.tensors[op.outputs[0]].buffer = len(fm.buffers) - 1
+                dropped.add(sg.tensors[op.inputs[0]].buffer)
+                continue
             if codes[op.opcodeIndex] == schema_fb.BuiltinOperator.DEQUANTIZE and len(op.inputs) == 1:
                 src, dst = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
                 buf = fm.buffers[src.buffer].data
@@ -259,9 +308,10 @@ def _float32_weights(data: bytes) -> bytes:
                     dst.buffer = len(fm.buffers) - 1
                     dropped.add(src.buffer)
                     continue
+            changed |= _builtin_transpose_conv(fm, sg, op)
             keep.append(op)
         sg.operators = keep
-    if not dropped:
+    if not dropped and not changed:
         return data
     used = {op.opcodeIndex for sg in fm.subgraphs for op in sg.operators}
     in_use = {sg.tensors[i].buffer for sg in fm.subgraphs for op in sg.operators for i in op.inputs if i >= 0}
@@ -273,6 +323,74 @@ def _float32_weights(data: bytes) -> bytes:
         for op in sg.operators:
             op.opcodeIndex = remap[op.opcodeIndex]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
+
+
+_TFLITE_PADDING = {1: "SAME", 2: "VALID"}   # TfLitePadding (the custom op's options) -> the schema's Padding
+
+
+def _builtin_transpose_conv(fm, sg, op) -> bool:
+    """Make ``op``, when it is MediaPipe's custom ``Convolution2DTransposeBias`` (inputs: input, weights [O, KH, KW,
+    I], bias; options: TfLiteTransposeConvParams, three int32: padding, stride width, stride height), the builtin
+    TRANSPOSE_CONV (version 3: with bias) of the same weights, with its output's static shape as a constant.
+    Whether it did."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    code = fm.operatorCodes[op.opcodeIndex]
+    if (code.builtinCode != schema_fb.BuiltinOperator.CUSTOM or bytes(code.customCode or b"") !=
+            b"Convolution2DTransposeBias" or op.inputs is None or len(op.inputs) != 3 or op.customOptions is None
+            or len(op.customOptions) != 12):
+        return False
+    padding, stride_w, stride_h = (int(v) for v in np.frombuffer(bytes(bytearray(op.customOptions)), "<i4"))
+    out = sg.tensors[op.outputs[0]]
+    if padding not in _TFLITE_PADDING or out.shape is None or len(out.shape) != 4:
+        return False
+    index = next((k for k, c in enumerate(fm.operatorCodes) if c.builtinCode == schema_fb.BuiltinOperator.TRANSPOSE_CONV
+                  and c.version >= 3), None)
+    if index is None:
+        new = schema_fb.OperatorCodeT()
+        new.builtinCode = new.deprecatedBuiltinCode = schema_fb.BuiltinOperator.TRANSPOSE_CONV
+        new.version = 3
+        fm.operatorCodes.append(new)
+        index = len(fm.operatorCodes) - 1
+    buf = schema_fb.BufferT()
+    buf.data = np.frombuffer(np.asarray(out.shape, "<i4").tobytes(), np.uint8)
+    fm.buffers.append(buf)
+    shape = schema_fb.TensorT()
+    shape.shape, shape.type, shape.buffer = np.array([4], np.int32), schema_fb.TensorType.INT32, len(fm.buffers) - 1
+    shape.name = bytes(out.name or b"") + b"/output_shape"
+    sg.tensors.append(shape)
+    options = schema_fb.TransposeConvOptionsT()
+    options.padding = getattr(schema_fb.Padding, _TFLITE_PADDING[padding])
+    options.strideW, options.strideH = stride_w, stride_h
+    x, w, b = (int(i) for i in op.inputs)
+    op.inputs = np.array([len(sg.tensors) - 1, w, x, b], np.int32)
+    op.opcodeIndex = index
+    op.builtinOptionsType, op.builtinOptions = schema_fb.BuiltinOptions.TransposeConvOptions, options
+    op.customOptions = None
+    return True
+
+
+def _densified(data: bytes, fm, codes) -> dict:
+    """{output tensor: its values} of each DENSIFY of a constant in the main subgraph of ``data``, as TFLite's own
+    DENSIFY kernel makes them (one run of the model on zeros, every tensor kept, no delegate); {} when there is
+    none or the model does not run so (then the DENSIFY ops stay)."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    sg = fm.subgraphs[0] if fm.subgraphs else None
+    outs = [int(op.outputs[0]) for op in (sg.operators if sg else []) if
+            codes[op.opcodeIndex] == schema_fb.BuiltinOperator.DENSIFY and len(op.inputs) == 1
+            and fm.buffers[sg.tensors[op.inputs[0]].buffer].data is not None]
+    if not outs:
+        return {}
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    try:
+        interp = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+        for d in interp.get_input_details():
+            interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interp.invoke()
+        return {t: interp.get_tensor(t).copy() for t in outs}
+    except Exception:   # e.g. a custom op only a delegate runs
+        return {}
 
 
 class _Calibrating:

@@ -66,6 +66,126 @@ def test_float16_weights_become_float32_constants():
     assert tf_tflite.load_tflite(landmark).data == open(landmark, "rb").read()
 
 
+def test_sparse_weights_are_densified_first():
+    """MediaPipe's full-range BlazeFace keeps 46 of its weights sparse, in float16: constant -> DENSIFY ->
+    DEQUANTIZE. Both ops are folded into float32 constants. XNNPACK then runs the model as it runs the file
+    (with the DEQUANTIZE after each DENSIFY left alone, it ran it to NaN, and the conversion was refused as a model
+    whose FP32 outputs are not finite)."""
+    from edgeopt.converters import edgetpu, tf_tflite
+    path = _model("face_detection_full_range_sparse.tflite")
+    assert {"DENSIFY", "DEQUANTIZE"} <= {o["op"] for o in edgetpu.read_ops(path)}
+    graph = tf_tflite.load_tflite(path)
+    assert not {"DENSIFY", "DEQUANTIZE"} & set(tf_tflite.op_graph(graph.data).kinds)
+    x = _photos(3, 192, 3)
+    interp = tf_tflite._interpreter(open(path, "rb").read())
+    interp.allocate_tensors()
+    for k in range(len(x)):
+        interp.set_tensor(interp.get_input_details()[0]["index"], x[k:k + 1])
+        interp.invoke()
+        want = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+        got = graph([x[k:k + 1]])
+        assert all(np.all(np.isfinite(g)) and np.allclose(w, g, rtol=1e-5, atol=1e-4) for w, g in zip(want, got))
+
+
+def test_a_sparse_float_tflite_is_quantized(tmp_path):
+    """The same model through `edgeopt convert --target rpi`: INT8, no float ops, close to the file's outputs (it
+    was refused, "not finite", before its sparse weights were densified)."""
+    path = _model("face_detection_full_range_sparse.tflite")
+    np.save(tmp_path / "c.npy", _photos(24, 192, 0))
+    np.save(tmp_path / "v.npy", _photos(12, 192, 1))
+    m = edgeopt.convert(path, "rpi", calib=str(tmp_path / "c.npy"), val=str(tmp_path / "v.npy"),
+                        out=str(tmp_path / "o"))
+    art = m["artifacts"][0]
+    assert art["precision"] == "int8" and not art.get("float_ops")
+    # 16.4 and 12.8 dB with 100 calibration crops (benchmarks/bench_zoo.py); a broken fold gives NaN or < 0 dB
+    assert all(o["sqnr_db"] > 9 for o in m["accuracy"]["outputs"].values()), m["accuracy"]["outputs"]
+
+
+def _upsampling_model(path) -> str:
+    """A small segmentation-like float .tflite as MediaPipe writes its selfie segmentation model: a convolution down,
+    then its custom ``Convolution2DTransposeBias`` up (XNNPACK runs it; TensorFlow's calibrator has no kernel for
+    it), then a sigmoid. Made by TensorFlow's converter with the builtin TRANSPOSE_CONV, which is then written as
+    MediaPipe's op."""
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils
+    rng = np.random.default_rng(0)
+    w1 = tf.constant(rng.normal(size=(3, 3, 3, 8)) * 0.5, tf.float32)
+    w2 = tf.constant(rng.normal(size=(2, 2, 2, 8)) * 0.5, tf.float32)   # [h, w, out, in]
+    bias = tf.constant(rng.normal(size=2), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 64, 64, 3], tf.float32)])
+    def segment(x):
+        h = tf.nn.relu(tf.nn.conv2d(x, w1, 2, "SAME"))
+        return tf.sigmoid(tf.nn.conv2d_transpose(h, w2, [1, 64, 64, 2], 2, "SAME") + bias)
+
+    data = tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], segment).convert()
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    sg = fm.subgraphs[0]
+    code = schema_fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema_fb.BuiltinOperator.CUSTOM
+    code.customCode, code.version = b"Convolution2DTransposeBias", 1
+    fm.operatorCodes.append(code)
+    kind = {k: fm.operatorCodes[op.opcodeIndex].builtinCode for k, op in enumerate(sg.operators)}
+    tc = next(k for k, c in kind.items() if c == schema_fb.BuiltinOperator.TRANSPOSE_CONV)
+    op = sg.operators[tc]
+    bias = op.inputs[3] if len(op.inputs) == 4 else None
+    if bias is None:   # the converter left the bias as an ADD after it: MediaPipe's op has it inside
+        add = next(k for k, o in enumerate(sg.operators) if kind[k] == schema_fb.BuiltinOperator.ADD
+                   and op.outputs[0] in o.inputs)
+        bias = next(i for i in sg.operators[add].inputs if i != op.outputs[0])
+        op.outputs = sg.operators[add].outputs
+        sg.operators.pop(add)
+    o = op.builtinOptions
+    padding = {schema_fb.Padding.SAME: 1, schema_fb.Padding.VALID: 2}[o.padding]
+    op.inputs = np.array([op.inputs[2], op.inputs[1], bias], np.int32)
+    op.opcodeIndex, op.builtinOptionsType, op.builtinOptions = len(fm.operatorCodes) - 1, 0, None
+    op.customOptions = np.frombuffer(np.array([padding, o.strideW, o.strideH], "<i4").tobytes(), np.uint8)
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(fm)))
+    return str(path)
+
+
+def test_mediapipe_transposed_convolution_is_quantized(tmp_path):
+    """MediaPipe's segmentation models upsample with their custom op ``Convolution2DTransposeBias``. The conversion
+    failed ("Convolution2DTransposeBias failed to prepare" in the calibrator). It is made the builtin TRANSPOSE_CONV
+    with bias first, which computes the same (checked against XNNPACK running the file), and the artifact is all
+    INT8."""
+    from edgeopt.converters import edgetpu, tf_tflite
+    path = _upsampling_model(tmp_path / "seg.tflite")
+    assert "Convolution2DTransposeBias" in {o["op"] for o in edgetpu.read_ops(path)}
+    graph = tf_tflite.load_tflite(path)
+    assert "TRANSPOSE_CONV" in set(tf_tflite.op_graph(graph.data).kinds)
+    x = _photos(3, 64, 2) * 0.5 + 0.5
+    interp = tf_tflite._interpreter(open(path, "rb").read())   # XNNPACK runs MediaPipe's op
+    interp.allocate_tensors()
+    for k in range(len(x)):
+        interp.set_tensor(interp.get_input_details()[0]["index"], x[k:k + 1])
+        interp.invoke()
+        want = interp.get_tensor(interp.get_output_details()[0]["index"])
+        assert np.allclose(want, graph([x[k:k + 1]])[0], rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "c.npy", _photos(24, 64, 0) * 0.5 + 0.5)
+    m = edgeopt.convert(path, "coral", calib=str(tmp_path / "c.npy"), out=str(tmp_path / "o"))
+    art = m["artifacts"][0]
+    assert art["precision"] == "int8" and not art.get("float_ops") and m["edgetpu"]["summary"]["cpu_ops"] == 0
+    assert m["accuracy"]["outputs"][graph.outputs[0]]["sqnr_db"] > 25, m["accuracy"]
+
+
+def test_a_fold_that_changes_the_outputs_is_refused(monkeypatch):
+    """The folded model must compute what the file computes (the calibrator and the FP32 check read it): one that
+    does not is refused in words, not quantized."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgeopt.converters import tf_tflite
+    path = _model("face_detection_short_range.tflite")
+    fm = flatbuffer_utils.convert_bytearray_to_object(bytearray(tf_tflite._quantizable(open(path, "rb").read())))
+    buf = max((b for b in fm.buffers if b.data is not None), key=lambda b: len(b.data))   # the largest weights
+    buf.data = np.frombuffer((np.frombuffer(bytes(bytearray(buf.data)), "<f4") * 3).astype("<f4").tobytes(), np.uint8)
+    wrong = bytes(flatbuffer_utils.convert_object_to_bytearray(fm))
+    monkeypatch.setattr(tf_tflite, "_quantizable", lambda raw: wrong)
+    with pytest.raises(edgeopt.UsageError, match="without changing its outputs"):
+        tf_tflite.load_tflite(path)
+
+
 @pytest.mark.parametrize("target", ["rpi", "coral"])
 def test_a_float_tflite_is_quantized_to_int8(blazeface, tmp_path, target):
     path, d = blazeface
