@@ -215,3 +215,17 @@ def test_keras_recurrent_loop_refused_not_a_crash(tmp_path):
         with open(tmp_path / f"u-{target}" / m["artifacts"][0]["file"], "rb") as f:
             from edgeopt.converters import tf_tflite
             assert "SPLIT" in tf_tflite.op_graph(f.read()).kinds   # the gates' SPLIT is there, INT8
+
+
+def test_convert_on_a_core_install_names_the_extra(tmp_path, tiny_onnx, calib_tiny):
+    """`pip install edgeopt` (core: no onnx, TensorFlow or onnxruntime), then `edgeopt convert`: one error line
+    naming the missing package and the extra that installs it, exit 2 (it was "internal error: ModuleNotFoundError"),
+    nothing written. The core install is made here by blocking onnx's import."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['onnx'] = None; from edgeopt.cli import main; "
+            f"main(['convert', {str(tiny_onnx)!r}, '--target', 'rpi', '--calib', {str(calib_tiny)!r}, "
+            f"'--out', {str(tmp_path / 'o')!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    err = assert_one_error(r, "needs the Python package 'onnx'", 'pip install "edgeopt[all]"')
+    assert "internal error" not in err and not (tmp_path / "o").exists()

@@ -112,6 +112,12 @@ def error_exit(err, debug: bool = False):
     raise SystemExit(getattr(err, "exit_code", 2))
 
 
+# import name -> the extra of pyproject.toml that installs it: a core install (`pip install edgeopt`) that runs
+# `convert` reached onnx's import and said "internal error"
+_MISSING_EXTRA = {"onnx": "all", "onnx2tf": "all", "tensorflow": "all", "onnxruntime": "all", "PIL": "all",
+                  "ai_edge_litert": "runtime", "ray": "cluster"}
+
+
 def main(argv=None):
     """Console entry point."""
     from edgeopt.errors import EdgeoptError
@@ -145,6 +151,12 @@ def main(argv=None):
         if kind == "Abort":
             sys.stderr.write("error: aborted\n")
             raise SystemExit(130)
+        extra = _MISSING_EXTRA.get((getattr(e, "name", None) or "").split(".")[0])
+        if isinstance(e, ModuleNotFoundError) and extra and not debug:
+            sys.stderr.write(f"error: this command needs the Python package {e.name.split('.')[0]!r}, which this "
+                             f"installation of edgeopt does not have\nhint: pip install \"edgeopt[{extra}]\" "
+                             "(see README: Install)\n")
+            raise SystemExit(2)
         if debug:
             raise
         sys.stderr.write(f"error: internal error: {type(e).__name__}: {str(e)[:500]}\n"
